@@ -4,6 +4,12 @@ Zhao et al. 2021, "Similarity Transfer for Knowledge Distillation",
 arXiv 2103.10047.
 """
 
+import os
+
+# TensorFlow's C++ start-up messages (CUDA probing, CPU features) are noise for
+# users; an explicit TF_CPP_MIN_LOG_LEVEL still wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from stkd_keras.distiller import METHODS, Distiller
 from stkd_keras.losses import KDLoss, STKDLoss, kd_divergence, kd_loss, soft_cross_entropy, stkd_loss
 from stkd_keras.mixup import MixupBatch, mixup, sample_beta

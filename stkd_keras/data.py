@@ -165,21 +165,32 @@ def _load_tfds(spec: DatasetSpec, split: str, tfds_dir: str | None, download: bo
     """`tfds.load` of one split as (image uint8, label int64) pairs, with a one-sentence error when unavailable."""
     import tensorflow_datasets as tfds
 
-    builder = tfds.builder(spec.name, data_dir=tfds_dir)
-    if not builder.is_prepared():
-        where = builder.data_dir
+    def tfds_load(allow_download):
+        return tfds.load(
+            spec.name, split=split, as_supervised=True, shuffle_files=False, data_dir=tfds_dir, download=allow_download, with_info=True
+        )
+
+    try:
+        dataset, info = tfds_load(False)
+    except AssertionError:  # tfds's way of saying the prepared data is not there.
+        where = tfds.builder(spec.name, data_dir=tfds_dir).data_dir
+        # Offline, tfds would retry its download for minutes before failing: ask the resolver first.
         if not download or not _host_resolves(spec.download_host):
             reason = "downloading is turned off" if not download else f"{spec.download_host} cannot be reached"
+            hint = " or install Debian's dataset-fashion-mnist / pass --data-dir with the four IDX files" if spec.name == "fashion_mnist" else ""
             raise DatasetNotFoundError(
                 f"Dataset {spec.name!r} is not on this machine (looked for prepared TFDS data in {where}) and {reason}; "
-                f"prepare it on a connected machine with `tfds build {spec.name}` and copy the folder to {where}"
-                + (" or install Debian's dataset-fashion-mnist / pass --data-dir with the four IDX files." if spec.name == "fashion_mnist" else ".")
-            )
-        builder.download_and_prepare()
-    dataset = builder.as_dataset(split=split, as_supervised=True, shuffle_files=False)
-    num_examples = builder.info.splits[split].num_examples
-    class_names = spec.class_names or tuple(builder.info.features["label"].names)
-    return dataset, num_examples, class_names, f"tfds:{builder.data_dir}"
+                f"prepare it on a connected machine with `tfds build {spec.name}` and copy the folder to {where}{hint}."
+            ) from None
+        dataset, info = tfds_load(True)
+    class_names = spec.class_names or tuple(info.features["label"].names)
+    try:
+        num_examples = info.splits[split].num_examples
+    except KeyError:  # Split metadata missing (e.g. tfds.testing.mock_data): count.
+        num_examples = int(dataset.cardinality())
+        if num_examples < 0:
+            num_examples = int(dataset.reduce(0, lambda count, _: count + 1))
+    return dataset, num_examples, class_names, f"tfds:{info.data_dir}"
 
 
 def _normalise(images, spec: DatasetSpec):
