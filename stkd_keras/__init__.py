@@ -12,7 +12,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from stkd_keras.distiller import METHODS, Distiller
 from stkd_keras.losses import KDLoss, STKDLoss, kd_divergence, kd_loss, soft_cross_entropy, stkd_loss
-from stkd_keras.mixup import MixupBatch, mixup, sample_beta
+from stkd_keras.mixup import MixupBatch, apply_mixup, sample_beta
 from stkd_keras.models import get_model, list_models, resnet, small_cnn
 
 __version__ = "0.1.0"
@@ -27,7 +27,7 @@ __all__ = [
     "kd_divergence",
     "kd_loss",
     "list_models",
-    "mixup",
+    "apply_mixup",
     "resnet",
     "sample_beta",
     "small_cnn",

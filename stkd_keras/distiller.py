@@ -208,7 +208,7 @@ class Distiller(keras.Model):
         targets = {"labels": labels}
         student_images = images
         if self.uses_mixup:
-            mixed = mixup_lib.mixup(
+            mixed = mixup_lib.apply_mixup(
                 images,
                 labels,
                 alpha=self.mixup_alpha,

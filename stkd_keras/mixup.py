@@ -108,7 +108,7 @@ def _broadcast_to_rank(lam, rank: int):
     return ops.reshape(lam, (-1,) + (1,) * (rank - 1))
 
 
-def mixup(
+def apply_mixup(
     images,
     labels,
     alpha: float = 0.2,
@@ -135,7 +135,7 @@ def mixup(
         ValueError: If `alpha` is invalid or labels are not rank 2.
 
     Example:
-    >>> batch = mixup(x, keras.ops.one_hot(y, 10), alpha=0.2, seed=0)
+    >>> batch = apply_mixup(x, keras.ops.one_hot(y, 10), alpha=0.2, seed=0)
     >>> batch.images.shape == x.shape
     True
     """

@@ -1,0 +1,57 @@
+"""Shared fixtures: small real Fashion-MNIST batches and tiny models."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+import pytest
+
+from stkd_keras import data as data_lib
+from stkd_keras.models import small_cnn
+
+
+def pytest_configure(config):
+    if data_lib.find_fashion_mnist_idx() is None:
+        raise pytest.UsageError(
+            "The tests need Fashion-MNIST in /usr/share/datasets/fashion-mnist: apt-get install dataset-fashion-mnist"
+        )
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    """Every test starts and ends under the float32 policy, whatever it changed."""
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.fixture(scope="session")
+def fashion_arrays():
+    """2000 training and 1000 test Fashion-MNIST images, normalised, with integer labels."""
+    spec = data_lib.get_spec("fashion_mnist")
+    directory = data_lib.find_fashion_mnist_idx()
+
+    def take(split, count):
+        images, labels = data_lib.read_fashion_mnist_idx(directory, split)
+        order = np.random.default_rng(0).permutation(len(labels))[:count]
+        normalised = (images[order].astype("float32") / 255.0 - spec.mean[0]) / spec.std[0]
+        return normalised, labels[order]
+
+    return take("train", 2000), take("test", 1000)
+
+
+@pytest.fixture(scope="session")
+def trained_teacher(fashion_arrays):
+    """A cnn16 trained briefly on the Fashion-MNIST subset (about 0.74 test accuracy)."""
+    (x, y), _ = fashion_arrays
+    keras.utils.set_random_seed(0)
+    teacher = small_cnn(16, (28, 28, 1), 10, name="teacher_cnn16")
+    teacher.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
+    teacher.fit(x, y, batch_size=32, epochs=3, verbose=0)
+    return teacher

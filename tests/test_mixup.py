@@ -1,0 +1,107 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from stkd_keras import mixup as mixup_lib
+
+
+def batch(size=16, classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(size, 8, 8, 3)).astype("float32")
+    labels = np.eye(classes, dtype="float32")[rng.integers(0, classes, size)]
+    return images, labels
+
+
+def test_mixed_batch_is_the_convex_combination():
+    images, labels = batch()
+    out = mixup_lib.apply_mixup(images, labels, alpha=0.4, seed=3)
+    lam = float(out.lam)
+    perm = np.asarray(out.permutation)
+    assert sorted(perm.tolist()) == list(range(16))
+    np.testing.assert_allclose(out.images, lam * images + (1 - lam) * images[perm], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out.labels, lam * labels + (1 - lam) * labels[perm], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.sum(out.labels, axis=-1), np.ones(16), rtol=1e-6)
+    assert out.images.shape == images.shape and out.labels.shape == labels.shape
+
+
+def test_per_sample_lambda():
+    images, labels = batch()
+    out = mixup_lib.apply_mixup(images, labels, alpha=1.0, per_sample=True, seed=5)
+    lam = np.asarray(out.lam)
+    perm = np.asarray(out.permutation)
+    assert lam.shape == (16,)
+    assert len(np.unique(lam)) == 16
+    np.testing.assert_allclose(out.images, lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[perm], atol=1e-6)
+    np.testing.assert_allclose(np.sum(out.labels, axis=-1), np.ones(16), rtol=1e-6)
+    assert mixup_lib.apply_mixup(images, labels, seed=5).lam.shape == ()
+
+
+def test_sample_weights_are_mixed():
+    images, labels = batch()
+    weights = np.arange(16, dtype="float32")
+    out = mixup_lib.apply_mixup(images, labels, seed=1, sample_weight=weights)
+    lam, perm = float(out.lam), np.asarray(out.permutation)
+    np.testing.assert_allclose(out.sample_weight, lam * weights + (1 - lam) * weights[perm], rtol=1e-6)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0, 4.0])
+def test_lambda_follows_beta(alpha):
+    draws = np.asarray(mixup_lib.sample_beta((100_000,), alpha, seed=keras.random.SeedGenerator(7)))
+    assert draws.min() >= 0 and draws.max() <= 1
+    # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)).
+    assert draws.mean() == pytest.approx(0.5, abs=0.005)
+    assert draws.var() == pytest.approx(1 / (4 * (2 * alpha + 1)), rel=0.03)
+    # Quantiles agree with NumPy's independent Beta sampler.
+    reference = np.random.default_rng(0).beta(alpha, alpha, 100_000)
+    quantiles = [0.05, 0.25, 0.5, 0.75, 0.95]
+    np.testing.assert_allclose(np.quantile(draws, quantiles), np.quantile(reference, quantiles), atol=0.01)
+
+
+def test_per_batch_lambda_statistics_over_many_batches():
+    images, labels = batch(size=4)
+    generator = keras.random.SeedGenerator(11)
+    draw = tf.function(lambda: mixup_lib.apply_mixup(images, labels, alpha=0.2, seed=generator).lam)
+    lams = np.array([float(draw()) for _ in range(2000)])
+    assert lams.mean() == pytest.approx(0.5, abs=0.03)
+    assert lams.var() == pytest.approx(1 / (4 * 1.4), rel=0.1)
+
+
+def test_reproducible_with_seed():
+    images, labels = batch()
+    first = mixup_lib.apply_mixup(images, labels, seed=42)
+    second = mixup_lib.apply_mixup(images, labels, seed=42)
+    other = mixup_lib.apply_mixup(images, labels, seed=43)
+    np.testing.assert_array_equal(first.images, second.images)
+    np.testing.assert_array_equal(first.permutation, second.permutation)
+    assert float(first.lam) != float(other.lam)
+
+
+def test_runs_under_xla():
+    images, labels = batch()
+    generator = keras.random.SeedGenerator(0)
+
+    @tf.function(jit_compile=True)
+    def step(x, y):
+        out = mixup_lib.apply_mixup(x, y, alpha=0.2, per_sample=True, seed=generator)
+        return out.images, out.labels, out.lam
+
+    mixed_a, labels_a, lam_a = step(images, labels)
+    mixed_b, _, lam_b = step(images, labels)
+    np.testing.assert_allclose(np.sum(labels_a, axis=-1), np.ones(16), rtol=1e-6)
+    assert np.all((np.asarray(lam_a) >= 0) & (np.asarray(lam_a) <= 1))
+    # The generator advances: a second step draws new lambdas.
+    assert not np.array_equal(lam_a, lam_b)
+
+
+@pytest.mark.parametrize("alpha", [0, -0.2, float("inf"), "a"])
+def test_invalid_alpha(alpha):
+    images, labels = batch()
+    with pytest.raises(ValueError, match="mixup_alpha"):
+        mixup_lib.apply_mixup(images, labels, alpha=alpha)
+
+
+def test_labels_must_be_one_hot():
+    images, labels = batch()
+    with pytest.raises(ValueError, match="one-hot"):
+        mixup_lib.apply_mixup(images, np.argmax(labels, axis=-1))
