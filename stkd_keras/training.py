@@ -30,6 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from stkd_keras import data as data_lib
+from stkd_keras import losses as losses_lib
+from stkd_keras import mixup as mixup_lib
 from stkd_keras.distiller import TEACHER_METHODS, Distiller
 from stkd_keras.models import get_model
 
@@ -84,6 +86,10 @@ class RunConfig:
             raise ValueError(f"Expected 0 <= `momentum` < 1. Received: momentum={self.momentum!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"Expected `weight_decay` >= 0. Received: weight_decay={self.weight_decay!r}")
+        # The Distiller checks these too; checking here refuses a bad run before any data is read.
+        losses_lib.validate_temperature(self.temperature)
+        mixup_lib.validate_alpha(self.mixup_alpha)
+        losses_lib.validate_loss_weights(ce_weight=self.ce_weight, kd_weight=self.kd_weight, clean_kd_weight=self.clean_kd_weight)
 
 
 def environment() -> dict:

@@ -1,0 +1,1 @@
+"""The `stkd-keras` command line (installed as `stkd_keras.cli`)."""

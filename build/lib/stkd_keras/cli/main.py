@@ -1,0 +1,210 @@
+"""`stkd-keras`: distil compact image classifiers with STKD from the shell."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+import click
+
+
+
+
+DEFAULT_TEACHER_MODEL = "resnet14"
+
+
+def _library():
+    """Imports TensorFlow lazily, so `--help` answers at once."""
+    from stkd_keras import data, distiller, models, training
+
+    return data, distiller, models, training
+
+
+def _choice_of(names_getter):
+    """A click type that lists the valid names in its error, built lazily."""
+
+    class _Names(click.ParamType):
+        name = "name"
+
+        def convert(self, value, param, ctx):
+            names = names_getter()
+            if value not in names:
+                self.fail(f"{value!r} is not one of: {', '.join(names)}.", param, ctx)
+            return value
+
+    return _Names()
+
+
+def _dataset_names():
+    return _library()[0].list_datasets()
+
+
+def _model_names():
+    return _library()[2].list_models()
+
+
+def _data_options(function):
+    options = [
+        click.option("--dataset", default="fashion_mnist", show_default=True, type=_choice_of(_dataset_names), help="Dataset name."),
+        click.option(
+            "--data-dir",
+            default=None,
+            type=click.Path(file_okay=False),
+            help="fashion_mnist: folder with the four IDX files (default: Debian's /usr/share/datasets/fashion-mnist). Others: TFDS data dir.",
+        ),
+        click.option("--download/--no-download", default=True, show_default=True, help="Let tfds download a missing dataset."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _training_options(function):
+    options = [
+        click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Training epochs."),
+        click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Training batch size."),
+        click.option("--learning-rate", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Initial SGD learning rate (cosine-decayed to 0)."),
+        click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="SGD momentum."),
+        click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(min=0), help="Decoupled weight decay."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, shuffling, augmentation and mixup."),
+        click.option("--train-subset", default=None, type=click.IntRange(min=1), help="Train on a fixed subset of N training images."),
+        click.option("--val-subset", default=None, type=click.IntRange(min=1), help="Validate on the first N test images."),
+        click.option("--steps-per-epoch", default=None, type=click.IntRange(min=1), help="Steps per epoch (the data repeats)."),
+        click.option("--jit-compile/--no-jit-compile", default=False, show_default=True, help="Compile the train step with XLA."),
+        click.option("--mixed-precision/--no-mixed-precision", default=False, show_default=True, help="Train under the mixed_float16 policy."),
+        click.option("--output", required=True, type=click.Path(file_okay=False), help="Run folder to create."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _user_errors(function):
+    """Turns the library's errors about user input into one-sentence click errors."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        data, _, _, training = _library()
+        try:
+            return function(*args, **kwargs)
+        except (ValueError, training.RunError, data.DatasetNotFoundError) as error:
+            raise click.ClickException(str(error)) from None
+
+    return wrapper
+
+
+def _config(options: dict, **fields):
+    training = _library()[3]
+    names = {field.name for field in dataclasses.fields(training.RunConfig)}
+    values = {key: value for key, value in options.items() if key in names}
+    values.update(fields)
+    return training.RunConfig(**values)
+
+
+def _report(metrics: dict, output: Path, role: str) -> None:
+    click.echo(
+        f"{role.capitalize()} {metrics['model']}: final-epoch val top-1 {metrics['final_val_accuracy']:.4f}, "
+        f"best-epoch val top-1 {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']['epoch']}). "
+        f"Saved {output / ('teacher.keras' if role == 'teacher' else 'student.keras')}."
+    )
+
+
+@click.group()
+@click.version_option(package_name="stkd-keras")
+def cli():
+    """Similarity Transfer for Knowledge Distillation (STKD) for Keras 3."""
+
+
+@cli.command("train-teacher")
+@_data_options
+@click.option("--model", default="resnet20", show_default=True, type=_choice_of(_model_names), help="Teacher architecture.")
+@_training_options
+@_user_errors
+def train_teacher(output, overwrite, quiet, **options):
+    """Train a teacher with cross-entropy; writes teacher.keras, history.csv and metrics.json to OUTPUT."""
+    training = _library()[3]
+    config = _config(options, method="ce")
+    config.validate()
+    with training.run_directory(output, overwrite) as staging:
+        metrics = training.train(config, staging, role="teacher", verbose=0 if quiet else "auto", log=click.echo)
+    _report(metrics, Path(output), "teacher")
+
+
+@cli.command()
+@_data_options
+@click.option("--teacher", default=None, type=click.Path(), help="Teacher .keras file or run folder. Without it, one is trained first.")
+@click.option("--teacher-model", default=DEFAULT_TEACHER_MODEL, show_default=True, type=_choice_of(_model_names), help="Architecture of the teacher trained when --teacher is not given.")
+@click.option("--teacher-epochs", default=None, type=click.IntRange(min=1), help="Epochs of that teacher (default: --epochs).")
+@click.option("--student", default="resnet8", show_default=True, type=_choice_of(_model_names), help="Student architecture.")
+@click.option("--method", default="stkd", show_default=True, type=click.Choice(["ce", "kd", "mixup", "kd_mixup_naive", "stkd"]), help="Training method.")
+@click.option("--temperature", default=4.0, show_default=True, type=float, help="KD temperature T.")
+@click.option("--ce-weight", default=0.1, show_default=True, type=float, help="Weight of the cross-entropy term.")
+@click.option("--kd-weight", default=0.9, show_default=True, type=float, help="Weight of the KD term.")
+@click.option("--mixup-alpha", default=0.2, show_default=True, type=float, help="a of lambda ~ Beta(a, a).")
+@click.option("--lambda-per-sample/--lambda-per-batch", default=False, show_default=True, help="One mixup lambda per sample or per batch.")
+@click.option("--clean-kd-weight", default=0.0, show_default=True, type=float, help="Weight of an extra KD term on clean images (stkd, kd_mixup_naive).")
+@_training_options
+@_user_errors
+def distill(output, overwrite, quiet, teacher, teacher_model, teacher_epochs, student, **options):
+    """Distil a student with STKD (or a baseline method) into OUTPUT.
+
+    Writes student.keras, history.csv and metrics.json; a teacher trained on
+    the way goes to OUTPUT/teacher/.
+    """
+    from stkd_keras.distiller import TEACHER_METHODS
+
+    training = _library()[3]
+    config = _config(options, model=student, teacher=teacher)
+    config.validate()
+    needs_teacher = config.method in TEACHER_METHODS
+    if not needs_teacher and teacher is not None:
+        raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
+    verbose = 0 if quiet else "auto"
+    with training.run_directory(output, overwrite) as staging:
+        if needs_teacher and teacher is None:
+            click.echo(f"No --teacher given: training a {teacher_model} teacher first (saved to {Path(output) / 'teacher'}).")
+            teacher_config = _config(options, model=teacher_model, method="ce")
+            teacher_config.epochs = teacher_epochs or config.epochs
+            (staging / "teacher").mkdir()
+            training.train(teacher_config, staging / "teacher", role="teacher", verbose=verbose, log=click.echo)
+            config.teacher = str(Path(output) / "teacher")
+            teacher_location = staging / "teacher"
+        else:
+            teacher_location = None
+        metrics = training.train(config, staging, role="student", verbose=verbose, log=click.echo, teacher_location=teacher_location)
+    _report(metrics, Path(output), "student")
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="A .keras model file or run folder.")
+@_data_options
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]), help="Split to evaluate on.")
+@click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Batch size.")
+@click.option("--subset", default=None, type=click.IntRange(min=1), help="Evaluate on the first N images only.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Where to write the results (default: evaluation_DATASET_SPLIT.json beside the model).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing results file.")
+@_user_errors
+def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite):
+    """Print top-1 / top-5 accuracy of a saved model and write them to JSON."""
+    training = _library()[3]
+    model_path = Path(model_path)
+    if json_path is None:
+        folder = model_path if model_path.is_dir() else model_path.parent
+        json_path = folder / f"evaluation_{dataset}_{split}.json"
+    json_path = Path(json_path)
+    if json_path.exists() and not overwrite:
+        raise click.ClickException(f"Results file {json_path} already exists; pass --overwrite to replace it or choose --json.")
+    results = training.evaluate(model_path, dataset, split=split, batch_size=batch_size, subset=subset, data_dir=data_dir, download=download)
+    training.write_json(json_path, results)
+    click.echo(
+        f"{model_path} on {dataset}/{split} ({results['num_examples']} images): "
+        f"top-1 {results['accuracy']:.4f}, top-5 {results['top5_accuracy']:.4f}. Wrote {json_path}."
+    )
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,355 @@
+"""Runs: train a teacher, distil a student, evaluate a model, with their output folders.
+
+A run writes into a staging folder beside its output folder and renames it
+into place only when it has finished, so an interrupted or failed run leaves
+no half-written model under the output name, and an existing run folder is
+replaced only when the caller allows it (`overwrite=True`).
+
+Every finished run folder holds:
+- `teacher.keras` or `student.keras`: the model after the last epoch,
+- `history.csv`: one row of training/validation metrics per epoch,
+- `metrics.json`: final-epoch and best-epoch validation accuracy (named
+  apart: the saved model is the final-epoch one), the resolved config, the
+  seed, the dataset and the library versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from stkd_keras import data as data_lib
+from stkd_keras import losses as losses_lib
+from stkd_keras import mixup as mixup_lib
+from stkd_keras.distiller import TEACHER_METHODS, Distiller
+from stkd_keras.models import get_model
+
+MODEL_FILES = {"teacher": "teacher.keras", "student": "student.keras"}
+
+
+class RunError(RuntimeError):
+    """A run cannot start or finish; the message is meant for the user as it is."""
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything that determines a training run (saved in `metrics.json`)."""
+
+    dataset: str = "fashion_mnist"
+    model: str = "resnet8"
+    method: str = "ce"
+    teacher: str | None = None
+    epochs: int = 10
+    batch_size: int = 64
+    learning_rate: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 4.0
+    ce_weight: float = 0.1
+    kd_weight: float = 0.9
+    mixup_alpha: float = 0.2
+    lambda_per_sample: bool = False
+    clean_kd_weight: float = 0.0
+    seed: int = 0
+    train_subset: int | None = None
+    val_subset: int | None = None
+    steps_per_epoch: int | None = None
+    jit_compile: bool = False
+    mixed_precision: bool = False
+    data_dir: str | None = None
+    download: bool = True
+
+    def validate(self) -> None:
+        """Raises `ValueError` for a value no run can use."""
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Expected `{name}` to be an int >= 1. Received: {name}={value!r}")
+        for name in ("train_subset", "val_subset", "steps_per_epoch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"Expected `{name}` to be an int >= 1 or unset. Received: {name}={value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"Expected `learning_rate` > 0. Received: learning_rate={self.learning_rate!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"Expected 0 <= `momentum` < 1. Received: momentum={self.momentum!r}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"Expected `weight_decay` >= 0. Received: weight_decay={self.weight_decay!r}")
+        # The Distiller checks these too; checking here refuses a bad run before any data is read.
+        losses_lib.validate_temperature(self.temperature)
+        mixup_lib.validate_alpha(self.mixup_alpha)
+        losses_lib.validate_loss_weights(ce_weight=self.ce_weight, kd_weight=self.kd_weight, clean_kd_weight=self.clean_kd_weight)
+
+
+def environment() -> dict:
+    """Versions and hardware a result was measured with."""
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+    }
+
+
+def check_output_free(output: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuses an output folder that already holds something, unless `overwrite`."""
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise RunError(f"Output {output} exists and is not a folder; choose another --output.")
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise RunError(f"Output folder {output} already holds a run; pass --overwrite to replace it or choose another --output.")
+    return output
+
+
+@contextlib.contextmanager
+def run_directory(output: str | os.PathLike, overwrite: bool = False):
+    """Yields a staging folder that becomes `output` only when the block finishes without error."""
+    output = check_output_free(output, overwrite).absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    previous = None
+    if output.exists():
+        previous = output.parent / f".{output.name}.replaced-{os.getpid()}"
+        os.replace(output, previous)
+    os.replace(staging, output)
+    if previous is not None:
+        shutil.rmtree(previous, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike, payload: dict) -> None:
+    """Writes JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    os.replace(temporary, path)
+
+
+def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
+    """Loads a `.keras` model, or a run folder's model; one clear error when it cannot."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / MODEL_FILES[role], *(path / name for name in MODEL_FILES.values())]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise RunError(f"No {' or '.join(MODEL_FILES.values())} in folder {path}.")
+        path = found
+    if not path.is_file():
+        raise RunError(f"Model file {path} does not exist.")
+    if path.suffix != ".keras":
+        raise RunError(f"Expected a .keras model file. Received: {path}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a corrupt archive.
+        raise RunError(f"Cannot load Keras model {path}: {type(error).__name__}: {error}") from None
+
+
+def check_model_fits_dataset(model: keras.Model, info: data_lib.DatasetInfo, what: str) -> None:
+    """Refuses a model whose input shape or class count disagrees with the dataset."""
+    input_shape = tuple(model.input_shape[1:])
+    classes = model.output_shape[-1]
+    if input_shape != tuple(info.input_shape) or classes != info.num_classes:
+        raise RunError(
+            f"The {what} {model.name!r} takes inputs {input_shape} and predicts {classes} classes, but dataset "
+            f"{info.name!r} has inputs {tuple(info.input_shape)} and {info.num_classes} classes."
+        )
+
+
+def _metrics_for_training():
+    return [
+        keras.metrics.CategoricalAccuracy(name="accuracy"),
+        keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+    ]
+
+
+def _summarise_history(history: dict) -> dict:
+    """Final-epoch and best-epoch validation figures, named apart."""
+    val_accuracy = history.get("val_accuracy", [])
+    if not val_accuracy:
+        return {}
+    epochs = len(val_accuracy)
+    best = int(np.argmax(val_accuracy))
+
+    def epoch_row(index):
+        row = {"epoch": index + 1}
+        row.update({key: float(values[index]) for key, values in history.items() if key.startswith("val_")})
+        return row
+
+    return {
+        "final_epoch": epoch_row(epochs - 1),
+        "best_epoch": epoch_row(best),
+        "final_val_accuracy": float(val_accuracy[-1]),
+        "best_val_accuracy": float(val_accuracy[best]),
+        "note": "Validation is the test split. The saved model is the final-epoch model; best_epoch is reported for reference only.",
+    }
+
+
+def train(
+    config: RunConfig,
+    directory: str | os.PathLike,
+    role: str = "student",
+    verbose: int | str = "auto",
+    log=print,
+    teacher_location: str | os.PathLike | None = None,
+) -> dict:
+    """Trains a model (teacher or student) into an existing folder and returns its metrics.
+
+    `role="teacher"` trains `config.model` with cross-entropy alone;
+    `role="student"` trains it with `config.method` (distilling from
+    `config.teacher` for the teacher methods). `teacher_location` loads the
+    teacher from elsewhere than `config.teacher` (a teacher trained in the
+    staging folder of this run, recorded under its final path).
+
+    Raises:
+        ValueError: For invalid hyperparameters.
+        RunError: For a missing/unloadable teacher or a model/dataset mismatch.
+        DatasetNotFoundError: When the dataset is not available.
+    """
+    config.validate()
+    directory = Path(directory)
+    method = "ce" if role == "teacher" else config.method
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.utils.set_random_seed(config.seed)
+    try:
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        train_data, train_info = data_lib.load(
+            config.dataset,
+            "train",
+            config.batch_size,
+            subset=config.train_subset,
+            data_dir=config.data_dir,
+            download=config.download,
+            seed=config.seed,
+        )
+        val_data, val_info = data_lib.load(
+            config.dataset, "test", max(config.batch_size, 256), subset=config.val_subset, data_dir=config.data_dir, download=config.download
+        )
+        teacher, teacher_summary = None, None
+        if method in TEACHER_METHODS:
+            if config.teacher is None:
+                raise RunError(f"Method {method!r} needs a teacher; pass --teacher.")
+            teacher = load_model(teacher_location or config.teacher, role="teacher")
+            check_model_fits_dataset(teacher, val_info, "teacher")
+            teacher_summary = {"path": str(config.teacher), "name": teacher.name, **_evaluate_keras(teacher, val_data)}
+            log(f"Teacher {teacher.name}: val top-1 {teacher_summary['accuracy']:.4f} on {val_info.num_examples} images.")
+        elif config.teacher is not None and role == "student":
+            raise RunError(f"Method {method!r} trains the student alone; drop --teacher or choose one of {sorted(TEACHER_METHODS)}.")
+
+        model = get_model(config.model, train_info.num_classes, train_info.input_shape)
+        distiller = Distiller(
+            model,
+            teacher,
+            method=method,
+            temperature=config.temperature,
+            ce_weight=config.ce_weight,
+            kd_weight=config.kd_weight,
+            mixup_alpha=config.mixup_alpha,
+            lambda_per_sample=config.lambda_per_sample,
+            clean_kd_weight=config.clean_kd_weight,
+            seed=config.seed,
+        )
+        steps = config.steps_per_epoch or math.ceil(train_info.num_examples / config.batch_size)
+        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps * config.epochs)
+        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay or None)
+        distiller.compile(optimizer=optimizer, metrics=_metrics_for_training(), jit_compile=config.jit_compile)
+        log(
+            f"Training {role} {model.name} ({model.count_params():,} parameters) with method {method!r} on "
+            f"{train_info.name} ({train_info.num_examples} training images) for {config.epochs} epoch(s) of {steps} steps."
+        )
+        started = time.perf_counter()
+        history = distiller.fit(
+            train_data.repeat() if config.steps_per_epoch else train_data,
+            validation_data=val_data,
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            shuffle=False,  # The tf.data pipeline shuffles.
+            callbacks=[keras.callbacks.CSVLogger(str(directory / "history.csv"))],
+            verbose=verbose,
+        )
+        train_seconds = time.perf_counter() - started
+        losses = history.history.get("loss", [])
+        if losses and not all(np.isfinite(losses)):
+            raise RunError(f"Training diverged: the loss became {losses[-1]} by epoch {len(losses)}; lower --learning-rate.")
+        model_path = directory / MODEL_FILES[role]
+        temporary = directory / f".tmp-{model_path.name}"
+        model.save(temporary)
+        os.replace(temporary, model_path)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    metrics = {
+        "role": role,
+        "model": model.name,
+        "parameters": int(model.count_params()),
+        "method": method,
+        **_summarise_history(history.history),
+        "teacher": teacher_summary,
+        "train_seconds": round(train_seconds, 2),
+        "seed": config.seed,
+        "config": dataclasses.asdict(config),
+        "dataset": {"train": train_info.to_dict(), "validation": val_info.to_dict()},
+        "environment": environment(),
+    }
+    write_json(directory / "metrics.json", metrics)
+    return metrics
+
+
+def _evaluate_keras(model: keras.Model, dataset: tf.data.Dataset) -> dict:
+    """Top-1, top-5 and CE loss of a logits model on (images, integer labels) batches."""
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+        ],
+    )
+    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {"accuracy": float(results["accuracy"]), "top5_accuracy": float(results["top5_accuracy"]), "loss": float(results["loss"])}
+
+
+def evaluate(
+    model_path: str | os.PathLike,
+    dataset: str,
+    split: str = "test",
+    batch_size: int = 256,
+    subset: int | None = None,
+    data_dir: str | None = None,
+    download: bool = True,
+) -> dict:
+    """Top-1 / top-5 accuracy of a saved model on a dataset split.
+
+    Raises:
+        RunError: For a missing or unloadable model, or one that does not fit the dataset.
+        DatasetNotFoundError: When the dataset is not available.
+    """
+    model = load_model(model_path)
+    data, info = data_lib.load(dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download)
+    check_model_fits_dataset(model, info, "model")
+    return {
+        "model": str(model_path),
+        "dataset": dataset,
+        "split": split,
+        "num_examples": info.num_examples,
+        **_evaluate_keras(model, data),
+        "environment": environment(),
+    }

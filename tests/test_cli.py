@@ -1,0 +1,128 @@
+import csv
+import hashlib
+import json
+
+import keras
+import pytest
+from click.testing import CliRunner
+
+from stkd_keras.cli.main import cli
+
+TINY = ["--epochs", "1", "--train-subset", "256", "--val-subset", "256", "--batch-size", "64", "--quiet"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("command", [[], ["train-teacher"], ["distill"], ["evaluate"]])
+def test_help(command):
+    result = run(*command, "--help")
+    assert result.exit_code == 0
+    assert "Usage:" in result.output and "--help" in result.output
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("runs") / "teacher"
+    result = run("train-teacher", "--model", "cnn8", "--output", output, *TINY)
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def test_train_distill_evaluate(teacher_run, tmp_path):
+    assert {"teacher.keras", "history.csv", "metrics.json"} <= {p.name for p in teacher_run.iterdir()}
+    teacher_metrics = json.loads((teacher_run / "metrics.json").read_text())
+    assert teacher_metrics["role"] == "teacher" and teacher_metrics["method"] == "ce"
+
+    student_dir = tmp_path / "student"
+    result = run("distill", "--teacher", teacher_run, "--student", "cnn8", "--method", "stkd", "--output", student_dir, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "Student cnn8: final-epoch val top-1" in result.output
+    metrics = json.loads((student_dir / "metrics.json").read_text())
+    assert metrics["method"] == "stkd" and metrics["seed"] == 0
+    assert metrics["config"]["temperature"] == 4.0 and metrics["config"]["mixup_alpha"] == 0.2
+    assert metrics["final_epoch"]["epoch"] == 1 and metrics["best_epoch"]["epoch"] == 1
+    assert metrics["teacher"]["path"] == str(teacher_run)
+    assert metrics["dataset"]["train"]["num_examples"] == 256
+    with open(student_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and {"ce_loss", "kd_loss", "val_accuracy"} <= set(rows[0])
+    assert float(rows[0]["val_accuracy"]) == pytest.approx(metrics["final_val_accuracy"])
+    assert isinstance(keras.saving.load_model(student_dir / "student.keras"), keras.Model)
+
+    # evaluate measures the saved (final-epoch) model on the same 256 images the run validated on.
+    result = run("evaluate", "--model", student_dir / "student.keras", "--dataset", "fashion_mnist", "--subset", 256)
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((student_dir / "evaluation_fashion_mnist_test.json").read_text())
+    assert evaluation["num_examples"] == 256
+    assert evaluation["accuracy"] == pytest.approx(metrics["final_val_accuracy"], abs=1e-6)
+    assert f"top-1 {evaluation['accuracy']:.4f}" in result.output
+
+    # A second evaluate would overwrite those results: refused.
+    again = run("evaluate", "--model", student_dir / "student.keras", "--subset", 256)
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+def test_refuses_to_overwrite_a_run(teacher_run):
+    before = digest(teacher_run)
+    result = run("train-teacher", "--model", "cnn8", "--output", teacher_run, *TINY)
+    assert result.exit_code == 1
+    assert "already holds a run; pass --overwrite" in result.output
+    assert digest(teacher_run) == before
+
+
+def test_overwrite_replaces_a_run(tmp_path):
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / "old.txt").write_text("old")
+    result = run("train-teacher", "--model", "cnn8", "--output", output, "--overwrite", *TINY)
+    assert result.exit_code == 0, result.output
+    assert not (output / "old.txt").exists() and (output / "teacher.keras").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no staging folder left behind
+
+
+def test_distill_trains_a_teacher_when_none_is_given(tmp_path):
+    output = tmp_path / "run"
+    result = run("distill", "--student", "cnn8", "--teacher-model", "cnn8", "--method", "kd", "--output", output, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "No --teacher given: training a cnn8 teacher first" in result.output
+    assert (output / "teacher" / "teacher.keras").is_file() and (output / "student.keras").is_file()
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["teacher"]["path"] == str(output / "teacher")
+
+
+def test_missing_dataset_message(tmp_path):
+    result = run("distill", "--dataset", "cifar10", "--no-download", "--data-dir", tmp_path, "--method", "ce", "--output", tmp_path / "run", *TINY)
+    assert result.exit_code == 1
+    assert "Error: Dataset 'cifar10' is not on this machine" in result.output and "tfds build cifar10" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial-*"))
+
+
+def test_bad_teacher_inputs(tmp_path):
+    result = run("distill", "--teacher", tmp_path / "nope.keras", "--output", tmp_path / "a", *TINY)
+    assert result.exit_code == 1 and "Model file" in result.output and "does not exist" in result.output
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip")
+    result = run("distill", "--teacher", corrupt, "--output", tmp_path / "b", *TINY)
+    assert result.exit_code == 1 and "Cannot load Keras model" in result.output
+    wrong = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_teacher")
+    wrong.save(tmp_path / "wrong.keras")
+    result = run("distill", "--teacher", tmp_path / "wrong.keras", "--output", tmp_path / "c", *TINY)
+    assert result.exit_code == 1
+    assert "teacher 'cifar_teacher' takes inputs (32, 32, 3)" in result.output and "(28, 28, 1)" in result.output
+    result = run("distill", "--teacher", tmp_path / "wrong.keras", "--method", "ce", "--output", tmp_path / "d", *TINY)
+    assert result.exit_code == 2 and "uses no teacher" in result.output
+    result = run("distill", "--temperature", "-1", "--output", tmp_path / "e", *TINY)
+    assert result.exit_code == 1 and "Error: Expected `temperature` to be a finite number > 0. Received: temperature=-1.0" in result.output
+    assert not any((tmp_path / name).exists() for name in "abcde")
+
+
+def test_unknown_names_are_listed(tmp_path):
+    result = run("distill", "--student", "resnet9", "--output", tmp_path / "x")
+    assert result.exit_code == 2 and "'resnet9' is not one of" in result.output and "resnet8x4" in result.output
