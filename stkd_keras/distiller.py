@@ -154,7 +154,13 @@ class Distiller(keras.Model):
             self._check_compatible(teacher, student)
             teacher.trainable = False
         self._seed_generator = keras.random.SeedGenerator(seed, name="mixup_seed")
-        self.num_classes = int(_model_shape(student, "output_shape")[-1])
+        output_shape = _model_shape(student, "output_shape")
+        if not output_shape or output_shape[-1] is None:
+            raise ValueError(
+                "Expected a built `student` whose output shape (batch, num_classes) is known; call it once on a batch "
+                f"or use a functional model. Received: student output shape {output_shape}"
+            )
+        self.num_classes = int(output_shape[-1])
 
         self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
         self.kd_loss_tracker = keras.metrics.Mean(name="kd_loss") if teacher is not None else None

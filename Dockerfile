@@ -1,0 +1,25 @@
+# stkd-keras on Debian with Python 3.11 and Fashion-MNIST (Debian's dataset-fashion-mnist) for offline runs.
+#   docker build -t stkd-keras .
+#   docker run --rm -v "$PWD/runs:/runs" stkd-keras distill --dataset fashion_mnist --output /runs/stkd
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends dataset-fashion-mnist \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/stkd-keras
+COPY requirements.txt pyproject.toml README.md ./
+RUN pip install -r requirements.txt
+COPY stkd_keras ./stkd_keras
+COPY export ./export
+COPY cli ./cli
+RUN pip install --no-deps .
+
+WORKDIR /runs
+ENTRYPOINT ["stkd-keras"]
+CMD ["--help"]
