@@ -1,1 +1,0 @@
-"""The `stkd-keras` command line (installed as `stkd_keras.cli`)."""
