@@ -206,5 +206,24 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
     )
 
 
+@cli.command("models")
+@click.option("--input-size", default=32, show_default=True, type=click.IntRange(min=1), help="Height and width of the input, in pixels.")
+@click.option("--channels", default=3, show_default=True, type=click.IntRange(min=1), help="Input channels.")
+@click.option("--num-classes", default=100, show_default=True, type=click.IntRange(min=2), help="Number of classes.")
+def list_zoo(input_size, channels, num_classes):
+    """List the model zoo with trainable parameters and MACs per image at the given input size."""
+    models = _library()[2]
+    click.echo(f"Models at {input_size}x{input_size}x{channels}, {num_classes} classes:")
+    click.echo("| model | parameters | MACs |")
+    click.echo("| --- | ---: | ---: |")
+    for name in models.list_models():
+        try:
+            model = models.get_model(name, num_classes, (input_size, input_size, channels))
+        except ValueError as error:
+            click.echo(f"| {name} | - | {error} |")
+            continue
+        click.echo(f"| {name} | {models.count_trainable_parameters(model):,} | {models.count_macs(model) / 1e6:,.1f}M |")
+
+
 if __name__ == "__main__":
     cli()

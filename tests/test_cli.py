@@ -19,7 +19,7 @@ def digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("command", [[], ["train-teacher"], ["distill"], ["evaluate"]])
+@pytest.mark.parametrize("command", [[], ["train-teacher"], ["distill"], ["evaluate"], ["models"]])
 def test_help(command):
     result = run(*command, "--help")
     assert result.exit_code == 0
@@ -126,3 +126,13 @@ def test_bad_teacher_inputs(tmp_path):
 def test_unknown_names_are_listed(tmp_path):
     result = run("distill", "--student", "resnet9", "--output", tmp_path / "x")
     assert result.exit_code == 2 and "'resnet9' is not one of" in result.output and "resnet8x4" in result.output
+
+
+def test_models_lists_the_zoo_with_counts():
+    result = run("models", "--input-size", 32, "--num-classes", 100)
+    assert result.exit_code == 0, result.output
+    # Reference counts (RepDistiller, 100 classes); resnet8 MACs worked out in tests/test_zoo.py at 10 classes + 64 * 90.
+    assert "| resnet8x4 | 1,233,540 |" in result.output and "| ShuffleV2 | 1,355,528 |" in result.output
+    assert "| resnet8 | 83,892 | 12.5M |" in result.output
+    small = run("models", "--input-size", 8)
+    assert "| MobileNetV2 | - | MobileNetV2 downsamples its input 16x" in small.output
