@@ -41,18 +41,31 @@ def _dataset_names():
     return _library()[0].list_datasets()
 
 
+class _DatasetName(click.ParamType):
+    """A dataset name, or `folder:PATH`."""
+
+    name = "dataset"
+
+    def convert(self, value, param, ctx):
+        names = _dataset_names()
+        if value in names or value.startswith("folder:") and len(value) > len("folder:"):
+            return value
+        self.fail(f"{value!r} is not one of: {', '.join(names)}.", param, ctx)
+
+
 def _model_names():
     return _library()[2].list_models()
 
 
 def _data_options(function):
     options = [
-        click.option("--dataset", default="fashion_mnist", show_default=True, type=_choice_of(_dataset_names), help="Dataset name."),
+        click.option("--dataset", default="fashion_mnist", show_default=True, type=_DatasetName(), help="Dataset name, or folder:PATH for your own images (`stkd-keras datasets` lists them)."),
         click.option(
             "--data-dir",
             default=None,
             type=click.Path(file_okay=False),
-            help="fashion_mnist: folder with the four IDX files (default: Debian's /usr/share/datasets/fashion-mnist). Others: TFDS data dir.",
+            help="fashion_mnist: folder with the four IDX files (default: Debian's /usr/share/datasets/fashion-mnist). "
+            "cinic10, tiny_imagenet: folder with the official archive or its extracted folder. Others: TFDS data dir.",
         ),
         click.option("--download/--no-download", default=True, show_default=True, help="Let tfds download a missing dataset."),
     ]
@@ -63,6 +76,7 @@ def _data_options(function):
 
 def _training_options(function):
     options = [
+        click.option("--image-size", default=None, type=click.IntRange(min=1), help="folder: datasets: resize images to this square size (default 32)."),
         click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Training epochs."),
         click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Training batch size."),
         click.option("--learning-rate", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Initial SGD learning rate (cosine-decayed to 0)."),
@@ -194,7 +208,8 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
     model_path = Path(model_path)
     if json_path is None:
         folder = model_path if model_path.is_dir() else model_path.parent
-        json_path = folder / f"evaluation_{dataset}_{split}.json"
+        label = f"folder-{Path(dataset[len('folder:'):]).name}" if dataset.startswith("folder:") else dataset
+        json_path = folder / f"evaluation_{label}_{split}.json"
     json_path = Path(json_path)
     if json_path.exists() and not overwrite:
         raise click.ClickException(f"Results file {json_path} already exists; pass --overwrite to replace it or choose --json.")
@@ -204,6 +219,23 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
         f"{model_path} on {dataset}/{split} ({results['num_examples']} images): "
         f"top-1 {results['accuracy']:.4f}, top-5 {results['top5_accuracy']:.4f}. Wrote {json_path}."
     )
+
+
+@cli.command("datasets")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Look here as `--data-dir` would for each dataset.")
+def list_datasets(data_dir):
+    """List the datasets, where each would be read from, and whether it is available on this machine."""
+    data = _library()[0]
+    click.echo("| dataset | classes | input | available | read from |")
+    click.echo("| --- | ---: | --- | --- | --- |")
+    for name in data.list_datasets():
+        if name.startswith(data.FOLDER_PREFIX):
+            click.echo(f"| {name} | from PATH | --image-size | yes, if PATH holds class folders | PATH/<class>/*.jpg|png (or PATH/train, PATH/val) |")
+            continue
+        spec = data.get_spec(name)
+        where = data.describe(name, data_dir)
+        shape = "x".join(str(d) for d in spec.input_shape)
+        click.echo(f"| {name} | {spec.num_classes} | {shape} | {'yes' if where['available'] else 'no'} | {where['source']} |")
 
 
 @cli.command("models")

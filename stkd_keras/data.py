@@ -1,26 +1,35 @@
-"""Datasets as batched, prefetched `tf.data` pipelines.
+"""Datasets as batched, prefetched `tf.data` pipelines, through one `load` API.
 
 Sources:
 - `fashion_mnist`: the four IDX files (Debian's `dataset-fashion-mnist`
   installs them in `/usr/share/datasets/fashion-mnist`; `data_dir` overrides),
   falling back to `tfds.load` when they are not there.
-- `cifar10`, `cifar100`, `mnist` (and `fashion_mnist` without IDX files):
-  `tfds.load`, which downloads when the machine is online.
+- `cifar10`, `cifar100`, `mnist`: `tfds.load`, which downloads when online.
+- `cinic10`, `tiny_imagenet`: TFDS builders of this project
+  (`stkd_keras.tfds_builders`) that download the official archive when online
+  and otherwise read it, or its extracted folder, from `data_dir`.
+- `folder:PATH`: your own images in `PATH/<class>/*.jpg|png|...` (or
+  `PATH/train/<class>` with `PATH/val/<class>`), resized to `image_size`,
+  with a deterministic validation split when none is given.
 
-The pipeline: normalise with the dataset's mean/std, augment (training only:
-random crop after zero padding, plus horizontal flip where flipping keeps the
-class), shuffle, batch, prefetch. The augmentation draws are stateless and
-seeded, so the same seed gives the same batches. As in the KD literature, the
-test split doubles as the validation split.
+The pipeline: decode, augment (training only: random crop after zero padding,
+plus horizontal flip where flipping keeps the class), normalise with the
+dataset's mean/std, shuffle, batch, prefetch. The augmentation draws are
+stateless and seeded, so the same seed gives the same batches. Augmentation
+lives here, never inside a model, so exported models hold none of it. As in
+the KD literature, the test split (Tiny-ImageNet: the labelled validation
+split) serves for validation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import os
 import socket
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +37,9 @@ import tensorflow as tf
 
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 SPLITS = ("train", "test")
+FOLDER_PREFIX = "folder:"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+VALIDATION_FOLDER_NAMES = ("val", "validation", "test")
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top",
@@ -49,7 +61,11 @@ IDX_FILES = {
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """What the pipeline needs to know about a dataset before reading it."""
+    """What the pipeline needs to know about a dataset before reading it.
+
+    `tfds_splits` maps our split names to the TFDS ones; `manual` datasets read
+    their raw archive or folder from `data_dir` (TFDS's manual_dir).
+    """
 
     name: str
     input_shape: tuple[int, int, int]
@@ -58,13 +74,19 @@ class DatasetSpec:
     std: tuple[float, ...]
     crop_padding: int
     flip: bool
-    download_host: str
+    download_host: str = ""
     class_names: tuple[str, ...] | None = None
+    tfds_splits: tuple[tuple[str, str], ...] = (("train", "train"), ("test", "test"))
+    manual: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What a loaded split is: shapes, classes, normalisation and where it came from."""
+    """What a loaded split is: shapes, classes, normalisation and where it came from.
+
+    `classes_present` is the number of classes with at least one example in
+    the split when that is known without an extra pass (None otherwise).
+    """
 
     name: str
     split: str
@@ -75,6 +97,7 @@ class DatasetInfo:
     std: tuple[float, ...]
     num_examples: int
     source: str
+    classes_present: int | None = None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -92,6 +115,16 @@ _SPECS = {
     "cifar100": DatasetSpec(
         "cifar100", (32, 32, 3), 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True, "www.cs.toronto.edu"
     ),
+    # The official CINIC-10 statistics (Darlow et al. 2018).
+    "cinic10": DatasetSpec(
+        "cinic10", (32, 32, 3), 10, (0.47889522, 0.47227842, 0.43047404), (0.24205776, 0.23828046, 0.25874835), 4, True,
+        "datashare.ed.ac.uk", manual=True,
+    ),
+    # Tiny-ImageNet's test labels are not public: its labelled validation split is the test split.
+    "tiny_imagenet": DatasetSpec(
+        "tiny_imagenet", (64, 64, 3), 200, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), 8, True,
+        "cs231n.stanford.edu", tfds_splits=(("train", "train"), ("test", "validation")), manual=True,
+    ),
 }
 
 
@@ -100,15 +133,18 @@ class DatasetNotFoundError(RuntimeError):
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by `load`."""
-    return sorted(_SPECS)
+    """Names accepted by `load` (`folder:PATH` stands for any image folder)."""
+    return [*_SPECS, f"{FOLDER_PREFIX}PATH"]
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The `DatasetSpec` of a dataset name; raises `ValueError` listing valid names."""
+    """The `DatasetSpec` of a named dataset; raises `ValueError` listing valid names."""
     if name not in _SPECS:
         raise ValueError(f"Unknown dataset {name!r}. Expected one of: {', '.join(list_datasets())}.")
     return _SPECS[name]
+
+
+# --- Fashion-MNIST from IDX files -------------------------------------------------------------
 
 
 def _read_idx(path: Path, expected_magic: int) -> np.ndarray:
@@ -148,9 +184,14 @@ def read_fashion_mnist_idx(directory: str | os.PathLike, split: str) -> tuple[np
     labels = _read_idx(Path(directory) / labels_file, 0x801)
     if len(images) != len(labels):
         raise ValueError(f"Fashion-MNIST {split}: {len(images)} images but {len(labels)} labels in {directory}.")
-    if labels.max() >= 10:
-        raise ValueError(f"Fashion-MNIST {split}: label {int(labels.max())} out of range 0..9 in {directory}.")
+    if len(labels) and labels.max() >= 10:
+        raise ValueError(
+            f"Fashion-MNIST {split}: label {int(labels.max())} out of range 0..9 in {Path(directory) / labels_file}."
+        )
     return images[..., None], labels.astype(np.int64)
+
+
+# --- TFDS ----------------------------------------------------------------------------------------
 
 
 def _host_resolves(host: str) -> bool:
@@ -161,31 +202,49 @@ def _host_resolves(host: str) -> bool:
         return False
 
 
-def _load_tfds(spec: DatasetSpec, split: str, tfds_dir: str | None, download: bool):
+def _has_files(directory) -> bool:
+    return directory is not None and Path(directory).is_dir() and any(Path(directory).iterdir())
+
+
+def _load_tfds(spec: DatasetSpec, split: str, tfds_dir, manual_dir, download: bool):
     """`tfds.load` of one split as (image uint8, label int64) pairs, with a one-sentence error when unavailable."""
     import tensorflow_datasets as tfds
 
-    def tfds_load(allow_download):
+    if spec.manual:
+        import stkd_keras.tfds_builders  # noqa: F401  (registers cinic10 and tiny_imagenet)
+
+    tfds_split = dict(spec.tfds_splits)[split]
+
+    def tfds_load():
         return tfds.load(
-            spec.name, split=split, as_supervised=True, shuffle_files=False, data_dir=tfds_dir, download=allow_download, with_info=True
+            spec.name, split=tfds_split, as_supervised=True, shuffle_files=False, data_dir=tfds_dir, download=False, with_info=True
         )
 
     try:
-        dataset, info = tfds_load(False)
+        dataset, info = tfds_load()
     except AssertionError:  # tfds's way of saying the prepared data is not there.
-        where = tfds.builder(spec.name, data_dir=tfds_dir).data_dir
-        # Offline, tfds would retry its download for minutes before failing: ask the resolver first.
-        if not download or not _host_resolves(spec.download_host):
+        builder = tfds.builder(spec.name, data_dir=tfds_dir)
+        where = builder.data_dir
+        if spec.manual and _has_files(manual_dir):
+            builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+        elif download and _host_resolves(spec.download_host):
+            builder.download_and_prepare()
+        else:
+            # Offline, tfds would retry its download for minutes before failing: the resolver answered first.
             reason = "downloading is turned off" if not download else f"{spec.download_host} cannot be reached"
-            hint = " or install Debian's dataset-fashion-mnist / pass --data-dir with the four IDX files" if spec.name == "fashion_mnist" else ""
+            if spec.manual:
+                hint = f"put the official archive or its extracted folder in a folder and pass it as --data-dir (looked in {manual_dir})"
+            else:
+                hint = f"prepare it on a connected machine with `tfds build {spec.name}` and copy the folder to {where}"
+                if spec.name == "fashion_mnist":
+                    hint += " (or install Debian's dataset-fashion-mnist, or pass --data-dir with the four IDX files)"
             raise DatasetNotFoundError(
-                f"Dataset {spec.name!r} is not on this machine (looked for prepared TFDS data in {where}) and {reason}; "
-                f"prepare it on a connected machine with `tfds build {spec.name}` and copy the folder to {where}{hint}."
+                f"Dataset {spec.name!r} is not on this machine (looked for prepared TFDS data in {where}) and {reason}; {hint}."
             ) from None
-        dataset, info = tfds_load(True)
+        dataset, info = tfds_load()
     class_names = spec.class_names or tuple(info.features["label"].names)
     try:
-        num_examples = info.splits[split].num_examples
+        num_examples = info.splits[tfds_split].num_examples
     except KeyError:  # Split metadata missing (e.g. tfds.testing.mock_data): count.
         num_examples = int(dataset.cardinality())
         if num_examples < 0:
@@ -193,10 +252,141 @@ def _load_tfds(spec: DatasetSpec, split: str, tfds_dir: str | None, download: bo
     return dataset, num_examples, class_names, f"tfds:{info.data_dir}"
 
 
-def _normalise(images, spec: DatasetSpec):
-    mean = tf.constant(spec.mean, tf.float32)
-    std = tf.constant(spec.std, tf.float32)
-    return (tf.cast(images, tf.float32) / 255.0 - mean) / std
+# --- Image folders -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """A scanned `folder:` dataset: file lists per split, classes and training statistics."""
+
+    root: Path
+    class_names: tuple[str, ...]
+    files: dict
+    labels: dict
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+
+def _image_files(directory: Path) -> list[str]:
+    return sorted(str(p) for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def _class_files(split_root: Path, class_names) -> tuple[list[str], list[int]]:
+    files, labels = [], []
+    for label, name in enumerate(class_names):
+        folder = split_root / name
+        found = _image_files(folder) if folder.is_dir() else []
+        if not found:
+            raise ValueError(f"Class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        files += found
+        labels += [label] * len(found)
+    return files, labels
+
+
+def _decode(path, image_size):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    if image_size is not None:
+        image = tf.image.resize(image, image_size, antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(tf.cast(image, tf.float32)), 0, 255), tf.uint8)
+
+
+def _check_and_measure(files: list[str], image_size) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Decodes every image once (in parallel); names the first that fails; returns per-channel mean/std."""
+    indices = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), files))
+    decoded = indices.map(lambda i, f: (i, _decode(f, image_size)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    seen = np.zeros(len(files), bool)
+    total = np.zeros(3)
+    total_squares = np.zeros(3)
+    pixels = 0
+    for index_batch, image_batch in decoded.batch(256):
+        seen[index_batch.numpy()] = True
+        values = image_batch.numpy().reshape(-1, 3).astype(np.float64) / 255.0
+        total += values.sum(axis=0)
+        total_squares += (values**2).sum(axis=0)
+        pixels += len(values)
+    bad = np.flatnonzero(~seen)
+    if len(bad):
+        others = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise ValueError(f"Cannot decode image file {files[bad[0]]}{others}: corrupt, truncated or not an image.")
+    mean = total / pixels
+    std = np.sqrt(np.maximum(total_squares / pixels - mean**2, 1e-12))
+    return tuple(round(float(m), 6) for m in mean), tuple(round(float(v), 6) for v in std)
+
+
+@functools.lru_cache(maxsize=8)
+def scan_image_folder(path: str, image_size: tuple[int, int], validation_fraction: float = 0.1) -> ImageFolder:
+    """Scans `PATH/<class>/*` (or `PATH/train/<class>` + `PATH/val/<class>`) and checks every image.
+
+    Without a validation folder, a fixed `validation_fraction` of each class
+    (at least one image, chosen by a seed-0 shuffle of the sorted file names)
+    is held out, the same on every run. The mean/std are measured on the
+    training images after resizing.
+
+    Raises:
+        DatasetNotFoundError: If `path` is not a folder.
+        ValueError: For fewer than two classes, an empty class folder, a
+            validation class the training split lacks, or an image that does
+            not decode (the message names the file).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetNotFoundError(f"Image folder {root} does not exist.")
+    train_root = root / "train" if (root / "train").is_dir() else root
+    class_names = tuple(sorted(p.name for p in train_root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    if train_root == root:
+        class_names = tuple(n for n in class_names if n not in VALIDATION_FOLDER_NAMES)
+    if len(class_names) < 2:
+        raise ValueError(f"Image folder {train_root} needs at least two class folders; found {len(class_names)}: {list(class_names)}.")
+    files, labels = _class_files(train_root, class_names)
+    validation_root = next((root / n for n in VALIDATION_FOLDER_NAMES if train_root != root and (root / n).is_dir()), None)
+    if validation_root is not None:
+        unknown = sorted(p.name for p in validation_root.iterdir() if p.is_dir() and p.name not in class_names)
+        if unknown:
+            raise ValueError(f"Validation folder {validation_root / unknown[0]} is a class the training folder {train_root} lacks.")
+        present = tuple(n for n in class_names if (validation_root / n).is_dir())
+        val_files, val_labels = _class_files(validation_root, present)
+        val_labels = [class_names.index(present[i]) for i in val_labels]
+        train_files, train_labels = files, labels
+    else:
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"Expected 0 < `validation_fraction` < 1. Received: validation_fraction={validation_fraction!r}")
+        rng = np.random.default_rng(0)
+        train_files, train_labels, val_files, val_labels = [], [], [], []
+        for label in range(len(class_names)):
+            members = [f for f, l in zip(files, labels) if l == label]
+            order = rng.permutation(len(members))
+            held_out = max(1, round(validation_fraction * len(members))) if len(members) > 1 else 0
+            val_files += [members[i] for i in sorted(order[:held_out])]
+            train_files += [members[i] for i in sorted(order[held_out:])]
+            val_labels += [label] * held_out
+            train_labels += [label] * (len(members) - held_out)
+    mean, std = _check_and_measure(train_files, image_size)
+    _check_and_measure(val_files, image_size)
+    return ImageFolder(
+        root=root,
+        class_names=class_names,
+        files={"train": train_files, "test": val_files},
+        labels={"train": np.array(train_labels, np.int64), "test": np.array(val_labels, np.int64)},
+        mean=mean,
+        std=std,
+        source=f"folder:{root}" + (f" (validation: {validation_root})" if validation_root else f" ({validation_fraction:.0%} of each class held out)"),
+    )
+
+
+def folder_spec(folder: ImageFolder, image_size: tuple[int, int]) -> DatasetSpec:
+    height, width = image_size
+    return DatasetSpec(
+        f"{FOLDER_PREFIX}{folder.root}", (height, width, 3), len(folder.class_names), folder.mean, folder.std,
+        crop_padding=max(1, height // 8), flip=True, class_names=folder.class_names,
+    )
+
+
+# --- The pipeline --------------------------------------------------------------------------------
+
+
+def _normalise(images, mean, std):
+    return (tf.cast(images, tf.float32) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def _augment(image, seed, spec: DatasetSpec):
@@ -222,6 +412,9 @@ def load(
     download: bool = True,
     seed: int = 0,
     drop_remainder: bool = False,
+    image_size: tuple[int, int] | None = None,
+    normalization: tuple | None = None,
+    tfds_dir: str | os.PathLike | None = None,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Loads one split as a batched, prefetched `tf.data.Dataset` of (images, labels).
 
@@ -229,27 +422,34 @@ def load(
     int64 class ids.
 
     Args:
-        name: One of `list_datasets()`.
-        split: "train" or "test" (the test split is the validation split).
+        name: One of `list_datasets()`, or `folder:PATH`.
+        split: "train" or "test" (the split used for validation).
         batch_size: Batch size.
         augment: Random crop (and flip); defaults to True for "train".
         shuffle: Shuffle each epoch; defaults to True for "train".
         subset: Use only the first `subset` examples of a fixed shuffle of
             the split (the same examples for every seed and method).
-        data_dir: For fashion_mnist, the folder with the four IDX files; for
-            tfds datasets, the TFDS data directory.
+        data_dir: fashion_mnist: the folder with the four IDX files;
+            cinic10 / tiny_imagenet: the folder holding the official archive
+            or its extracted folder (TFDS manual_dir); cifar10 / cifar100 /
+            mnist: the TFDS data directory.
         download: Let tfds download a missing dataset.
         seed: Seed of shuffling and augmentation.
         drop_remainder: Drop the last incomplete batch.
+        image_size: (height, width) for `folder:` datasets (default 32x32).
+        normalization: (mean, std) to use instead of the dataset's own, e.g.
+            those stored with a trained model.
+        tfds_dir: Where TFDS keeps prepared data for cinic10 / tiny_imagenet
+            (default: TFDS's own, `~/tensorflow_datasets`).
 
     Returns:
         `(dataset, info)`.
 
     Raises:
-        ValueError: For an unknown name or split, a non-positive batch size or subset.
+        ValueError: For an unknown name or split, invalid sizes, or bad data
+            (the message names the file or folder).
         DatasetNotFoundError: When the data is not on this machine and cannot be downloaded.
     """
-    spec = get_spec(name)
     if split not in SPLITS:
         raise ValueError(f"Expected `split` to be one of {SPLITS}. Received: split={split!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -259,35 +459,67 @@ def load(
     training = split == "train"
     augment = training if augment is None else augment
     shuffle = training if shuffle is None else shuffle
+    labels = None
 
-    idx_dir = find_fashion_mnist_idx(data_dir) if name == "fashion_mnist" else None
-    if name == "fashion_mnist" and data_dir is not None and idx_dir is None:
-        raise DatasetNotFoundError(
-            f"Fashion-MNIST IDX files ({', '.join(n for pair in IDX_FILES.values() for n in pair)}) not found in {data_dir}."
+    if name.startswith(FOLDER_PREFIX):
+        image_size = tuple(image_size or (32, 32))
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(f"Expected `image_size` = (height, width). Received: image_size={image_size!r}")
+        folder = scan_image_folder(str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve()), image_size)
+        spec = folder_spec(folder, image_size)
+        files, labels = folder.files[split], folder.labels[split]
+        if subset is not None:
+            order = np.sort(np.random.default_rng(0).permutation(len(labels))[:subset])
+            files, labels = [files[i] for i in order], labels[order]
+        dataset = tf.data.Dataset.from_tensor_slices((files, labels)).map(
+            lambda f, y: (_decode(f, image_size), y), num_parallel_calls=tf.data.AUTOTUNE
         )
-    if idx_dir is not None:
-        images, labels = read_fashion_mnist_idx(idx_dir, split)
-        if subset is not None:
-            order = np.random.default_rng(0).permutation(len(labels))[:subset]
-            images, labels = images[order], labels[order]
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-        num_examples, class_names, source = len(labels), spec.class_names, f"idx:{idx_dir}"
+        num_examples, class_names, source = len(labels), folder.class_names, folder.source
     else:
-        dataset, num_examples, class_names, source = _load_tfds(spec, split, data_dir if name != "fashion_mnist" else None, download)
-        if subset is not None:
-            # tfds order is fixed (shuffle_files=False): the first examples are a fixed subset.
-            dataset = dataset.take(subset)
-            num_examples = min(num_examples, subset)
+        spec = get_spec(name)
+        idx_dir = find_fashion_mnist_idx(data_dir) if name == "fashion_mnist" else None
+        if name == "fashion_mnist" and data_dir is not None and idx_dir is None:
+            raise DatasetNotFoundError(
+                f"Fashion-MNIST IDX files ({', '.join(n for pair in IDX_FILES.values() for n in pair)}) not found in {data_dir}."
+            )
+        if idx_dir is not None:
+            images, labels = read_fashion_mnist_idx(idx_dir, split)
+            if subset is not None:
+                order = np.random.default_rng(0).permutation(len(labels))[:subset]
+                images, labels = images[order], labels[order]
+            dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+            num_examples, class_names, source = len(labels), spec.class_names, f"idx:{idx_dir}"
+        else:
+            manual_dir = data_dir if spec.manual else None
+            tfds_data_dir = tfds_dir if spec.manual else (data_dir if name != "fashion_mnist" else None)
+            dataset, num_examples, class_names, source = _load_tfds(spec, split, tfds_data_dir, manual_dir, download)
+            if subset is not None:
+                # tfds order is fixed (shuffle_files=False): the first examples are a fixed subset.
+                dataset = dataset.take(subset)
+                num_examples = min(num_examples, subset)
+
+    classes_present = None
+    if labels is not None:
+        classes_present = int(len(np.unique(labels)))
+        if training and classes_present < spec.num_classes:
+            warnings.warn(
+                f"The {split} split of {name!r} holds examples of only {classes_present} of its {spec.num_classes} classes "
+                f"({num_examples} examples); the model still predicts all {spec.num_classes}.",
+                stacklevel=2,
+            )
+    mean, std = (tuple(normalization[0]), tuple(normalization[1])) if normalization is not None else (spec.mean, spec.std)
+    if len(mean) != spec.input_shape[-1] or len(std) != spec.input_shape[-1]:
+        raise ValueError(f"Expected one mean and std per channel ({spec.input_shape[-1]}). Received: normalization={normalization!r}")
 
     if shuffle:
-        dataset = dataset.shuffle(min(num_examples, 20000), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(min(max(num_examples, 1), 20000), seed=seed, reshuffle_each_iteration=True)
     if augment:
         # Augment the raw uint8 image, so padding is black as in torchvision's RandomCrop(padding=...).
         seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
             lambda pair, s: (_augment(pair[0], s, spec), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
         )
-    dataset = dataset.map(lambda image, label: (_normalise(image, spec), label), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
     info = DatasetInfo(
         name=name,
@@ -295,9 +527,33 @@ def load(
         num_classes=spec.num_classes,
         input_shape=spec.input_shape,
         class_names=tuple(class_names),
-        mean=spec.mean,
-        std=spec.std,
+        mean=mean,
+        std=std,
         num_examples=int(num_examples),
         source=source,
+        classes_present=classes_present,
     )
     return dataset, info
+
+
+def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None) -> dict:
+    """Where a named dataset would be read from and whether it is available here, without reading it."""
+    spec = get_spec(name)
+    if name == "fashion_mnist" and find_fashion_mnist_idx(data_dir) is not None:
+        return {"name": name, "source": f"IDX files in {find_fashion_mnist_idx(data_dir)}", "available": True}
+    import tensorflow_datasets as tfds
+
+    if spec.manual:
+        import stkd_keras.tfds_builders  # noqa: F401
+    builder = tfds.builder(name, data_dir=tfds_dir if spec.manual else data_dir)
+    if builder.is_prepared():
+        return {"name": name, "source": f"TFDS data in {builder.data_dir}", "available": True}
+    if spec.manual and _has_files(data_dir):
+        return {"name": name, "source": f"official files in {data_dir} (prepared into {builder.data_dir} on first use)", "available": True}
+    where = f"TFDS data in {builder.data_dir}" + (f", or the official files in --data-dir" if spec.manual else "")
+    downloadable = _host_resolves(spec.download_host)
+    return {
+        "name": name,
+        "source": where + (f"; downloadable from {spec.download_host}" if downloadable else f"; {spec.download_host} cannot be reached"),
+        "available": downloadable,
+    }

@@ -8,6 +8,8 @@ replaced only when the caller allows it (`overwrite=True`).
 Every finished run folder holds:
 - `teacher.keras` or `student.keras`: the model after the last epoch,
 - `history.csv`: one row of training/validation metrics per epoch,
+- `preprocessing.json`: the input shape, normalisation mean/std and class
+  names the model was trained with, which evaluation and export reuse,
 - `metrics.json`: final-epoch and best-epoch validation accuracy (named
   apart: the saved model is the final-epoch one), the resolved config, the
   seed, the dataset and the library versions.
@@ -36,6 +38,7 @@ from stkd_keras.distiller import TEACHER_METHODS, Distiller
 from stkd_keras.models import get_model
 
 MODEL_FILES = {"teacher": "teacher.keras", "student": "student.keras"}
+PREPROCESSING_FILE = "preprocessing.json"
 
 
 class RunError(RuntimeError):
@@ -69,6 +72,7 @@ class RunConfig:
     mixed_precision: bool = False
     data_dir: str | None = None
     download: bool = True
+    image_size: int | None = None
 
     def validate(self) -> None:
         """Raises `ValueError` for a value no run can use."""
@@ -76,7 +80,7 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected `{name}` to be an int >= 1. Received: {name}={value!r}")
-        for name in ("train_subset", "val_subset", "steps_per_epoch"):
+        for name in ("train_subset", "val_subset", "steps_per_epoch", "image_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"Expected `{name}` to be an int >= 1 or unset. Received: {name}={value!r}")
@@ -232,18 +236,16 @@ def train(
     try:
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
+        data_options = {"data_dir": config.data_dir, "download": config.download, "image_size": _image_size(config.image_size)}
         train_data, train_info = data_lib.load(
-            config.dataset,
-            "train",
-            config.batch_size,
-            subset=config.train_subset,
-            data_dir=config.data_dir,
-            download=config.download,
-            seed=config.seed,
+            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, **data_options
         )
-        val_data, val_info = data_lib.load(
-            config.dataset, "test", max(config.batch_size, 256), subset=config.val_subset, data_dir=config.data_dir, download=config.download
-        )
+        if train_info.classes_present is not None and train_info.classes_present < train_info.num_classes:
+            log(
+                f"Warning: the training data holds examples of only {train_info.classes_present} of the "
+                f"{train_info.num_classes} classes the model predicts."
+            )
+        val_data, val_info = data_lib.load(config.dataset, "test", max(config.batch_size, 256), subset=config.val_subset, **data_options)
         teacher, teacher_summary = None, None
         if method in TEACHER_METHODS:
             if config.teacher is None:
@@ -311,7 +313,37 @@ def train(
         "environment": environment(),
     }
     write_json(directory / "metrics.json", metrics)
+    write_json(directory / PREPROCESSING_FILE, preprocessing_record(train_info, config.image_size))
     return metrics
+
+
+def _image_size(size: int | None):
+    return None if size is None else (size, size)
+
+
+def preprocessing_record(info: data_lib.DatasetInfo, image_size: int | None = None) -> dict:
+    """What a model needs applied to its inputs: stored beside it, reused by evaluation and export."""
+    return {
+        "dataset": info.name,
+        "input_shape": list(info.input_shape),
+        "image_size": image_size,
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "class_names": list(info.class_names),
+        "pixel_scale": "pixels / 255, then (x - mean) / std per channel",
+    }
+
+
+def read_preprocessing(model_path: str | os.PathLike) -> dict | None:
+    """The `preprocessing.json` stored beside a model (or in its run folder), if any."""
+    path = Path(model_path)
+    candidate = (path if path.is_dir() else path.parent) / PREPROCESSING_FILE
+    if not candidate.is_file():
+        return None
+    try:
+        return json.loads(candidate.read_text())
+    except json.JSONDecodeError as error:
+        raise RunError(f"Cannot read {candidate}: {error}") from None
 
 
 def _evaluate_keras(model: keras.Model, dataset: tf.data.Dataset) -> dict:
@@ -343,13 +375,22 @@ def evaluate(
         DatasetNotFoundError: When the dataset is not available.
     """
     model = load_model(model_path)
-    data, info = data_lib.load(dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download)
+    preprocessing = read_preprocessing(model_path)
+    normalization, image_size = None, None
+    if preprocessing is not None:
+        normalization = (preprocessing["mean"], preprocessing["std"])
+        image_size = _image_size(preprocessing.get("image_size"))
+    data, info = data_lib.load(
+        dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download,
+        image_size=image_size or tuple(model.input_shape[1:3]), normalization=normalization,
+    )
     check_model_fits_dataset(model, info, "model")
     return {
         "model": str(model_path),
         "dataset": dataset,
         "split": split,
         "num_examples": info.num_examples,
+        "normalization": {"mean": list(info.mean), "std": list(info.std), "from": "preprocessing.json" if preprocessing else "dataset"},
         **_evaluate_keras(model, data),
         "environment": environment(),
     }

@@ -4,6 +4,7 @@ import json
 
 import keras
 import pytest
+import tensorflow as tf
 from click.testing import CliRunner
 
 from stkd_keras.cli.main import cli
@@ -136,3 +137,32 @@ def test_models_lists_the_zoo_with_counts():
     assert "| resnet8 | 83,892 | 12.5M |" in result.output
     small = run("models", "--input-size", 8)
     assert "| MobileNetV2 | - | MobileNetV2 downsamples its input 16x" in small.output
+
+
+def test_datasets_lists_sources_and_availability():
+    result = run("datasets")
+    assert result.exit_code == 0, result.output
+    assert "| fashion_mnist | 10 | 28x28x1 | yes | IDX files in /usr/share/datasets/fashion-mnist |" in result.output
+    # No network here: CIFAR-10 is neither prepared nor downloadable, and the table says so.
+    assert "| cifar10 | 10 | 32x32x3 | no |" in result.output
+    assert "| tiny_imagenet | 200 | 64x64x3 |" in result.output and "folder:PATH" in result.output
+
+
+def test_folder_dataset_run_stores_and_reuses_its_normalisation(tmp_path):
+    images = tmp_path / "images"
+    for label, value in enumerate((30, 220)):
+        for index in range(6):
+            path = images / f"class{label}" / f"{index}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(tf.io.encode_png(tf.fill((20, 20, 3), tf.constant(value, tf.uint8))).numpy())
+    output = tmp_path / "run"
+    result = run("train-teacher", "--dataset", f"folder:{images}", "--image-size", 12, "--model", "cnn8", "--epochs", 1, "--quiet", "--output", output)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((output / "preprocessing.json").read_text())
+    # Mean of equal numbers of shade-30 and shade-220 images, measured on the training split.
+    assert stored["mean"] == pytest.approx([(30 + 220) / 2 / 255] * 3, abs=1e-5)
+    assert stored["class_names"] == ["class0", "class1"] and stored["input_shape"] == [12, 12, 3]
+    result = run("evaluate", "--model", output / "teacher.keras", "--dataset", f"folder:{images}")
+    assert result.exit_code == 0, result.output
+    evaluation = json.loads((output / "evaluation_folder-images_test.json").read_text())
+    assert evaluation["normalization"]["from"] == "preprocessing.json" and evaluation["num_examples"] == 2

@@ -3,6 +3,7 @@ import struct
 
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from stkd_keras import data as data_lib
@@ -95,3 +96,107 @@ def test_invalid_arguments():
         data_lib.load("fashion_mnist", "validation")
     with pytest.raises(ValueError, match="batch_size"):
         data_lib.load("fashion_mnist", batch_size=0)
+
+
+# --- folder: datasets ----------------------------------------------------------------------------
+
+SHADES = {"apple": 0, "banana": 128, "cherry": 255}
+
+
+def write_image(path, value, size=(40, 40), encoding="png", channels=3):
+    image = tf.fill((*size, channels), tf.constant(value, tf.uint8))
+    data = tf.io.encode_png(image) if encoding == "png" else tf.io.encode_jpeg(image, quality=100)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.numpy())
+
+
+def make_folder(root, per_class=5, layout="flat"):
+    for name, value in SHADES.items():
+        for index in range(per_class):
+            if layout == "flat":
+                write_image(root / name / f"{index}.png", value)
+            else:
+                split = "val" if index == 0 else "train"
+                write_image(root / split / name / f"{index}.png", value)
+    return root
+
+
+def collect(dataset):
+    images = np.concatenate([x.numpy() for x, _ in dataset])
+    labels = np.concatenate([y.numpy() for _, y in dataset])
+    return images, labels
+
+
+def test_folder_dataset_with_held_out_validation(tmp_path):
+    root = make_folder(tmp_path / "fruit")
+    (root / "apple" / "notes.txt").write_text("not an image")
+    train, info = data_lib.load(f"folder:{root}", "train", batch_size=4, image_size=(16, 16), augment=False, shuffle=False)
+    test, test_info = data_lib.load(f"folder:{root}", "test", batch_size=4, image_size=(16, 16))
+    assert info.class_names == ("apple", "banana", "cherry") and info.num_classes == 3 and info.input_shape == (16, 16, 3)
+    # 10% of 5 images rounds to 0, but every class keeps at least one for validation: 4 + 1 per class.
+    assert info.num_examples == 12 and test_info.num_examples == 3
+    images, labels = collect(train)
+    np.testing.assert_array_equal(np.bincount(labels), [4, 4, 4])
+    # Solid shades 0, 128, 255 in equal numbers: mean and std worked out by hand.
+    shades = np.array([0, 128, 255]) / 255.0
+    mean, std = shades.mean(), shades.std()
+    np.testing.assert_allclose(info.mean, [mean] * 3, atol=1e-5)
+    np.testing.assert_allclose(info.std, [std] * 3, atol=1e-5)
+    for label, value in enumerate(SHADES.values()):
+        np.testing.assert_allclose(images[labels == label], (value / 255.0 - mean) / std, atol=1e-4)
+    # The held-out images are the same on every scan (seed-0 choice over sorted file names).
+    data_lib.scan_image_folder.cache_clear()
+    _, again = collect(data_lib.load(f"folder:{root}", "test", batch_size=4, image_size=(16, 16))[0])
+    np.testing.assert_array_equal(collect(test)[1], again)
+
+
+def test_folder_dataset_with_train_and_val_folders(tmp_path):
+    root = make_folder(tmp_path / "fruit", layout="split")
+    _, info = data_lib.load(f"folder:{root}", "train", image_size=(8, 8))
+    _, test_info = data_lib.load(f"folder:{root}", "test", image_size=(8, 8))
+    assert info.num_examples == 12 and test_info.num_examples == 3
+    assert "validation: " in info.source
+
+
+def test_folder_grayscale_and_jpeg_become_rgb(tmp_path):
+    root = make_folder(tmp_path / "fruit")
+    write_image(root / "banana" / "gray.jpg", 128, encoding="jpeg", channels=1)
+    images, labels = collect(data_lib.load(f"folder:{root}", "train", image_size=(16, 16), augment=False)[0])
+    assert images.shape[1:] == (16, 16, 3)
+
+
+def test_folder_corrupt_and_truncated_images_are_named(tmp_path):
+    root = make_folder(tmp_path / "fruit")
+    (root / "banana" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(ValueError, match=r"Cannot decode image file .*banana/broken.png"):
+        data_lib.load(f"folder:{root}", image_size=(16, 16))
+    (root / "banana" / "broken.png").unlink()
+    write_image(root / "cherry" / "cut.jpg", 200, encoding="jpeg")
+    full = (root / "cherry" / "cut.jpg").read_bytes()
+    (root / "cherry" / "cut.jpg").write_bytes(full[: len(full) // 2])
+    data_lib.scan_image_folder.cache_clear()
+    with pytest.raises(ValueError, match=r"Cannot decode image file .*cherry/cut.jpg"):
+        data_lib.load(f"folder:{root}", image_size=(16, 16))
+
+
+def test_folder_structure_errors(tmp_path):
+    root = make_folder(tmp_path / "fruit")
+    (root / "durian").mkdir()
+    with pytest.raises(ValueError, match=r"Class folder .*durian holds no images"):
+        data_lib.load(f"folder:{root}")
+    single = tmp_path / "single"
+    write_image(single / "apple" / "0.png", 0)
+    with pytest.raises(ValueError, match=r"needs at least two class folders; found 1: \['apple'\]"):
+        data_lib.load(f"folder:{single}")
+    split = make_folder(tmp_path / "split", layout="split")
+    write_image(split / "val" / "durian" / "0.png", 10)
+    with pytest.raises(ValueError, match=r"Validation folder .*val/durian is a class the training folder"):
+        data_lib.load(f"folder:{split}")
+    with pytest.raises(data_lib.DatasetNotFoundError, match="does not exist"):
+        data_lib.load(f"folder:{tmp_path / 'nowhere'}")
+
+
+def test_subset_missing_classes_warns():
+    with pytest.warns(UserWarning, match=r"holds examples of only \d of its 10 classes"):
+        _, info = data_lib.load("fashion_mnist", "train", subset=3)
+    assert info.classes_present <= 3
