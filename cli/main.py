@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 from pathlib import Path
 
@@ -107,6 +108,12 @@ def _user_errors(function):
             return function(*args, **kwargs)
         except (ValueError, training.RunError, data.DatasetNotFoundError) as error:
             raise click.ClickException(str(error)) from None
+        except RuntimeError as error:
+            from stkd_keras.export import ExportError
+
+            if isinstance(error, ExportError):
+                raise click.ClickException(str(error)) from None
+            raise
 
     return wrapper
 
@@ -194,7 +201,7 @@ def distill(output, overwrite, quiet, teacher, teacher_model, teacher_epochs, st
 
 
 @cli.command()
-@click.option("--model", "model_path", required=True, type=click.Path(), help="A .keras model file or run folder.")
+@click.option("--model", "model_path", required=True, type=click.Path(), help="A .keras model file or run folder, or an exported .tflite / .onnx file.")
 @_data_options
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]), help="Split to evaluate on.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Batch size.")
@@ -209,7 +216,8 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
     if json_path is None:
         folder = model_path if model_path.is_dir() else model_path.parent
         label = f"folder-{Path(dataset[len('folder:'):]).name}" if dataset.startswith("folder:") else dataset
-        json_path = folder / f"evaluation_{label}_{split}.json"
+        exported = model_path.suffix in (".tflite", ".onnx")
+        json_path = folder / (f"evaluation_{model_path.name.replace('.', '_')}_{label}_{split}.json" if exported else f"evaluation_{label}_{split}.json")
     json_path = Path(json_path)
     if json_path.exists() and not overwrite:
         raise click.ClickException(f"Results file {json_path} already exists; pass --overwrite to replace it or choose --json.")
@@ -219,6 +227,66 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
         f"{model_path} on {dataset}/{split} ({results['num_examples']} images): "
         f"top-1 {results['accuracy']:.4f}, top-5 {results['top5_accuracy']:.4f}. Wrote {json_path}."
     )
+
+
+@cli.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="The student .keras file (or its run folder).")
+@click.option("--format", "export_format", default="all", show_default=True, type=click.Choice(["tflite", "onnx", "all"]), help="Which runtimes to export for.")
+@click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "float16", "dynamic", "int8"]), help="TFLite quantization; ONNX takes none or int8 (float32 otherwise).")
+@click.option("--qat", "qat_epochs", default=None, type=click.IntRange(min=1), help="Also export int8 after N epochs of quantization-aware training (tfmot, distilled from --teacher).")
+@click.option("--prune", "prune_sparsity", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Also export int8 after pruning to this sparsity (tfmot).")
+@click.option("--teacher", default=None, type=click.Path(), help="Teacher for QAT/pruning fine-tuning (default: the run's teacher/ folder if there is one).")
+@click.option("--dataset", default=None, type=_DatasetName(), help="Dataset for verification and calibration (default: the one the model was trained on).")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="As for distill.")
+@click.option("--download/--no-download", default=True, show_default=True, help="Let tfds download a missing dataset.")
+@click.option("--verify-images", default=500, show_default=True, type=click.IntRange(min=1), help="Evaluation images each file is verified on.")
+@click.option("--representative-images", default=200, show_default=True, type=click.IntRange(min=1), help="Training images for int8 calibration.")
+@click.option("--dynamic-batch", is_flag=True, help="Keep the batch dimension free (default: fixed to 1 for edge delegates).")
+@click.option("--opset", default=17, show_default=True, type=click.IntRange(min=13), help="ONNX opset.")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for the exported files.")
+@click.option("--overwrite", is_flag=True, help="Replace existing files of the same names.")
+@_user_errors
+def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
+    """Export a student to TFLite/LiteRT and ONNX, verify each file in its runtime, and write export_report.json."""
+    from stkd_keras import export as export_lib
+
+    training = _library()[3]
+    model_path = Path(model_path)
+    model = training.load_model(model_path)
+    preprocessing = training.read_preprocessing(model_path)
+    if preprocessing is None:
+        raise click.ClickException(f"No preprocessing.json beside {model_path}: export needs the normalisation the model was trained with.")
+    dataset = dataset or preprocessing["dataset"]
+    run_folder = model_path if model_path.is_dir() else model_path.parent
+    if teacher is None and (run_folder / "teacher").is_dir():
+        teacher = run_folder / "teacher"
+    metrics_path = run_folder / "metrics.json"
+    source = {"path": str(model_path)}
+    if metrics_path.is_file():
+        source["final_val_accuracy"] = json.loads(metrics_path.read_text()).get("final_val_accuracy")
+    formats = ("tflite", "onnx") if export_format == "all" else (export_format,)
+    data = export_lib.load_export_data(dataset, preprocessing, verify_images, representative_images, data_dir, download)
+    student_file = model_path if model_path.is_file() else next(p for p in (run_folder / "student.keras", run_folder / "teacher.keras") if p.is_file())
+    teacher_file = None
+    if teacher is not None:
+        teacher_file = Path(teacher) / "teacher.keras" if Path(teacher).is_dir() else Path(teacher)
+    report = export_lib.export_model(
+        model, output, data, preprocessing, formats=formats, quantize=quantize, dynamic_batch=dynamic_batch, opset=opset,
+        overwrite=overwrite, stem=student_file.stem, source=source, log=click.echo,
+        bridge_args={
+            "model_path": student_file, "teacher_path": teacher_file, "dataset": dataset, "data_dir": data_dir,
+            "qat_epochs": qat_epochs, "prune_sparsity": prune_sparsity, "finetune_epochs": 2,
+        },
+    )
+    click.echo(f"Keras top-1 on {report['verification_images']} verification images: {report['keras_top1_accuracy']:.4f}")
+    click.echo("| file | size | max abs logit diff | top-1 agreement | top-1 | ms/image |")
+    click.echo("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for row in report["files"]:
+        click.echo(
+            f"| {row['file']} | {row['size_bytes'] / 1024:,.0f} KiB | {row['max_abs_logit_diff']:.2e} | {row['top1_agreement']:.4f} | "
+            f"{row['top1_accuracy']:.4f} | {row['ms_per_image']:.2f} |"
+        )
+    click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
 
 
 @cli.command("datasets")

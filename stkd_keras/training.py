@@ -374,6 +374,8 @@ def evaluate(
         RunError: For a missing or unloadable model, or one that does not fit the dataset.
         DatasetNotFoundError: When the dataset is not available.
     """
+    if Path(model_path).suffix in (".tflite", ".onnx"):
+        return _evaluate_exported(Path(model_path), dataset, split, batch_size, subset, data_dir, download)
     model = load_model(model_path)
     preprocessing = read_preprocessing(model_path)
     normalization, image_size = None, None
@@ -392,5 +394,48 @@ def evaluate(
         "num_examples": info.num_examples,
         "normalization": {"mean": list(info.mean), "std": list(info.std), "from": "preprocessing.json" if preprocessing else "dataset"},
         **_evaluate_keras(model, data),
+        "environment": environment(),
+    }
+
+
+def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir, download) -> dict:
+    """Top-1 / top-5 of a .tflite or .onnx file in its own runtime, with the preprocessing embedded in it."""
+    from stkd_keras.export.runtime import read_metadata, runner_for
+
+    if not path.is_file():
+        raise RunError(f"Model file {path} does not exist.")
+    try:
+        runner = runner_for(path)
+        metadata = read_metadata(path) or {}
+    except Exception as error:
+        raise RunError(f"Cannot load {path}: {type(error).__name__}: {error}") from None
+    preprocessing = metadata.get("preprocessing") or read_preprocessing(path)
+    if not preprocessing:
+        raise RunError(f"{path} carries no preprocessing metadata and no preprocessing.json lies beside it; export it with stkd-keras export.")
+    input_shape = metadata.get("input_shape") or [None, *preprocessing["input_shape"]]
+    data, info = data_lib.load(
+        dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download,
+        image_size=tuple(input_shape[1:3]), normalization=(preprocessing["mean"], preprocessing["std"]),
+    )
+    if tuple(info.input_shape) != tuple(input_shape[1:]):
+        raise RunError(f"{path} takes inputs {tuple(input_shape[1:])}, but dataset {dataset!r} has inputs {info.input_shape}.")
+    logits, labels = [], []
+    for images, batch_labels in data:
+        logits.append(runner.predict(images.numpy()))
+        labels.append(batch_labels.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    if logits.shape[-1] != info.num_classes:
+        raise RunError(f"{path} predicts {logits.shape[-1]} classes, but dataset {dataset!r} has {info.num_classes}.")
+    # Stable, so ties (common in dequantized int8 logits) resolve to the lowest class as argmax does.
+    top5 = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
+    return {
+        "model": str(path),
+        "runtime": "ai_edge_litert" if path.suffix == ".tflite" else "onnxruntime",
+        "dataset": dataset,
+        "split": split,
+        "num_examples": int(len(labels)),
+        "normalization": {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]), "from": "embedded metadata"},
+        "accuracy": float(np.mean(top5[:, 0] == labels)),
+        "top5_accuracy": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
         "environment": environment(),
     }

@@ -1,0 +1,377 @@
+"""Export a trained student to TFLite/LiteRT and ONNX, verified against Keras before it is written.
+
+Every file is converted into a staging folder, loaded back in its own runtime
+(`ai_edge_litert`, `onnxruntime`), run on real evaluation images with the
+model's own preprocessing, and compared with the Keras student; only when
+every file is within its bound are they all moved into the output folder
+(`os.replace`, atomic per file). A failed or interrupted export leaves nothing
+under the final names, and existing files are replaced only with
+`overwrite=True`.
+
+Bounds: max |logit difference| <= 1e-4 for float32 (a miss aborts the export:
+the conversion is broken) and <= 1e-2 for float16 (a miss is reported and
+warned about: float16 weights round to about 1e-3 of the logits' scale, so
+large logits can exceed it); the dynamic-range and int8 files report top-1
+agreement with Keras and top-1 accuracy (their cost is reported, not bounded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from stkd_keras.export.runtime import METADATA_NAME, embed_tflite_metadata, runner_for
+
+FORMATS = ("tflite", "onnx", "all")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+FLOAT_BOUNDS = {"float32": 1e-4, "float16": 1e-2}
+DEFAULT_OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """An export cannot be done or did not verify; the message is meant for the user as it is."""
+
+
+@dataclasses.dataclass
+class ExportData:
+    """Evaluation images and labels, and a representative sample of training images (same preprocessing)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    representative: np.ndarray
+
+
+def _quantization_name(quantize: str) -> str:
+    return "float32" if quantize == "none" else quantize
+
+
+def _input_signature(model, dynamic_batch: bool) -> list:
+    height, width, channels = model.input_shape[1:]
+    return [tf.TensorSpec((None if dynamic_batch else 1, height, width, channels), tf.float32, name="images")]
+
+
+def convert_tflite(model, path: Path, quantize: str, representative: np.ndarray | None = None, dynamic_batch: bool = False) -> None:
+    """Writes the model as a TFLite flatbuffer with builtin ops only (through Keras's LiteRT export).
+
+    Raises:
+        ExportError: If the model needs ops outside the TFLite builtins (the
+            message names them), or int8 is asked for without representative images.
+    """
+    options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
+    if quantize == "float16":
+        options = {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": {**options["target_spec"], "supported_types": [tf.float16]}}
+    elif quantize == "dynamic":
+        options["optimizations"] = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        if representative is None or not len(representative):
+            raise ExportError("Full-integer int8 export needs representative training images; pass --dataset.")
+
+        def representative_dataset():
+            for index in range(len(representative)):
+                yield [representative[index : index + 1].astype(np.float32)]
+
+        options = {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+            "representative_dataset": representative_dataset,
+            "inference_input_type": tf.int8,
+            "inference_output_type": tf.int8,
+        }
+    try:
+        model.export(str(path), format="litert", input_signature=_input_signature(model, dynamic_batch), verbose=False, **options)
+    except Exception as error:  # ConverterError and friends carry the op names in their message.
+        message = str(error)
+        ops = sorted(set(re.findall(r"\btf\.([A-Za-z0-9_]+)", message)) | set(re.findall(r"'([A-Z][A-Za-z0-9]+)'", message)))
+        named = f" (ops: {', '.join(ops[:10])})" if ops else ""
+        raise ExportError(
+            f"{model.name} cannot be converted to TFLite with builtin ops only{named}; an edge runtime without Flex ops could not run it."
+        ) from None
+
+
+def convert_onnx(model, path: Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> None:
+    """Writes the model as ONNX (Keras's export: tf2onnx `from_function` with an explicit signature), checked by `onnx.checker`."""
+    import onnx
+
+    try:
+        model.export(str(path), format="onnx", input_signature=_input_signature(model, dynamic_batch), opset_version=opset, verbose=False)
+    except Exception as error:
+        raise ExportError(f"{model.name} cannot be converted to ONNX opset {opset}: {type(error).__name__}: {error}") from None
+    onnx.checker.check_model(str(path))
+
+
+def quantize_onnx_int8(float_path: Path, output_path: Path, representative: np.ndarray) -> None:
+    """Static int8 quantization (QDQ, per-channel weights) with a calibration reader over training images."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, input_name):
+            self.batches = iter([{input_name: representative[i : i + 1].astype(np.float32)} for i in range(len(representative))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    import onnx
+
+    input_name = onnx.load(str(float_path)).graph.input[0].name
+    prepared = output_path.with_name(output_path.stem + ".pre.onnx")
+    quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+    quantize_static(
+        str(prepared),
+        str(output_path),
+        Reader(input_name),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+    prepared.unlink()
+
+
+def _verify(path: Path, quantization: str, data: ExportData, reference: np.ndarray) -> dict:
+    runner = runner_for(path)
+    started = time.perf_counter()
+    logits = runner.predict(data.images)
+    seconds = time.perf_counter() - started
+    predicted = logits.argmax(axis=-1)
+    row = {
+        "file": path.name,
+        "format": path.suffix[1:],
+        "quantization": quantization,
+        "size_bytes": path.stat().st_size,
+        "input_dtype": runner.input_dtype,
+        "output_dtype": runner.output_dtype,
+        "images": int(len(data.images)),
+        "max_abs_logit_diff": float(np.max(np.abs(logits - reference))),
+        "max_abs_logit": float(np.max(np.abs(reference))),
+        "top1_agreement": float(np.mean(predicted == reference.argmax(axis=-1))),
+        "top1_accuracy": float(np.mean(predicted == data.labels)),
+        "ms_per_image": round(1e3 * seconds / max(1, len(data.images)), 3),
+    }
+    bound = FLOAT_BOUNDS.get(quantization)
+    if bound is not None:
+        row["bound"] = bound
+        row["within_bound"] = row["max_abs_logit_diff"] <= bound
+    return row
+
+
+def _quantization_parameters(path: Path) -> dict | None:
+    if path.suffix != ".tflite":
+        return None
+    runner = runner_for(path)
+    scale_in, zero_in = runner.input_detail["quantization"]
+    scale_out, zero_out = runner.output_detail["quantization"]
+    return {
+        "input": {"dtype": runner.input_dtype, "scale": float(scale_in), "zero_point": int(zero_in)},
+        "output": {"dtype": runner.output_dtype, "scale": float(scale_out), "zero_point": int(zero_out)},
+    }
+
+
+def _embed_onnx_metadata(proto, payload: dict):
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_NAME
+    entry.value = json.dumps(payload, sort_keys=True)
+    return proto
+
+
+def planned_files(stem: str, formats, quantize: str, qat_epochs, prune_sparsity) -> list[str]:
+    """The file names an export will write (checked for collisions before any work)."""
+    names = []
+    quantization = _quantization_name(quantize)
+    if "tflite" in formats:
+        names.append(f"{stem}_{quantization}.tflite")
+    if "onnx" in formats:
+        names.append(f"{stem}_{'int8' if quantize == 'int8' else 'float32'}.onnx")
+    if qat_epochs:
+        names.append(f"{stem}_qat_int8.tflite")
+    if prune_sparsity:
+        names.append(f"{stem}_pruned_int8.tflite")
+    return names + ["metadata.json", "export_report.json"]
+
+
+def export_model(
+    model,
+    output_dir: str | os.PathLike,
+    data: ExportData,
+    preprocessing: dict,
+    formats=("tflite", "onnx"),
+    quantize: str = "none",
+    dynamic_batch: bool = False,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    stem: str = "student",
+    source: dict | None = None,
+    bridge_args: dict | None = None,
+    log=print,
+) -> dict:
+    """Converts, verifies and writes the student's files; returns the report (also written as export_report.json).
+
+    Args:
+        model: The Keras student (logits output).
+        output_dir: Folder for the files.
+        data: Evaluation images/labels and representative training images.
+        preprocessing: The model's `preprocessing.json` record (mean, std, class names, input shape).
+        formats: A subset of ("tflite", "onnx").
+        quantize: "none", "float16", "dynamic" or "int8" (ONNX: "none" or "int8").
+        dynamic_batch: Keep the batch dimension free (default: fixed to 1 for edge delegates).
+        opset: ONNX opset.
+        overwrite: Replace existing files of the same names.
+        stem: File name stem.
+        source: Where the model came from (path, accuracy), recorded in the metadata.
+        bridge_args: Arguments for QAT/pruning through `stkd_keras.export.tfmot_bridge` (a subprocess):
+            {"model_path", "teacher_path", "dataset", "data_dir", "qat_epochs", "prune_sparsity", ...}.
+
+    Raises:
+        ExportError: For an impossible request, a failed conversion, or a float file outside its bound.
+    """
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"Expected --quantize in {QUANTIZATIONS}. Received: {quantize!r}")
+    if "onnx" in formats and quantize in ("float16", "dynamic") and "tflite" not in formats:
+        raise ExportError(f"ONNX export supports --quantize none or int8. Received: {quantize!r}")
+    bridge_args = bridge_args or {}
+    output_dir = Path(output_dir)
+    names = planned_files(stem, formats, quantize, bridge_args.get("qat_epochs"), bridge_args.get("prune_sparsity"))
+    existing = [name for name in names if (output_dir / name).exists()]
+    if existing and not overwrite:
+        raise ExportError(f"{output_dir / existing[0]} already exists; pass --overwrite to replace it or choose another --output.")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-partial-", dir=output_dir))
+    try:
+        reference = model.predict(data.images, batch_size=64, verbose=0).astype(np.float32)
+        keras_accuracy = float(np.mean(reference.argmax(axis=-1) == data.labels))
+        metadata = {
+            "input_shape": [1 if not dynamic_batch else None, *model.input_shape[1:]],
+            "input_dtype": "int8" if quantize == "int8" else "float32",
+            "input_name": "images",
+            "output_name": "logits",
+            "preprocessing": {k: preprocessing[k] for k in ("mean", "std", "pixel_scale") if k in preprocessing},
+            "class_names": preprocessing.get("class_names"),
+            "dataset": preprocessing.get("dataset"),
+            "source": {**(source or {}), "keras_top1_on_verification_images": keras_accuracy},
+        }
+        rows = []
+        quantization = _quantization_name(quantize)
+        if "tflite" in formats:
+            log(f"Converting {model.name} to TFLite ({quantization})...")
+            path = staging / f"{stem}_{quantization}.tflite"
+            convert_tflite(model, path, quantize, data.representative, dynamic_batch)
+            path.write_bytes(embed_tflite_metadata(path.read_bytes(), {**metadata, "quantization": quantization}))
+            rows.append(_verify(path, quantization, data, reference))
+        if "onnx" in formats:
+            log(f"Converting {model.name} to ONNX (opset {opset})...")
+            float_path = staging / f"{stem}_float32.onnx"
+            import onnx
+
+            convert_onnx(model, float_path, opset, dynamic_batch)
+            proto = onnx.load(str(float_path))
+            onnx.save(_embed_onnx_metadata(proto, {**metadata, "input_dtype": "float32", "quantization": "float32"}), str(float_path))
+            if quantize == "int8":
+                int8_path = staging / f"{stem}_int8.onnx"
+                log("Quantizing the ONNX model to int8 (QDQ, per-channel)...")
+                quantize_onnx_int8(float_path, int8_path, data.representative)
+                quantized = onnx.load(str(int8_path))
+                del quantized.metadata_props[:]
+                onnx.save(_embed_onnx_metadata(quantized, {**metadata, "input_dtype": "float32", "quantization": "int8"}), str(int8_path))
+                float_path.unlink()
+                rows.append(_verify(int8_path, "int8", data, reference))
+            else:
+                rows.append(_verify(float_path, "float32", data, reference))
+        for mode, key in (("qat", "qat_epochs"), ("prune", "prune_sparsity")):
+            if bridge_args.get(key):
+                path = staging / f"{stem}_{'qat' if mode == 'qat' else 'pruned'}_int8.tflite"
+                bridge_report = run_tfmot_bridge(mode, path, data, preprocessing, bridge_args, log)
+                path.write_bytes(embed_tflite_metadata(path.read_bytes(), {**metadata, "input_dtype": "int8", "quantization": f"{mode}+int8"}))
+                row = _verify(path, f"{mode}+int8", data, reference)
+                row["tfmot"] = bridge_report
+                rows.append(row)
+        for row in rows:
+            if row.get("within_bound") is not False:
+                continue
+            message = (
+                f"{row['file']} differs from the Keras model by {row['max_abs_logit_diff']:.2e} in its logits, "
+                f"beyond the {row['bound']:.0e} bound for {row['quantization']}"
+            )
+            if row["quantization"] == "float32":
+                # float32 must reproduce Keras: a miss means a broken conversion.
+                raise ExportError(message + "; nothing was written.")
+            # float16 weights round to ~1e-3 relative: a known cost on large logits, reported, not fatal.
+            log(f"Warning: {message} (largest |logit| {row['max_abs_logit']:.1f}); see export_report.json.")
+        for row in rows:
+            row["quantization_parameters"] = _quantization_parameters(staging / row["file"])
+        report = {
+            "model": model.name,
+            "keras_top1_accuracy": keras_accuracy,
+            "verification_images": int(len(data.images)),
+            "files": rows,
+            "metadata": metadata,
+        }
+        (staging / "metadata.json").write_text(json.dumps({**metadata, "files": [r["file"] for r in rows]}, indent=2) + "\n")
+        (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        for name in [row["file"] for row in rows] + ["metadata.json", "export_report.json"]:
+            os.replace(staging / name, output_dir / name)
+        return report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def run_tfmot_bridge(mode: str, output_path: Path, data: ExportData, preprocessing: dict, bridge_args: dict, log=print) -> dict:
+    """Runs `stkd_keras.export.tfmot_bridge` in a subprocess (tfmot switches TF to legacy Keras for its process)."""
+    report_path = output_path.with_suffix(".bridge.json")
+    command = [
+        sys.executable, "-m", "stkd_keras.export.tfmot_bridge",
+        "--model", str(bridge_args["model_path"]),
+        "--dataset", str(bridge_args["dataset"]),
+        "--mean", ",".join(str(v) for v in preprocessing["mean"]),
+        "--std", ",".join(str(v) for v in preprocessing["std"]),
+        "--mode", mode,
+        "--epochs", str(bridge_args.get("qat_epochs") or bridge_args.get("finetune_epochs") or 2),
+        "--representative", str(len(data.representative)),
+        "--eval-subset", str(len(data.images)),
+        "--output", str(output_path),
+        "--report", str(report_path),
+    ]
+    if mode == "prune":
+        command += ["--sparsity", str(bridge_args["prune_sparsity"])]
+    for option, key in (("--teacher", "teacher_path"), ("--data-dir", "data_dir"), ("--train-subset", "train_subset"), ("--seed", "seed")):
+        if bridge_args.get(key) is not None:
+            command += [option, str(bridge_args[key])]
+    log(f"Running {'quantization-aware training' if mode == 'qat' else 'pruning'} with tensorflow-model-optimization (subprocess)...")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+        raise ExportError(f"The tfmot {mode} step failed: {lines[-1] if lines else 'no message'}")
+    report = json.loads(report_path.read_text())
+    report_path.unlink()
+    return report
+
+
+def load_export_data(dataset: str, preprocessing: dict, verify_images: int, representative_images: int, data_dir=None, download=True) -> ExportData:
+    """The first `verify_images` test images and `representative_images` training images, with the model's preprocessing."""
+    from stkd_keras import data as data_lib
+
+    options = {
+        "augment": False,
+        "shuffle": False,
+        "data_dir": data_dir,
+        "download": download,
+        "normalization": (preprocessing["mean"], preprocessing["std"]),
+        "image_size": tuple(preprocessing["input_shape"][:2]),
+    }
+    test, _ = data_lib.load(dataset, "test", 256, subset=verify_images, **options)
+    images = np.concatenate([x.numpy() for x, _ in test])
+    labels = np.concatenate([y.numpy() for _, y in test])
+    # A fixed, shuffled subset of the training split (the same for every export), no augmentation, no mixup.
+    train, _ = data_lib.load(dataset, "train", 256, subset=representative_images, **options)
+    representative = np.concatenate([x.numpy() for x, _ in train])
+    return ExportData(images=images, labels=labels, representative=representative)

@@ -1,0 +1,157 @@
+"""Run exported students in their edge runtimes: the LiteRT interpreter and onnxruntime.
+
+Both runners take normalised float32 images (batch, H, W, C) and return float32
+logits, quantising int8 inputs and dequantising int8 outputs with the tensor's
+own scale and zero point, so a quantized file is measured exactly as a phone
+would feed it. A file whose batch dimension is fixed (to 1 by default for edge
+delegates) is run one image at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+METADATA_NAME = "stkd_keras_metadata"
+
+
+def _quantize(images: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return images.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    info = np.iinfo(detail["dtype"])
+    return np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(detail["dtype"])
+
+
+def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return values.astype(np.float32)
+    scale, zero_point = detail["quantization"]
+    return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+class TFLiteRunner:
+    """A `.tflite` file in the LiteRT interpreter (`ai_edge_litert`)."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = str(path)
+        self.interpreter = Interpreter(model_path=self.path, num_threads=num_threads)
+        self.input_detail = self.interpreter.get_input_details()[0]
+        self.output_detail = self.interpreter.get_output_details()[0]
+        self.fixed_batch = int(self.input_detail["shape_signature"][0]) if self.input_detail["shape_signature"][0] > 0 else None
+        self._batch = None
+
+    @property
+    def input_dtype(self) -> str:
+        return np.dtype(self.input_detail["dtype"]).name
+
+    @property
+    def output_dtype(self) -> str:
+        return np.dtype(self.output_detail["dtype"]).name
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        if self._batch != len(images):
+            self.interpreter.resize_tensor_input(self.input_detail["index"], (len(images), *images.shape[1:]))
+            self.interpreter.allocate_tensors()
+            self.input_detail = self.interpreter.get_input_details()[0]
+            self.output_detail = self.interpreter.get_output_details()[0]
+            self._batch = len(images)
+        self.interpreter.set_tensor(self.input_detail["index"], _quantize(images, self.input_detail))
+        self.interpreter.invoke()
+        return _dequantize(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail)
+
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        step = self.fixed_batch or batch_size
+        return np.concatenate([self._run(images[i : i + step]) for i in range(0, len(images), step)])
+
+
+class ONNXRunner:
+    """An `.onnx` file in onnxruntime (CPU)."""
+
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = num_threads
+        options.inter_op_num_threads = 1
+        self.path = str(path)
+        self.session = onnxruntime.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        batch = self.input.shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None
+
+    input_dtype = "float32"
+    output_dtype = "float32"
+
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        step = self.fixed_batch or batch_size
+        outputs = [
+            self.session.run(None, {self.input.name: images[i : i + step].astype(np.float32)})[0] for i in range(0, len(images), step)
+        ]
+        return np.concatenate(outputs).astype(np.float32)
+
+
+def runner_for(path: str | os.PathLike, num_threads: int = 1):
+    """A `TFLiteRunner` or `ONNXRunner` by file suffix; `ValueError` for anything else."""
+    suffix = Path(path).suffix
+    if suffix == ".tflite":
+        return TFLiteRunner(path, num_threads)
+    if suffix == ".onnx":
+        return ONNXRunner(path, num_threads)
+    raise ValueError(f"Expected a .tflite or .onnx file. Received: {path}")
+
+
+def embed_tflite_metadata(model_bytes: bytes, payload: dict, name: str = METADATA_NAME) -> bytes:
+    """Returns the TFLite flatbuffer with `payload` (JSON) added as a named model metadata entry.
+
+    Uses the TFLite schema shipped with LiteRT (`ai_edge_litert.schema_py_generated`):
+    a buffer holding the JSON and a `Metadata{name, buffer}` entry, the mechanism
+    the TFLite metadata tooling uses. Runtimes ignore entries they do not know.
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(bytearray(model_bytes), 0)
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(json.dumps(payload, sort_keys=True).encode(), dtype=np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = name
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != name.encode() and m.name != name] + [entry]
+    builder = flatbuffers.Builder(len(model_bytes) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def read_tflite_metadata(path: str | os.PathLike, name: str = METADATA_NAME) -> dict | None:
+    """The JSON metadata entry `name` of a `.tflite` file, or None."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(bytearray(Path(path).read_bytes()), 0)
+    for index in range(model.MetadataLength()):
+        entry = model.Metadata(index)
+        if entry.Name().decode() == name:
+            return json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+    return None
+
+
+def read_onnx_metadata(path: str | os.PathLike, name: str = METADATA_NAME) -> dict | None:
+    """The JSON metadata property `name` of an `.onnx` file, or None."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == name:
+            return json.loads(prop.value)
+    return None
+
+
+def read_metadata(path: str | os.PathLike) -> dict | None:
+    """The metadata embedded in an exported file (TFLite metadata entry or ONNX metadata_props)."""
+    return read_tflite_metadata(path) if Path(path).suffix == ".tflite" else read_onnx_metadata(path)

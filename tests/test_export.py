@@ -1,0 +1,160 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from click.testing import CliRunner
+
+from stkd_keras import data as data_lib
+from stkd_keras import export as export_lib
+from stkd_keras.cli.main import cli
+from stkd_keras.models import get_model
+from stkd_keras.training import preprocessing_record, write_json
+
+
+@pytest.fixture(scope="module")
+def student_run(tmp_path_factory):
+    """A resnet8 trained briefly on 2000 Fashion-MNIST images, saved as a run folder would be."""
+    folder = tmp_path_factory.mktemp("run")
+    keras.utils.set_random_seed(0)
+    train, info = data_lib.load("fashion_mnist", "train", 32, subset=2000)
+    model = get_model("resnet8", 10, (28, 28, 1))
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(train, epochs=2, verbose=0)
+    model.save(folder / "student.keras")
+    write_json(folder / "preprocessing.json", preprocessing_record(info))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def export_data(student_run):
+    preprocessing = json.loads((student_run / "preprocessing.json").read_text())
+    return export_lib.load_export_data("fashion_mnist", preprocessing, verify_images=300, representative_images=100), preprocessing
+
+
+@pytest.fixture(scope="module")
+def exported(student_run, export_data, tmp_path_factory):
+    """Every format and quantization of the student, with their reports."""
+    data, preprocessing = export_data
+    model = keras.saving.load_model(student_run / "student.keras")
+    output = tmp_path_factory.mktemp("exported")
+    reports = {}
+    for quantize, formats in (("none", ("tflite", "onnx")), ("float16", ("tflite",)), ("dynamic", ("tflite",)), ("int8", ("tflite", "onnx"))):
+        report = export_lib.export_model(model, output, data, preprocessing, formats=formats, quantize=quantize, overwrite=True, log=lambda *_: None)
+        reports.update({row["file"]: row for row in report["files"]})
+        reports["keras"] = report["keras_top1_accuracy"]
+    return output, reports
+
+
+def test_float_files_match_keras(exported):
+    _, rows = exported
+    assert rows["keras"] > 0.5  # the student learned something: the comparisons below are meaningful
+    assert rows["student_float32.tflite"]["max_abs_logit_diff"] <= 1e-4
+    assert rows["student_float32.onnx"]["max_abs_logit_diff"] <= 1e-4
+    # float16 weights carry ~1e-3 relative precision (11-bit mantissa): the error scales with the logits,
+    # and the report flags whether it stayed within the 1e-2 bound.
+    float16 = rows["student_float16.tflite"]
+    assert float16["max_abs_logit_diff"] <= 2e-3 * float16["max_abs_logit"]
+    assert float16["within_bound"] == (float16["max_abs_logit_diff"] <= 1e-2)
+    for name in ("student_float32.tflite", "student_float32.onnx", "student_float16.tflite"):
+        assert rows[name]["top1_agreement"] == 1.0 and rows[name]["top1_accuracy"] == pytest.approx(rows["keras"])
+
+
+def test_quantized_files_keep_the_predictions(exported):
+    output, rows = exported
+    for name in ("student_dynamic.tflite", "student_int8.tflite", "student_int8.onnx"):
+        assert rows[name]["top1_agreement"] >= 0.9
+        assert rows[name]["top1_accuracy"] >= rows["keras"] - 0.05
+    int8 = export_lib.TFLiteRunner(output / "student_int8.tflite")
+    assert int8.input_dtype == "int8" and int8.output_dtype == "int8"
+    assert rows["student_int8.tflite"]["quantization_parameters"]["input"]["dtype"] == "int8"
+    float32_size = (output / "student_float32.tflite").stat().st_size
+    assert float32_size >= 3 * (output / "student_int8.tflite").stat().st_size
+
+
+def test_metadata_travels_with_the_files(exported, export_data):
+    output, _ = exported
+    _, preprocessing = export_data
+    for name in ("student_float32.tflite", "student_int8.tflite", "student_float32.onnx", "student_int8.onnx"):
+        metadata = export_lib.read_metadata(output / name)
+        assert metadata["preprocessing"]["mean"] == preprocessing["mean"] and metadata["preprocessing"]["std"] == preprocessing["std"]
+        assert metadata["class_names"][0] == "T-shirt/top" and metadata["input_shape"] == [1, 28, 28, 1]
+    assert export_lib.read_metadata(output / "student_int8.tflite")["input_dtype"] == "int8"
+    report = json.loads((output / "export_report.json").read_text())
+    assert {row["file"] for row in report["files"]} == {"student_int8.tflite", "student_int8.onnx"}
+
+
+def test_batch_dimension(exported, student_run, export_data, tmp_path):
+    output, _ = exported
+    assert export_lib.TFLiteRunner(output / "student_float32.tflite").fixed_batch == 1
+    data, preprocessing = export_data
+    model = keras.saving.load_model(student_run / "student.keras")
+    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), dynamic_batch=True, log=lambda *_: None)
+    assert export_lib.TFLiteRunner(tmp_path / "student_float32.tflite").fixed_batch is None
+    assert export_lib.ONNXRunner(tmp_path / "student_float32.onnx").fixed_batch is None
+
+
+def test_failed_export_leaves_nothing_and_never_overwrites(student_run, export_data, tmp_path, monkeypatch):
+    data, preprocessing = export_data
+    model = keras.saving.load_model(student_run / "student.keras")
+    real_verify = export_lib.core._verify
+    calls = []
+
+    def verify_then_fail(path, *args):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("interrupted mid-export")
+        return real_verify(path, *args)
+
+    monkeypatch.setattr(export_lib.core, "_verify", verify_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), log=lambda *_: None)
+    assert calls == ["student_float32.tflite", "student_float32.onnx"]
+    assert list(tmp_path.iterdir()) == []  # no partial file, no staging folder
+    monkeypatch.undo()
+
+    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), log=lambda *_: None)
+    before = (tmp_path / "student_float32.tflite").read_bytes()
+    with pytest.raises(export_lib.ExportError, match="student_float32.tflite already exists; pass --overwrite"):
+        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), log=lambda *_: None)
+    assert (tmp_path / "student_float32.tflite").read_bytes() == before
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class Determinant(keras.layers.Layer):
+    """Uses tf.linalg.det, which has no TFLite builtin kernel."""
+
+    def call(self, x):
+        return tf.expand_dims(tf.linalg.det(x[..., 0]), -1) * tf.ones((1, 10))
+
+
+def test_model_needing_flex_ops_is_refused(tmp_path, export_data):
+    data, preprocessing = export_data
+    inputs = keras.Input((28, 28, 1))
+    model = keras.Model(inputs, Determinant()(inputs), name="needs_flex")
+    with pytest.raises(export_lib.ExportError, match=r"needs_flex cannot be converted to TFLite with builtin ops only \(ops: .*MatrixDeterminant"):
+        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), log=lambda *_: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
+    runner = CliRunner()
+    output = tmp_path / "exported"
+    result = runner.invoke(
+        cli,
+        ["export", "--model", str(student_run / "student.keras"), "--format", "all", "--quantize", "int8",
+         "--verify-images", "200", "--representative-images", "50", "--output", str(output)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((output / "export_report.json").read_text())
+    rows = {row["file"]: row for row in report["files"]}
+    assert set(rows) == {"student_int8.tflite", "student_int8.onnx"}
+    # evaluate measures the shipped file the same way: on the same 200 images it agrees with the report.
+    for name in rows:
+        result = runner.invoke(cli, ["evaluate", "--model", str(output / name), "--dataset", "fashion_mnist", "--subset", "200"])
+        assert result.exit_code == 0, result.output
+        evaluation = json.loads((output / f"evaluation_{name.replace('.', '_')}_fashion_mnist_test.json").read_text())
+        assert evaluation["accuracy"] == pytest.approx(rows[name]["top1_accuracy"])
+    again = runner.invoke(cli, ["export", "--model", str(student_run / "student.keras"), "--format", "tflite", "--quantize", "int8", "--output", str(output)])
+    assert again.exit_code == 1 and "already exists; pass --overwrite" in again.output
