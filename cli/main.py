@@ -89,7 +89,14 @@ def _training_options(function):
         click.option("--steps-per-epoch", default=None, type=click.IntRange(min=1), help="Steps per epoch (the data repeats)."),
         click.option("--jit-compile/--no-jit-compile", default=False, show_default=True, help="Compile the train step with XLA."),
         click.option("--mixed-precision/--no-mixed-precision", default=False, show_default=True, help="Train under the mixed_float16 policy."),
-        click.option("--output", required=True, type=click.Path(file_okay=False), help="Run folder to create."),
+        click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]), help="Optimizer."),
+        click.option("--lr-schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step", "constant"]), help="Learning-rate schedule (step: x --lr-decay-rate at --lr-decay-epochs)."),
+        click.option("--lr-decay-epochs", default="", callback=lambda ctx, param, value: _int_list(value, param), help="Comma-separated epochs of the step schedule, e.g. 150,180,210."),
+        click.option("--lr-decay-rate", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Factor of each step of the step schedule."),
+        click.option("--deterministic", is_flag=True, help="Turn on TensorFlow op determinism (slower; bit-identical reruns)."),
+        click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML recipe with every hyperparameter; options given here override its fields."),
+        click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the unfinished run whose --output was this folder."),
+        click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder to create."),
         click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     ]
@@ -118,6 +125,33 @@ def _user_errors(function):
     return wrapper
 
 
+def _int_list(value, param):
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}.", param=param) from None
+
+
+def _apply_recipe(ctx: click.Context, options: dict, renames: dict) -> dict:
+    """Recipe fields fill every option not given on the command line; returns the merged options.
+
+    `renames` maps a recipe field to this command's option name (None: the field is not this command's).
+    """
+    recipe_path = options.get("recipe")
+    if recipe_path is None:
+        return options
+    from stkd_keras.recipes import load_recipe
+
+    merged = dict(options)
+    for field, value in load_recipe(recipe_path).items():
+        key = renames.get(field, field)
+        if key in merged and ctx.get_parameter_source(key) is not click.core.ParameterSource.COMMANDLINE:
+            merged[key] = value
+    return merged
+
+
 def _config(options: dict, **fields):
     training = _library()[3]
     names = {field.name for field in dataclasses.fields(training.RunConfig)}
@@ -140,19 +174,35 @@ def cli():
     """Similarity Transfer for Knowledge Distillation (STKD) for Keras 3."""
 
 
+def _start_or_resume(output, overwrite, resume):
+    training = _library()[3]
+    if resume is not None:
+        return training.run_directory(resume, resume=True, log=click.echo), Path(resume)
+    if output is None:
+        raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
+    return training.run_directory(output, overwrite, log=click.echo), Path(output)
+
+
 @cli.command("train-teacher")
 @_data_options
 @click.option("--model", default="resnet20", show_default=True, type=_choice_of(_model_names), help="Teacher architecture.")
 @_training_options
 @_user_errors
-def train_teacher(output, overwrite, quiet, **options):
+@click.pass_context
+def train_teacher(ctx, output, overwrite, quiet, resume, **options):
     """Train a teacher with cross-entropy; writes teacher.keras, history.csv and metrics.json to OUTPUT."""
     training = _library()[3]
-    config = _config(options, method="ce")
-    config.validate()
-    with training.run_directory(output, overwrite) as staging:
-        metrics = training.train(config, staging, role="teacher", verbose=0 if quiet else "auto", log=click.echo)
-    _report(metrics, Path(output), "teacher")
+    directory, output = _start_or_resume(output, overwrite, resume)
+    with directory as staging:
+        saved = training.read_run_file(staging) if resume else None
+        if saved is None:
+            config = _config(_apply_recipe(ctx, options, {"teacher_model": "model", "teacher_epochs": "epochs", "student": None, "model": None, "teacher": None}), method="ce")
+            config.validate()
+            training.write_run_file(staging, {"command": "train-teacher", "config": config})
+        else:
+            config = saved["config"]
+        metrics = training.train(config, staging, role="teacher", verbose=0 if quiet else "auto", log=click.echo, resume=resume is not None)
+    _report(metrics, output, "teacher")
 
 
 @cli.command()
@@ -170,34 +220,49 @@ def train_teacher(output, overwrite, quiet, **options):
 @click.option("--clean-kd-weight", default=0.0, show_default=True, type=float, help="Weight of an extra KD term on clean images (stkd, kd_mixup_naive).")
 @_training_options
 @_user_errors
-def distill(output, overwrite, quiet, teacher, teacher_model, teacher_epochs, student, **options):
+@click.pass_context
+def distill(ctx, output, overwrite, quiet, resume, **options):
     """Distil a student with STKD (or a baseline method) into OUTPUT.
 
     Writes student.keras, history.csv and metrics.json; a teacher trained on
-    the way goes to OUTPUT/teacher/.
+    the way goes to OUTPUT/teacher/. A run killed at any moment continues
+    with --resume OUTPUT from its last completed epoch.
     """
     from stkd_keras.distiller import TEACHER_METHODS
 
     training = _library()[3]
-    config = _config(options, model=student, teacher=teacher)
-    config.validate()
-    needs_teacher = config.method in TEACHER_METHODS
-    if not needs_teacher and teacher is not None:
-        raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
     verbose = 0 if quiet else "auto"
-    with training.run_directory(output, overwrite) as staging:
-        if needs_teacher and teacher is None:
-            click.echo(f"No --teacher given: training a {teacher_model} teacher first (saved to {Path(output) / 'teacher'}).")
-            teacher_config = _config(options, model=teacher_model, method="ce")
-            teacher_config.epochs = teacher_epochs or config.epochs
-            (staging / "teacher").mkdir()
-            training.train(teacher_config, staging / "teacher", role="teacher", verbose=verbose, log=click.echo)
-            config.teacher = str(Path(output) / "teacher")
-            teacher_location = staging / "teacher"
+    directory, output = _start_or_resume(output, overwrite, resume)
+    with directory as staging:
+        saved = training.read_run_file(staging) if resume else None
+        if saved is None:
+            options = _apply_recipe(ctx, options, {"model": "student"})
+            teacher, teacher_model, teacher_epochs = options.pop("teacher"), options.pop("teacher_model"), options.pop("teacher_epochs")
+            config = _config(options, model=options.pop("student"), teacher=teacher)
+            config.validate()
+            if config.method not in TEACHER_METHODS and teacher is not None:
+                raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
+            teacher_config = None
+            if config.method in TEACHER_METHODS and teacher is None:
+                teacher_config = _config(options, model=teacher_model, method="ce")
+                teacher_config.epochs = teacher_epochs or config.epochs
+                teacher_config.lr_decay_epochs = () if teacher_config.lr_schedule != "step" else teacher_config.lr_decay_epochs
+                config.teacher = str(output / "teacher")
+            training.write_run_file(staging, {"command": "distill", "config": config, "teacher_config": teacher_config})
         else:
-            teacher_location = None
-        metrics = training.train(config, staging, role="student", verbose=verbose, log=click.echo, teacher_location=teacher_location)
-    _report(metrics, Path(output), "student")
+            config, teacher_config = saved["config"], saved.get("teacher_config")
+        teacher_location = None
+        if teacher_config is not None:
+            teacher_dir = staging / "teacher"
+            if not (teacher_dir / "teacher.keras").is_file():
+                click.echo(f"No --teacher given: training a {teacher_config.model} teacher first (saved to {output / 'teacher'}).")
+                teacher_dir.mkdir(exist_ok=True)
+                training.train(teacher_config, teacher_dir, role="teacher", verbose=verbose, log=click.echo, resume=resume is not None)
+            teacher_location = teacher_dir
+        metrics = training.train(
+            config, staging, role="student", verbose=verbose, log=click.echo, teacher_location=teacher_location, resume=resume is not None
+        )
+    _report(metrics, output, "student")
 
 
 @cli.command()

@@ -415,6 +415,8 @@ def load(
     image_size: tuple[int, int] | None = None,
     normalization: tuple | None = None,
     tfds_dir: str | os.PathLike | None = None,
+    stream: bool = False,
+    start_step: int = 0,
 ) -> tuple[tf.data.Dataset, DatasetInfo]:
     """Loads one split as a batched, prefetched `tf.data.Dataset` of (images, labels).
 
@@ -441,6 +443,12 @@ def load(
             those stored with a trained model.
         tfds_dir: Where TFDS keeps prepared data for cinic10 / tiny_imagenet
             (default: TFDS's own, `~/tensorflow_datasets`).
+        stream: For training runs: an endless stream of full batches
+            (reshuffled on every pass over the data), in which batch k is a
+            function of (seed, k) only, so a run resumed at step k sees
+            exactly the batches an uninterrupted run sees.
+        start_step: With `stream`: the first batch of the stream (the
+            examples before it are skipped before any decoding or augmentation).
 
     Returns:
         `(dataset, info)`.
@@ -511,16 +519,33 @@ def load(
     if len(mean) != spec.input_shape[-1] or len(std) != spec.input_shape[-1]:
         raise ValueError(f"Expected one mean and std per channel ({spec.input_shape[-1]}). Received: normalization={normalization!r}")
 
-    if shuffle:
-        dataset = dataset.shuffle(min(max(num_examples, 1), 20000), seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        # Augment the raw uint8 image, so padding is black as in torchvision's RandomCrop(padding=...).
-        seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda pair, s: (_augment(pair[0], s, spec), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
-    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    buffer = min(max(num_examples, 1), 20000)
+    if stream:
+        # shuffle(seed) + repeat: pass p's order depends on (seed, p) only; skipping whole examples
+        # before the maps keeps a resumed stream identical and cheap. Augmentation draws are keyed
+        # by the example's position in the stream.
+        first = start_step * batch_size
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat().skip(first).enumerate(start=first)
+        if augment:
+            dataset = dataset.map(
+                lambda index, pair: (_augment(pair[0], tf.stack([tf.cast(seed, tf.int64), index]), spec), pair[1]),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        else:
+            dataset = dataset.map(lambda index, pair: pair)
+        dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.batch(batch_size, drop_remainder=True)
+    elif shuffle:
+        dataset = _reshuffled_each_pass(dataset, buffer, seed, augment, spec, mean, std, batch_size, drop_remainder)
+    else:
+        if augment:
+            dataset = dataset.enumerate().map(
+                lambda index, pair: (_augment(pair[0], tf.stack([tf.cast(seed, tf.int64), index]), spec), pair[1]),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+        dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+    dataset = dataset.prefetch(tf.data.AUTOTUNE)
     info = DatasetInfo(
         name=name,
         split=split,
@@ -534,6 +559,18 @@ def load(
         classes_present=classes_present,
     )
     return dataset, info
+
+
+def _reshuffled_each_pass(dataset, buffer, seed, augment, spec, mean, std, batch_size, drop_remainder):
+    """A pipeline that reshuffles and re-augments on every pass (for use outside training runs)."""
+    dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            lambda pair, s: (_augment(pair[0], s, spec), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder)
 
 
 def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None) -> dict:

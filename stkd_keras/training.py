@@ -31,6 +31,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from stkd_keras import checkpointing
 from stkd_keras import data as data_lib
 from stkd_keras import losses as losses_lib
 from stkd_keras import mixup as mixup_lib
@@ -73,6 +74,11 @@ class RunConfig:
     data_dir: str | None = None
     download: bool = True
     image_size: int | None = None
+    optimizer: str = "sgd"
+    lr_schedule: str = "cosine"
+    lr_decay_epochs: tuple[int, ...] = ()
+    lr_decay_rate: float = 0.1
+    deterministic: bool = False
 
     def validate(self) -> None:
         """Raises `ValueError` for a value no run can use."""
@@ -90,6 +96,18 @@ class RunConfig:
             raise ValueError(f"Expected 0 <= `momentum` < 1. Received: momentum={self.momentum!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"Expected `weight_decay` >= 0. Received: weight_decay={self.weight_decay!r}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"Expected `optimizer` in ('sgd', 'adam'). Received: optimizer={self.optimizer!r}")
+        if self.lr_schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"Expected `lr_schedule` in ('cosine', 'step', 'constant'). Received: lr_schedule={self.lr_schedule!r}")
+        epochs = list(self.lr_decay_epochs)
+        if self.lr_schedule == "step" and (not epochs or epochs != sorted(set(epochs)) or not 0 < epochs[0] or epochs[-1] >= self.epochs):
+            raise ValueError(
+                f"Expected increasing `lr_decay_epochs` between 1 and epochs - 1 = {self.epochs - 1} for the step schedule. "
+                f"Received: lr_decay_epochs={self.lr_decay_epochs!r}"
+            )
+        if not 0 < self.lr_decay_rate <= 1:
+            raise ValueError(f"Expected 0 < `lr_decay_rate` <= 1. Received: lr_decay_rate={self.lr_decay_rate!r}")
         # The Distiller checks these too; checking here refuses a bad run before any data is read.
         losses_lib.validate_temperature(self.temperature)
         mixup_lib.validate_alpha(self.mixup_alpha)
@@ -119,17 +137,34 @@ def check_output_free(output: str | os.PathLike, overwrite: bool) -> Path:
 
 
 @contextlib.contextmanager
-def run_directory(output: str | os.PathLike, overwrite: bool = False):
-    """Yields a staging folder that becomes `output` only when the block finishes without error."""
-    output = check_output_free(output, overwrite).absolute()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+def run_directory(output: str | os.PathLike, overwrite: bool = False, resume: bool = False, log=print):
+    """Yields a staging folder that becomes `output` only when the block finishes without error.
+
+    A run that fails after completing an epoch keeps its staging folder (with
+    its checkpoints) so that `resume=True` can continue it; one that fails
+    before (bad input) leaves nothing behind.
+    """
+    output = Path(output).absolute()
+    if resume:
+        staging = find_unfinished_run(output)
+        if output.exists() and any(output.iterdir()) and not overwrite:
+            raise RunError(f"Output folder {output} already holds a finished run; nothing to resume.")
+    else:
+        check_output_free(output, overwrite)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        for stale in output.parent.glob(f".{output.name}.partial-*"):
+            if not _resumable(stale):
+                shutil.rmtree(stale, ignore_errors=True)
+        staging = output.parent / f".{output.name}.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
     try:
         yield staging
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        if _resumable(staging):
+            log(f"The unfinished run is kept in {staging}; continue it with --resume {output}.")
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     previous = None
     if output.exists():
@@ -138,6 +173,45 @@ def run_directory(output: str | os.PathLike, overwrite: bool = False):
     os.replace(staging, output)
     if previous is not None:
         shutil.rmtree(previous, ignore_errors=True)
+
+
+def _resumable(staging: Path) -> bool:
+    """A staging folder worth keeping: it holds a committed checkpoint or a finished teacher."""
+    return any(staging.rglob(checkpointing.STATE_FILE)) or any(staging.rglob(MODEL_FILES["teacher"]))
+
+
+def find_unfinished_run(output: str | os.PathLike) -> Path:
+    """The staging folder of an unfinished run of `output` (the newest, if several)."""
+    output = Path(output).absolute()
+    candidates = sorted(output.parent.glob(f".{output.name}.partial-*"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise RunError(f"No unfinished run of {output} to resume (looked for {output.parent}/.{output.name}.partial-*).")
+    return candidates[-1]
+
+
+RUN_FILE = "run.json"
+
+
+def write_run_file(directory: Path, payload: dict) -> None:
+    """Records how a run was started (its resolved configs), so --resume can rebuild it."""
+    def encode(value):
+        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+    write_json(directory / RUN_FILE, {key: encode(value) for key, value in payload.items()})
+
+
+def read_run_file(directory: Path) -> dict | None:
+    """The configs a run was started with, as `RunConfig`s, or None when the run never recorded them."""
+    path = Path(directory) / RUN_FILE
+    if not path.is_file():
+        return None
+    payload = json.loads(path.read_text())
+    for key in ("config", "teacher_config"):
+        if payload.get(key) is not None:
+            fields = payload[key]
+            fields["lr_decay_epochs"] = tuple(fields.get("lr_decay_epochs") or ())
+            payload[key] = RunConfig(**fields)
+    return payload
 
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
@@ -214,6 +288,7 @@ def train(
     verbose: int | str = "auto",
     log=print,
     teacher_location: str | os.PathLike | None = None,
+    resume: bool = False,
 ) -> dict:
     """Trains a model (teacher or student) into an existing folder and returns its metrics.
 
@@ -221,11 +296,14 @@ def train(
     `role="student"` trains it with `config.method` (distilling from
     `config.teacher` for the teacher methods). `teacher_location` loads the
     teacher from elsewhere than `config.teacher` (a teacher trained in the
-    staging folder of this run, recorded under its final path).
+    staging folder of this run, recorded under its final path). With
+    `resume=True` the run continues after the last committed checkpoint in
+    `directory` (see `stkd_keras.checkpointing`).
 
     Raises:
         ValueError: For invalid hyperparameters.
-        RunError: For a missing/unloadable teacher or a model/dataset mismatch.
+        RunError: For a missing/unloadable teacher, a model/dataset mismatch,
+            or a diverged loss (the last good checkpoint is kept).
         DatasetNotFoundError: When the dataset is not available.
     """
     config.validate()
@@ -233,13 +311,14 @@ def train(
     method = "ce" if role == "teacher" else config.method
     previous_policy = keras.mixed_precision.global_policy()
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     try:
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         data_options = {"data_dir": config.data_dir, "download": config.download, "image_size": _image_size(config.image_size)}
-        train_data, train_info = data_lib.load(
-            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, **data_options
-        )
+        # Read the data once to know its size; the epoch-indexed training pipeline is built below.
+        _, train_info = data_lib.load(config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, **data_options)
         if train_info.classes_present is not None and train_info.classes_present < train_info.num_classes:
             log(
                 f"Warning: the training data holds examples of only {train_info.classes_present} of the "
@@ -254,6 +333,11 @@ def train(
             check_model_fits_dataset(teacher, val_info, "teacher")
             teacher_summary = {"path": str(config.teacher), "name": teacher.name, **_evaluate_keras(teacher, val_data)}
             log(f"Teacher {teacher.name}: val top-1 {teacher_summary['accuracy']:.4f} on {val_info.num_examples} images.")
+            if teacher_summary["accuracy"] < 1.5 / val_info.num_classes:
+                log(
+                    f"Warning: the teacher is near chance ({teacher_summary['accuracy']:.4f} against {1 / val_info.num_classes:.4f}); "
+                    "distilling from it teaches noise. Check --teacher and the dataset."
+                )
         elif config.teacher is not None and role == "student":
             raise RunError(f"Method {method!r} trains the student alone; drop --teacher or choose one of {sorted(TEACHER_METHODS)}.")
 
@@ -270,28 +354,45 @@ def train(
             clean_kd_weight=config.clean_kd_weight,
             seed=config.seed,
         )
-        steps = config.steps_per_epoch or math.ceil(train_info.num_examples / config.batch_size)
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps * config.epochs)
-        optimizer = keras.optimizers.SGD(schedule, momentum=config.momentum, weight_decay=config.weight_decay or None)
-        distiller.compile(optimizer=optimizer, metrics=_metrics_for_training(), jit_compile=config.jit_compile)
+        # Full batches from an endless stream: an epoch is `steps` batches (one pass, rounded down).
+        steps = config.steps_per_epoch or max(1, train_info.num_examples // config.batch_size)
+        distiller.compile(optimizer=make_optimizer(config, steps), metrics=_metrics_for_training(), jit_compile=config.jit_compile)
+        initial_epoch, past_history = checkpointing.restore(distiller, directory, log) if resume else (0, {})
+        if initial_epoch >= config.epochs:
+            raise RunError(f"The run in {directory} already completed its {config.epochs} epochs.")
+        train_data, _ = data_lib.load(
+            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed,
+            stream=True, start_step=initial_epoch * steps, **data_options,
+        )
         log(
             f"Training {role} {model.name} ({model.count_params():,} parameters) with method {method!r} on "
-            f"{train_info.name} ({train_info.num_examples} training images) for {config.epochs} epoch(s) of {steps} steps."
+            f"{train_info.name} ({train_info.num_examples} training images) for {config.epochs} epoch(s) of {steps} steps"
+            + (f", resuming at epoch {initial_epoch + 1}." if initial_epoch else ".")
         )
+        guard = checkpointing.StopOnNonFinite()
         started = time.perf_counter()
-        history = distiller.fit(
-            train_data.repeat() if config.steps_per_epoch else train_data,
+        distiller.fit(
+            train_data,
             validation_data=val_data,
             epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch,
+            initial_epoch=initial_epoch,
+            steps_per_epoch=steps,
             shuffle=False,  # The tf.data pipeline shuffles.
-            callbacks=[keras.callbacks.CSVLogger(str(directory / "history.csv"))],
+            callbacks=[
+                guard,
+                checkpointing.LearningRateLogger(),
+                keras.callbacks.CSVLogger(str(directory / "history.csv"), append=initial_epoch > 0),
+                keras.callbacks.TensorBoard(str(directory / "tensorboard"), write_graph=False),
+                checkpointing.RunCheckpoint(directory, past_history),
+            ],
             verbose=verbose,
         )
         train_seconds = time.perf_counter() - started
-        losses = history.history.get("loss", [])
-        if losses and not all(np.isfinite(losses)):
-            raise RunError(f"Training diverged: the loss became {losses[-1]} by epoch {len(losses)}; lower --learning-rate.")
+        if guard.failure:
+            state = checkpointing.read_state(directory)
+            kept = f"the last good checkpoint (epoch {state['epoch']}) is kept" if state else "no epoch completed"
+            raise RunError(f"Training diverged: {guard.failure}; {kept}. Lower --learning-rate and resume or restart.")
+        history = checkpointing.read_state(directory)["history"]
         model_path = directory / MODEL_FILES[role]
         temporary = directory / f".tmp-{model_path.name}"
         model.save(temporary)
@@ -304,9 +405,10 @@ def train(
         "model": model.name,
         "parameters": int(model.count_params()),
         "method": method,
-        **_summarise_history(history.history),
+        **_summarise_history(history),
         "teacher": teacher_summary,
         "train_seconds": round(train_seconds, 2),
+        "resumed_at_epoch": initial_epoch or None,
         "seed": config.seed,
         "config": dataclasses.asdict(config),
         "dataset": {"train": train_info.to_dict(), "validation": val_info.to_dict()},
@@ -314,7 +416,23 @@ def train(
     }
     write_json(directory / "metrics.json", metrics)
     write_json(directory / PREPROCESSING_FILE, preprocessing_record(train_info, config.image_size))
+    shutil.rmtree(directory / checkpointing.CHECKPOINT_DIR, ignore_errors=True)
     return metrics
+
+
+def make_optimizer(config: RunConfig, steps_per_epoch: int):
+    """SGD (momentum, decoupled weight decay) or Adam with the configured learning-rate schedule."""
+    if config.lr_schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
+    elif config.lr_schedule == "step":
+        boundaries = [epoch * steps_per_epoch for epoch in config.lr_decay_epochs]
+        values = [config.learning_rate * config.lr_decay_rate**i for i in range(len(boundaries) + 1)]
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    else:
+        rate = config.learning_rate
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None)
+    return keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=config.weight_decay or None)
 
 
 def _image_size(size: int | None):

@@ -1,0 +1,700 @@
+"""Quantization-aware training and pruning of a Keras 3 student through tensorflow-model-optimization.
+
+Contract: this module runs only as its own process,
+
+    python -m stkd_keras.export.tfmot_bridge --model student.keras --dataset NAME \\
+        --mode qat|prune --output OUT.tflite --report OUT.json [options]
+
+and nothing else in stkd-keras imports it. tensorflow-model-optimization
+(tfmot 0.8.1) works only with legacy Keras (`tf_keras`, Keras 2): importing it
+sets `TF_USE_LEGACY_KERAS=1` for the whole process, and `quantize_model`
+rejects Keras 3 models. Keeping it in a subprocess leaves every other process
+on Keras 3 and lets a tfmot failure end with one line on stderr, which the
+caller (`stkd_keras.export.core.run_tfmot_bridge`) shows to the user.
+
+What a run does:
+1. Loads the Keras 3 student (and teacher) and rebuilds each as a `tf_keras`
+   functional model, layer by layer from the Keras 3 functional graph, with
+   the same hyperparameters and weights; the rebuilt model must reproduce the
+   Keras 3 logits on real evaluation images to 1e-5 (max abs difference),
+   otherwise the run stops.
+2. `--mode qat`: `tfmot.quantization.keras.quantize_model`. The weightless
+   channel layers of the ShuffleNets (ChannelShuffle, ChannelSplit) only move
+   values, so they get a no-op quantize config: their outputs keep the
+   quantization of their inputs.
+   `--mode prune`: `prune_low_magnitude` on every Conv2D, DepthwiseConv2D and
+   Dense layer, PolynomialDecay (power 3) from 0 to `--sparsity`, reaching the
+   target at 80% of the fine-tuning steps so that the last 20% recover with the
+   final mask; then `strip_pruning`.
+3. Fine-tunes with STKD (Zhao et al. 2021, arXiv 2103.10047): each batch is
+   mixed (`stkd_keras.mixup.apply_mixup`), the teacher sees the same mixed
+   images, and the student learns `stkd_keras.losses.stkd_loss`. Without a
+   teacher: plain cross-entropy on clean images.
+4. Converts to full-integer int8 TFLite (int8 input and output) with a
+   representative set of training images, writes it atomically, runs it in
+   `ai_edge_litert` and writes a JSON report (see `--help`).
+
+Layers it translates: InputLayer, Conv2D, DepthwiseConv2D, BatchNormalization,
+ReLU, Activation, Add, Concatenate, ZeroPadding2D, MaxPooling2D,
+AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout, Dense and
+stkd-keras's ChannelShuffle / ChannelSplit. The rebuilt model runs in float32
+whatever the saved dtype policy (QAT in float16 is not meaningful), and
+weight regularizers are not carried over (the fine-tuning loss is STKD's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+PARITY_TOLERANCE = 1e-5
+# The share of fine-tuning steps over which the pruning schedule ramps up to the target sparsity.
+PRUNING_RAMP_FRACTION = 0.8
+
+
+class BridgeError(RuntimeError):
+    """A model the bridge cannot rebuild, quantize or prune, or a rebuilt model that does not match; one sentence for the user."""
+
+
+# --- tf_keras equivalents of the zoo's custom layers ---------------------------------------------
+
+
+def _custom_layer_classes(tf_keras):
+    """tf_keras versions of `stkd_keras.models.layers.ChannelShuffle` / `ChannelSplit` (same maths, same config)."""
+    import tensorflow as tf
+
+    class ChannelShuffle(tf_keras.layers.Layer):
+        def __init__(self, groups, **kwargs):
+            super().__init__(**kwargs)
+            self.groups = int(groups)
+
+        def call(self, inputs):
+            height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+            x = tf.reshape(inputs, (-1, height, width, self.groups, channels // self.groups))
+            x = tf.transpose(x, (0, 1, 2, 4, 3))
+            return tf.reshape(x, (-1, height, width, channels))
+
+        def compute_output_shape(self, input_shape):
+            return input_shape
+
+        def get_config(self):
+            return {**super().get_config(), "groups": self.groups}
+
+    class ChannelSplit(tf_keras.layers.Layer):
+        def __init__(self, num_splits, **kwargs):
+            super().__init__(**kwargs)
+            self.num_splits = int(num_splits)
+
+        def call(self, inputs):
+            return tf.split(inputs, self.num_splits, axis=-1)
+
+        def compute_output_shape(self, input_shape):
+            input_shape = tf.TensorShape(input_shape)
+            part = input_shape[-1] // self.num_splits
+            return [tf.TensorShape([*input_shape[:-1], part]) for _ in range(self.num_splits)]
+
+        def get_config(self):
+            return {**super().get_config(), "num_splits": self.num_splits}
+
+    return ChannelShuffle, ChannelSplit
+
+
+# --- Keras 3 -> tf_keras ---------------------------------------------------------------------------
+
+
+def _tuple(value):
+    return tuple(_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _layer_factories(tf_keras, custom_layers):
+    """Class name -> function(config) building the tf_keras layer with the same hyperparameters."""
+    L = tf_keras.layers
+    ChannelShuffle, ChannelSplit = custom_layers
+
+    def conv(config):
+        return L.Conv2D(
+            config["filters"], _tuple(config["kernel_size"]), strides=_tuple(config["strides"]), padding=config["padding"],
+            data_format=config["data_format"], dilation_rate=_tuple(config["dilation_rate"]), groups=config.get("groups", 1),
+            activation=config["activation"], use_bias=config["use_bias"], name=config["name"],
+        )
+
+    def depthwise(config):
+        return L.DepthwiseConv2D(
+            _tuple(config["kernel_size"]), strides=_tuple(config["strides"]), padding=config["padding"],
+            depth_multiplier=config["depth_multiplier"], data_format=config["data_format"],
+            dilation_rate=_tuple(config["dilation_rate"]), activation=config["activation"], use_bias=config["use_bias"],
+            name=config["name"],
+        )
+
+    def batch_norm(config):
+        if config.get("renorm") or config.get("synchronized"):
+            raise BridgeError(f"BatchNormalization layer {config['name']!r} uses renorm or synchronized statistics, which the tf_keras bridge does not translate.")
+        return L.BatchNormalization(
+            axis=config["axis"], momentum=config["momentum"], epsilon=config["epsilon"], center=config["center"],
+            scale=config["scale"], name=config["name"],
+        )
+
+    def pool(cls):
+        return lambda config: cls(
+            _tuple(config["pool_size"]), strides=_tuple(config["strides"]), padding=config["padding"],
+            data_format=config["data_format"], name=config["name"],
+        )
+
+    return {
+        "Conv2D": conv,
+        "DepthwiseConv2D": depthwise,
+        "BatchNormalization": batch_norm,
+        "ReLU": lambda c: L.ReLU(max_value=c["max_value"], negative_slope=c["negative_slope"], threshold=c["threshold"], name=c["name"]),
+        "Activation": lambda c: L.Activation(c["activation"], name=c["name"]),
+        "Add": lambda c: L.Add(name=c["name"]),
+        "Concatenate": lambda c: L.Concatenate(axis=c["axis"], name=c["name"]),
+        "ZeroPadding2D": lambda c: L.ZeroPadding2D(_tuple(c["padding"]), data_format=c["data_format"], name=c["name"]),
+        "MaxPooling2D": pool(L.MaxPooling2D),
+        "AveragePooling2D": pool(L.AveragePooling2D),
+        "GlobalAveragePooling2D": lambda c: L.GlobalAveragePooling2D(data_format=c["data_format"], keepdims=c["keepdims"], name=c["name"]),
+        "Flatten": lambda c: L.Flatten(data_format=c["data_format"], name=c["name"]),
+        "Dropout": lambda c: L.Dropout(c["rate"], noise_shape=c.get("noise_shape"), seed=c.get("seed"), name=c["name"]),
+        "Dense": lambda c: L.Dense(c["units"], activation=c["activation"], use_bias=c["use_bias"], name=c["name"]),
+        "ChannelShuffle": lambda c: ChannelShuffle(c["groups"], name=c["name"]),
+        "ChannelSplit": lambda c: ChannelSplit(c["num_splits"], name=c["name"]),
+    }
+
+
+def _history_refs(structure):
+    """The (layer name, node index, tensor index) of every Keras tensor in a serialized call argument."""
+    if isinstance(structure, dict) and structure.get("class_name") == "__keras_tensor__":
+        return [tuple(structure["config"]["keras_history"])]
+    if isinstance(structure, (list, tuple)):
+        return [ref for item in structure for ref in _history_refs(item)]
+    if isinstance(structure, dict):
+        return [ref for item in structure.values() for ref in _history_refs(item)]
+    return []
+
+
+def _replace_tensors(structure, tensors):
+    if isinstance(structure, dict) and structure.get("class_name") == "__keras_tensor__":
+        layer_name, node_index, tensor_index = structure["config"]["keras_history"]
+        return tensors[(layer_name, node_index)][tensor_index]
+    if isinstance(structure, (list, tuple)):
+        return [_replace_tensors(item, tensors) for item in structure]
+    if isinstance(structure, dict):
+        return {key: _replace_tensors(value, tensors) for key, value in structure.items()}
+    return structure
+
+
+def _endpoints(spec) -> list:
+    """`input_layers` / `output_layers` of a functional config: one [name, node, tensor] or a list of them."""
+    return [spec] if spec and isinstance(spec[0], str) else list(spec)
+
+
+def to_tf_keras(model, tf_keras, custom_layers):
+    """Rebuilds a Keras 3 functional model as a tf_keras functional model with the same architecture and weights.
+
+    Args:
+        model: A Keras 3 functional model (layers and their inbound nodes are read from `model.get_config()`).
+        tf_keras: The `tf_keras` module.
+        custom_layers: The tf_keras (ChannelShuffle, ChannelSplit) classes.
+
+    Returns:
+        The tf_keras model, named like `model`.
+
+    Raises:
+        BridgeError: For a layer class the bridge does not translate (naming the layer and its class), a model
+            that is not functional, or weights that do not fit.
+    """
+    try:
+        config = model.get_config()
+    except NotImplementedError:
+        config = None
+    if not config or "layers" not in config:
+        raise BridgeError(f"Model {model.name!r} ({type(model).__name__}) is not a functional Keras model; the tf_keras bridge translates functional models only.")
+    factories = _layer_factories(tf_keras, custom_layers)
+    keras3_layers = {layer.name: layer for layer in model.layers}
+    for layer_config in config["layers"]:
+        class_name = layer_config["class_name"]
+        if class_name != "InputLayer" and class_name not in factories:
+            raise BridgeError(
+                f"Layer {layer_config['name']!r} of class {class_name} is not supported by the tf_keras bridge "
+                f"(supported: {', '.join(sorted(factories))})."
+            )
+    tensors = {}  # (layer name, node index) -> list of output tensors
+    built = {}
+    pending = list(config["layers"])
+    # Functional configs list layers in topological order; the loop also tolerates any order.
+    while pending:
+        progress = False
+        for layer_config in list(pending):
+            name = layer_config["name"]
+            class_name = layer_config["class_name"]
+            if class_name == "InputLayer":
+                input_config = layer_config["config"]
+                shape = input_config.get("batch_shape") or input_config.get("batch_input_shape")
+                tensors[(name, 0)] = [tf_keras.Input(batch_shape=tuple(shape), dtype="float32", name=name)]
+                pending.remove(layer_config)
+                progress = True
+                continue
+            nodes = layer_config["inbound_nodes"]
+            if not all(ref[:2] in tensors for node in nodes for ref in map(tuple, _history_refs(node))):
+                continue
+            layer = built.get(name) or factories[class_name](keras3_layers[name].get_config())
+            built[name] = layer
+            for node_index, node in enumerate(nodes):
+                args = _replace_tensors(node.get("args", []), tensors)
+                kwargs = {k: v for k, v in _replace_tensors(node.get("kwargs", {}), tensors).items() if v is not None}
+                kwargs.pop("mask", None)
+                outputs = layer(*args, **kwargs)
+                tensors[(name, node_index)] = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+            pending.remove(layer_config)
+            progress = True
+        if not progress:
+            raise BridgeError(f"Model {model.name!r} has layers whose inputs never become available: {[c['name'] for c in pending]}.")
+    inputs = [tensors[(name, node)][index] for name, node, index in _endpoints(config["input_layers"])]
+    outputs = [tensors[(name, node)][index] for name, node, index in _endpoints(config["output_layers"])]
+    if len(outputs) != 1:
+        raise BridgeError(f"Model {model.name!r} has {len(outputs)} outputs; the bridge expects one (the logits).")
+    rebuilt = tf_keras.Model(inputs[0] if len(inputs) == 1 else inputs, outputs[0], name=model.name)
+    for name, layer in built.items():
+        weights = keras3_layers[name].get_weights()
+        expected = [tuple(w.shape) for w in layer.get_weights()]
+        if [tuple(w.shape) for w in weights] != expected:
+            raise BridgeError(
+                f"Layer {name!r} ({type(layer).__name__}): Keras 3 weights {[tuple(w.shape) for w in weights]} "
+                f"do not fit the tf_keras layer's {expected}."
+            )
+        layer.set_weights(weights)
+    return rebuilt
+
+
+def predict(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits of a Keras 3 or tf_keras model in inference mode, as float32 numpy."""
+    return np.concatenate(
+        [np.asarray(model(images[start : start + batch_size], training=False), dtype=np.float32) for start in range(0, len(images), batch_size)]
+    )
+
+
+def check_parity(keras3_model, tf_keras_model, images: np.ndarray, role: str) -> float:
+    """Max abs difference of the logits of both models on `images`; raises `BridgeError` above `PARITY_TOLERANCE`."""
+    difference = float(np.max(np.abs(predict(keras3_model, images) - predict(tf_keras_model, images))))
+    if not difference <= PARITY_TOLERANCE:
+        raise BridgeError(
+            f"The tf_keras rebuild of the {role} differs from the Keras 3 model by {difference:.2e} in its logits "
+            f"(max abs, {len(images)} evaluation images), beyond the {PARITY_TOLERANCE:.0e} bound."
+        )
+    return difference
+
+
+# --- tfmot ---------------------------------------------------------------------------------------------
+
+
+def quantize(model, tf_keras, tfmot, custom_layers):
+    """`quantize_model`, with a no-op quantize config for the weightless channel layers.
+
+    Raises:
+        BridgeError: Naming the layer tfmot's default 8-bit scheme cannot quantize (tfmot decides after its
+            transforms, e.g. a BatchNormalization after a convolution is folded into it, so there is no pre-check).
+    """
+    quantization = tfmot.quantization.keras
+
+    class NoOpQuantizeConfig(quantization.QuantizeConfig):
+        """For layers that only move values (reshape, transpose, split): nothing to quantize, ranges pass through."""
+
+        def get_weights_and_quantizers(self, layer):
+            return []
+
+        def get_activations_and_quantizers(self, layer):
+            return []
+
+        def set_quantize_weights(self, layer, quantize_weights):
+            pass
+
+        def set_quantize_activations(self, layer, quantize_activations):
+            pass
+
+        def get_output_quantizers(self, layer):
+            return []
+
+        def get_config(self):
+            return {}
+
+    def annotate(layer):
+        if isinstance(layer, custom_layers):
+            return quantization.quantize_annotate_layer(layer, quantize_config=NoOpQuantizeConfig())
+        return layer
+
+    custom_objects = {cls.__name__: cls for cls in custom_layers} | {"NoOpQuantizeConfig": NoOpQuantizeConfig}
+    try:
+        with quantization.quantize_scope(custom_objects):
+            # The clone reuses the (already weighted) layers; quantize_annotate_model leaves annotated ones as they are.
+            annotated = tf_keras.models.clone_model(model, clone_function=annotate)
+            # quantize_model(m) is quantize_apply(quantize_annotate_model(m)); split to keep the custom annotations.
+            return quantization.quantize_apply(quantization.quantize_annotate_model(annotated))
+    except (ValueError, RuntimeError, TypeError) as error:
+        # tfmot: "Layer NAME:<class 'MODULE.CLASS'> is not supported. You can quantize this layer by passing ..."
+        unsupported = re.match(r"Layer (\S+):<class '(?:[\w.]+\.)?(\w+)'> is not supported", str(error))
+        if unsupported:
+            name, class_name = unsupported.groups()
+            raise BridgeError(f"tfmot's quantize_model cannot quantize layer {name!r} of class {class_name}.") from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BridgeError(f"tfmot's quantize_model failed on model {model.name!r}: {first_line}") from None
+
+
+PRUNABLE_CLASSES = ("Conv2D", "DepthwiseConv2D", "Dense")
+
+
+def _prunable_kernel(layer):
+    """The weight that magnitude pruning zeroes in a Conv2D / DepthwiseConv2D / Dense layer."""
+    return layer.depthwise_kernel if type(layer).__name__ == "DepthwiseConv2D" else layer.kernel
+
+
+def pruning_schedule(total_steps: int, sparsity: float) -> dict:
+    """PolynomialDecay parameters ramping from 0 to `sparsity`, the target reached on a mask-update step.
+
+    The mask is updated about 20 times over the ramp (every step for short runs); the target is reached at
+    `PRUNING_RAMP_FRACTION` of the steps, rounded down to a mask-update step, and kept to the end.
+    """
+    frequency = max(1, int(total_steps * PRUNING_RAMP_FRACTION) // 20)
+    end_step = max(frequency, (int(total_steps * PRUNING_RAMP_FRACTION) // frequency) * frequency)
+    return {"initial_sparsity": 0.0, "final_sparsity": float(sparsity), "begin_step": 0, "end_step": end_step, "power": 3, "frequency": frequency}
+
+
+def prune(model, tf_keras, tfmot, custom_layers, schedule: dict):
+    """Wraps every Conv2D, DepthwiseConv2D and Dense layer in `prune_low_magnitude` with a PolynomialDecay schedule."""
+    sparsity = tfmot.sparsity.keras
+    polynomial = sparsity.PolynomialDecay(**schedule)
+
+    def wrap(layer):
+        if type(layer).__name__ in PRUNABLE_CLASSES:
+            return sparsity.prune_low_magnitude(layer, pruning_schedule=polynomial)
+        return layer
+
+    # The clone reuses the original, already weighted layers (wrapped or not): no weights to copy.
+    return tf_keras.models.clone_model(model, clone_function=wrap)
+
+
+def measure_sparsity(model) -> tuple[dict, float, int]:
+    """Fraction of exact zeros in each prunable kernel of a stripped model, overall, and the kernels' size."""
+    per_layer, zeros, total = {}, 0, 0
+    for layer in model.layers:
+        if type(layer).__name__ in PRUNABLE_CLASSES:
+            kernel = np.asarray(_prunable_kernel(layer).numpy())
+            per_layer[layer.name] = float(np.mean(kernel == 0))
+            zeros += int(np.sum(kernel == 0))
+            total += kernel.size
+    return per_layer, (zeros / total if total else 0.0), total
+
+
+# --- Fine-tuning ------------------------------------------------------------------------------------------
+
+
+def fine_tune(student, teacher, dataset, epochs: int, learning_rate: float, num_classes: int, loss_options: dict, seed: int, on_epoch_end=None) -> list[float]:
+    """Trains `student` (tf_keras) for `epochs` on `dataset` with STKD (teacher given) or cross-entropy; returns the mean loss per epoch.
+
+    STKD: per batch, x_mix and y_mix from `apply_mixup`, z_t = teacher(x_mix) without gradient,
+    L = stkd_loss(y_mix, z_t, student(x_mix)). Without a teacher: CE(y, student(x)) on the clean batch.
+    """
+    import keras
+    import tensorflow as tf
+    import tf_keras
+
+    from stkd_keras.losses import soft_cross_entropy, stkd_loss
+    from stkd_keras.mixup import apply_mixup
+
+    optimizer = tf_keras.optimizers.Adam(learning_rate)
+    seed_generator = keras.random.SeedGenerator(seed)
+
+    @tf.function(reduce_retracing=True)
+    def train_step(images, labels):
+        one_hot = tf.one_hot(labels, num_classes)
+        if teacher is not None:
+            batch = apply_mixup(images, one_hot, alpha=loss_options["mixup_alpha"], seed=seed_generator)
+            images, one_hot = batch.images, batch.labels
+            teacher_logits = tf.stop_gradient(teacher(images, training=False))
+        with tf.GradientTape() as tape:
+            logits = student(images, training=True)
+            if teacher is not None:
+                loss = stkd_loss(
+                    one_hot, teacher_logits, logits, loss_options["temperature"], loss_options["ce_weight"], loss_options["kd_weight"]
+                )
+            else:
+                loss = tf.reduce_mean(soft_cross_entropy(one_hot, logits))
+        gradients = tape.gradient(loss, student.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, student.trainable_variables))
+        return loss
+
+    history = []
+    for _ in range(epochs):
+        losses = [float(train_step(images, labels)) for images, labels in dataset]
+        history.append(float(np.mean(losses)))
+        if on_epoch_end is not None:
+            on_epoch_end()
+    return history
+
+
+# --- TFLite ---------------------------------------------------------------------------------------------
+
+
+def convert_int8(model, representative: np.ndarray, output: Path) -> None:
+    """Full-integer int8 TFLite (int8 input and output, builtin int8 ops only), written atomically to `output`."""
+    import tensorflow as tf
+
+    def representative_dataset():
+        for image in representative:
+            yield [image[None].astype(np.float32)]
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    try:
+        flatbuffer = converter.convert()
+    except Exception as error:  # The converter raises ConverterError and others, with long MLIR dumps.
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise BridgeError(f"The int8 TFLite conversion failed: {first_line}") from None
+    write_atomically(output, flatbuffer)
+
+
+def write_atomically(path: Path, content: bytes) -> None:
+    """Writes `content` under a temporary name in the same folder, then renames it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            f.write(content)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def evaluate_tflite(path: Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> dict:
+    """Top-1 accuracy of a .tflite file in ai_edge_litert, inputs quantized with the input tensor's scale/zero point."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    input_detail = interpreter.get_input_details()[0]
+    output_detail = interpreter.get_output_details()[0]
+    scale, zero_point = input_detail["quantization"]
+    dtype = input_detail["dtype"]
+    if np.issubdtype(dtype, np.integer):
+        limits = np.iinfo(dtype)
+        feed = np.clip(np.round(images / scale + zero_point), limits.min, limits.max).astype(dtype)
+    else:
+        feed = images.astype(dtype)
+    predictions = []
+    for start in range(0, len(feed), batch_size):
+        batch = feed[start : start + batch_size]
+        interpreter.resize_tensor_input(input_detail["index"], batch.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(input_detail["index"], batch)
+        interpreter.invoke()
+        # argmax of int8 outputs equals argmax of the dequantized logits (the scale is positive).
+        predictions.append(interpreter.get_tensor(output_detail["index"]).argmax(axis=-1))
+    return {
+        "top1_accuracy": float(np.mean(np.concatenate(predictions) == labels)),
+        "input_dtype": np.dtype(dtype).name,
+        "output_dtype": np.dtype(output_detail["dtype"]).name,
+        "input_quantization": {"scale": float(scale), "zero_point": int(zero_point)},
+    }
+
+
+# --- Data ----------------------------------------------------------------------------------------------
+
+
+def _as_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = [], []
+    for batch_images, batch_labels in dataset:
+        images.append(batch_images.numpy())
+        labels.append(batch_labels.numpy())
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"Expected comma-separated numbers. Received: {value!r}", param_hint=option) from None
+
+
+# --- The command ----------------------------------------------------------------------------------------
+
+
+def run(options: dict) -> dict:
+    """Does one bridge run (see the module docstring) and returns the report it writes."""
+    started = time.perf_counter()
+    timings = {}
+    import keras
+    import tensorflow as tf
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+
+    import stkd_keras  # noqa: F401  (registers ChannelShuffle / ChannelSplit for loading)
+    from stkd_keras import data as data_lib
+
+    tf_keras.utils.set_random_seed(options["seed"])
+    custom_layers = _custom_layer_classes(tf_keras)
+
+    def load(path, role):
+        try:
+            model = keras.saving.load_model(path, compile=False)
+        except Exception as error:
+            raise BridgeError(f"Cannot load the {role} {path}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
+        return model, to_tf_keras(model, tf_keras, custom_layers)
+
+    student_keras3, student = load(options["model"], "student")
+    teacher_keras3, teacher = load(options["teacher"], "teacher") if options["teacher"] else (None, None)
+    timings["rebuild_s"] = time.perf_counter() - started
+
+    input_shape = tuple(student_keras3.input_shape[1:])
+    normalization = (options["mean"], options["std"]) if options["mean"] is not None else None
+    common = {"data_dir": options["data_dir"], "normalization": normalization, "image_size": input_shape[:2], "seed": options["seed"]}
+    train_dataset, train_info = data_lib.load(
+        options["dataset"], "train", options["batch_size"], augment=True, shuffle=True, subset=options["train_subset"], **common
+    )
+    eval_dataset, eval_info = data_lib.load(options["dataset"], "test", 256, augment=False, shuffle=False, subset=options["eval_subset"], **common)
+    representative_dataset, _ = data_lib.load(
+        options["dataset"], "train", 256, augment=False, shuffle=False, subset=options["representative"], **common
+    )
+    eval_images, eval_labels = _as_arrays(eval_dataset)
+    representative, _ = _as_arrays(representative_dataset)
+    if tuple(eval_images.shape[1:]) != input_shape:
+        raise BridgeError(f"The {options['dataset']} images have shape {eval_images.shape[1:]}, the student expects {input_shape}.")
+    num_classes = int(student.output_shape[-1])
+    if num_classes != train_info.num_classes:
+        raise BridgeError(f"The student has {num_classes} outputs, {options['dataset']} has {train_info.num_classes} classes.")
+
+    parity = {"student": check_parity(student_keras3, student, eval_images, "student")}
+    keras3_accuracy = float(np.mean(predict(student_keras3, eval_images).argmax(-1) == eval_labels))
+    if teacher is not None:
+        parity["teacher"] = check_parity(teacher_keras3, teacher, eval_images, "teacher")
+        teacher.trainable = False
+    timings["data_and_parity_s"] = time.perf_counter() - started - timings["rebuild_s"]
+
+    steps_per_epoch = int(train_dataset.cardinality())
+    total_steps = steps_per_epoch * options["epochs"]
+    pruning = None
+    callback = None
+    if options["mode"] == "qat":
+        model = quantize(student, tf_keras, tfmot, custom_layers)
+    else:
+        schedule = pruning_schedule(total_steps, options["sparsity"])
+        model = prune(student, tf_keras, tfmot, custom_layers, schedule)
+        callback = tfmot.sparsity.keras.UpdatePruningStep()
+        callback.set_model(model)
+        callback.on_train_begin()
+        pruning = {"schedule": {"class": "PolynomialDecay", **schedule}}
+
+    loss_options = {k: options[k] for k in ("temperature", "ce_weight", "kd_weight", "mixup_alpha")}
+    fit_started = time.perf_counter()
+    loss_history = fine_tune(
+        model, teacher, train_dataset, options["epochs"], options["learning_rate"], num_classes, loss_options, options["seed"],
+        on_epoch_end=(lambda: callback.on_epoch_end(-1)) if callback else None,
+    )
+    timings["fine_tune_s"] = time.perf_counter() - fit_started
+    if options["mode"] == "prune":
+        model = tfmot.sparsity.keras.strip_pruning(model)
+        per_layer, overall, size = measure_sparsity(model)
+        pruning.update({"per_layer_sparsity": per_layer, "overall_sparsity": overall, "prunable_weights": size})
+    float_accuracy = float(np.mean(predict(model, eval_images).argmax(-1) == eval_labels))
+
+    convert_started = time.perf_counter()
+    output = Path(options["output"])
+    convert_int8(model, representative, output)
+    timings["convert_s"] = time.perf_counter() - convert_started
+    int8 = evaluate_tflite(output, eval_images, eval_labels)
+    timings["total_s"] = time.perf_counter() - started
+
+    report = {
+        "mode": options["mode"],
+        "model": str(options["model"]),
+        "teacher": str(options["teacher"]) if options["teacher"] else None,
+        "loss": "stkd (teacher and student on the same mixup batch)" if teacher is not None else "cross-entropy on clean images (no teacher, no mixup)",
+        "epochs": options["epochs"],
+        "steps": total_steps,
+        "optimizer": {"name": "adam", "learning_rate": options["learning_rate"], "batch_size": options["batch_size"]},
+        "loss_options": loss_options if teacher is not None else None,
+        "seed": options["seed"],
+        "dataset": options["dataset"],
+        "normalization": {"mean": list(train_info.mean), "std": list(train_info.std)},
+        "train_examples": train_info.num_examples,
+        "eval_examples": int(len(eval_labels)),
+        "representative_examples": int(len(representative)),
+        "parity_max_abs_diff": parity,
+        "parity_tolerance": PARITY_TOLERANCE,
+        "keras3_top1_accuracy_before": keras3_accuracy,
+        "loss_per_epoch": loss_history,
+        "float_top1_accuracy": float_accuracy,
+        "pruning": pruning,
+        "int8_file": str(output),
+        "int8_size_bytes": output.stat().st_size,
+        "int8_top1_accuracy": int8["top1_accuracy"],
+        "int8_input_dtype": int8["input_dtype"],
+        "int8_output_dtype": int8["output_dtype"],
+        "int8_input_quantization": int8["input_quantization"],
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+    }
+    write_atomically(Path(options["report"]), (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False), help="The Keras 3 student (.keras).")
+@click.option("--teacher", default=None, type=click.Path(exists=True, dir_okay=False), help="The Keras 3 teacher (.keras); without it the student fine-tunes on plain cross-entropy.")
+@click.option("--dataset", required=True, help="Dataset name for stkd_keras.data.load (e.g. fashion_mnist, cifar100, folder:PATH).")
+@click.option("--data-dir", default=None, help="Where the dataset lives (see stkd_keras.data.load).")
+@click.option("--mean", default=None, help="Per-channel normalisation mean, comma-separated (default: the dataset's).")
+@click.option("--std", default=None, help="Per-channel normalisation std, comma-separated (default: the dataset's).")
+@click.option("--mode", required=True, type=click.Choice(["qat", "prune"]), help="Quantization-aware training or magnitude pruning.")
+@click.option("--sparsity", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Target sparsity of the pruned kernels (--mode prune).")
+@click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1), help="Fine-tuning epochs.")
+@click.option("--train-subset", default=None, type=click.IntRange(min=1), help="Fine-tune on the first N training examples of the fixed shuffle.")
+@click.option("--eval-subset", default=None, type=click.IntRange(min=1), help="Evaluate on the first N test examples.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Fine-tuning batch size.")
+@click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
+@click.option("--temperature", default=4.0, show_default=True, type=click.FloatRange(0, min_open=True), help="STKD temperature T.")
+@click.option("--ce-weight", default=0.1, show_default=True, type=click.FloatRange(0), help="STKD weight of the cross-entropy on mixed labels.")
+@click.option("--kd-weight", default=0.9, show_default=True, type=click.FloatRange(0), help="STKD weight of the KD term.")
+@click.option("--mixup-alpha", default=0.2, show_default=True, type=click.FloatRange(0, min_open=True), help="Mixup lambda ~ Beta(a, a).")
+@click.option("--representative", default=200, show_default=True, type=click.IntRange(min=1), help="Training images calibrating the int8 conversion.")
+@click.option("--seed", default=0, show_default=True, type=int, help="Seed of data order, augmentation and mixup.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="The int8 .tflite file to write.")
+@click.option("--report", required=True, type=click.Path(dir_okay=False), help="The JSON report to write.")
+def main(**options):
+    """Quantization-aware training or pruning of a Keras 3 student with tfmot, distilled from its teacher, to int8 TFLite.
+
+    Runs as its own process: tfmot needs legacy Keras (tf_keras).
+    """
+    options["mean"] = _parse_floats(options["mean"], "--mean")
+    options["std"] = _parse_floats(options["std"], "--std")
+    if (options["mean"] is None) != (options["std"] is None):
+        raise click.BadParameter("Give --mean and --std together, or neither.", param_hint="--mean/--std")
+    if options["mean"] is not None and len(options["mean"]) != len(options["std"]):
+        raise click.BadParameter(f"Expected as many std values as mean values ({len(options['mean'])}).", param_hint="--std")
+    if options["ce_weight"] == 0 and options["kd_weight"] == 0:
+        raise click.BadParameter("--ce-weight and --kd-weight cannot both be 0.", param_hint="--ce-weight/--kd-weight")
+    from stkd_keras.data import DatasetNotFoundError
+
+    try:
+        report = run(options)
+    except (BridgeError, DatasetNotFoundError) as error:
+        raise click.ClickException(" ".join(str(error).split())) from None
+    click.echo(
+        f"{report['mode']}: parity {report['parity_max_abs_diff']['student']:.1e}, float top-1 {report['float_top1_accuracy']:.4f}, "
+        f"int8 top-1 {report['int8_top1_accuracy']:.4f}, {report['int8_size_bytes']} bytes -> {report['int8_file']}"
+    )
+
+
+if __name__ == "__main__":
+    main()

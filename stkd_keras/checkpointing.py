@@ -1,0 +1,155 @@
+"""Checkpoints that survive SIGKILL, and the guards and logs of a training run.
+
+`RunCheckpoint` writes, after every completed epoch, the Distiller's weights
+(student, teacher, optimizer state and step counter, hence the learning-rate
+schedule position) to `checkpoints/epoch-K.weights.h5` and then, as the commit
+point, `checkpoints/state.json` (epoch, mixup seed-generator state, history so
+far), each through a temporary file and `os.replace`. A kill at any moment
+leaves the previous commit intact; the epoch before it is kept too, so a
+corrupt latest checkpoint falls back to the one before with a clear message.
+The data pipeline is a function of (seed, epoch) (`stkd_keras.data.load` with
+`epochs=`), so a resumed run sees the batches an uninterrupted one sees.
+
+Keras's `BackupAndRestore` is close, but writes weights in place (a kill mid-write
+corrupts the only copy) and does not restore the mixup seed state; hence this.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+CHECKPOINT_DIR = "checkpoints"
+STATE_FILE = "state.json"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and step."""
+
+
+def _weights_name(epoch: int) -> str:
+    return f"epoch-{epoch}.weights.h5"
+
+
+def _write_atomic(path: Path, write) -> None:
+    # The temporary name keeps the suffix (Keras insists on .weights.h5).
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Commits the run's state at the end of every epoch (see the module docstring).
+
+    Args:
+        directory: The run folder; checkpoints go to `directory/checkpoints/`.
+        history: History of the epochs before this `fit` (when resuming).
+    """
+
+    def __init__(self, directory: str | os.PathLike, history: dict | None = None):
+        super().__init__()
+        self.folder = Path(directory) / CHECKPOINT_DIR
+        self.history = {key: list(values) for key, values in (history or {}).items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+            return  # Never commit a diverged state: the last good checkpoint stays the latest.
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        completed = epoch + 1
+        _write_atomic(self.folder / _weights_name(completed), lambda path: self.model.save_weights(str(path)))
+        previous = read_state(self.folder.parent)
+        state = {
+            "epoch": completed,
+            "previous_epoch": previous["epoch"] if previous else None,
+            "seed_state": _seed_state(self.model),
+            "history": self.history,
+        }
+        _write_atomic(self.folder / STATE_FILE, lambda path: path.write_text(json.dumps(state)))
+        # Keep this epoch and the one before it; older weights are no longer needed.
+        keep = {_weights_name(completed), _weights_name(state["previous_epoch"] or 0)}
+        for old in self.folder.glob("epoch-*.weights.h5"):
+            if old.name not in keep:
+                old.unlink()
+
+
+def _seed_state(model):
+    generator = getattr(model, "_seed_generator", None)
+    return None if generator is None else np.asarray(generator.state.numpy()).tolist()
+
+
+def read_state(directory: str | os.PathLike) -> dict | None:
+    """The committed checkpoint state of a run folder, or None."""
+    path = Path(directory) / CHECKPOINT_DIR / STATE_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def restore(model, directory: str | os.PathLike, log=print) -> tuple[int, dict]:
+    """Loads the latest good checkpoint of a run folder into a compiled, built model.
+
+    Returns:
+        (completed epochs, history of those epochs); (0, {}) when there is no checkpoint.
+
+    Raises:
+        RuntimeError: When a checkpoint exists but neither it nor the one before loads.
+    """
+    state = read_state(directory)
+    if state is None:
+        return 0, {}
+    folder = Path(directory) / CHECKPOINT_DIR
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    for epoch in (state["epoch"], state.get("previous_epoch")):
+        if not epoch:
+            continue
+        try:
+            model.load_weights(str(folder / _weights_name(epoch)))
+        except Exception as error:  # h5py/OSError/ValueError for a truncated or corrupt file.
+            log(f"Warning: checkpoint {folder / _weights_name(epoch)} cannot be loaded ({type(error).__name__}); trying the one before.")
+            continue
+        history = {key: values[:epoch] for key, values in state["history"].items()}
+        if epoch == state["epoch"] and state.get("seed_state") is not None:
+            model._seed_generator.state.assign(np.asarray(state["seed_state"], dtype=model._seed_generator.state.dtype))
+        log(f"Resuming after epoch {epoch} from {folder}.")
+        return epoch, history
+    raise RuntimeError(f"No checkpoint in {folder} can be loaded; the run cannot be resumed.")
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the learning rate in force at the end of each epoch to the logs (history.csv, TensorBoard)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        optimizer = self.model.optimizer
+        rate = optimizer.learning_rate
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate(optimizer.iterations) if callable(rate) else rate))
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops at the first non-finite training loss and remembers where it happened."""
+
+    def __init__(self):
+        super().__init__()
+        self.epoch = 0
+        self.failure: str | None = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.failure = f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}"
+            self.model.stop_training = True
