@@ -354,6 +354,20 @@ def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teac
     click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Where to draw the training curves (default: RUN_DIR/curves.png).")
+@_user_errors
+def report(run_dir, plot_path):
+    """Print a finished run's summary and draw its training curves to a PNG."""
+    from stkd_keras import reporting
+
+    run_dir = Path(run_dir)
+    click.echo(reporting.summary(run_dir))
+    path = reporting.plot_curves(run_dir, Path(plot_path) if plot_path else run_dir / "curves.png")
+    click.echo(f"Wrote {path}.")
+
+
 @cli.command("datasets")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Look here as `--data-dir` would for each dataset.")
 def list_datasets(data_dir):

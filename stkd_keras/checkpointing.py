@@ -108,6 +108,9 @@ def restore(model, directory: str | os.PathLike, log=print) -> tuple[int, dict]:
     if state is None:
         return 0, {}
     folder = Path(directory) / CHECKPOINT_DIR
+    if not model.built:
+        # A subclassed model builds on its first call; one batch of zeros is enough.
+        model(np.zeros((1, *model.student.input_shape[1:]), "float32"))
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     for epoch in (state["epoch"], state.get("previous_epoch")):

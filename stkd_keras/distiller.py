@@ -76,8 +76,9 @@ class Distiller(keras.Model):
     without a teacher). Labels may be integer class ids or one-hot; the
     compiled metrics always receive one-hot (mixed, in training) labels, so
     `"accuracy"` resolves to categorical accuracy. Reported metrics: `loss`,
-    `ce_loss`, `kd_loss` (with a teacher), `clean_kd_loss` (when used) and
-    the compiled metrics.
+    `ce_loss`, `kd_loss` (with a teacher), `clean_kd_loss` (when used),
+    `mixup_lambda` (training with mixup: the mean lambda drawn) and the
+    compiled metrics.
 
     Args:
         student: The `keras.Model` to train; it returns logits.
@@ -165,6 +166,8 @@ class Distiller(keras.Model):
         self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
         self.kd_loss_tracker = keras.metrics.Mean(name="kd_loss") if teacher is not None else None
         self.clean_kd_loss_tracker = keras.metrics.Mean(name="clean_kd_loss") if self.clean_kd_weight > 0 else None
+        # Mean of the mixup coefficients drawn in training (TensorBoard / history.csv: is Beta(a, a) what we think?).
+        self.lambda_tracker = keras.metrics.Mean(name="mixup_lambda") if self.uses_mixup else None
 
     @staticmethod
     def _check_compatible(teacher, student):
@@ -224,6 +227,7 @@ class Distiller(keras.Model):
             )
             student_images, sample_weight = mixed.images, mixed.sample_weight
             targets["labels"] = mixed.labels
+            self.lambda_tracker.update_state(ops.mean(mixed.lam))
         if self.teacher is not None:
             # STKD: the teacher sees what the student sees. KD and the naive
             # variant: the teacher sees the clean images.
@@ -246,7 +250,9 @@ class Distiller(keras.Model):
         targets = {"labels": self._one_hot(labels)}
         if self.teacher is not None:
             targets["teacher_logits"] = self._teacher_logits(images)
-        return super().test_step((images, targets, sample_weight))
+        logs = super().test_step((images, targets, sample_weight))
+        logs.pop("mixup_lambda", None)  # No mixup in evaluation.
+        return logs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y_pred is None:

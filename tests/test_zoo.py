@@ -210,3 +210,16 @@ def test_invalid_arguments():
         models.resnet(8, 1, (32, 32, 3), 1)
     with pytest.raises(ValueError, match="widen_factor"):
         models.wide_resnet(16, 0)
+
+
+def test_initialisation_is_seeded_and_not_shared_between_layers():
+    keras.utils.set_random_seed(11)
+    first = models.get_model("resnet14", 10, (32, 32, 3))
+    keras.utils.set_random_seed(11)
+    second = models.get_model("resnet14", 10, (32, 32, 3))
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # Two same-shaped convolutions must not start equal (a shared initializer instance would make them so).
+    kernel_a = first.get_layer("stage1_block1_1_conv").get_weights()[0]
+    kernel_b = first.get_layer("stage1_block2_1_conv").get_weights()[0]
+    assert kernel_a.shape == kernel_b.shape and not np.array_equal(kernel_a, kernel_b)

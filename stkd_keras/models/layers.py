@@ -16,10 +16,17 @@ import keras
 from keras import layers, ops
 
 BN_KWARGS = {"epsilon": 1e-5, "momentum": 0.9}
+# Initializers are named by their configs and built per layer: one shared instance would carry one
+# seed, drawn at import time (before any `set_random_seed`), and give same-shaped layers equal kernels.
 # kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, sqrt(2 / (k * k * C_out))).
-KAIMING_FAN_OUT = keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+KAIMING_FAN_OUT = {"class_name": "VarianceScaling", "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"}}
 # PyTorch's default for conv and linear layers: U(+-1/sqrt(fan_in)).
-TORCH_DEFAULT = keras.initializers.VarianceScaling(1.0 / 3.0, mode="fan_in", distribution="uniform")
+TORCH_DEFAULT = {"class_name": "VarianceScaling", "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"}}
+
+
+def make_initializer(spec):
+    """A fresh initializer (its own seed) from a config dict, or `spec` itself if it is already one."""
+    return keras.initializers.get(dict(spec, config=dict(spec["config"]))) if isinstance(spec, dict) else spec
 
 
 @keras.saving.register_keras_serializable(package="stkd_keras")
@@ -79,7 +86,7 @@ def conv2d(x, filters, kernel_size, strides=1, name=None, use_bias=False, initia
         strides=strides,
         padding=padding,
         use_bias=use_bias,
-        kernel_initializer=initializer,
+        kernel_initializer=make_initializer(initializer),
         bias_initializer="zeros",
         name=name,
     )(x)
@@ -108,7 +115,7 @@ def depthwise_conv(x, strides, name, initializer=None):
     else:
         padding = "same"
     return layers.DepthwiseConv2D(
-        3, strides=strides, padding=padding, use_bias=False, depthwise_initializer=initializer, name=name
+        3, strides=strides, padding=padding, use_bias=False, depthwise_initializer=make_initializer(initializer), name=name
     )(x)
 
 
@@ -147,6 +154,8 @@ def finish_model(inputs, features, num_classes, name, include_features=False, de
     """Global average pooling and a float32 logits layer; optionally also returns the penultimate feature map."""
     pooled = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     # Logits in float32, so a mixed_float16 model still returns float32 logits.
-    logits = layers.Dense(num_classes, kernel_initializer=dense_initializer, bias_initializer="zeros", dtype="float32", name="logits")(pooled)
+    logits = layers.Dense(
+        num_classes, kernel_initializer=make_initializer(dense_initializer), bias_initializer="zeros", dtype="float32", name="logits"
+    )(pooled)
     outputs = [logits, features] if include_features else logits
     return keras.Model(inputs, outputs, name=name)

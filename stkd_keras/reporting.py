@@ -1,0 +1,85 @@
+"""Summaries and training curves of finished runs (`stkd-keras report`)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+
+def read_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, list[float]]]:
+    """A run folder's metrics.json and history.csv (columns as float lists).
+
+    Raises:
+        ValueError: When either file is missing or malformed (naming it).
+    """
+    run_dir = Path(run_dir)
+    metrics_path, history_path = run_dir / "metrics.json", run_dir / "history.csv"
+    for path in (metrics_path, history_path):
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: is {run_dir} a finished stkd-keras run?")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{metrics_path} is not valid JSON: {error}") from None
+    with open(history_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    try:
+        history = {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{history_path} is malformed: {error}") from None
+    return metrics, history
+
+
+def summary(run_dir: str | os.PathLike) -> str:
+    """A few lines describing the run: what was trained, how, and its final and best accuracy."""
+    metrics, history = read_run(run_dir)
+    config = metrics.get("config", {})
+    teacher = metrics.get("teacher") or {}
+    lines = [
+        f"Run {run_dir}: {metrics['role']} {metrics['model']} ({metrics['parameters']:,} parameters), method {metrics['method']!r}, "
+        f"dataset {config.get('dataset')}, {len(history.get('epoch', []))} epochs, seed {metrics.get('seed')}, "
+        f"{metrics.get('train_seconds', 0):.0f} s of training.",
+        f"Final-epoch val top-1: {metrics['final_val_accuracy']:.4f} (the saved model).",
+        f"Best-epoch val top-1:  {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']['epoch']} (for reference only).",
+    ]
+    if teacher:
+        lines.append(f"Teacher {teacher.get('name')}: val top-1 {teacher.get('accuracy', float('nan')):.4f} ({teacher.get('path')}).")
+    if metrics.get("resumed_at_epoch"):
+        lines.append(f"Resumed after epoch {metrics['resumed_at_epoch']}.")
+    return "\n".join(lines)
+
+
+def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Draws loss parts, accuracy and learning rate per epoch into a PNG; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics, history = read_run(run_dir)
+    epochs = [e + 1 for e in history.get("epoch", range(len(history.get("loss", []))))]
+    figure, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for key in ("loss", "ce_loss", "kd_loss", "val_loss", "val_ce_loss", "val_kd_loss"):
+        if key in history:
+            axes[0].plot(epochs, history[key], label=key, linestyle="--" if key.startswith("val_") else "-")
+    axes[0].set_title("loss terms")
+    for key in ("accuracy", "val_accuracy"):
+        if key in history:
+            axes[1].plot(epochs, history[key], label=key)
+    axes[1].set_title(f"top-1 (final {metrics['final_val_accuracy']:.4f}, best {metrics['best_val_accuracy']:.4f})")
+    if "learning_rate" in history:
+        axes[2].plot(epochs, history["learning_rate"], label="learning_rate")
+    axes[2].set_title("learning rate (end of epoch)")
+    for axis in axes:
+        axis.set_xlabel("epoch")
+        axis.legend(fontsize=8)
+    figure.suptitle(f"{metrics['model']} ({metrics['method']}) on {metrics.get('config', {}).get('dataset')}")
+    figure.tight_layout()
+    path = Path(path)
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    figure.savefig(temporary, format="png", dpi=100)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path

@@ -1,0 +1,154 @@
+"""Runs that survive real use: resume after SIGKILL, reproducibility, recipes, guards, reports."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from stkd_keras import checkpointing, training
+from stkd_keras.cli.main import cli
+from stkd_keras.recipes import RecipeError, load_recipe
+
+SMALL = ["--student", "cnn8", "--teacher-model", "cnn8", "--method", "stkd", "--train-subset", "512", "--val-subset", "256",
+         "--batch-size", "64", "--seed", "3", "--quiet"]
+
+
+def run(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+
+
+def student_weights(folder):
+    return keras.saving.load_model(folder / "student.keras").get_weights()
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path):
+    """Kill a run with SIGKILL after its first student epoch, resume it, compare with a run never interrupted."""
+    reference = tmp_path / "reference"
+    assert run("distill", *SMALL, "--epochs", 3, "--deterministic", "--output", reference).exit_code == 0
+
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "stkd_keras.cli.main", "distill", *SMALL, "--epochs", "3", "--deterministic", "--output", str(killed)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        partial = list(tmp_path.glob(".killed.partial-*"))
+        state = checkpointing.read_state(partial[0]) if partial else None
+        if state and state["epoch"] >= 1:
+            break
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert state and state["epoch"] >= 1, "the student never completed an epoch"
+    assert not killed.exists()
+
+    result = run("distill", "--resume", killed, "--quiet")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((killed / "metrics.json").read_text())
+    assert metrics["resumed_at_epoch"] == state["epoch"]
+    expected = json.loads((reference / "metrics.json").read_text())
+    assert metrics["final_val_accuracy"] == pytest.approx(expected["final_val_accuracy"], abs=1e-6)
+    for a, b in zip(student_weights(killed), student_weights(reference)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with open(killed / "history.csv") as f:
+        assert len(f.read().strip().splitlines()) == 1 + 3  # header + one row per epoch, across the interruption
+    assert not list(tmp_path.glob(".killed.partial-*"))
+
+
+def test_same_seed_gives_identical_weights(tmp_path):
+    for name in ("a", "b"):
+        result = run("train-teacher", "--model", "cnn8", "--epochs", 1, "--train-subset", 256, "--val-subset", 128, "--seed", 7,
+                     "--deterministic", "--quiet", "--output", tmp_path / name)
+        assert result.exit_code == 0, result.output
+    weights_a = keras.saving.load_model(tmp_path / "a" / "teacher.keras").get_weights()
+    weights_b = keras.saving.load_model(tmp_path / "b" / "teacher.keras").get_weights()
+    for a, b in zip(weights_a, weights_b):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_recipe_fields_and_overrides(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "dataset: fashion_mnist\nteacher_model: cnn8\nstudent: cnn8\nmethod: kd\nepochs: 2\nbatch_size: 64\n"
+        "learning_rate: 0.02\nlr_schedule: step\nlr_decay_epochs: [1]\ntemperature: 2\ntrain_subset: 256\nval_subset: 128\n"
+    )
+    output = tmp_path / "run"
+    result = run("distill", "--recipe", recipe, "--temperature", 3.0, "--quiet", "--output", output)
+    assert result.exit_code == 0, result.output
+    config = json.loads((output / "metrics.json").read_text())["config"]
+    assert config["method"] == "kd" and config["epochs"] == 2 and config["learning_rate"] == 0.02
+    assert config["temperature"] == 3.0  # the command line overrides the recipe
+    assert config["lr_decay_epochs"] == [1] and config["model"] == "cnn8"
+    with open(output / "history.csv") as f:
+        rates = [float(row.split(",")[header.index("learning_rate")]) for header in [f.readline().strip().split(",")] for row in f]
+    # Step schedule: 0.02 for epoch 1, then x0.1 from the start of epoch 2.
+    assert rates == pytest.approx([0.02, 0.002])
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("dataset: fashion_mnist\nlearning_rat: 0.1\n", "unknown field `learning_rat`. Valid fields: .*learning_rate"),
+        ("epochs: ten\n", "field `epochs` must be int. Received: 'ten'"),
+        ("lr_decay_epochs: 150\n", "field `lr_decay_epochs` must be a list of integers"),
+        ("- a list\n", "a recipe is a mapping"),
+    ],
+)
+def test_recipe_validation(tmp_path, text, message):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(recipe)
+    result = run("distill", "--recipe", recipe, "--output", tmp_path / "run")
+    assert result.exit_code == 1 and "bad.yaml" in result.output and not (tmp_path / "run").exists()
+
+
+def test_every_shipped_recipe_is_valid():
+    root = training.Path(__file__).resolve().parents[1] / "recipes"
+    recipes = sorted(root.rglob("*.yaml"))
+    assert len(recipes) >= 8
+    for path in recipes:
+        fields = load_recipe(path)
+        config = training.RunConfig(**{k: v for k, v in fields.items() if k not in ("student", "teacher_model", "teacher_epochs")})
+        config.validate()
+
+
+def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    output = tmp_path / "run"
+    result = run("train-teacher", "--model", "cnn8", "--epochs", 3, "--train-subset", 256, "--val-subset", 64, "--optimizer", "sgd",
+                 "--learning-rate", 1e12, "--lr-schedule", "constant", "--quiet", "--output", output)
+    assert result.exit_code == 1
+    assert "Training diverged: the loss became" in result.output and "at epoch 1, step" in result.output
+    assert not output.exists()
+
+
+def test_near_chance_teacher_is_warned_about(tmp_path):
+    teacher = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10, kernel_initializer="zeros")], name="blank")
+    teacher.save(tmp_path / "blank.keras")
+    result = run("distill", "--teacher", tmp_path / "blank.keras", *SMALL[:2], "--epochs", 1, "--train-subset", 128,
+                 "--val-subset", 128, "--quiet", "--output", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "Warning: the teacher is near chance" in result.output
+
+
+def test_report_prints_summary_and_draws_curves(tmp_path):
+    output = tmp_path / "run"
+    assert run("train-teacher", "--model", "cnn8", "--epochs", 2, "--train-subset", 256, "--val-subset", 128, "--quiet", "--output", output).exit_code == 0
+    result = run("report", output)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert f"Final-epoch val top-1: {metrics['final_val_accuracy']:.4f} (the saved model)." in result.output
+    assert f"Best-epoch val top-1:  {metrics['best_val_accuracy']:.4f}" in result.output
+    png = (output / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert (output / "tensorboard").is_dir() and any((output / "tensorboard").rglob("events.out.tfevents.*"))
+    header = (output / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"learning_rate", "val_accuracy", "ce_loss"} <= set(header)
+    missing = run("report", tmp_path)
+    assert missing.exit_code == 1 and "metrics.json is missing" in missing.output
