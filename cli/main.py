@@ -368,6 +368,29 @@ def report(run_dir, plot_path):
     click.echo(f"Wrote {path}.")
 
 
+@cli.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--baseline", default="kd", show_default=True, help="Method the others are compared with.")
+@click.option("--markdown", "markdown_path", default=None, type=click.Path(dir_okay=False), help="Also write the table to this markdown file.")
+@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Draw per-seed accuracies and curves to this PNG.")
+@_user_errors
+def compare_runs(run_dirs, baseline, markdown_path, plot_path):
+    """Compare finished runs: mean, std, n, min/max of final and best-epoch top-1, and the difference to a baseline."""
+    from stkd_keras import compare as compare_lib
+
+    rows = compare_lib.compare(compare_lib.load_runs(run_dirs), baseline)
+    table = compare_lib.markdown(rows, baseline)
+    click.echo(table, nl=False)
+    if markdown_path:
+        path = Path(markdown_path)
+        temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        temporary.write_text(table)
+        os.replace(temporary, path)
+        click.echo(f"Wrote {path}.")
+    if plot_path:
+        click.echo(f"Wrote {compare_lib.plot(rows, plot_path)}.")
+
+
 @cli.command("datasets")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Look here as `--data-dir` would for each dataset.")
 def list_datasets(data_dir):

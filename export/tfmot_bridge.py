@@ -341,7 +341,8 @@ def quantize(model, tf_keras, tfmot, custom_layers):
         unsupported = re.match(r"Layer (\S+):<class '(?:[\w.]+\.)?(\w+)'> is not supported", str(error))
         if unsupported:
             name, class_name = unsupported.groups()
-            raise BridgeError(f"tfmot's quantize_model cannot quantize layer {name!r} of class {class_name}.") from None
+            hint = " (it quantizes a BatchNormalization only by folding it into the convolution right before it)" if class_name == "BatchNormalization" else ""
+            raise BridgeError(f"tfmot's quantize_model cannot quantize layer {name!r} of class {class_name}{hint}.") from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BridgeError(f"tfmot's quantize_model failed on model {model.name!r}: {first_line}") from None
 
@@ -500,8 +501,10 @@ def evaluate_tflite(path: Path, images: np.ndarray, labels: np.ndarray, batch_si
         interpreter.invoke()
         # argmax of int8 outputs equals argmax of the dequantized logits (the scale is positive).
         predictions.append(interpreter.get_tensor(output_detail["index"]).argmax(axis=-1))
+    predictions = np.concatenate(predictions)
     return {
-        "top1_accuracy": float(np.mean(np.concatenate(predictions) == labels)),
+        "predictions": predictions,
+        "top1_accuracy": float(np.mean(predictions == labels)),
         "input_dtype": np.dtype(dtype).name,
         "output_dtype": np.dtype(output_detail["dtype"]).name,
         "input_quantization": {"scale": float(scale), "zero_point": int(zero_point)},
@@ -607,7 +610,8 @@ def run(options: dict) -> dict:
         model = tfmot.sparsity.keras.strip_pruning(model)
         per_layer, overall, size = measure_sparsity(model)
         pruning.update({"per_layer_sparsity": per_layer, "overall_sparsity": overall, "prunable_weights": size})
-    float_accuracy = float(np.mean(predict(model, eval_images).argmax(-1) == eval_labels))
+    float_predictions = predict(model, eval_images).argmax(-1)
+    float_accuracy = float(np.mean(float_predictions == eval_labels))
 
     convert_started = time.perf_counter()
     output = Path(options["output"])
@@ -640,6 +644,7 @@ def run(options: dict) -> dict:
         "int8_file": str(output),
         "int8_size_bytes": output.stat().st_size,
         "int8_top1_accuracy": int8["top1_accuracy"],
+        "int8_float_top1_agreement": float(np.mean(int8["predictions"] == float_predictions)),
         "int8_input_dtype": int8["input_dtype"],
         "int8_output_dtype": int8["output_dtype"],
         "int8_input_quantization": int8["input_quantization"],

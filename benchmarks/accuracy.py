@@ -1,0 +1,131 @@
+"""Run a grid of distillation runs through the CLI's own code path, resumably, then compare them.
+
+A grid (YAML, see benchmarks/grids/) names a dataset, one teacher trained once
+and shared, a student, the methods, the seeds and a list of settings (each a
+set of option overrides, e.g. {epochs: 3} and {epochs: 12}); `common` options
+apply to every run. Each run is `stkd-keras distill ...` in a subprocess,
+written to OUTPUT/runs/<setting>/<method>/seed<k>. Finished runs (metrics.json)
+are skipped; an interrupted one is resumed with --resume. At the end every
+finished run is compared (`stkd-keras compare`) into OUTPUT/results.md and
+OUTPUT/results.png, with OUTPUT/environment.json beside them.
+
+Usage: python benchmarks/accuracy.py --grid benchmarks/grids/fashion_mnist_methods.yaml --output benchmarks/results/fashion_mnist_methods
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+GRID_FIELDS = {"name", "dataset", "teacher", "student", "methods", "seeds", "settings", "common", "baseline", "expected_minutes"}
+
+
+def option_list(options: dict) -> list[str]:
+    """{"train_subset": 5000, "lambda_per_sample": True} -> ["--train-subset", "5000", "--lambda-per-sample"]."""
+    arguments = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if name == "lambda_per_sample":
+            arguments.append("--lambda-per-sample" if value else "--lambda-per-batch")
+        elif isinstance(value, bool):
+            arguments.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            arguments += [flag, ",".join(str(v) for v in value)]
+        else:
+            arguments += [flag, str(value)]
+    return arguments
+
+
+def setting_label(setting: dict) -> str:
+    return "_".join(f"{key}-{value}" for key, value in setting.items()) or "default"
+
+
+def load_grid(path: Path) -> dict:
+    grid = yaml.safe_load(path.read_text())
+    if not isinstance(grid, dict):
+        raise SystemExit(f"{path}: a grid is a mapping.")
+    unknown = sorted(set(grid) - GRID_FIELDS)
+    if unknown:
+        raise SystemExit(f"{path}: unknown field `{unknown[0]}`. Valid fields: {', '.join(sorted(GRID_FIELDS))}.")
+    for field in ("dataset", "student", "methods", "seeds"):
+        if field not in grid:
+            raise SystemExit(f"{path}: missing field `{field}`.")
+    return grid
+
+
+def cli(*arguments: str) -> None:
+    subprocess.run([sys.executable, "-m", "stkd_keras.cli.main", *arguments], check=True)
+
+
+def run_grid(grid: dict, output: Path, log=print) -> list[Path]:
+    output.mkdir(parents=True, exist_ok=True)
+    common = dict(grid.get("common") or {})
+    teacher_dir = output / "teacher"
+    teacher = grid.get("teacher")
+    if teacher and not (teacher_dir / "teacher.keras").is_file():
+        teacher_options = {**common, **teacher}
+        if list(output.glob(".teacher.partial-*")):
+            log(f"Resuming the teacher in {teacher_dir}")
+            cli("train-teacher", "--resume", str(teacher_dir), "--quiet")
+        else:
+            log(f"Training the teacher into {teacher_dir}")
+            cli("train-teacher", "--dataset", grid["dataset"], *option_list(teacher_options), "--quiet", "--output", str(teacher_dir))
+    finished = []
+    runs = [(setting, method, seed) for setting in grid.get("settings") or [{}] for method in grid["methods"] for seed in grid["seeds"]]
+    for index, (setting, method, seed) in enumerate(runs, start=1):
+        folder = output / "runs" / setting_label(setting) / method / f"seed{seed}"
+        if (folder / "metrics.json").is_file():
+            log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: finished, skipped")
+            finished.append(folder)
+            continue
+        started = time.perf_counter()
+        if list(folder.parent.glob(f".{folder.name}.partial-*")):
+            log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: resuming")
+            cli("distill", "--resume", str(folder), "--quiet")
+        else:
+            log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: running")
+            options = {**common, **setting, "seed": seed}
+            teacher_option = ["--teacher", str(teacher_dir)] if method in ("kd", "kd_mixup_naive", "stkd") else []
+            cli("distill", "--dataset", grid["dataset"], "--student", grid["student"], "--method", method, *teacher_option,
+                *option_list(options), "--quiet", "--output", str(folder))
+        log(f"    done in {time.perf_counter() - started:.0f} s")
+        finished.append(folder)
+    return finished
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    grid = load_grid(args.grid)
+    finished = run_grid(grid, args.output)
+    baseline = grid.get("baseline", "kd")
+    cli("compare", *map(str, finished), "--baseline", baseline, "--markdown", str(args.output / "results.md"), "--plot", str(args.output / "results.png"))
+    import platform
+
+    import keras
+    import tensorflow as tf
+
+    environment = {
+        "grid": str(args.grid),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        "runs": len(finished),
+    }
+    (args.output / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

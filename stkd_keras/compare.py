@@ -1,0 +1,205 @@
+"""Compare finished runs: accuracy per method and setting over seeds, with honest uncertainty.
+
+Runs are grouped by setting (dataset, student, teacher, epochs, training
+subset) and method. For each group: n, mean, sample standard deviation, min
+and max of the final-epoch and (named apart) best-epoch validation top-1. For
+each method, the difference of its final-epoch mean to a baseline method in
+the same setting, with a 95% confidence interval: a paired t interval over the
+seeds both methods ran, or Welch's interval when they share fewer than two seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+# Two-sided 95% quantiles of Student's t (t_{0.975, df}), df = 1..30; beyond, the normal 1.96 is within 1.5%.
+_T_975 = (
+    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)
+
+
+def t_quantile_975(df: float) -> float:
+    """t_{0.975} for `df` degrees of freedom (linear between integer rows; 1.96 in the limit)."""
+    if df < 1:
+        return math.inf
+    if df >= 30:
+        return 2.042 + (1.96 - 2.042) * min(1.0, (df - 30) / 90)
+    low = int(df)
+    high = min(low + 1, 30)
+    return _T_975[low - 1] + (_T_975[high - 1] - _T_975[low - 1]) * (df - low)
+
+
+def load_runs(run_dirs) -> list[dict]:
+    """The metrics.json of each run folder, with its path; one clear error naming a missing or malformed file."""
+    runs = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / "metrics.json"
+        if not path.is_file():
+            raise ValueError(f"{path} is missing: {run_dir} is not a finished run.")
+        try:
+            metrics = json.loads(path.read_text())
+            metrics["final_val_accuracy"], metrics["best_val_accuracy"], metrics["config"]  # noqa: B018
+        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is malformed ({type(error).__name__}: {error}).") from None
+        metrics["run_dir"] = str(run_dir)
+        runs.append(metrics)
+    if not runs:
+        raise ValueError("No runs to compare.")
+    return runs
+
+
+# Config fields that do not define a setting: the seed varies within one, the method is the other axis,
+# the rest say where things were read from or how fast they ran.
+_NOT_SETTING = {"seed", "method", "teacher", "data_dir", "download", "deterministic", "jit_compile", "mixed_precision"}
+
+
+def _setting_key(run: dict) -> tuple:
+    return tuple(sorted((k, json.dumps(v)) for k, v in run["config"].items() if k not in _NOT_SETTING))
+
+
+def setting_labels(runs: list[dict]) -> dict:
+    """A readable label per setting: dataset, student, teacher, epochs, subset, and whatever else varies between settings."""
+    keys = {_setting_key(run): run for run in runs}
+    varying = sorted(
+        {name for key in keys for name, _ in key if len({dict(k).get(name) for k in keys}) > 1}
+        - {"dataset", "model", "epochs", "train_subset"}
+    )
+    teachers = defaultdict(set)
+    for run in runs:
+        if run.get("teacher"):
+            teachers[_setting_key(run)].add(run["teacher"].get("name"))
+    labels = {}
+    for key, run in keys.items():
+        config = run["config"]
+        teacher = ",".join(sorted(teachers[key])) or "-"
+        label = f"{config['dataset']} | {run['model']} <- {teacher} | {config['epochs']} epochs | {config.get('train_subset') or 'all'} train images"
+        extra = ", ".join(f"{name}={json.loads(dict(key)[name])}" for name in varying if name in dict(key))
+        labels[key] = label + (f" | {extra}" if extra else "")
+    return labels
+
+
+def _describe(values: list[float]) -> dict:
+    return {
+        "n": len(values),
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else float("nan"),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+def difference_ci(method: list[tuple[int, float]], baseline: list[tuple[int, float]]) -> dict:
+    """Mean difference method - baseline with a 95% CI; paired by seed when at least two seeds match.
+
+    Args:
+        method, baseline: (seed, accuracy) pairs.
+    """
+    base = dict(baseline)
+    paired = [(value, base[seed]) for seed, value in method if seed in base]
+    if len(paired) >= 2:
+        differences = [a - b for a, b in paired]
+        mean = statistics.fmean(differences)
+        half = t_quantile_975(len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
+        return {"difference": mean, "low": mean - half, "high": mean + half, "kind": f"paired over {len(differences)} seeds"}
+    a = [value for _, value in method]
+    b = [value for _, value in baseline]
+    mean = statistics.fmean(a) - statistics.fmean(b)
+    if len(a) < 2 or len(b) < 2:
+        return {"difference": mean, "low": float("nan"), "high": float("nan"), "kind": "too few runs for an interval"}
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    if va + vb == 0:
+        return {"difference": mean, "low": mean, "high": mean, "kind": "Welch (no spread)"}
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    half = t_quantile_975(df) * math.sqrt(va + vb)
+    return {"difference": mean, "low": mean - half, "high": mean + half, "kind": f"Welch, df {df:.1f}"}
+
+
+def compare(runs: list[dict], baseline: str = "kd") -> list[dict]:
+    """One row per (setting, method), sorted by setting then method."""
+    labels = setting_labels(runs)
+    groups: dict = defaultdict(list)
+    for run in runs:
+        groups[(labels[_setting_key(run)], run["method"])].append(run)
+    rows = []
+    for (setting, method), members in sorted(groups.items()):
+        final = [(m.get("seed"), m["final_val_accuracy"]) for m in members]
+        row = {
+            "setting": setting,
+            "method": method,
+            "final": _describe([v for _, v in final]),
+            "best": _describe([m["best_val_accuracy"] for m in members]),
+            "seeds": sorted(m.get("seed") for m in members),
+            "final_by_seed": final,
+            "run_dirs": [m["run_dir"] for m in members],
+        }
+        reference = groups.get((setting, baseline))
+        if reference and method != baseline:
+            row["versus_baseline"] = difference_ci(final, [(m.get("seed"), m["final_val_accuracy"]) for m in reference])
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], baseline: str = "kd") -> str:
+    """The comparison as a markdown table (accuracies in percent)."""
+    lines = [
+        f"| setting | method | n | final top-1 mean ± std | final min / max | best-epoch top-1 mean ± std | final - {baseline} [95% CI] |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for row in rows:
+        final, best = row["final"], row["best"]
+        versus = row.get("versus_baseline")
+        if versus:
+            interval = f"{100 * versus['difference']:+.2f} [{100 * versus['low']:+.2f}, {100 * versus['high']:+.2f}] ({versus['kind']})"
+        else:
+            interval = "baseline" if row["method"] == baseline else "-"
+        lines.append(
+            f"| {row['setting']} | {row['method']} | {final['n']} | {100 * final['mean']:.2f} ± {100 * final['std']:.2f} | "
+            f"{100 * final['min']:.2f} / {100 * final['max']:.2f} | {100 * best['mean']:.2f} ± {100 * best['std']:.2f} | {interval} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str | os.PathLike) -> Path:
+    """Accuracy per method with every seed shown (one panel per setting), and one seed's curves per method."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = sorted({row["setting"] for row in rows})
+    figure, axes = plt.subplots(len(settings), 2, figsize=(14, 4 * len(settings)), squeeze=False)
+    for index, setting in enumerate(settings):
+        members = [row for row in rows if row["setting"] == setting]
+        left, right = axes[index]
+        for position, row in enumerate(members):
+            values = [100 * v for _, v in row["final_by_seed"]]
+            left.scatter([position] * len(values), values, alpha=0.7)
+            left.errorbar(position + 0.15, 100 * row["final"]["mean"], yerr=100 * (row["final"]["std"] if row["final"]["n"] > 1 else 0), fmt="o", color="black")
+            history_path = Path(row["run_dirs"][0]) / "history.csv"
+            if history_path.is_file():
+                with open(history_path, newline="") as f:
+                    history = list(csv.DictReader(f))
+                right.plot([int(h["epoch"]) + 1 for h in history], [100 * float(h["val_accuracy"]) for h in history], label=row["method"])
+        left.set_xticks(range(len(members)), [row["method"] for row in members])
+        left.set_ylabel("final-epoch val top-1 (%)")
+        left.set_title(setting, fontsize=9)
+        right.set_xlabel("epoch")
+        right.set_ylabel("val top-1 (%)")
+        right.set_title("training curves, one seed per method", fontsize=9)
+        right.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    figure.savefig(temporary, format="png", dpi=90)
+    plt.close(figure)
+    os.replace(temporary, path)
+    return path

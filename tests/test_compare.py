@@ -1,0 +1,109 @@
+import json
+import math
+import statistics
+
+import pytest
+from click.testing import CliRunner
+
+from stkd_keras import compare
+from stkd_keras.cli.main import cli
+
+
+def write_run(root, name, method, seed, final, best, epochs=5):
+    folder = root / name
+    folder.mkdir()
+    metrics = {
+        "model": "resnet8", "method": method, "seed": seed, "final_val_accuracy": final, "best_val_accuracy": best,
+        "teacher": {"name": "resnet14"} if method != "ce" else None,
+        "config": {"dataset": "fashion_mnist", "epochs": epochs, "train_subset": 1000},
+    }
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "history.csv").write_text("epoch,val_accuracy\n0,0.5\n1,%s\n" % final)
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    kd = [0.80, 0.82, 0.81]
+    stkd = [0.83, 0.82, 0.85]
+    folders = [write_run(tmp_path, f"kd{s}", "kd", s, v, v + 0.01) for s, v in enumerate(kd)]
+    folders += [write_run(tmp_path, f"stkd{s}", "stkd", s, v, v + 0.02) for s, v in enumerate(stkd)]
+    return folders, kd, stkd
+
+
+def test_statistics_and_paired_interval_by_hand(runs):
+    folders, kd, stkd = runs
+    rows = {row["method"]: row for row in compare.compare(compare.load_runs(folders), baseline="kd")}
+    assert rows["stkd"]["final"]["mean"] == pytest.approx(0.8333333, abs=1e-6)
+    # Sample standard deviation of 0.83, 0.82, 0.85: sqrt(((-0.00333)^2 + (-0.01333)^2 + 0.01667^2) / 2) = 0.015275.
+    assert rows["stkd"]["final"]["std"] == pytest.approx(0.0152753, abs=1e-6)
+    assert (rows["stkd"]["final"]["min"], rows["stkd"]["final"]["max"]) == (0.82, 0.85)
+    assert rows["stkd"]["best"]["mean"] == pytest.approx(0.8533333, abs=1e-6)
+    # Paired differences 0.03, 0.00, 0.04: mean 0.023333, sd 0.020817; t(0.975, 2) = 4.303.
+    versus = rows["stkd"]["versus_baseline"]
+    half = 4.303 * 0.0208167 / math.sqrt(3)
+    assert versus["difference"] == pytest.approx(0.0233333, abs=1e-6)
+    assert (versus["low"], versus["high"]) == (pytest.approx(0.0233333 - half, abs=1e-5), pytest.approx(0.0233333 + half, abs=1e-5))
+    assert versus["kind"] == "paired over 3 seeds"
+    assert "versus_baseline" not in rows["kd"]
+
+
+def test_welch_interval_without_matching_seeds():
+    a = [(10, 0.80), (11, 0.84), (12, 0.82)]
+    b = [(0, 0.78), (1, 0.79), (2, 0.77), (3, 0.80)]
+    result = compare.difference_ci(a, b)
+    va = statistics.variance([0.80, 0.84, 0.82]) / 3  # 0.0004 / 3
+    vb = statistics.variance([0.78, 0.79, 0.77, 0.80]) / 4
+    df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
+    assert result["difference"] == pytest.approx(0.82 - 0.785)
+    assert result["high"] - result["difference"] == pytest.approx(compare.t_quantile_975(df) * math.sqrt(va + vb))
+    assert result["kind"].startswith("Welch")
+
+
+def test_t_quantiles():
+    assert compare.t_quantile_975(1) == 12.706 and compare.t_quantile_975(4) == 2.776
+    assert compare.t_quantile_975(1000) == pytest.approx(1.96)
+
+
+def test_cli_compare_writes_table_and_plot(runs, tmp_path):
+    folders, _, _ = runs
+    result = CliRunner().invoke(cli, ["compare", *map(str, folders), "--markdown", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    table = (tmp_path / "t.md").read_text()
+    assert "| stkd | 3 | 83.33 ± 1.53 | 82.00 / 85.00 | 85.33 ± 1.53 | +2.33 [" in table
+    png = (tmp_path / "p.png").read_bytes()
+    assert png[:4] == b"\x89PNG" and len(png) > 5000
+
+
+def test_missing_and_malformed_files_are_named(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "empty")])
+    assert result.exit_code == 1 and "empty/metrics.json is missing" in result.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "metrics.json").write_text("{not json")
+    result = CliRunner().invoke(cli, ["compare", str(tmp_path / "bad")])
+    assert result.exit_code == 1 and "bad/metrics.json is malformed" in result.output
+
+
+def test_two_run_grid_completes_and_skips_finished_runs(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "dataset: fashion_mnist\nteacher: {model: cnn8, epochs: 1}\nstudent: cnn8\nmethods: [ce, stkd]\nseeds: [0]\n"
+        "common: {train_subset: 256, val_subset: 128, epochs: 1, batch_size: 64}\nbaseline: ce\n"
+    )
+    command = [sys.executable, str(root / "benchmarks" / "accuracy.py"), "--grid", str(grid), "--output", str(tmp_path / "out")]
+    first = subprocess.run(command, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "[1/2] runs/default/ce/seed0: running" in first.stdout and "[2/2] runs/default/stkd/seed0: running" in first.stdout
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| ce | 1 |" in table and "| stkd | 1 |" in table
+    assert json.loads((tmp_path / "out" / "environment.json").read_text())["runs"] == 2
+    second = subprocess.run(command, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "[1/2] runs/default/ce/seed0: finished, skipped" in second.stdout
+    assert "[2/2] runs/default/stkd/seed0: finished, skipped" in second.stdout and "Training the teacher" not in second.stdout
