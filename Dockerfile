@@ -18,6 +18,7 @@ RUN pip install -r requirements.txt
 COPY stkd_keras ./stkd_keras
 COPY export ./export
 COPY cli ./cli
+COPY recipes ./recipes
 RUN pip install --no-deps .
 
 WORKDIR /runs

@@ -10,14 +10,11 @@ from pathlib import Path
 
 import click
 
-
-
-
 DEFAULT_TEACHER_MODEL = "resnet14"
 
 
 def _library():
-    """Imports TensorFlow lazily, so `--help` answers at once."""
+    """Imports the library (and with it TensorFlow) only when a command needs it, so `--help` answers at once."""
     from stkd_keras import data, distiller, models, training
 
     return data, distiller, models, training

@@ -543,7 +543,7 @@ def run(options: dict) -> dict:
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
-    import stkd_keras  # noqa: F401  (registers ChannelShuffle / ChannelSplit for loading)
+    import stkd_keras.models  # noqa: F401  (registers ChannelShuffle / ChannelSplit for loading; `import stkd_keras` alone is lazy)
     from stkd_keras import data as data_lib
 
     tf_keras.utils.set_random_seed(options["seed"])

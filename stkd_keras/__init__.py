@@ -2,35 +2,48 @@
 
 Zhao et al. 2021, "Similarity Transfer for Knowledge Distillation",
 arXiv 2103.10047.
+
+The public names below are imported on first use, so that `stkd-keras --help`
+answers without loading TensorFlow.
 """
 
+import importlib
 import os
 
 # TensorFlow's C++ start-up messages (CUDA probing, CPU features) are noise for
 # users; an explicit TF_CPP_MIN_LOG_LEVEL still wins.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from stkd_keras.distiller import METHODS, Distiller
-from stkd_keras.losses import KDLoss, STKDLoss, kd_divergence, kd_loss, soft_cross_entropy, stkd_loss
-from stkd_keras.mixup import MixupBatch, apply_mixup, sample_beta
-from stkd_keras.models import get_model, list_models, resnet, small_cnn
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "METHODS",
-    "Distiller",
-    "KDLoss",
-    "STKDLoss",
-    "MixupBatch",
-    "get_model",
-    "kd_divergence",
-    "kd_loss",
-    "list_models",
-    "apply_mixup",
-    "resnet",
-    "sample_beta",
-    "small_cnn",
-    "soft_cross_entropy",
-    "stkd_loss",
-]
+_EXPORTS = {
+    "METHODS": "stkd_keras.distiller",
+    "Distiller": "stkd_keras.distiller",
+    "KDLoss": "stkd_keras.losses",
+    "STKDLoss": "stkd_keras.losses",
+    "kd_divergence": "stkd_keras.losses",
+    "kd_loss": "stkd_keras.losses",
+    "soft_cross_entropy": "stkd_keras.losses",
+    "stkd_loss": "stkd_keras.losses",
+    "MixupBatch": "stkd_keras.mixup",
+    "apply_mixup": "stkd_keras.mixup",
+    "sample_beta": "stkd_keras.mixup",
+    "get_model": "stkd_keras.models",
+    "list_models": "stkd_keras.models",
+    "resnet": "stkd_keras.models",
+    "small_cnn": "stkd_keras.models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stkd_keras' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

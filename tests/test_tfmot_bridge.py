@@ -1,0 +1,174 @@
+"""The tfmot bridge (QAT and pruning through tf_keras), run as the subprocess it is meant to be.
+
+The students are tiny and trained here for a few seconds on real Fashion-MNIST
+images; each bridge run fine-tunes for one epoch on 1000 images. Numbers the
+bridge reports are checked against what this test measures itself in the
+int8 file (accuracy through ai_edge_litert, zeros in the int8 kernels).
+"""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+from keras import layers
+
+from stkd_keras import data as data_lib
+from stkd_keras.models import get_model
+from stkd_keras.models.layers import ChannelShuffle, ChannelSplit, conv_bn_relu
+
+EVAL_IMAGES = 500
+BRIDGE_OPTIONS = ["--dataset", "fashion_mnist", "--epochs", "1", "--train-subset", "1000", "--eval-subset", str(EVAL_IMAGES), "--representative", "100"]
+
+
+def train_briefly(model, images=2000, epochs=2):
+    dataset, _ = data_lib.load("fashion_mnist", "train", 32, subset=images)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(dataset, epochs=epochs, verbose=0, shuffle=False)  # data_lib.load already shuffles
+    return model
+
+
+def run_bridge(*arguments):
+    return subprocess.run(
+        [sys.executable, "-m", "stkd_keras.export.tfmot_bridge", *map(str, arguments)], capture_output=True, text=True, timeout=900
+    )
+
+
+def run_bridge_ok(tmp_path, name, *arguments):
+    output, report = tmp_path / f"{name}.tflite", tmp_path / f"{name}.json"
+    result = run_bridge(*arguments, *BRIDGE_OPTIONS, "--output", output, "--report", report)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, json.loads(report.read_text())
+
+
+@pytest.fixture(scope="module")
+def evaluation_images():
+    dataset, _ = data_lib.load("fashion_mnist", "test", 256, augment=False, shuffle=False, subset=EVAL_IMAGES)
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
+    return np.concatenate(images), np.concatenate(labels)
+
+
+@pytest.fixture(scope="module")
+def saved_pair(tmp_path_factory):
+    """A cnn8 student and a cnn16 teacher, each trained for two epochs on 2000 images (about 0.6 test accuracy)."""
+    folder = tmp_path_factory.mktemp("pair")
+    keras.utils.set_random_seed(0)
+    train_briefly(get_model("cnn8", 10, (28, 28, 1))).save(folder / "student.keras")
+    train_briefly(get_model("cnn16", 10, (28, 28, 1))).save(folder / "teacher.keras")
+    return folder / "student.keras", folder / "teacher.keras"
+
+
+def int8_accuracy(path, images, labels):
+    """Top-1 accuracy of an int8 .tflite file, quantizing the inputs with the input tensor's own scale and zero point."""
+    interpreter = Interpreter(model_path=str(path))
+    detail = interpreter.get_input_details()[0]
+    scale, zero_point = detail["quantization"]
+    interpreter.resize_tensor_input(detail["index"], images.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(detail["index"], np.clip(np.round(images / scale + zero_point), -128, 127).astype(np.int8))
+    interpreter.invoke()
+    logits = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return float(np.mean(logits.argmax(-1) == labels))
+
+
+def int8_kernel_zeros(path):
+    """Zeros and size of the weight tensors of every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op of a .tflite file.
+
+    Int8 quantization maps 0 to 0 (weights are symmetric, zero point 0) and BatchNorm folding scales
+    whole output channels, so every weight pruned in float is still a zero here.
+    """
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    zeros = size = 0
+    # The LiteRT interpreter has no public op listing; _get_ops_details has been stable since TF 2.x.
+    for op in interpreter._get_ops_details():
+        if op["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"):
+            kernel = interpreter.get_tensor(op["inputs"][1])
+            assert kernel.dtype == np.int8
+            zeros += int(np.sum(kernel == 0))
+            size += kernel.size
+    return zeros, size
+
+
+def test_qat_distilled_student_parity_and_int8_file(saved_pair, evaluation_images, tmp_path):
+    student, teacher = saved_pair
+    output, report = run_bridge_ok(tmp_path, "qat", "--model", student, "--teacher", teacher, "--mode", "qat")
+    assert report["parity_max_abs_diff"]["student"] <= 1e-5
+    assert report["parity_max_abs_diff"]["teacher"] <= 1e-5
+    assert report["teacher"] == str(teacher) and report["loss"].startswith("stkd")
+
+    interpreter = Interpreter(model_path=str(output))
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    images, labels = evaluation_images
+    accuracy = int8_accuracy(output, images, labels)
+    # Ten classes: chance is 0.1; the brief training reaches about 0.5-0.6.
+    assert accuracy > 0.3
+    assert accuracy == pytest.approx(report["int8_top1_accuracy"], abs=0.01)
+    assert report["int8_size_bytes"] == output.stat().st_size
+    assert (report["int8_input_dtype"], report["int8_output_dtype"]) == ("int8", "int8")
+
+
+def test_prune_reaches_the_target_sparsity_in_the_int8_file(saved_pair, tmp_path):
+    student, teacher = saved_pair
+    output, report = run_bridge_ok(tmp_path, "prune", "--model", student, "--teacher", teacher, "--mode", "prune", "--sparsity", "0.5")
+    assert report["parity_max_abs_diff"]["student"] <= 1e-5
+    pruning = report["pruning"]
+    assert pruning["schedule"]["final_sparsity"] == 0.5
+    assert set(pruning["per_layer_sparsity"]) == {"stage1_conv", "stage2_conv", "stage3_conv", "logits"}
+
+    # Counted in the int8 file: the kernels the bridge counted (cnn8 prunes all of them), and at least its zeros.
+    zeros, size = int8_kernel_zeros(output)
+    assert size == pruning["prunable_weights"]
+    assert zeros / size == pytest.approx(0.5, abs=0.02)
+    assert zeros / size >= pruning["overall_sparsity"] - 1e-9
+    assert pruning["overall_sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_channel_shuffle_and_split_quantize_without_a_teacher(evaluation_images, tmp_path):
+    keras.utils.set_random_seed(1)
+    inputs = layers.Input((28, 28, 1), name="images")
+    x = conv_bn_relu(inputs, 16, 3, 1, name="stem")
+    x = layers.MaxPooling2D(2, name="stem_pool")(x)
+    left, right = ChannelSplit(2, name="split")(x)
+    right = conv_bn_relu(right, 8, 3, 1, name="branch")
+    x = ChannelShuffle(2, name="shuffle")(layers.Concatenate(name="concat")([left, right]))
+    x = conv_bn_relu(x, 32, 3, 2, name="head")
+    logits = layers.Dense(10, name="logits")(layers.GlobalAveragePooling2D(name="pool")(x))
+    train_briefly(keras.Model(inputs, logits, name="mini_shuffle")).save(tmp_path / "mini_shuffle.keras")
+
+    output, report = run_bridge_ok(tmp_path, "mini_shuffle_qat", "--model", tmp_path / "mini_shuffle.keras", "--mode", "qat")
+    assert report["parity_max_abs_diff"] == {"student": pytest.approx(0, abs=1e-5)}
+    assert report["teacher"] is None and report["loss"].startswith("cross-entropy on clean images")
+    images, labels = evaluation_images
+    accuracy = int8_accuracy(output, images, labels)
+    assert accuracy > 0.3
+    # The channel layers carry their input's quantization: int8 costs little against the QAT float model.
+    assert accuracy == pytest.approx(report["float_top1_accuracy"], abs=0.05)
+
+
+def test_unsupported_layer_is_named_in_one_line(tmp_path):
+    inputs = layers.Input((28, 28, 1), name="images")
+    x = layers.Conv2D(4, 3, name="conv")(inputs)
+    x = layers.LayerNormalization(name="norm")(x)
+    logits = layers.Dense(10, name="logits")(layers.GlobalAveragePooling2D(name="pool")(x))
+    keras.Model(inputs, logits).save(tmp_path / "norm.keras")
+
+    result = run_bridge(
+        "--model", tmp_path / "norm.keras", "--mode", "qat", *BRIDGE_OPTIONS, "--output", tmp_path / "x.tflite", "--report", tmp_path / "x.json"
+    )
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("Error: Layer 'norm' of class LayerNormalization is not supported by the tf_keras bridge")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "x.tflite").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_help_lists_every_option():
+    result = run_bridge("--help")
+    assert result.returncode == 0
+    for option in ("--model", "--teacher", "--mode", "--sparsity", "--representative", "--output", "--report"):
+        assert option in result.stdout
