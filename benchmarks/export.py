@@ -62,8 +62,8 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=None, help="A finished distill run folder to export (default: distil one).")
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--teacher-model", default="resnet14")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--train-subset", type=int, default=20000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--train-subset", type=int, default=10000)
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--output", type=Path, default=None)
@@ -85,7 +85,11 @@ def main() -> None:
     subprocess.run(common + ["--format", "all", "--quantize", "none"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(common + ["--format", "tflite", "--quantize", "float16"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(common + ["--format", "tflite", "--quantize", "dynamic"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(common + ["--format", "all", "--quantize", "int8", "--qat", str(args.qat_epochs), "--prune", str(args.sparsity)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        common + ["--format", "all", "--quantize", "int8", "--qat", str(args.qat_epochs), "--prune", str(args.sparsity),
+                  "--finetune-subset", str(args.train_subset)],
+        check=True, stdout=subprocess.DEVNULL,
+    )
 
     preprocessing = training.read_preprocessing(run_dir)
     data = export_lib.load_export_data("fashion_mnist", preprocessing, 10000, 1)

@@ -298,6 +298,7 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
 @click.option("--qat", "qat_epochs", default=None, type=click.IntRange(min=1), help="Also export int8 after N epochs of quantization-aware training (tfmot, distilled from --teacher).")
 @click.option("--prune", "prune_sparsity", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Also export int8 after pruning to this sparsity (tfmot).")
 @click.option("--teacher", default=None, type=click.Path(), help="Teacher for QAT/pruning fine-tuning (default: the run's teacher/ folder if there is one).")
+@click.option("--finetune-subset", default=None, type=click.IntRange(min=1), help="Training images for QAT/pruning fine-tuning (default: all).")
 @click.option("--dataset", default=None, type=_DatasetName(), help="Dataset for verification and calibration (default: the one the model was trained on).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="As for distill.")
 @click.option("--download/--no-download", default=True, show_default=True, help="Let tfds download a missing dataset.")
@@ -308,7 +309,7 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for the exported files.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same names.")
 @_user_errors
-def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
+def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, finetune_subset, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
     """Export a student to TFLite/LiteRT and ONNX, verify each file in its runtime, and write export_report.json."""
     from stkd_keras import export as export_lib
 
@@ -337,7 +338,7 @@ def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teac
         overwrite=overwrite, stem=student_file.stem, source=source, log=click.echo,
         bridge_args={
             "model_path": student_file, "teacher_path": teacher_file, "dataset": dataset, "data_dir": data_dir,
-            "qat_epochs": qat_epochs, "prune_sparsity": prune_sparsity, "finetune_epochs": 2,
+            "qat_epochs": qat_epochs, "prune_sparsity": prune_sparsity, "finetune_epochs": 2, "train_subset": finetune_subset,
         },
     )
     click.echo(f"Keras top-1 on {report['verification_images']} verification images: {report['keras_top1_accuracy']:.4f}")

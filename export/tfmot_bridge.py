@@ -32,7 +32,13 @@ What a run does:
    teacher: plain cross-entropy on clean images.
 4. Converts to full-integer int8 TFLite (int8 input and output) with a
    representative set of training images, writes it atomically, runs it in
-   `ai_edge_litert` and writes a JSON report (see `--help`).
+   `ai_edge_litert` and writes a JSON report (also atomically): mode, epochs,
+   steps, teacher (path or null) and loss, parity_max_abs_diff (student,
+   teacher), keras3_top1_accuracy_before, loss_per_epoch,
+   float_top1_accuracy (the fine-tuned tf_keras model), pruning (schedule,
+   per_layer_sparsity, overall_sparsity, prunable_weights; null for QAT),
+   int8_top1_accuracy, int8_float_top1_agreement, int8_size_bytes,
+   int8_input_dtype, int8_output_dtype, int8_input_quantization, timings.
 
 Layers it translates: InputLayer, Conv2D, DepthwiseConv2D, BatchNormalization,
 ReLU, Activation, Add, Concatenate, ZeroPadding2D, MaxPooling2D,
@@ -45,9 +51,9 @@ weight regularizers are not carried over (the fine-tuning loss is STKD's).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -195,7 +201,7 @@ def _endpoints(spec) -> list:
     return [spec] if spec and isinstance(spec[0], str) else list(spec)
 
 
-def to_tf_keras(model, tf_keras, custom_layers):
+def to_tf_keras(model, tf_keras, custom_layers: tuple):
     """Rebuilds a Keras 3 functional model as a tf_keras functional model with the same architecture and weights.
 
     Args:
@@ -294,12 +300,14 @@ def check_parity(keras3_model, tf_keras_model, images: np.ndarray, role: str) ->
 # --- tfmot ---------------------------------------------------------------------------------------------
 
 
-def quantize(model, tf_keras, tfmot, custom_layers):
+def quantize(model, tf_keras, tfmot, custom_layers: tuple):
     """`quantize_model`, with a no-op quantize config for the weightless channel layers.
 
     Raises:
-        BridgeError: Naming the layer tfmot's default 8-bit scheme cannot quantize (tfmot decides after its
-            transforms, e.g. a BatchNormalization after a convolution is folded into it, so there is no pre-check).
+        BridgeError: Naming the layer tfmot's default 8-bit scheme cannot quantize. tfmot decides after its
+            graph transforms (a BatchNormalization that is a convolution's sole consumer is folded into it; any
+            other BatchNormalization, as in pre-activation WRN blocks or after ShuffleV1's grouped-conv
+            concatenation, is rejected), so there is no pre-check.
     """
     quantization = tfmot.quantization.keras
 
@@ -341,7 +349,7 @@ def quantize(model, tf_keras, tfmot, custom_layers):
         unsupported = re.match(r"Layer (\S+):<class '(?:[\w.]+\.)?(\w+)'> is not supported", str(error))
         if unsupported:
             name, class_name = unsupported.groups()
-            hint = " (it quantizes a BatchNormalization only by folding it into the convolution right before it)" if class_name == "BatchNormalization" else ""
+            hint = " (tfmot folds a BatchNormalization into the convolution before it, and only when it is that convolution's sole consumer)" if class_name == "BatchNormalization" else ""
             raise BridgeError(f"tfmot's quantize_model cannot quantize layer {name!r} of class {class_name}{hint}.") from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BridgeError(f"tfmot's quantize_model failed on model {model.name!r}: {first_line}") from None
@@ -366,7 +374,7 @@ def pruning_schedule(total_steps: int, sparsity: float) -> dict:
     return {"initial_sparsity": 0.0, "final_sparsity": float(sparsity), "begin_step": 0, "end_step": end_step, "power": 3, "frequency": frequency}
 
 
-def prune(model, tf_keras, tfmot, custom_layers, schedule: dict):
+def prune(model, tf_keras, tfmot, custom_layers: tuple, schedule: dict):
     """Wraps every Conv2D, DepthwiseConv2D and Dense layer in `prune_low_magnitude` with a PolynomialDecay schedule."""
     sparsity = tfmot.sparsity.keras
     polynomial = sparsity.PolynomialDecay(**schedule)
@@ -539,8 +547,7 @@ def run(options: dict) -> dict:
     started = time.perf_counter()
     timings = {}
     import keras
-    import tensorflow as tf
-    import tensorflow_model_optimization as tfmot
+    import tensorflow_model_optimization as tfmot  # sets TF_USE_LEGACY_KERAS=1 for this process
     import tf_keras
 
     import stkd_keras.models  # noqa: F401  (registers ChannelShuffle / ChannelSplit for loading; `import stkd_keras` alone is lazy)
@@ -566,7 +573,7 @@ def run(options: dict) -> dict:
     train_dataset, train_info = data_lib.load(
         options["dataset"], "train", options["batch_size"], augment=True, shuffle=True, subset=options["train_subset"], **common
     )
-    eval_dataset, eval_info = data_lib.load(options["dataset"], "test", 256, augment=False, shuffle=False, subset=options["eval_subset"], **common)
+    eval_dataset, _ = data_lib.load(options["dataset"], "test", 256, augment=False, shuffle=False, subset=options["eval_subset"], **common)
     representative_dataset, _ = data_lib.load(
         options["dataset"], "train", 256, augment=False, shuffle=False, subset=options["representative"], **common
     )
@@ -577,6 +584,11 @@ def run(options: dict) -> dict:
     num_classes = int(student.output_shape[-1])
     if num_classes != train_info.num_classes:
         raise BridgeError(f"The student has {num_classes} outputs, {options['dataset']} has {train_info.num_classes} classes.")
+    if teacher is not None and tuple(teacher.input_shape[1:]) + tuple(teacher.output_shape[1:]) != input_shape + (num_classes,):
+        raise BridgeError(
+            f"The teacher maps {tuple(teacher.input_shape[1:])} to {teacher.output_shape[-1]} classes, "
+            f"the student {input_shape} to {num_classes}; distillation needs the same images and classes."
+        )
 
     parity = {"student": check_parity(student_keras3, student, eval_images, "student")}
     keras3_accuracy = float(np.mean(predict(student_keras3, eval_images).argmax(-1) == eval_labels))
@@ -585,7 +597,8 @@ def run(options: dict) -> dict:
         teacher.trainable = False
     timings["data_and_parity_s"] = time.perf_counter() - started - timings["rebuild_s"]
 
-    steps_per_epoch = int(train_dataset.cardinality())
+    # From the example count: a tfds pipeline's cardinality can be unknown.
+    steps_per_epoch = math.ceil(train_info.num_examples / options["batch_size"])
     total_steps = steps_per_epoch * options["epochs"]
     pruning = None
     callback = None

@@ -158,3 +158,33 @@ def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
         assert evaluation["accuracy"] == pytest.approx(rows[name]["top1_accuracy"])
     again = runner.invoke(cli, ["export", "--model", str(student_run / "student.keras"), "--format", "tflite", "--quantize", "int8", "--output", str(output)])
     assert again.exit_code == 1 and "already exists; pass --overwrite" in again.output
+
+
+def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_run, tmp_path):
+    """export --qat/--prune end to end: the bridge subprocess, the run's teacher/ folder, verification and the report."""
+    teacher_dir = student_run / "teacher"
+    if not (teacher_dir / "teacher.keras").is_file():
+        teacher_dir.mkdir(exist_ok=True)
+        keras.utils.set_random_seed(1)
+        train, _ = data_lib.load("fashion_mnist", "train", 32, subset=1000)
+        teacher = get_model("cnn16", 10, (28, 28, 1))
+        teacher.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        teacher.fit(train, epochs=1, verbose=0)
+        teacher.save(teacher_dir / "teacher.keras")
+    output = tmp_path / "exported"
+    result = CliRunner().invoke(
+        cli,
+        ["export", "--model", str(student_run / "student.keras"), "--format", "tflite", "--quantize", "int8", "--qat", "1",
+         "--prune", "0.5", "--finetune-subset", "512", "--verify-images", "200", "--representative-images", "50", "--output", str(output)],
+    )
+    assert result.exit_code == 0, result.output
+    rows = {row["file"]: row for row in json.loads((output / "export_report.json").read_text())["files"]}
+    assert set(rows) == {"student_int8.tflite", "student_qat_int8.tflite", "student_pruned_int8.tflite"}
+    for name in ("student_qat_int8.tflite", "student_pruned_int8.tflite"):
+        runner = export_lib.TFLiteRunner(output / name)
+        assert runner.input_dtype == "int8" and runner.output_dtype == "int8"
+        assert rows[name]["tfmot"]["parity_max_abs_diff"]["student"] <= 1e-5
+        assert rows[name]["tfmot"]["teacher"] is not None  # fine-tuned with the distillation signal of the run's teacher
+        # The bridge measured its int8 file on the same 200 test images, through its own code path.
+        assert rows[name]["top1_accuracy"] == pytest.approx(rows[name]["tfmot"]["int8_top1_accuracy"], abs=1e-9)
+    assert rows["student_pruned_int8.tflite"]["tfmot"]["pruning"]["overall_sparsity"] == pytest.approx(0.5, abs=0.02)
