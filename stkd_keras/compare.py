@@ -196,10 +196,6 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
         right.set_ylabel("val top-1 (%)")
         right.set_title("training curves, one seed per method", fontsize=9)
         right.legend(fontsize=8)
-    figure.tight_layout()
-    path = Path(path)
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    figure.savefig(temporary, format="png", dpi=90)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    from stkd_keras.reporting import save_figure
+
+    return save_figure(figure, path, dpi=90)

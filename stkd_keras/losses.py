@@ -19,20 +19,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from stkd_keras.validation import positive_finite
+
 
 def validate_temperature(temperature) -> float:
-    """Returns `temperature` as a float, or raises if it is not > 0."""
-    try:
-        value = float(temperature)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"Expected `temperature` to be a number > 0. Received: temperature={temperature!r}"
-        ) from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(
-            f"Expected `temperature` to be a finite number > 0. Received: temperature={temperature!r}"
-        )
-    return value
+    """Returns `temperature` as a float, or raises if it is not a finite number > 0."""
+    return positive_finite("temperature", temperature)
 
 
 def kd_divergence(teacher_logits, student_logits, temperature: float = 4.0):

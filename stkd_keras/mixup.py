@@ -22,6 +22,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from stkd_keras.validation import positive_finite
+
 # 2^-40 is far below float32 resolution around 0.5, so more steps change nothing.
 _BISECTION_STEPS = 40
 
@@ -46,18 +48,8 @@ class MixupBatch(NamedTuple):
 
 
 def validate_alpha(alpha: float) -> float:
-    """Returns `alpha` as a float, or raises if it is not a valid Beta parameter."""
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"Expected `mixup_alpha` to be a number > 0. Received: mixup_alpha={alpha!r}"
-        ) from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError(
-            f"Expected `mixup_alpha` to be a finite number > 0. Received: mixup_alpha={alpha!r}"
-        )
-    return value
+    """Returns `alpha` as a float, or raises if it is not a valid Beta parameter (a finite number > 0)."""
+    return positive_finite("mixup_alpha", alpha)
 
 
 def sample_beta(shape, alpha: float, seed=None) -> tf.Tensor:

@@ -76,10 +76,17 @@ def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
         axis.set_xlabel("epoch")
         axis.legend(fontsize=8)
     figure.suptitle(f"{metrics['model']} ({metrics['method']}) on {metrics.get('config', {}).get('dataset')}")
+    return save_figure(figure, path, dpi=100)
+
+
+def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Writes a matplotlib figure as PNG atomically (temporary file, then rename) and closes it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     path = Path(path)
     temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    figure.savefig(temporary, format="png", dpi=100)
+    figure.savefig(temporary, format="png", dpi=dpi)
     plt.close(figure)
     os.replace(temporary, path)
     return path
