@@ -57,13 +57,14 @@ def test_training_pipeline_augments_reproducibly():
     assert np.isclose(a, black, atol=1e-5).mean() > 0.3
 
 
-def test_tfds_path_with_mock_data():
+@pytest.mark.parametrize("name, classes, shape", [("cifar10", 10, (32, 32, 3)), ("cifar100", 100, (32, 32, 3)), ("mnist", 10, (28, 28, 1))])
+def test_tfds_path_with_mock_data(name, classes, shape):
     with tfds.testing.mock_data(num_examples=24):
-        dataset, info = data_lib.load("cifar100", "train", batch_size=8, seed=0)
+        dataset, info = data_lib.load(name, "train", batch_size=8, seed=0)
         images, labels = next(iter(dataset))
-    assert info.num_classes == 100 and info.input_shape == (32, 32, 3) and info.num_examples == 24
-    assert images.shape == (8, 32, 32, 3) and images.dtype == "float32"
-    assert labels.dtype == "int64" and 0 <= int(np.min(labels)) and int(np.max(labels)) < 100
+    assert info.num_classes == classes and info.input_shape == shape and info.num_examples == 24
+    assert images.shape == (8, *shape) and images.dtype == "float32"
+    assert labels.dtype == "int64" and 0 <= int(np.min(labels)) and int(np.max(labels)) < classes
     # Normalised per channel: values lie within [(0 - mean) / std, (1 - mean) / std].
     mean, std = np.array(info.mean), np.array(info.std)
     assert np.all(images.numpy() >= (0 - mean) / std - 1e-5) and np.all(images.numpy() <= (1 - mean) / std + 1e-5)

@@ -152,3 +152,29 @@ def test_report_prints_summary_and_draws_curves(tmp_path):
     assert {"learning_rate", "val_accuracy", "ce_loss"} <= set(header)
     missing = run("report", tmp_path)
     assert missing.exit_code == 1 and "metrics.json is missing" in missing.output
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, fashion_arrays):
+    from stkd_keras import Distiller
+    from stkd_keras.models import get_model
+
+    (x, y), _ = fashion_arrays
+
+    def distiller():
+        keras.utils.set_random_seed(0)
+        model = Distiller(get_model("cnn8", 10, (28, 28, 1)), method="mixup", seed=1)
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
+        return model
+
+    trained = distiller()
+    trained.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0, callbacks=[checkpointing.RunCheckpoint(tmp_path)])
+    state = checkpointing.read_state(tmp_path)
+    assert (state["epoch"], state["previous_epoch"]) == (2, 1)
+    latest = tmp_path / "checkpoints" / "epoch-2.weights.h5"
+    latest.write_bytes(latest.read_bytes()[:1000])  # truncated mid-write, as a crash would leave it
+    messages = []
+    restored = distiller()
+    epoch, history = checkpointing.restore(restored, tmp_path, log=messages.append)
+    assert epoch == 1 and len(history["loss"]) == 1
+    assert any("epoch-2.weights.h5 cannot be loaded" in m for m in messages) and any("Resuming after epoch 1" in m for m in messages)
+    assert int(restored.optimizer.iterations.numpy()) == 2  # 128 images / 64 per step, one epoch
