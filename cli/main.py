@@ -91,6 +91,7 @@ def _training_options(function):
         click.option("--lr-decay-epochs", default="", callback=lambda ctx, param, value: _int_list(value, param), help="Comma-separated epochs of the step schedule, e.g. 150,180,210."),
         click.option("--lr-decay-rate", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Factor of each step of the step schedule."),
         click.option("--deterministic", is_flag=True, help="Turn on TensorFlow op determinism (slower; bit-identical reruns)."),
+        click.option("--strategy", default="default", show_default=True, type=click.Choice(["default", "mirrored"]), help="mirrored: tf.distribute.MirroredStrategy over all local GPUs."),
         click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML recipe with every hyperparameter; options given here override its fields."),
         click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the unfinished run whose --output was this folder."),
         click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder to create."),

@@ -79,6 +79,7 @@ class RunConfig:
     lr_decay_epochs: tuple[int, ...] = ()
     lr_decay_rate: float = 0.1
     deterministic: bool = False
+    strategy: str = "default"
 
     def validate(self) -> None:
         """Raises `ValueError` for a value no run can use."""
@@ -106,6 +107,8 @@ class RunConfig:
                 f"Expected increasing `lr_decay_epochs` between 1 and epochs - 1 = {self.epochs - 1} for the step schedule. "
                 f"Received: lr_decay_epochs={self.lr_decay_epochs!r}"
             )
+        if self.strategy not in ("default", "mirrored"):
+            raise ValueError(f"Expected `strategy` in ('default', 'mirrored'). Received: strategy={self.strategy!r}")
         if not 0 < self.lr_decay_rate <= 1:
             raise ValueError(f"Expected 0 < `lr_decay_rate` <= 1. Received: lr_decay_rate={self.lr_decay_rate!r}")
         # The Distiller checks these too; checking here refuses a bad run before any data is read.
@@ -325,6 +328,12 @@ def train(
                 f"{train_info.num_classes} classes the model predicts."
             )
         val_data, val_info = data_lib.load(config.dataset, "test", max(config.batch_size, 256), subset=config.val_subset, **data_options)
+        # MirroredStrategy: variables (student, teacher, optimizer, metrics) are created in its scope;
+        # Keras's fit then splits each global batch over the replicas. The Distiller divides its loss
+        # by the replica count, and its loss parts are keras.metrics trackers, so figures match one device.
+        strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
+        scope = strategy.scope()
+        scope.__enter__()
         teacher, teacher_summary = None, None
         if method in TEACHER_METHODS:
             if config.teacher is None:
@@ -358,6 +367,9 @@ def train(
         steps = config.steps_per_epoch or max(1, train_info.num_examples // config.batch_size)
         distiller.compile(optimizer=make_optimizer(config, steps), metrics=_metrics_for_training(), jit_compile=config.jit_compile)
         initial_epoch, past_history = checkpointing.restore(distiller, directory, log) if resume else (0, {})
+        scope.__exit__(None, None, None)
+        if config.strategy == "mirrored":
+            log(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s): {', '.join(strategy.extended.worker_devices)}.")
         if initial_epoch >= config.epochs:
             raise RunError(f"The run in {directory} already completed its {config.epochs} epochs.")
         train_data, _ = data_lib.load(
