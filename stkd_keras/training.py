@@ -316,6 +316,7 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    exit_stack = contextlib.ExitStack()
     try:
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -332,8 +333,7 @@ def train(
         # Keras's fit then splits each global batch over the replicas. The Distiller divides its loss
         # by the replica count, and its loss parts are keras.metrics trackers, so figures match one device.
         strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
-        scope = strategy.scope()
-        scope.__enter__()
+        exit_stack.enter_context(strategy.scope())
         teacher, teacher_summary = None, None
         if method in TEACHER_METHODS:
             if config.teacher is None:
@@ -367,7 +367,6 @@ def train(
         steps = config.steps_per_epoch or max(1, train_info.num_examples // config.batch_size)
         distiller.compile(optimizer=make_optimizer(config, steps), metrics=_metrics_for_training(), jit_compile=config.jit_compile)
         initial_epoch, past_history = checkpointing.restore(distiller, directory, log) if resume else (0, {})
-        scope.__exit__(None, None, None)
         if config.strategy == "mirrored":
             log(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s): {', '.join(strategy.extended.worker_devices)}.")
         if initial_epoch >= config.epochs:
@@ -410,6 +409,7 @@ def train(
         model.save(temporary)
         os.replace(temporary, model_path)
     finally:
+        exit_stack.close()  # leaves the distribution strategy's scope, also on errors
         keras.mixed_precision.set_global_policy(previous_policy)
 
     metrics = {
