@@ -34,20 +34,9 @@ from stkd_keras import export as export_lib
 from stkd_keras import training
 
 
-def latency_ms(runner, image: np.ndarray, repeats: int = 200) -> float:
-    for _ in range(20):
-        runner.predict(image)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        runner.predict(image)
-        times.append(time.perf_counter() - started)
-    return 1e3 * statistics.median(times)
-
-
-def keras_latency_ms(model, image: np.ndarray, repeats: int = 200) -> float:
-    call = lambda: model(image, training=False)  # noqa: E731
-    for _ in range(20):
+def median_ms(call, repeats: int = 200, warmup: int = 20) -> float:
+    """Median wall time of `call()` in milliseconds, after warm-up calls."""
+    for _ in range(warmup):
         call()
     times = []
     for _ in range(repeats):
@@ -96,7 +85,7 @@ def main() -> None:
     model = keras.saving.load_model(run_dir / "student.keras")
     keras_logits = model.predict(data.images, batch_size=256, verbose=0)
     image = data.images[:1]
-    rows = [("Keras float32 (student.keras)", (run_dir / "student.keras").stat().st_size, keras_latency_ms(model, image),
+    rows = [("Keras float32 (student.keras)", (run_dir / "student.keras").stat().st_size, median_ms(lambda: model(image, training=False)),
              float(np.mean(keras_logits.argmax(-1) == data.labels)))]
     names = ["student_float32.tflite", "student_float16.tflite", "student_dynamic.tflite", "student_int8.tflite",
              "student_qat_int8.tflite", "student_pruned_int8.tflite", "student_float32.onnx", "student_int8.onnx"]
@@ -104,7 +93,7 @@ def main() -> None:
         path = output / name
         runner = export_lib.runner_for(path, num_threads=1)
         accuracy = float(np.mean(runner.predict(data.images).argmax(-1) == data.labels))
-        rows.append((name, path.stat().st_size, latency_ms(runner, image), accuracy))
+        rows.append((name, path.stat().st_size, median_ms(lambda: runner.predict(image)), accuracy))
 
     sizes = {name: size for name, size, _, _ in rows}
     latencies = {name: ms for name, _, ms, _ in rows}
