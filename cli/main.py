@@ -91,7 +91,10 @@ def _training_options(function):
         click.option("--lr-decay-epochs", default="", callback=lambda ctx, param, value: _int_list(value, param), help="Comma-separated epochs of the step schedule, e.g. 150,180,210."),
         click.option("--lr-decay-rate", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Factor of each step of the step schedule."),
         click.option("--deterministic", is_flag=True, help="Turn on TensorFlow op determinism (slower; bit-identical reruns)."),
-        click.option("--strategy", default="default", show_default=True, type=click.Choice(["default", "mirrored"]), help="mirrored: tf.distribute.MirroredStrategy over all local GPUs."),
+        click.option(
+            "--strategy", default="default", show_default=True, type=click.Choice(["default", "mirrored", "multi_worker"]),
+            help="mirrored: all local GPUs (MirroredStrategy); multi_worker: the machines named in TF_CONFIG (every worker runs the same command).",
+        ),
         click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML recipe with every hyperparameter; options given here override its fields."),
         click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the unfinished run whose --output was this folder."),
         click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder to create."),
@@ -158,7 +161,10 @@ def _config(options: dict, **fields):
     return training.RunConfig(**values)
 
 
-def _report(metrics: dict, output: Path, role: str) -> None:
+def _report(metrics: dict, output: Path | None, role: str) -> None:
+    if output is None:  # a multi-worker worker other than the chief: the chief saves and reports
+        click.echo(f"Worker finished; the chief saved the {role}.")
+        return
     click.echo(
         f"{role.capitalize()} {metrics['model']}: final-epoch val top-1 {metrics['final_val_accuracy']:.4f}, "
         f"best-epoch val top-1 {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']['epoch']}). "
@@ -172,8 +178,13 @@ def cli():
     """Similarity Transfer for Knowledge Distillation (STKD) for Keras 3."""
 
 
-def _start_or_resume(output, overwrite, resume):
+def _start_or_resume(output, overwrite, resume, strategy="default"):
     training = _library()[3]
+    if strategy == "multi_worker" and resume is None:
+        from stkd_keras import distribute
+
+        if not distribute.is_chief():  # The chief writes the run; the other workers train into a temporary folder.
+            return distribute.worker_directory(), None
     if resume is not None:
         return training.run_directory(resume, resume=True, log=click.echo), Path(resume)
     if output is None:
@@ -190,8 +201,9 @@ def _start_or_resume(output, overwrite, resume):
 def train_teacher(ctx, output, overwrite, quiet, resume, **options):
     """Train a teacher with cross-entropy; writes teacher.keras, history.csv and metrics.json to OUTPUT."""
     training = _library()[3]
-    directory, output = _start_or_resume(output, overwrite, resume)
+    directory, output = _start_or_resume(output, overwrite, resume, options["strategy"])
     with directory as staging:
+        staging = Path(staging)
         saved = training.read_run_file(staging) if resume else None
         if saved is None:
             config = _config(_apply_recipe(ctx, options, {"teacher_model": "model", "teacher_epochs": "epochs", "student": None, "model": None, "teacher": None}), method="ce")
@@ -230,8 +242,10 @@ def distill(ctx, output, overwrite, quiet, resume, **options):
 
     training = _library()[3]
     verbose = 0 if quiet else "auto"
-    directory, output = _start_or_resume(output, overwrite, resume)
+    directory, output = _start_or_resume(output, overwrite, resume, options["strategy"])
     with directory as staging:
+        staging = Path(staging)
+        destination = output or staging  # where this process's run ends up (a worker's temporary folder)
         saved = training.read_run_file(staging) if resume else None
         if saved is None:
             options = _apply_recipe(ctx, options, {"model": "student"})
@@ -245,7 +259,7 @@ def distill(ctx, output, overwrite, quiet, resume, **options):
                 teacher_config = _config(options, model=teacher_model, method="ce")
                 teacher_config.epochs = teacher_epochs or config.epochs
                 teacher_config.lr_decay_epochs = () if teacher_config.lr_schedule != "step" else teacher_config.lr_decay_epochs
-                config.teacher = str(output / "teacher")
+                config.teacher = str(destination / "teacher")
             training.write_run_file(staging, {"command": "distill", "config": config, "teacher_config": teacher_config})
         else:
             config, teacher_config = saved["config"], saved.get("teacher_config")
@@ -253,7 +267,7 @@ def distill(ctx, output, overwrite, quiet, resume, **options):
         if teacher_config is not None:
             teacher_dir = staging / "teacher"
             if not (teacher_dir / "teacher.keras").is_file():
-                click.echo(f"No --teacher given: training a {teacher_config.model} teacher first (saved to {output / 'teacher'}).")
+                click.echo(f"No --teacher given: training a {teacher_config.model} teacher first (saved to {destination / 'teacher'}).")
                 teacher_dir.mkdir(exist_ok=True)
                 training.train(teacher_config, teacher_dir, role="teacher", verbose=verbose, log=click.echo, resume=resume is not None)
             teacher_location = teacher_dir
@@ -370,14 +384,26 @@ def report(run_dir, plot_path):
 @cli.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--baseline", default="kd", show_default=True, help="Method the others are compared with.")
+@click.option(
+    "--baseline-setting", "baseline_fields", multiple=True, metavar="FIELD=VALUE",
+    help="Compare every row with the baseline method in the one setting with these config values (repeatable; for ablations).",
+)
 @click.option("--markdown", "markdown_path", default=None, type=click.Path(dir_okay=False), help="Also write the table to this markdown file.")
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Draw per-seed accuracies and curves to this PNG.")
 @_user_errors
-def compare_runs(run_dirs, baseline, markdown_path, plot_path):
+def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
     """Compare finished runs: mean, std, n, min/max of final and best-epoch top-1, and the difference to a baseline."""
+    import yaml
+
     from stkd_keras import compare as compare_lib
 
-    rows = compare_lib.compare(compare_lib.load_runs(run_dirs), baseline)
+    baseline_setting = {}
+    for item in baseline_fields:
+        field, separator, value = item.partition("=")
+        if not separator or not field:
+            raise click.BadParameter(f"expected FIELD=VALUE, got {item!r}.", param_hint="--baseline-setting")
+        baseline_setting[field.strip()] = yaml.safe_load(value)
+    rows = compare_lib.compare(compare_lib.load_runs(run_dirs), baseline, baseline_setting or None)
     table = compare_lib.markdown(rows, baseline)
     click.echo(table, nl=False)
     if markdown_path:

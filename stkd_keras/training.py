@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from stkd_keras import checkpointing
 from stkd_keras import data as data_lib
+from stkd_keras import distribute
 from stkd_keras import losses as losses_lib
 from stkd_keras import mixup as mixup_lib
 from stkd_keras.distiller import TEACHER_METHODS, Distiller
@@ -107,8 +108,8 @@ class RunConfig:
                 f"Expected increasing `lr_decay_epochs` between 1 and epochs - 1 = {self.epochs - 1} for the step schedule. "
                 f"Received: lr_decay_epochs={self.lr_decay_epochs!r}"
             )
-        if self.strategy not in ("default", "mirrored"):
-            raise ValueError(f"Expected `strategy` in ('default', 'mirrored'). Received: strategy={self.strategy!r}")
+        if self.strategy not in distribute.STRATEGIES:
+            raise ValueError(f"Expected `strategy` in {distribute.STRATEGIES}. Received: strategy={self.strategy!r}")
         if not 0 < self.lr_decay_rate <= 1:
             raise ValueError(f"Expected 0 < `lr_decay_rate` <= 1. Received: lr_decay_rate={self.lr_decay_rate!r}")
         # The Distiller checks these too; checking here refuses a bad run before any data is read.
@@ -316,6 +317,10 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
+    if resume and config.strategy == "multi_worker":
+        raise RunError("--resume is not supported with --strategy multi_worker: the workers cannot share the chief's checkpoint; restart the run.")
+    # MultiWorkerMirroredStrategy must exist before the process runs a TensorFlow op (the data below).
+    strategy = distribute.get_strategy(config.strategy)
     exit_stack = contextlib.ExitStack()
     try:
         if config.mixed_precision:
@@ -329,10 +334,9 @@ def train(
                 f"{train_info.num_classes} classes the model predicts."
             )
         val_data, val_info = data_lib.load(config.dataset, "test", max(config.batch_size, 256), subset=config.val_subset, **data_options)
-        # MirroredStrategy: variables (student, teacher, optimizer, metrics) are created in its scope;
-        # Keras's fit then splits each global batch over the replicas. The Distiller divides its loss
-        # by the replica count, and its loss parts are keras.metrics trackers, so figures match one device.
-        strategy = tf.distribute.MirroredStrategy() if config.strategy == "mirrored" else tf.distribute.get_strategy()
+        # (MultiWorker)MirroredStrategy: variables (student, teacher, optimizer, metrics) are created in
+        # its scope; Keras's fit then splits each global batch over the replicas. The Distiller divides its
+        # loss by the replica count, and its loss parts are keras.metrics trackers, so figures match one device.
         exit_stack.enter_context(strategy.scope())
         teacher, teacher_summary = None, None
         if method in TEACHER_METHODS:
@@ -369,6 +373,9 @@ def train(
         initial_epoch, past_history = checkpointing.restore(distiller, directory, log) if resume else (0, {})
         if config.strategy == "mirrored":
             log(f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s): {', '.join(strategy.extended.worker_devices)}.")
+        elif config.strategy == "multi_worker":
+            task, index = distribute.cluster_task()
+            log(f"MultiWorkerMirroredStrategy: {strategy.num_replicas_in_sync} replica(s) in sync; this is {task} {index}.")
         if initial_epoch >= config.epochs:
             raise RunError(f"The run in {directory} already completed its {config.epochs} epochs.")
         train_data, _ = data_lib.load(
