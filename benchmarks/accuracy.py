@@ -5,7 +5,10 @@ and shared, a student, the methods, the seeds and a list of settings (each a
 set of option overrides, e.g. {epochs: 3} and {epochs: 12}); `common` options
 apply to every run. Each run is `stkd-keras distill ...` in a subprocess,
 written to OUTPUT/runs/<setting>/<method>/seed<k>. Finished runs (metrics.json)
-are skipped; an interrupted one is resumed with --resume. At the end every
+are skipped; an interrupted one is resumed with --resume. `teacher_run` names
+an already trained teacher folder to share instead (e.g. another grid's), and
+`baseline_setting` the config values of the setting every row is compared
+with (an ablation's defaults). At the end every
 finished run is compared (`stkd-keras compare`) into OUTPUT/results.md and
 OUTPUT/results.png, with OUTPUT/environment.json beside them.
 
@@ -24,7 +27,10 @@ from pathlib import Path
 
 import yaml
 
-GRID_FIELDS = {"name", "dataset", "teacher", "student", "methods", "seeds", "settings", "common", "baseline", "expected_minutes"}
+GRID_FIELDS = {
+    "name", "dataset", "teacher", "teacher_run", "student", "methods", "seeds", "settings", "common", "baseline", "baseline_setting",
+    "expected_minutes",
+}
 
 
 def option_list(options: dict) -> list[str]:
@@ -69,7 +75,11 @@ def run_grid(grid: dict, output: Path, log=print) -> list[Path]:
     common = dict(grid.get("common") or {})
     teacher_dir = output / "teacher"
     teacher = grid.get("teacher")
-    if teacher and not (teacher_dir / "teacher.keras").is_file():
+    if grid.get("teacher_run"):
+        teacher_dir = Path(grid["teacher_run"])
+        if not (teacher_dir / "teacher.keras").is_file():
+            raise SystemExit(f"teacher_run {teacher_dir} has no teacher.keras: run the grid that trains it first.")
+    elif teacher and not (teacher_dir / "teacher.keras").is_file():
         teacher_options = {**common, **teacher}
         if list(output.glob(".teacher.partial-*")):
             log(f"Resuming the teacher in {teacher_dir}")
@@ -108,7 +118,8 @@ def main() -> None:
     grid = load_grid(args.grid)
     finished = run_grid(grid, args.output)
     baseline = grid.get("baseline", "kd")
-    cli("compare", *map(str, finished), "--baseline", baseline, "--markdown", str(args.output / "results.md"), "--plot", str(args.output / "results.png"))
+    fields = [f"--baseline-setting={name}={json.dumps(value)}" for name, value in (grid.get("baseline_setting") or {}).items()]
+    cli("compare", *map(str, finished), "--baseline", baseline, *fields, "--markdown", str(args.output / "results.md"), "--plot", str(args.output / "results.png"))
     import platform
 
     import keras

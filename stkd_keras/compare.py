@@ -4,8 +4,9 @@ Runs are grouped by setting (dataset, student, teacher, epochs, training
 subset) and method. For each group: n, mean, sample standard deviation, min
 and max of the final-epoch and (named apart) best-epoch validation top-1. For
 each method, the difference of its final-epoch mean to a baseline method in
-the same setting, with a 95% confidence interval: a paired t interval over the
-seeds both methods ran, or Welch's interval when they share fewer than two seeds.
+the same setting (or, for an ablation, in one reference setting), with a 95%
+confidence interval: a paired t interval over the seeds both ran, or Welch's
+interval when they share fewer than two seeds.
 """
 
 from __future__ import annotations
@@ -121,9 +122,28 @@ def difference_ci(method: list[tuple[int, float]], baseline: list[tuple[int, flo
     return {"difference": mean, "low": mean - half, "high": mean + half, "kind": f"Welch, df {df:.1f}"}
 
 
-def compare(runs: list[dict], baseline: str = "kd") -> list[dict]:
-    """One row per (setting, method), sorted by setting then method."""
+_MISSING = object()
+
+
+def find_setting(runs: list[dict], fields: dict) -> str:
+    """The label of the one setting whose config has all of `fields` (e.g. the defaults of an ablation)."""
     labels = setting_labels(runs)
+    matches = sorted({labels[_setting_key(run)] for run in runs if all(run["config"].get(k, _MISSING) == v for k, v in fields.items())})
+    if len(matches) != 1:
+        found = "no setting" if not matches else f"{len(matches)} settings"
+        raise ValueError(f"The baseline setting {fields} matches {found}; give the fields that single out one of: {sorted(set(labels.values()))}.")
+    return matches[0]
+
+
+def compare(runs: list[dict], baseline: str = "kd", baseline_setting: dict | None = None) -> list[dict]:
+    """One row per (setting, method), sorted by setting then method.
+
+    Each method is compared with the `baseline` method in its own setting or,
+    when `baseline_setting` (config fields, e.g. {"mixup_alpha": 0.2}) is given,
+    with the baseline method in that one setting: the reference of an ablation.
+    """
+    labels = setting_labels(runs)
+    reference_setting = find_setting(runs, baseline_setting) if baseline_setting else None
     groups: dict = defaultdict(list)
     for run in runs:
         groups[(labels[_setting_key(run)], run["method"])].append(run)
@@ -139,8 +159,10 @@ def compare(runs: list[dict], baseline: str = "kd") -> list[dict]:
             "final_by_seed": final,
             "run_dirs": [m["run_dir"] for m in members],
         }
-        reference = groups.get((setting, baseline))
-        if reference and method != baseline:
+        key = (reference_setting or setting, baseline)
+        row["is_baseline"] = key == (setting, method)
+        reference = groups.get(key)
+        if reference and not row["is_baseline"]:
             row["versus_baseline"] = difference_ci(final, [(m.get("seed"), m["final_val_accuracy"]) for m in reference])
         rows.append(row)
     return rows
@@ -158,7 +180,7 @@ def markdown(rows: list[dict], baseline: str = "kd") -> str:
         if versus:
             interval = f"{100 * versus['difference']:+.2f} [{100 * versus['low']:+.2f}, {100 * versus['high']:+.2f}] ({versus['kind']})"
         else:
-            interval = "baseline" if row["method"] == baseline else "-"
+            interval = "baseline" if row.get("is_baseline", row["method"] == baseline) else "-"
         lines.append(
             f"| {row['setting']} | {row['method']} | {final['n']} | {100 * final['mean']:.2f} ± {100 * final['std']:.2f} | "
             f"{100 * final['min']:.2f} / {100 * final['max']:.2f} | {100 * best['mean']:.2f} ± {100 * best['std']:.2f} | {interval} |"

@@ -9,13 +9,13 @@ from stkd_keras import compare
 from stkd_keras.cli.main import cli
 
 
-def write_run(root, name, method, seed, final, best, epochs=5):
+def write_run(root, name, method, seed, final, best, epochs=5, **config):
     folder = root / name
     folder.mkdir()
     metrics = {
         "model": "resnet8", "method": method, "seed": seed, "final_val_accuracy": final, "best_val_accuracy": best,
         "teacher": {"name": "resnet14"} if method != "ce" else None,
-        "config": {"dataset": "fashion_mnist", "epochs": epochs, "train_subset": 1000},
+        "config": {"dataset": "fashion_mnist", "epochs": epochs, "train_subset": 1000, **config},
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "history.csv").write_text("epoch,val_accuracy\n0,0.5\n1,%s\n" % final)
@@ -58,6 +58,35 @@ def test_welch_interval_without_matching_seeds():
     assert result["difference"] == pytest.approx(0.82 - 0.785)
     assert result["high"] - result["difference"] == pytest.approx(compare.t_quantile_975(df) * math.sqrt(va + vb))
     assert result["kind"].startswith("Welch")
+
+
+def test_ablation_rows_are_compared_with_the_baseline_setting(tmp_path):
+    # Defaults (alpha 0.2, T 4) against one changed field each; every row is compared with the defaults, paired by seed.
+    defaults = [0.80, 0.81, 0.79]
+    alpha = [0.82, 0.82, 0.80]
+    temperature = [0.78, 0.80, 0.79]
+    folders = [write_run(tmp_path, f"d{s}", "stkd", s, v, v, mixup_alpha=0.2, temperature=4.0) for s, v in enumerate(defaults)]
+    folders += [write_run(tmp_path, f"a{s}", "stkd", s, v, v, mixup_alpha=1.0, temperature=4.0) for s, v in enumerate(alpha)]
+    folders += [write_run(tmp_path, f"t{s}", "stkd", s, v, v, mixup_alpha=0.2, temperature=8.0) for s, v in enumerate(temperature)]
+    runs = compare.load_runs(folders)
+    rows = compare.compare(runs, baseline="stkd", baseline_setting={"mixup_alpha": 0.2, "temperature": 4})
+    by_setting = {(row["setting"].split("| ")[-1]): row for row in rows}
+    assert by_setting["mixup_alpha=0.2, temperature=4.0"]["is_baseline"]
+    # Paired differences: alpha 1.0: 0.02, 0.01, 0.01 (mean 0.013333); T 8: -0.02, -0.01, 0.00 (mean -0.01).
+    assert by_setting["mixup_alpha=1.0, temperature=4.0"]["versus_baseline"]["difference"] == pytest.approx(0.0133333, abs=1e-6)
+    low_t = by_setting["mixup_alpha=0.2, temperature=8.0"]["versus_baseline"]
+    assert low_t["difference"] == pytest.approx(-0.01) and low_t["kind"] == "paired over 3 seeds"
+    assert low_t["high"] - low_t["difference"] == pytest.approx(4.303 * 0.01 / math.sqrt(3), abs=1e-6)
+    table = compare.markdown(rows, "stkd")
+    assert table.count("| baseline |") == 1
+    with pytest.raises(ValueError, match="matches 2 settings"):
+        compare.compare(runs, baseline="stkd", baseline_setting={"mixup_alpha": 0.2})
+    result = CliRunner().invoke(cli, ["compare", *map(str, folders), "--baseline", "stkd", "--baseline-setting", "temperature=9"])
+    assert result.exit_code == 1 and "matches no setting" in result.output
+    result = CliRunner().invoke(
+        cli, ["compare", *map(str, folders), "--baseline", "stkd", "--baseline-setting", "temperature=8", "--baseline-setting", "mixup_alpha=0.2"]
+    )
+    assert result.exit_code == 0 and "-1.00 [" not in result.output and "+1.00 [" in result.output
 
 
 def test_t_quantiles():
