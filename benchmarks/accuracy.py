@@ -70,7 +70,8 @@ def cli(*arguments: str) -> None:
     subprocess.run([sys.executable, "-m", "stkd_keras.cli.main", *arguments], check=True)
 
 
-def run_grid(grid: dict, output: Path, log=print) -> list[Path]:
+def run_grid(grid: dict, output: Path, log=print) -> tuple[list[Path], Path]:
+    """Runs (or skips, or resumes) every run of the grid; returns the finished run folders and the teacher folder."""
     output.mkdir(parents=True, exist_ok=True)
     common = dict(grid.get("common") or {})
     teacher_dir = output / "teacher"
@@ -107,7 +108,25 @@ def run_grid(grid: dict, output: Path, log=print) -> list[Path]:
                 *option_list(options), "--quiet", "--output", str(folder))
         log(f"    done in {time.perf_counter() - started:.0f} s")
         finished.append(folder)
-    return finished
+    return finished, teacher_dir
+
+
+def _train_seconds(folder: Path) -> float:
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return 0.0
+    return json.loads(path.read_text()).get("train_seconds") or 0.0
+
+
+def _cpu_name() -> str:
+    import os
+    import platform
+
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores visible"
 
 
 def main() -> None:
@@ -116,7 +135,8 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     grid = load_grid(args.grid)
-    finished = run_grid(grid, args.output)
+    started = time.perf_counter()
+    finished, teacher_dir = run_grid(grid, args.output)
     baseline = grid.get("baseline", "kd")
     fields = [f"--baseline-setting={name}={json.dumps(value)}" for name, value in (grid.get("baseline_setting") or {}).items()]
     cli("compare", *map(str, finished), "--baseline", baseline, *fields, "--markdown", str(args.output / "results.md"), "--plot", str(args.output / "results.png"))
@@ -131,9 +151,13 @@ def main() -> None:
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": _cpu_name(),
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "runs": len(finished),
+        # Training time (Keras fit, all epochs) summed over the runs and the teacher, whichever invocation ran them;
+        # the grid's wall time adds process start, data loading and evaluation.
+        "train_seconds_total": round(sum(_train_seconds(folder) for folder in [*finished, teacher_dir]), 1),
+        "wall_seconds_this_invocation": round(time.perf_counter() - started, 1),
     }
     (args.output / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
 

@@ -1,0 +1,75 @@
+"""The README's accuracy section is generated from benchmarks/results/ and must match it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import readme_results  # noqa: E402
+
+from stkd_keras import compare  # noqa: E402
+
+
+def row(setting, method, finals, versus=None, baseline=False):
+    values = {"mean": sum(finals) / len(finals), "std": 0.01, "n": len(finals)}
+    result = {"setting": setting, "method": method, "final": values, "is_baseline": baseline}
+    if versus:
+        result["versus_baseline"] = dict(zip(("difference", "low", "high"), versus))
+    return result
+
+
+def test_readme_section_matches_the_committed_results():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_results.py"), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_verdict_needs_an_interval_that_excludes_zero():
+    assert readme_results.verdict({"difference": 0.004, "low": 0.001, "high": 0.007}) == "better"
+    assert readme_results.verdict({"difference": -0.004, "low": -0.007, "high": -0.001}) == "worse"
+    assert readme_results.verdict({"difference": 0.004, "low": -0.001, "high": 0.009}) == "no clear difference"
+
+
+def test_methods_sentences_rank_each_regime_and_name_the_interval():
+    short, long = "fm | cnn16 <- resnet14 | 3 epochs | 5000 train images", "fm | cnn16 <- resnet14 | 12 epochs | 5000 train images"
+    rows = [
+        row(long, "kd", [0.85], baseline=True),
+        row(long, "stkd", [0.87], versus=(0.02, 0.01, 0.03)),
+        row(short, "kd", [0.80], baseline=True),
+        row(short, "stkd", [0.79], versus=(-0.01, -0.03, 0.01)),
+    ]
+    sentences = readme_results.methods_sentences(rows, "kd")
+    # The 3-epoch regime first (sorted by epochs, not by text), each ranked by mean.
+    assert sentences[0] == (
+        "- 3 epochs: final-epoch top-1 by mean: kd 80.00, stkd 79.00. "
+        "Against kd: stkd no clear difference (-1.00 points [95% CI -3.00, +1.00])."
+    )
+    assert sentences[1].startswith("- 12 epochs: final-epoch top-1 by mean: stkd 87.00, kd 85.00. Against kd: stkd better (+2.00 points")
+
+
+def test_ablation_sentences_sort_changes_by_their_effect(tmp_path):
+    import json
+
+    folders = []
+    for name, alpha, finals in (("d", 0.2, [0.80, 0.81]), ("a", 1.0, [0.83, 0.84]), ("b", 0.4, [0.79, 0.81])):
+        for seed, final in enumerate(finals):
+            folder = tmp_path / f"{name}{seed}"
+            folder.mkdir()
+            config = {"dataset": "fm", "epochs": 12, "train_subset": 5000, "mixup_alpha": alpha}
+            metrics = {"model": "cnn16", "method": "stkd", "seed": seed, "final_val_accuracy": final, "best_val_accuracy": final, "config": config}
+            (folder / "metrics.json").write_text(json.dumps(metrics))
+            folders.append(folder)
+    rows = compare.compare(compare.load_runs(folders), "stkd", {"mixup_alpha": 0.2})
+    sentences = readme_results.ablation_sentences(rows)
+    assert sentences[0] == "- Defaults (12 epochs | mixup_alpha=0.2): 80.50 ± 0.71."
+    # Paired differences: alpha 1.0: +0.03, +0.03 (no spread: CI [3, 3], better); alpha 0.4: -0.01, 0.00.
+    assert sentences[1] == "- 12 epochs | mixup_alpha=1.0: better, +3.00 points [95% CI +3.00, +3.00] against the defaults."
+    assert sentences[2].startswith("- 12 epochs | mixup_alpha=0.4: no clear difference, -0.50 points")
+
+
+def test_missing_markers_are_one_clear_error():
+    with pytest.raises(SystemExit, match="lacks the markers"):
+        readme_results.updated_readme("# a README without the markers\n")
