@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from pathlib import Path
 
 import click
@@ -407,10 +406,9 @@ def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
     table = compare_lib.markdown(rows, baseline)
     click.echo(table, nl=False)
     if markdown_path:
-        path = Path(markdown_path)
-        temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-        temporary.write_text(table)
-        os.replace(temporary, path)
+        from stkd_keras.files import atomic_write
+
+        path = atomic_write(markdown_path, lambda temporary: temporary.write_text(table))
         click.echo(f"Wrote {path}.")
     if plot_path:
         click.echo(f"Wrote {compare_lib.plot(rows, plot_path)}.")

@@ -52,14 +52,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
 import click
 import numpy as np
+
+from stkd_keras.files import atomic_write
 
 PARITY_TOLERANCE = 1e-5
 # The share of fine-tuning steps over which the pruning schedule ramps up to the target sparsity.
@@ -476,14 +476,7 @@ def write_atomically(path: Path, content: bytes) -> None:
     """Writes `content` under a temporary name in the same folder, then renames it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(content)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda temporary: temporary.write_bytes(content))
 
 
 def evaluate_tflite(path: Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> dict:

@@ -24,6 +24,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from stkd_keras.files import atomic_write
+
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 
@@ -34,13 +36,6 @@ class TrainingDiverged(RuntimeError):
 
 def _weights_name(epoch: int) -> str:
     return f"epoch-{epoch}.weights.h5"
-
-
-def _write_atomic(path: Path, write) -> None:
-    # The temporary name keeps the suffix (Keras insists on .weights.h5).
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -63,7 +58,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.history.setdefault(key, []).append(float(value))
         self.folder.mkdir(parents=True, exist_ok=True)
         completed = epoch + 1
-        _write_atomic(self.folder / _weights_name(completed), lambda path: self.model.save_weights(str(path)))
+        atomic_write(self.folder / _weights_name(completed), lambda path: self.model.save_weights(str(path)))
         previous = read_state(self.folder.parent)
         state = {
             "epoch": completed,
@@ -71,7 +66,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             "seed_state": _seed_state(self.model),
             "history": self.history,
         }
-        _write_atomic(self.folder / STATE_FILE, lambda path: path.write_text(json.dumps(state)))
+        atomic_write(self.folder / STATE_FILE, lambda path: path.write_text(json.dumps(state)))
         # Keep this epoch and the one before it; older weights are no longer needed.
         keep = {_weights_name(completed), _weights_name(state["previous_epoch"] or 0)}
         for old in self.folder.glob("epoch-*.weights.h5"):

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from stkd_keras.files import atomic_write
+
 
 def read_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, list[float]]]:
     """A run folder's metrics.json and history.csv (columns as float lists).
@@ -84,9 +86,7 @@ def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     figure.tight_layout()
-    path = Path(path)
-    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    figure.savefig(temporary, format="png", dpi=dpi)
-    plt.close(figure)
-    os.replace(temporary, path)
-    return path
+    try:
+        return atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=dpi))
+    finally:
+        plt.close(figure)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import platform
 import shutil
@@ -37,6 +36,7 @@ from stkd_keras import distribute
 from stkd_keras import losses as losses_lib
 from stkd_keras import mixup as mixup_lib
 from stkd_keras.distiller import TEACHER_METHODS, Distiller
+from stkd_keras.files import atomic_write
 from stkd_keras.models import get_model
 
 MODEL_FILES = {"teacher": "teacher.keras", "student": "student.keras"}
@@ -220,10 +220,7 @@ def read_run_file(directory: Path) -> dict | None:
 
 def write_json(path: str | os.PathLike, payload: dict) -> None:
     """Writes JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    os.replace(temporary, path)
+    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"))
 
 
 def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
@@ -412,9 +409,7 @@ def train(
             raise RunError(f"Training diverged: {guard.failure}; {kept}. Lower --learning-rate and resume or restart.")
         history = checkpointing.read_state(directory)["history"]
         model_path = directory / MODEL_FILES[role]
-        temporary = directory / f".tmp-{model_path.name}"
-        model.save(temporary)
-        os.replace(temporary, model_path)
+        atomic_write(model_path, model.save)
     finally:
         exit_stack.close()  # leaves the distribution strategy's scope, also on errors
         keras.mixed_precision.set_global_policy(previous_policy)

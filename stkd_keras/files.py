@@ -1,0 +1,25 @@
+"""Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """Calls `write(temporary)` for a temporary path beside `path`, then renames it onto `path`.
+
+    The temporary name ends with the final name, so writers that check the
+    suffix (Keras's `.keras` and `.weights.h5`, matplotlib's format) accept it.
+    If `write` fails, the temporary file is removed and `path` is untouched.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
