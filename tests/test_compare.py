@@ -1,6 +1,7 @@
 import json
 import math
 import statistics
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -136,3 +137,26 @@ def test_two_run_grid_completes_and_skips_finished_runs(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert "[1/2] runs/default/ce/seed0: finished, skipped" in second.stdout
     assert "[2/2] runs/default/stkd/seed0: finished, skipped" in second.stdout and "Training the teacher" not in second.stdout
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_grids_are_valid(path):
+    """Every field a grid passes is a run option, and an ablation's baseline setting singles out one setting."""
+    import dataclasses
+    import sys
+
+    from stkd_keras.training import RunConfig
+
+    sys.path.insert(0, str(path.parents[1]))
+    import accuracy
+
+    grid = accuracy.load_grid(path)
+    fields = {field.name for field in dataclasses.fields(RunConfig)}
+    settings = grid.get("settings") or [{}]
+    for options in [grid.get("common") or {}, grid.get("teacher") or {}, *settings]:
+        assert set(options) <= fields, set(options) - fields
+    assert grid.get("baseline", "kd") in grid["methods"]
+    if grid.get("baseline_setting"):
+        configs = [dataclasses.asdict(RunConfig(**{**grid["common"], **setting})) for setting in settings]
+        matches = [c for c in configs if all(c[k] == v for k, v in grid["baseline_setting"].items())]
+        assert len(matches) == 1, matches
