@@ -525,26 +525,21 @@ def load(
         # before the maps keeps a resumed stream identical and cheap. Augmentation draws are keyed
         # by the example's position in the stream.
         first = start_step * batch_size
-        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat().skip(first).enumerate(start=first)
-        if augment:
-            dataset = dataset.map(
-                lambda index, pair: (_augment(pair[0], tf.stack([tf.cast(seed, tf.int64), index]), spec), pair[1]),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        else:
-            dataset = dataset.map(lambda index, pair: pair)
-        dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.batch(batch_size, drop_remainder=True)
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat().skip(first)
+        keyed = dataset.enumerate(start=first).map(lambda index, pair: (tf.stack([tf.cast(seed, tf.int64), index]), pair))
+        drop_remainder = True
     elif shuffle:
-        dataset = _reshuffled_each_pass(dataset, buffer, seed, augment, spec, mean, std, batch_size, drop_remainder)
+        # Outside training runs: reshuffled and re-augmented on every pass (keys drawn from a seeded stream).
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        keyed = tf.data.Dataset.zip((tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True), dataset))
     else:
-        if augment:
-            dataset = dataset.enumerate().map(
-                lambda index, pair: (_augment(pair[0], tf.stack([tf.cast(seed, tf.int64), index]), spec), pair[1]),
-                num_parallel_calls=tf.data.AUTOTUNE,
-            )
-        dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
-        dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
+        keyed = dataset.enumerate().map(lambda index, pair: (tf.stack([tf.cast(seed, tf.int64), index]), pair))
+    if augment:
+        dataset = keyed.map(lambda key, pair: (_augment(pair[0], key, spec), pair[1]), num_parallel_calls=tf.data.AUTOTUNE)
+    else:
+        dataset = keyed.map(lambda key, pair: pair)
+    dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     dataset = dataset.prefetch(tf.data.AUTOTUNE)
     info = DatasetInfo(
         name=name,
@@ -561,18 +556,6 @@ def load(
     return dataset, info
 
 
-def _reshuffled_each_pass(dataset, buffer, seed, augment, spec, mean, std, batch_size, drop_remainder):
-    """A pipeline that reshuffles and re-augments on every pass (for use outside training runs)."""
-    dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        seeds = tf.data.Dataset.random(seed=seed).batch(2, drop_remainder=True)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda pair, s: (_augment(pair[0], s, spec), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder)
-
-
 def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None) -> dict:
     """Where a named dataset would be read from and whether it is available here, without reading it."""
     spec = get_spec(name)
@@ -587,7 +570,7 @@ def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None
         return {"name": name, "source": f"TFDS data in {builder.data_dir}", "available": True}
     if spec.manual and _has_files(data_dir):
         return {"name": name, "source": f"official files in {data_dir} (prepared into {builder.data_dir} on first use)", "available": True}
-    where = f"TFDS data in {builder.data_dir}" + (f", or the official files in --data-dir" if spec.manual else "")
+    where = f"TFDS data in {builder.data_dir}" + (", or the official files in --data-dir" if spec.manual else "")
     downloadable = _host_resolves(spec.download_host)
     return {
         "name": name,
