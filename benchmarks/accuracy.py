@@ -89,7 +89,8 @@ def run_grid(grid: dict, output: Path, log=print) -> tuple[list[Path], Path]:
             log(f"Training the teacher into {teacher_dir}")
             cli("train-teacher", "--dataset", grid["dataset"], *option_list(teacher_options), "--quiet", "--output", str(teacher_dir))
     finished = []
-    runs = [(setting, method, seed) for setting in grid.get("settings") or [{}] for method in grid["methods"] for seed in grid["seeds"]]
+    # Seed by seed: a grid stopped part-way is a whole grid with fewer seeds, not one with settings missing.
+    runs = [(setting, method, seed) for seed in grid["seeds"] for setting in grid.get("settings") or [{}] for method in grid["methods"]]
     for index, (setting, method, seed) in enumerate(runs, start=1):
         folder = output / "runs" / setting_label(setting) / method / f"seed{seed}"
         if (folder / "metrics.json").is_file():
