@@ -200,7 +200,7 @@ def _start_or_resume(output, overwrite, resume, strategy="default"):
 def train_teacher(ctx, output, overwrite, quiet, resume, **options):
     """Train a teacher with cross-entropy; writes teacher.keras, history.csv and metrics.json to OUTPUT."""
     training = _library()[3]
-    directory, output = _start_or_resume(output, overwrite, resume, options["strategy"])
+    directory, output = _start_or_resume(output, overwrite, resume, _apply_recipe(ctx, options, {})["strategy"])
     with directory as staging:
         staging = Path(staging)
         saved = training.read_run_file(staging) if resume else None
@@ -241,7 +241,7 @@ def distill(ctx, output, overwrite, quiet, resume, **options):
 
     training = _library()[3]
     verbose = 0 if quiet else "auto"
-    directory, output = _start_or_resume(output, overwrite, resume, options["strategy"])
+    directory, output = _start_or_resume(output, overwrite, resume, _apply_recipe(ctx, options, {})["strategy"])
     with directory as staging:
         staging = Path(staging)
         destination = output or staging  # where this process's run ends up (a worker's temporary folder)
