@@ -60,11 +60,10 @@ def cluster_task() -> tuple[str, int] | None:
 
 def is_chief() -> bool:
     """Whether this process writes results: the chief task, worker 0 when there is none, or a process outside a cluster."""
-    config = _tf_config()
-    if config is None:
+    task = cluster_task()
+    if task is None:
         return True
-    task = (str(config["task"]["type"]), int(config["task"]["index"]))
-    return task[0] == "chief" or (task == ("worker", 0) and "chief" not in config["cluster"])
+    return task[0] == "chief" or (task == ("worker", 0) and "chief" not in _tf_config()["cluster"])
 
 
 def get_strategy(name: str):
