@@ -68,7 +68,7 @@ def methods_sentences(rows: list[dict], baseline: str) -> list[str]:
 def ablation_sentences(rows: list[dict]) -> list[str]:
     """Each changed setting against the defaults."""
     reference = next(row for row in rows if row.get("is_baseline"))
-    sentences = [f"- Defaults ({_short(reference['setting'])}): {100 * reference['final']['mean']:.2f} ± {100 * reference['final']['std']:.2f}."]
+    sentences = [f"- {_short(reference['setting'])}: {100 * reference['final']['mean']:.2f} ± {100 * reference['final']['std']:.2f} (the reference)."]
     changed = sorted((row for row in rows if "versus_baseline" in row), key=lambda row: -row["versus_baseline"]["difference"])
     for row in changed:
         sentences.append(f"- {_short(row['setting'])}: {verdict(row['versus_baseline'])}, {_percent(row['versus_baseline'])} against the defaults.")

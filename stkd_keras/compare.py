@@ -65,8 +65,13 @@ def _setting_key(run: dict) -> tuple:
     return tuple(sorted((k, json.dumps(v)) for k, v in run["config"].items() if k not in _NOT_SETTING))
 
 
-def setting_labels(runs: list[dict]) -> dict:
-    """A readable label per setting: dataset, student, teacher, epochs, subset, and whatever else varies between settings."""
+def setting_labels(runs: list[dict], reference: tuple | None = None) -> dict:
+    """A readable label per setting key: dataset, student, teacher, epochs, subset, and whatever else varies.
+
+    With `reference` (a setting key, e.g. an ablation's defaults), each label
+    names only the fields that differ from the reference, and the reference
+    itself is labelled "defaults".
+    """
     keys = {_setting_key(run): run for run in runs}
     varying = sorted(
         {name for key in keys for name, _ in key if len({dict(k).get(name) for k in keys}) > 1}
@@ -78,10 +83,13 @@ def setting_labels(runs: list[dict]) -> dict:
             teachers[_setting_key(run)].add(run["teacher"].get("name"))
     labels = {}
     for key, run in keys.items():
-        config = run["config"]
+        config, fields = run["config"], dict(key)
         teacher = ",".join(sorted(teachers[key])) or "-"
         label = f"{config['dataset']} | {run['model']} <- {teacher} | {config['epochs']} epochs | {config.get('train_subset') or 'all'} train images"
-        extra = ", ".join(f"{name}={json.loads(dict(key)[name])}" for name in varying if name in dict(key))
+        shown = [name for name in varying if name in fields and (reference is None or fields[name] != dict(reference).get(name))]
+        extra = ", ".join(f"{name}={json.loads(fields[name])}" for name in shown)
+        if reference is not None and not extra:
+            extra = "defaults"
         labels[key] = label + (f" | {extra}" if extra else "")
     return labels
 
@@ -125,14 +133,14 @@ def difference_ci(method: list[tuple[int, float]], baseline: list[tuple[int, flo
 _MISSING = object()
 
 
-def find_setting(runs: list[dict], fields: dict) -> str:
-    """The label of the one setting whose config has all of `fields` (e.g. the defaults of an ablation)."""
-    labels = setting_labels(runs)
-    matches = sorted({labels[_setting_key(run)] for run in runs if all(run["config"].get(k, _MISSING) == v for k, v in fields.items())})
+def find_setting(runs: list[dict], fields: dict) -> tuple:
+    """The key of the one setting whose config has all of `fields` (e.g. the defaults of an ablation)."""
+    matches = {_setting_key(run) for run in runs if all(run["config"].get(k, _MISSING) == v for k, v in fields.items())}
     if len(matches) != 1:
         found = "no setting" if not matches else f"{len(matches)} settings"
-        raise ValueError(f"The baseline setting {fields} matches {found}; give the fields that single out one of: {sorted(set(labels.values()))}.")
-    return matches[0]
+        labels = sorted(set(setting_labels(runs).values()))
+        raise ValueError(f"The baseline setting {fields} matches {found}; give the fields that single out one of: {labels}.")
+    return matches.pop()
 
 
 def compare(runs: list[dict], baseline: str = "kd", baseline_setting: dict | None = None) -> list[dict]:
@@ -142,8 +150,9 @@ def compare(runs: list[dict], baseline: str = "kd", baseline_setting: dict | Non
     when `baseline_setting` (config fields, e.g. {"mixup_alpha": 0.2}) is given,
     with the baseline method in that one setting: the reference of an ablation.
     """
-    labels = setting_labels(runs)
-    reference_setting = find_setting(runs, baseline_setting) if baseline_setting else None
+    reference_key = find_setting(runs, baseline_setting) if baseline_setting else None
+    labels = setting_labels(runs, reference_key)
+    reference_setting = labels[reference_key] if reference_key else None
     groups: dict = defaultdict(list)
     for run in runs:
         groups[(labels[_setting_key(run)], run["method"])].append(run)

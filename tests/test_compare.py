@@ -71,11 +71,13 @@ def test_ablation_rows_are_compared_with_the_baseline_setting(tmp_path):
     folders += [write_run(tmp_path, f"t{s}", "stkd", s, v, v, mixup_alpha=0.2, temperature=8.0) for s, v in enumerate(temperature)]
     runs = compare.load_runs(folders)
     rows = compare.compare(runs, baseline="stkd", baseline_setting={"mixup_alpha": 0.2, "temperature": 4})
+    # Labels name only what differs from the defaults.
     by_setting = {(row["setting"].split("| ")[-1]): row for row in rows}
-    assert by_setting["mixup_alpha=0.2, temperature=4.0"]["is_baseline"]
+    assert sorted(by_setting) == ["defaults", "mixup_alpha=1.0", "temperature=8.0"]
+    assert by_setting["defaults"]["is_baseline"]
     # Paired differences: alpha 1.0: 0.02, 0.01, 0.01 (mean 0.013333); T 8: -0.02, -0.01, 0.00 (mean -0.01).
-    assert by_setting["mixup_alpha=1.0, temperature=4.0"]["versus_baseline"]["difference"] == pytest.approx(0.0133333, abs=1e-6)
-    low_t = by_setting["mixup_alpha=0.2, temperature=8.0"]["versus_baseline"]
+    assert by_setting["mixup_alpha=1.0"]["versus_baseline"]["difference"] == pytest.approx(0.0133333, abs=1e-6)
+    low_t = by_setting["temperature=8.0"]["versus_baseline"]
     assert low_t["difference"] == pytest.approx(-0.01) and low_t["kind"] == "paired over 3 seeds"
     assert low_t["high"] - low_t["difference"] == pytest.approx(4.303 * 0.01 / math.sqrt(3), abs=1e-6)
     table = compare.markdown(rows, "stkd")

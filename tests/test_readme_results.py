@@ -64,7 +64,7 @@ def test_ablation_sentences_sort_changes_by_their_effect(tmp_path):
             folders.append(folder)
     rows = compare.compare(compare.load_runs(folders), "stkd", {"mixup_alpha": 0.2})
     sentences = readme_results.ablation_sentences(rows)
-    assert sentences[0] == "- Defaults (12 epochs | mixup_alpha=0.2): 80.50 ± 0.71."
+    assert sentences[0] == "- 12 epochs | defaults: 80.50 ± 0.71 (the reference)."
     # Paired differences: alpha 1.0: +0.03, +0.03 (no spread: CI [3, 3], better); alpha 0.4: -0.01, 0.00.
     assert sentences[1] == "- 12 epochs | mixup_alpha=1.0: better, +3.00 points [95% CI +3.00, +3.00] against the defaults."
     assert sentences[2].startswith("- 12 epochs | mixup_alpha=0.4: no clear difference, -0.50 points")
