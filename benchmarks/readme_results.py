@@ -86,7 +86,7 @@ def grid_section(folder: Path) -> list[str]:
         f"#### {grid.get('name', folder.name)}",
         "",
         f"`{environment['grid']}`: {len(runs)} runs, seeds {', '.join(map(str, grid['seeds']))}; {minutes:.0f} minutes of training "
-        f"in all (teacher included), on {environment['cpu']}{', GPUs ' + ', '.join(environment['gpus']) if environment['gpus'] else ', no GPU'}; "
+        f"in all ({'the shared teacher not counted' if grid.get('teacher_run') else 'teacher included'}), on {environment['cpu']}{', GPUs ' + ', '.join(environment['gpus']) if environment['gpus'] else ', no GPU'}; "
         f"TensorFlow {environment['tensorflow']}, Keras {environment['keras']}; {environment['date'][:10]}. "
         f"Raw metrics: `{folder.relative_to(ROOT)}/runs/`. Top-1 in %, on the 10,000 test images; the final-epoch model is the one "
         "saved, best-epoch figures are for reference only.",
