@@ -1,8 +1,7 @@
 """MirroredStrategy over two logical CPU devices gives what one device gives on the same global batch.
 
-TensorFlow fixes its logical devices at start-up, so the comparison runs in a fresh subprocess. The
-networks have no BatchNormalization (per-replica batch statistics legitimately differ from global
-ones) and the method is KD (no mixup draws, which are per replica), so the two runs must agree to
+TensorFlow fixes its logical devices at start-up, so the comparison runs in a fresh subprocess. The fit
+(tests/distribution_case.py) has no BatchNormalization and no mixup draws, so the two runs must agree to
 float32 rounding: the loss is divided by the replica count and the loss parts are Keras metrics.
 """
 
@@ -10,41 +9,24 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
-import pytest
 
+TESTS = str(Path(__file__).resolve().parent)
 SCRIPT = textwrap.dedent(
-    """
-    import json
+    f"""
+    import json, sys
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-    import keras
-    import numpy as np
-    from stkd_keras.distiller import Distiller
+    sys.path.insert(0, {TESTS!r})
+    import distribution_case
 
-    def net(seed, name):
-        keras.utils.set_random_seed(seed)
-        inputs = keras.Input((8, 8, 1))
-        x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        return keras.Model(inputs, keras.layers.Dense(5)(x), name=name)
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 8, 8, 1)).astype("float32")
-    y = rng.integers(0, 5, 128)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
-    results = {}
-    for label, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")), ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))):
-        with strategy.scope():
-            student = net(2, "student")
-            distiller = Distiller(student, net(1, "teacher"), method="kd", temperature=2.0, ce_weight=0.5, kd_weight=0.5)
-            distiller.compile(optimizer=keras.optimizers.SGD(0.5), metrics=["accuracy"])
-        history = distiller.fit(data, epochs=2, verbose=0, shuffle=False)
-        results[label] = {key: [float(v) for v in values] for key, values in history.history.items()}
-        results[label]["weights"] = [w.tolist() for w in student.get_weights()]
-        results[label]["replicas"] = strategy.num_replicas_in_sync
+    results = {{
+        label: distribution_case.fit(strategy)
+        for label, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")), ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])))
+    }}
     print("RESULT" + json.dumps(results))
     """
 )

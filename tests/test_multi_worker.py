@@ -1,8 +1,8 @@
 """MultiWorkerMirroredStrategy with two worker processes on localhost (keras-team/keras#20585 mended).
 
-Each worker is a subprocess with its own TF_CONFIG. As in test_multi_device, the networks have no
-BatchNormalization and the method is KD (no per-replica mixup draws), so the two workers must report
-what one device reports on the same global batch, to float32 rounding.
+Each worker is a subprocess with its own TF_CONFIG and runs the fit of tests/distribution_case.py, as
+test_multi_device does: no BatchNormalization and no per-replica mixup draws, so the two workers must
+report what one device reports on the same global batch, to float32 rounding.
 """
 
 import json
@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,36 +20,16 @@ from click.testing import CliRunner
 from stkd_keras import distribute
 from stkd_keras.cli.main import cli
 
+TESTS = str(Path(__file__).resolve().parent)
 SCRIPT = textwrap.dedent(
-    """
+    f"""
     import json, sys
     from stkd_keras import distribute
     strategy = distribute.get_strategy(sys.argv[1])  # before any TensorFlow op
-    import keras
-    import numpy as np
-    import tensorflow as tf
-    from stkd_keras.distiller import Distiller
+    sys.path.insert(0, {TESTS!r})
+    import distribution_case
 
-    def net(seed, name):
-        keras.utils.set_random_seed(seed)
-        inputs = keras.Input((8, 8, 1))
-        x = keras.layers.Conv2D(4, 3, activation="relu")(inputs)
-        x = keras.layers.GlobalAveragePooling2D()(x)
-        return keras.Model(inputs, keras.layers.Dense(5)(x), name=name)
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 8, 8, 1)).astype("float32")
-    y = rng.integers(0, 5, 128)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(64)
-    with strategy.scope():
-        student = net(2, "student")
-        distiller = Distiller(student, net(1, "teacher"), method="kd", temperature=2.0, ce_weight=0.5, kd_weight=0.5)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.5), metrics=["accuracy"])
-    history = distiller.fit(data, epochs=2, verbose=0, shuffle=False)
-    result = {key: [float(v) for v in values] for key, values in history.history.items()}
-    result["weights"] = [w.tolist() for w in student.get_weights()]
-    result["replicas"] = strategy.num_replicas_in_sync
-    print("RESULT" + json.dumps(result))
+    print("RESULT" + json.dumps(distribution_case.fit(strategy)))
     """
 )
 
