@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from stkd_keras import methods
+
 GRID_FIELDS = {
     "name", "dataset", "teacher", "teacher_run", "student", "methods", "seeds", "settings", "common", "baseline", "baseline_setting",
     "expected_minutes",
@@ -34,14 +36,14 @@ GRID_FIELDS = {
 
 
 def option_list(options: dict) -> list[str]:
-    """{"train_subset": 5000, "lambda_per_sample": True} -> ["--train-subset", "5000", "--lambda-per-sample"]."""
+    """{"train_subset": 5000, "lambda_per_sample": False} -> ["--train-subset", "5000", "--lambda-per-batch"]."""
+    hyperparameters = methods.hyperparameter_fields()
     arguments = []
     for name, value in options.items():
         flag = "--" + name.replace("_", "-")
-        if name == "lambda_per_sample":
-            arguments.append("--lambda-per-sample" if value else "--lambda-per-batch")
-        elif isinstance(value, bool):
-            arguments.append(flag if value else "--no-" + flag[2:])
+        if isinstance(value, bool):
+            off_flag = hyperparameters[name].metadata.get("off_flag") if name in hyperparameters else None
+            arguments.append(flag if value else off_flag or "--no-" + flag[2:])
         elif isinstance(value, (list, tuple)):
             arguments += [flag, ",".join(str(v) for v in value)]
         else:
@@ -103,8 +105,13 @@ def run_grid(grid: dict, output: Path, log=print) -> tuple[list[Path], Path]:
             cli("distill", "--resume", str(folder), "--quiet")
         else:
             log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: running")
-            options = {**common, **setting, "seed": seed}
-            teacher_option = ["--teacher", str(teacher_dir)] if method in ("kd", "kd_mixup_naive", "stkd") else []
+            # A setting's hyperparameters go to the methods that have them (a temperature means nothing to ce).
+            unit = methods.get_method(method)
+            options = {
+                name: value for name, value in {**common, **setting, "seed": seed}.items()
+                if name not in methods.hyperparameter_fields() or name in unit.hyperparameter_names()
+            }
+            teacher_option = ["--teacher", str(teacher_dir)] if unit.needs_teacher else []
             cli("distill", "--dataset", grid["dataset"], "--student", grid["student"], "--method", method, *teacher_option,
                 *option_list(options), "--quiet", "--output", str(folder))
         log(f"    done in {time.perf_counter() - started:.0f} s")

@@ -54,6 +54,12 @@ def _model_names():
     return _library()[2].list_models()
 
 
+def _method_names():
+    from stkd_keras.methods import list_methods
+
+    return list(list_methods())
+
+
 def _data_options(function):
     options = [
         click.option("--dataset", default="fashion_mnist", show_default=True, type=_DatasetName(), help="Dataset name, or folder:PATH for your own images (`stkd-keras datasets` lists them)."),
@@ -103,6 +109,59 @@ def _training_options(function):
     for option in reversed(options):
         function = option(function)
     return function
+
+
+def _hyperparameter_help(name: str, field) -> str:
+    """The field's help line, then which methods have it and their defaults."""
+    from stkd_keras import methods
+
+    defaults: dict = {}
+    for method in methods.methods_with(name):
+        defaults.setdefault(methods.get_method(method).defaults()[name], []).append(method)
+    where = "; ".join(f"{', '.join(owners)}: default {value}" for value, owners in defaults.items())
+    return f"{field.metadata.get('help', '')} [{where}]"
+
+
+def _hyperparameter_options(function):
+    """One option per hyperparameter of the registered methods (`stkd_keras.methods`); unset, the method's default applies."""
+    from stkd_keras import methods
+
+    for name, field in reversed(list(methods.hyperparameter_fields().items())):
+        flag = "--" + name.replace("_", "-")
+        kind = methods.hyperparameter_type(name)
+        if kind is bool:
+            off = field.metadata.get("off_flag") or "--no-" + flag[2:]
+            option = click.option(f"{flag}/{off}", name, default=None, help=_hyperparameter_help(name, field))
+        else:
+            option = click.option(flag, name, default=None, type=kind, help=_hyperparameter_help(name, field))
+        function = option(function)
+    return function
+
+
+def _method_options(ctx: click.Context, options: dict) -> dict:
+    """Pops the hyperparameter options from `options` and returns those given for the chosen method.
+
+    One given on the command line that the method does not have is refused;
+    one from a recipe written for another method is dropped with a note.
+    """
+    from stkd_keras import methods
+
+    method = methods.get_method(options["method"])
+    given = {}
+    for name in methods.hyperparameter_fields():
+        value = options.pop(name, None)
+        if value is None:
+            continue
+        if name in method.hyperparameter_names():
+            given[name] = value
+        elif ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
+            flags = ", ".join("--" + own.replace("_", "-") for own in method.hyperparameter_names()) or "none"
+            raise click.BadParameter(
+                f"method {method.name!r} has no hyperparameter {name} (its options: {flags}).", param_hint="--" + name.replace("_", "-")
+            )
+        else:
+            click.echo(f"Note: the recipe's {name} does not apply to method {method.name!r}; ignored.")
+    return given
 
 
 def _user_errors(function):
@@ -220,13 +279,8 @@ def train_teacher(ctx, output, overwrite, quiet, resume, **options):
 @click.option("--teacher-model", default=DEFAULT_TEACHER_MODEL, show_default=True, type=_choice_of(_model_names), help="Architecture of the teacher trained when --teacher is not given.")
 @click.option("--teacher-epochs", default=None, type=click.IntRange(min=1), help="Epochs of that teacher (default: --epochs).")
 @click.option("--student", default="resnet8", show_default=True, type=_choice_of(_model_names), help="Student architecture.")
-@click.option("--method", default="stkd", show_default=True, type=click.Choice(["ce", "kd", "mixup", "kd_mixup_naive", "stkd"]), help="Training method.")
-@click.option("--temperature", default=4.0, show_default=True, type=float, help="KD temperature T.")
-@click.option("--ce-weight", default=0.1, show_default=True, type=float, help="Weight of the cross-entropy term.")
-@click.option("--kd-weight", default=0.9, show_default=True, type=float, help="Weight of the KD term.")
-@click.option("--mixup-alpha", default=0.2, show_default=True, type=float, help="a of lambda ~ Beta(a, a).")
-@click.option("--lambda-per-sample/--lambda-per-batch", default=False, show_default=True, help="One mixup lambda per sample or per batch.")
-@click.option("--clean-kd-weight", default=0.0, show_default=True, type=float, help="Weight of an extra KD term on clean images (stkd, kd_mixup_naive).")
+@click.option("--method", default="stkd", show_default=True, type=click.Choice(_method_names()), help="Training method (`stkd-keras methods` describes each).")
+@_hyperparameter_options
 @_training_options
 @_user_errors
 @click.pass_context
@@ -237,7 +291,7 @@ def distill(ctx, output, overwrite, quiet, resume, **options):
     the way goes to OUTPUT/teacher/. A run killed at any moment continues
     with --resume OUTPUT from its last completed epoch.
     """
-    from stkd_keras.distiller import TEACHER_METHODS
+    from stkd_keras import methods
 
     training = _library()[3]
     verbose = 0 if quiet else "auto"
@@ -248,13 +302,15 @@ def distill(ctx, output, overwrite, quiet, resume, **options):
         saved = training.read_run_file(staging) if resume else None
         if saved is None:
             options = _apply_recipe(ctx, options, {"model": "student"})
+            method_options = _method_options(ctx, options)
             teacher, teacher_model, teacher_epochs = options.pop("teacher"), options.pop("teacher_model"), options.pop("teacher_epochs")
-            config = _config(options, model=options.pop("student"), teacher=teacher)
+            config = _config(options, model=options.pop("student"), teacher=teacher, method_options=method_options)
             config.validate()
-            if config.method not in TEACHER_METHODS and teacher is not None:
+            needs_teacher = methods.get_method(config.method).needs_teacher
+            if not needs_teacher and teacher is not None:
                 raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
             teacher_config = None
-            if config.method in TEACHER_METHODS and teacher is None:
+            if needs_teacher and teacher is None:
                 teacher_config = _config(options, model=teacher_model, method="ce")
                 teacher_config.epochs = teacher_epochs or config.epochs
                 teacher_config.lr_decay_epochs = () if teacher_config.lr_schedule != "step" else teacher_config.lr_decay_epochs
@@ -311,7 +367,12 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
 @click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "float16", "dynamic", "int8"]), help="TFLite quantization; ONNX takes none or int8 (float32 otherwise).")
 @click.option("--qat", "qat_epochs", default=None, type=click.IntRange(min=1), help="Also export int8 after N epochs of quantization-aware training (tfmot, distilled from --teacher).")
 @click.option("--prune", "prune_sparsity", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Also export int8 after pruning to this sparsity (tfmot).")
-@click.option("--teacher", default=None, type=click.Path(), help="Teacher for QAT/pruning fine-tuning (default: the run's teacher/ folder if there is one).")
+@click.option("--teacher", default=None, type=click.Path(), help="Teacher for QAT/pruning fine-tuning (default: the run's teacher/ folder, or the teacher its metrics.json names).")
+@click.option("--finetune-method", default=None, type=click.Choice(_method_names()), help="Distillation method of the QAT/pruning fine-tuning (default: the run's own, from its metrics.json; without one, stkd when there is a teacher, else ce).")
+@click.option(
+    "--finetune-option", "finetune_options", multiple=True, metavar="FIELD=VALUE",
+    help="A hyperparameter of that method (repeatable; default: the run's own values, else the method's defaults).",
+)
 @click.option("--finetune-subset", default=None, type=click.IntRange(min=1), help="Training images for QAT/pruning fine-tuning (default: all).")
 @click.option("--dataset", default=None, type=_DatasetName(), help="Dataset for verification and calibration (default: the one the model was trained on).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="As for distill.")
@@ -323,7 +384,7 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for the exported files.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same names.")
 @_user_errors
-def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, finetune_subset, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
+def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, finetune_method, finetune_options, finetune_subset, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
     """Export a student to TFLite/LiteRT and ONNX, verify each file in its runtime, and write export_report.json."""
     from stkd_keras import export as export_lib
 
@@ -335,12 +396,27 @@ def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teac
         raise click.ClickException(f"No preprocessing.json beside {model_path}: export needs the normalisation the model was trained with.")
     dataset = dataset or preprocessing["dataset"]
     run_folder = model_path if model_path.is_dir() else model_path.parent
-    if teacher is None and (run_folder / "teacher").is_dir():
-        teacher = run_folder / "teacher"
     metrics_path = run_folder / "metrics.json"
     source = {"path": str(model_path)}
-    if metrics_path.is_file():
-        source["final_val_accuracy"] = json.loads(metrics_path.read_text()).get("final_val_accuracy")
+    run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    if run_metrics:
+        source["final_val_accuracy"] = run_metrics.get("final_val_accuracy")
+    method, hyperparameters = None, {}
+    if qat_epochs or prune_sparsity:
+        config = run_metrics.get("config") or {}
+        given_teacher = teacher
+        teacher = teacher or _run_teacher(run_folder, run_metrics)
+        method, hyperparameters = _finetune_method(config, finetune_method or config.get("method") or ("stkd" if teacher else "ce"), finetune_options)
+        if method.needs_teacher and teacher is None:
+            raise click.UsageError(
+                f"QAT/pruning fine-tunes with method {method.name!r}, which needs the run's teacher, and none was found "
+                "beside the run; pass --teacher, or --finetune-method ce."
+            )
+        if not method.needs_teacher:
+            if given_teacher is not None:
+                click.echo(f"Note: method {method.name!r} uses no teacher; --teacher is not used.")
+            teacher = None
+        click.echo(f"QAT/pruning fine-tuning: method {method.name!r}" + (f" with {hyperparameters}" if hyperparameters else "") + ".")
     formats = ("tflite", "onnx") if export_format == "all" else (export_format,)
     data = export_lib.load_export_data(dataset, preprocessing, verify_images, representative_images, data_dir, download)
     student_file = model_path if model_path.is_file() else next(p for p in (run_folder / "student.keras", run_folder / "teacher.keras") if p.is_file())
@@ -353,6 +429,7 @@ def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teac
         bridge_args={
             "model_path": student_file, "teacher_path": teacher_file, "dataset": dataset, "data_dir": data_dir,
             "qat_epochs": qat_epochs, "prune_sparsity": prune_sparsity, "finetune_epochs": 2, "train_subset": finetune_subset,
+            "method": method.name if method else None, "hyperparameters": hyperparameters,
         },
     )
     click.echo(f"Keras top-1 on {report['verification_images']} verification images: {report['keras_top1_accuracy']:.4f}")
@@ -364,6 +441,31 @@ def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teac
             f"{row['top1_accuracy']:.4f} | {row['ms_per_image']:.2f} |"
         )
     click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
+
+
+def _finetune_method(config: dict, name: str, options: tuple[str, ...]):
+    """The QAT/pruning fine-tuning method and its hyperparameters: the run's own (its config), overridden by the options."""
+    import yaml
+
+    from stkd_keras import methods
+
+    method = methods.get_method(name)
+    hyperparameters = {key: value for key, value in config.items() if key in method.hyperparameter_names()}
+    for item in options:
+        field, separator, value = item.partition("=")
+        if not separator or not field.strip():
+            raise click.BadParameter(f"expected FIELD=VALUE, got {item!r}.", param_hint="--finetune-option")
+        hyperparameters[field.strip()] = yaml.safe_load(value)
+    method.make_hyperparameters(**hyperparameters)  # one clear ValueError for a bad name or value
+    return method, hyperparameters
+
+
+def _run_teacher(run_folder: Path, run_metrics: dict) -> Path | None:
+    """The teacher a run was distilled from: its teacher/ folder, or the file its metrics.json names, if still there."""
+    if (run_folder / "teacher").is_dir():
+        return run_folder / "teacher"
+    recorded = (run_metrics.get("teacher") or {}).get("path")
+    return Path(recorded) if recorded and Path(recorded).exists() else None
 
 
 @cli.command()
@@ -429,6 +531,21 @@ def list_datasets(data_dir):
         where = data.describe(name, data_dir)
         shape = "x".join(str(d) for d in spec.input_shape)
         click.echo(f"| {name} | {spec.num_classes} | {shape} | {'yes' if where['available'] else 'no'} | {where['source']} |")
+
+
+@cli.command("methods")
+def list_method_table():
+    """List the distillation methods: what the teacher sees, whether the student mixes, the hyperparameters and their defaults."""
+    from stkd_keras import methods
+
+    click.echo("| method | teacher sees | student sees | hyperparameters (defaults) | what it is |")
+    click.echo("| --- | --- | --- | --- | --- |")
+    for name in methods.list_methods():
+        method = methods.get_method(name)
+        teacher = method.teacher_sees + " images" if method.needs_teacher else "no teacher"
+        student = "mixup samples" if method.mixes else "clean images"
+        defaults = ", ".join(f"{key}={value}" for key, value in method.defaults().items()) or "-"
+        click.echo(f"| {name} | {teacher} | {student} | {defaults} | {method.description} |")
 
 
 @cli.command("models")

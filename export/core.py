@@ -230,7 +230,8 @@ def export_model(
         stem: File name stem.
         source: Where the model came from (path, accuracy), recorded in the metadata.
         bridge_args: Arguments for QAT/pruning through `stkd_keras.export.tfmot_bridge` (a subprocess):
-            {"model_path", "teacher_path", "dataset", "data_dir", "qat_epochs", "prune_sparsity", ...}.
+            {"model_path", "teacher_path", "method", "hyperparameters", "dataset", "data_dir", "qat_epochs",
+            "prune_sparsity", ...}; the fine-tuning uses the distillation method `method` with `hyperparameters`.
 
     Raises:
         ExportError: For an impossible request, a failed conversion, or a float file outside its bound.
@@ -343,6 +344,7 @@ def run_tfmot_bridge(mode: str, output_path: Path, data: ExportData, preprocessi
     ]
     if mode == "prune":
         command += ["--sparsity", str(bridge_args["prune_sparsity"])]
+    command += ["--method", bridge_args.get("method") or "ce", "--hyperparameters", json.dumps(bridge_args.get("hyperparameters") or {})]
     for option, key in (("--teacher", "teacher_path"), ("--data-dir", "data_dir"), ("--train-subset", "train_subset"), ("--seed", "seed")):
         if bridge_args.get(key) is not None:
             command += [option, str(bridge_args[key])]

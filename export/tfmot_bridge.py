@@ -26,14 +26,17 @@ What a run does:
    Dense layer, PolynomialDecay (power 3) from 0 to `--sparsity`, reaching the
    target at 80% of the fine-tuning steps so that the last 20% recover with the
    final mask; then `strip_pruning`.
-3. Fine-tunes with STKD (Zhao et al. 2021, arXiv 2103.10047): each batch is
-   mixed (`stkd_keras.mixup.apply_mixup`), the teacher sees the same mixed
-   images, and the student learns `stkd_keras.losses.stkd_loss`. Without a
-   teacher: plain cross-entropy on clean images.
+3. Fine-tunes with the distillation method the student was trained with
+   (`--method` and `--hyperparameters`, any registered method; the export
+   command passes the run's own), through the Distiller's step
+   (`stkd_keras.methods.forward` and the method's loss terms). For STKD
+   (Zhao et al. 2021, arXiv 2103.10047) each batch is mixed, the teacher sees
+   the same mixed images, and the student learns the STKD loss. A method
+   with a teacher needs `--teacher`; `ce` fine-tunes on plain cross-entropy.
 4. Converts to full-integer int8 TFLite (int8 input and output) with a
    representative set of training images, writes it atomically, runs it in
    `ai_edge_litert` and writes a JSON report (also atomically): mode, epochs,
-   steps, teacher (path or null) and loss, parity_max_abs_diff (student,
+   steps, teacher (path or null), method, loss and hyperparameters, parity_max_abs_diff (student,
    teacher), keras3_top1_accuracy_before, loss_per_epoch,
    float_top1_accuracy (the fine-tuned tf_keras model), pruning (schedule,
    per_layer_sparsity, overall_sparsity, prunable_weights; null for QAT),
@@ -45,7 +48,7 @@ ReLU, Activation, Add, Concatenate, ZeroPadding2D, MaxPooling2D,
 AveragePooling2D, GlobalAveragePooling2D, Flatten, Dropout, Dense and
 stkd-keras's ChannelShuffle / ChannelSplit. The rebuilt model runs in float32
 whatever the saved dtype policy (QAT in float16 is not meaningful), and
-weight regularizers are not carried over (the fine-tuning loss is STKD's).
+weight regularizers are not carried over (the fine-tuning loss is the method's).
 """
 
 from __future__ import annotations
@@ -403,37 +406,29 @@ def measure_sparsity(model) -> tuple[dict, float, int]:
 # --- Fine-tuning ------------------------------------------------------------------------------------------
 
 
-def fine_tune(student, teacher, dataset, epochs: int, learning_rate: float, num_classes: int, loss_options: dict, seed: int, on_epoch_end=None) -> list[float]:
-    """Trains `student` (tf_keras) for `epochs` on `dataset` with STKD (teacher given) or cross-entropy; returns the mean loss per epoch.
+def fine_tune(student, teacher, dataset, epochs: int, learning_rate: float, num_classes: int, method: str, hyperparameters: dict, seed: int, on_epoch_end=None) -> list[float]:
+    """Trains `student` (tf_keras) for `epochs` on `dataset` with a registered distillation method; returns the mean loss per epoch.
 
-    STKD: per batch, x_mix and y_mix from `apply_mixup`, z_t = teacher(x_mix) without gradient,
-    L = stkd_loss(y_mix, z_t, student(x_mix)). Without a teacher: CE(y, student(x)) on the clean batch.
+    The step is the Distiller's (`stkd_keras.methods.forward` and the method's
+    loss terms): e.g. for STKD, per batch, x_mix and y_mix from one mixup draw,
+    z_t = teacher(x_mix) without gradient, and the STKD loss on student(x_mix).
     """
     import keras
     import tensorflow as tf
     import tf_keras
 
-    from stkd_keras.losses import soft_cross_entropy, stkd_loss
-    from stkd_keras.mixup import apply_mixup
+    from stkd_keras import methods
 
+    unit = methods.get_method(method)
+    values = unit.make_hyperparameters(**hyperparameters)
     optimizer = tf_keras.optimizers.Adam(learning_rate)
     seed_generator = keras.random.SeedGenerator(seed)
 
     @tf.function(reduce_retracing=True)
     def train_step(images, labels):
-        one_hot = tf.one_hot(labels, num_classes)
-        if teacher is not None:
-            batch = apply_mixup(images, one_hot, alpha=loss_options["mixup_alpha"], seed=seed_generator)
-            images, one_hot = batch.images, batch.labels
-            teacher_logits = tf.stop_gradient(teacher(images, training=False))
         with tf.GradientTape() as tape:
-            logits = student(images, training=True)
-            if teacher is not None:
-                loss = stkd_loss(
-                    one_hot, teacher_logits, logits, loss_options["temperature"], loss_options["ce_weight"], loss_options["kd_weight"]
-                )
-            else:
-                loss = tf.reduce_mean(soft_cross_entropy(one_hot, logits))
+            outputs = methods.forward(unit, values, images, student, teacher, seed_generator)
+            loss = methods.total_loss(unit.loss_terms(methods.batch_context(tf.one_hot(labels, num_classes), outputs), values))
         gradients = tape.gradient(loss, student.trainable_variables)
         optimizer.apply_gradients(zip(gradients, student.trainable_variables))
         return loss
@@ -539,6 +534,14 @@ def run(options: dict) -> dict:
     """Does one bridge run (see the module docstring) and returns the report it writes."""
     started = time.perf_counter()
     timings = {}
+    from stkd_keras import methods
+
+    unit = methods.get_method(options["method"] or ("stkd" if options["teacher"] else "ce"))
+    hyperparameters = unit.make_hyperparameters(**options["hyperparameters"]).to_dict()  # refuses bad ones before any work
+    if unit.needs_teacher and not options["teacher"]:
+        raise BridgeError(f"Method {unit.name!r} distils from a teacher; pass --teacher, or fine-tune with a method without one (ce, mixup).")
+    if not unit.needs_teacher and options["teacher"]:
+        raise BridgeError(f"Method {unit.name!r} uses no teacher; drop --teacher.")
     import keras
     import tensorflow_model_optimization as tfmot  # sets TF_USE_LEGACY_KERAS=1 for this process
     import tf_keras
@@ -605,10 +608,9 @@ def run(options: dict) -> dict:
         callback.on_train_begin()
         pruning = {"schedule": {"class": "PolynomialDecay", **schedule}}
 
-    loss_options = {k: options[k] for k in ("temperature", "ce_weight", "kd_weight", "mixup_alpha")}
     fit_started = time.perf_counter()
     loss_history = fine_tune(
-        model, teacher, train_dataset, options["epochs"], options["learning_rate"], num_classes, loss_options, options["seed"],
+        model, teacher, train_dataset, options["epochs"], options["learning_rate"], num_classes, unit.name, hyperparameters, options["seed"],
         on_epoch_end=(lambda: callback.on_epoch_end(-1)) if callback else None,
     )
     timings["fine_tune_s"] = time.perf_counter() - fit_started
@@ -630,11 +632,12 @@ def run(options: dict) -> dict:
         "mode": options["mode"],
         "model": str(options["model"]),
         "teacher": str(options["teacher"]) if options["teacher"] else None,
-        "loss": "stkd (teacher and student on the same mixup batch)" if teacher is not None else "cross-entropy on clean images (no teacher, no mixup)",
+        "method": unit.name,
+        "loss": unit.description,
         "epochs": options["epochs"],
         "steps": total_steps,
         "optimizer": {"name": "adam", "learning_rate": options["learning_rate"], "batch_size": options["batch_size"]},
-        "loss_options": loss_options if teacher is not None else None,
+        "hyperparameters": hyperparameters,
         "seed": options["seed"],
         "dataset": options["dataset"],
         "normalization": {"mean": list(train_info.mean), "std": list(train_info.std)},
@@ -674,10 +677,8 @@ def run(options: dict) -> dict:
 @click.option("--eval-subset", default=None, type=click.IntRange(min=1), help="Evaluate on the first N test examples.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Fine-tuning batch size.")
 @click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
-@click.option("--temperature", default=4.0, show_default=True, type=click.FloatRange(0, min_open=True), help="STKD temperature T.")
-@click.option("--ce-weight", default=0.1, show_default=True, type=click.FloatRange(0), help="STKD weight of the cross-entropy on mixed labels.")
-@click.option("--kd-weight", default=0.9, show_default=True, type=click.FloatRange(0), help="STKD weight of the KD term.")
-@click.option("--mixup-alpha", default=0.2, show_default=True, type=click.FloatRange(0, min_open=True), help="Mixup lambda ~ Beta(a, a).")
+@click.option("--method", default=None, help="The distillation method of the fine-tuning, a name in stkd_keras.methods.list_methods() (default: stkd with --teacher, ce without).")
+@click.option("--hyperparameters", default="{}", show_default=True, help='The method\'s hyperparameters as JSON, e.g. \'{"temperature": 2.0}\' (the others: its defaults).')
 @click.option("--representative", default=200, show_default=True, type=click.IntRange(min=1), help="Training images calibrating the int8 conversion.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of data order, augmentation and mixup.")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="The int8 .tflite file to write.")
@@ -693,13 +694,17 @@ def main(**options):
         raise click.BadParameter("Give --mean and --std together, or neither.", param_hint="--mean/--std")
     if options["mean"] is not None and len(options["mean"]) != len(options["std"]):
         raise click.BadParameter(f"Expected as many std values as mean values ({len(options['mean'])}).", param_hint="--std")
-    if options["ce_weight"] == 0 and options["kd_weight"] == 0:
-        raise click.BadParameter("--ce-weight and --kd-weight cannot both be 0.", param_hint="--ce-weight/--kd-weight")
+    try:
+        options["hyperparameters"] = json.loads(options["hyperparameters"])
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r} ({error})", param_hint="--hyperparameters") from None
+    if not isinstance(options["hyperparameters"], dict):
+        raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r}", param_hint="--hyperparameters")
     from stkd_keras.data import DatasetNotFoundError
 
     try:
         report = run(options)
-    except (BridgeError, DatasetNotFoundError) as error:
+    except (BridgeError, DatasetNotFoundError, ValueError) as error:
         raise click.ClickException(" ".join(str(error).split())) from None
     click.echo(
         f"{report['mode']}: parity {report['parity_max_abs_diff']['student']:.1e}, float top-1 {report['float_top1_accuracy']:.4f}, "

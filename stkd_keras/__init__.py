@@ -4,7 +4,7 @@ Zhao et al. 2021, "Similarity Transfer for Knowledge Distillation",
 arXiv 2103.10047.
 
 The public names below are imported on first use, so that `stkd-keras --help`
-answers without loading TensorFlow.
+answers without loading Keras or its backend.
 """
 
 import importlib
@@ -17,8 +17,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "METHODS": "stkd_keras.distiller",
     "Distiller": "stkd_keras.distiller",
+    "BatchContext": "stkd_keras.methods",
+    "DistillationMethod": "stkd_keras.methods",
+    "Hyperparameters": "stkd_keras.methods",
+    "LossTerm": "stkd_keras.methods",
+    "get_method": "stkd_keras.methods",
+    "list_methods": "stkd_keras.methods",
+    "register_method": "stkd_keras.methods",
+    "register_preset": "stkd_keras.methods",
     "KDLoss": "stkd_keras.losses",
     "STKDLoss": "stkd_keras.losses",
     "kd_divergence": "stkd_keras.losses",

@@ -1,7 +1,9 @@
 """Compare finished runs: accuracy per method and setting over seeds, with honest uncertainty.
 
 Runs are grouped by setting (dataset, student, teacher, epochs, training
-subset) and method. For each group: n, mean, sample standard deviation, min
+subset, ... and the method's hyperparameters where they differ from the
+method's defaults, so that methods with different hyperparameters share a
+setting) and method. For each group: n, mean, sample standard deviation, min
 and max of the final-epoch and (named apart) best-epoch validation top-1. For
 each method, the difference of its final-epoch mean to a baseline method in
 the same setting (or, for an ablation, in one reference setting), with a 95%
@@ -17,6 +19,8 @@ import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
+
+from stkd_keras import methods as methods_lib
 
 # Two-sided 95% quantiles of Student's t (t_{0.975, df}), df = 1..30; beyond, the normal 1.96 is within 1.5%.
 _T_975 = (
@@ -61,8 +65,35 @@ def load_runs(run_dirs) -> list[dict]:
 _NOT_SETTING = {"seed", "method", "teacher", "data_dir", "download", "deterministic", "jit_compile", "mixed_precision"}
 
 
+def _setting_fields(run: dict) -> dict:
+    """The config fields that define a run's setting: all but _NOT_SETTING, hyperparameters only where not the method's defaults.
+
+    Configs hold the run's method's hyperparameters (those written before
+    methods were units held every method's, also for methods without them).
+    """
+    config = run["config"]
+    names = methods_lib.hyperparameter_fields()
+    fields = {k: v for k, v in config.items() if k not in _NOT_SETTING and k not in names}
+    hyperparameters = {k: v for k, v in config.items() if k in names}
+    try:
+        fields.update(methods_lib.non_default(config.get("method", run.get("method")), hyperparameters))
+    except ValueError:  # a method this process has not registered: every hyperparameter counts
+        fields.update(hyperparameters)
+    return fields
+
+
 def _setting_key(run: dict) -> tuple:
-    return tuple(sorted((k, json.dumps(v)) for k, v in run["config"].items() if k not in _NOT_SETTING))
+    return tuple(sorted((k, json.dumps(v)) for k, v in _setting_fields(run).items()))
+
+
+def _resolved_setting(key: tuple, run: dict) -> dict:
+    """A setting key's fields as values, the run's method's default hyperparameters filled in where the key omits them."""
+    fields = {name: json.loads(value) for name, value in key}
+    try:
+        defaults = methods_lib.get_method(run["config"].get("method", run.get("method"))).defaults()
+    except ValueError:
+        defaults = {}
+    return {**defaults, **fields}
 
 
 def setting_labels(runs: list[dict], reference: tuple | None = None) -> dict:
@@ -73,8 +104,10 @@ def setting_labels(runs: list[dict], reference: tuple | None = None) -> dict:
     itself is labelled "defaults".
     """
     keys = {_setting_key(run): run for run in runs}
+    resolved = {key: _resolved_setting(key, run) for key, run in keys.items()}
+    names = {name for fields in resolved.values() for name in fields}
     varying = sorted(
-        {name for key in keys for name, _ in key if len({dict(k).get(name) for k in keys}) > 1}
+        {name for name in names if len({json.dumps(fields.get(name)) for fields in resolved.values()}) > 1}
         - {"dataset", "model", "epochs", "train_subset"}
     )
     teachers = defaultdict(set)
@@ -83,11 +116,12 @@ def setting_labels(runs: list[dict], reference: tuple | None = None) -> dict:
             teachers[_setting_key(run)].add(run["teacher"].get("name"))
     labels = {}
     for key, run in keys.items():
-        config, fields = run["config"], dict(key)
+        config, fields = run["config"], resolved[key]
+        base = resolved.get(reference, {}) if reference is not None else None
         teacher = ",".join(sorted(teachers[key])) or "-"
         label = f"{config['dataset']} | {run['model']} <- {teacher} | {config['epochs']} epochs | {config.get('train_subset') or 'all'} train images"
-        shown = [name for name in varying if name in fields and (reference is None or fields[name] != dict(reference).get(name))]
-        extra = ", ".join(f"{name}={json.loads(fields[name])}" for name in shown)
+        shown = [name for name in varying if name in fields and (base is None or fields[name] != base.get(name))]
+        extra = ", ".join(f"{name}={fields[name]}" for name in shown)
         if reference is not None and not extra:
             extra = "defaults"
         labels[key] = label + (f" | {extra}" if extra else "")

@@ -1,44 +1,37 @@
-"""`Distiller`: STKD and its baselines as one `keras.Model`.
+"""`Distiller`: STKD and its baselines as one `keras.Model`, on every Keras backend.
 
 STKD (Zhao et al. 2021, arXiv 2103.10047) feeds the teacher and the student
 the *same* mixup virtual sample; the student learns the mixed label and the
 teacher's softened distribution on that sample, which carries the similarity
 between the categories of both source images.
 
-How a step is built (TF backend): `train_step` converts labels to one-hot,
-draws the mixup batch on the device, runs the frozen teacher with
-`training=False` (before the gradient tape opens) and then hands the student's
-inputs, together with the targets, to Keras's own `train_step`. Keras then
-supplies the gradient tape, loss scaling for `mixed_float16`, XLA
-(`jit_compile=True`), `tf.distribute` and the compiled metrics; the loss terms
-live in `compute_loss`.
+How a step is built, on TensorFlow, JAX and PyTorch alike: Keras's own
+trainer runs `train_step`, which calls `self(x, training=True)` and then
+`compute_loss` and `compute_metrics`, as `keras.distillation.Distiller`
+relies on. In training, `call` runs what the method declares
+(`stkd_keras.methods.forward`): the mixup draw (from the Distiller's
+`SeedGenerator`, a tracked state variable, so it advances inside a compiled
+step), the frozen teacher outside the gradient, the student on what it sees,
+and returns those outputs; `compute_loss` mixes the labels with the same
+draw, asks the method for its loss terms, and reports each one. Keras then
+supplies the gradients, loss scaling (`mixed_float16`), `jit_compile`,
+distribution and the compiled metrics. In evaluation and prediction `call`
+is the student's.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import keras
-import tensorflow as tf
 from keras import ops
 
-from stkd_keras import losses as losses_lib
-from stkd_keras import mixup as mixup_lib
+from stkd_keras import backend
+from stkd_keras.methods import batch_context, forward, get_method, list_methods, total_loss
+from stkd_keras.methods.base import teacher_logits
 
-METHODS = ("ce", "kd", "mixup", "kd_mixup_naive", "stkd")
-METHOD_DESCRIPTIONS = {
-    "ce": "student alone, cross-entropy on clean images (no teacher)",
-    "kd": "Hinton KD on clean images",
-    "mixup": "student alone on mixup samples (no teacher)",
-    "kd_mixup_naive": "teacher on the clean images, student on mixup samples",
-    "stkd": "STKD: teacher and student on the same mixup samples",
-}
-TEACHER_METHODS = frozenset({"kd", "kd_mixup_naive", "stkd"})
-MIXUP_METHODS = frozenset({"mixup", "kd_mixup_naive", "stkd"})
-
-
-def _scale_loss_for_distribution(loss):
-    """Divides by the replica count so that gradients summed over replicas average them (as Keras losses do)."""
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
-    return loss / replicas if replicas > 1 else loss
+# Keyword arguments of keras.Model itself (what `Model.get_config` returns); all others are method hyperparameters.
+_MODEL_KWARGS = ("name", "trainable", "dtype")
 
 
 def _model_shape(model, attribute: str):
@@ -52,12 +45,19 @@ def _model_shape(model, attribute: str):
     return tuple(shape[1:]) if isinstance(shape, tuple) else None
 
 
+class _EpochCounter(keras.callbacks.Callback):
+    """Sets the Distiller's epoch variable at the start of each epoch of `fit` (methods read it for warm-ups)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.epoch.assign(epoch)
+
+
 @keras.saving.register_keras_serializable(package="stkd_keras")
 class Distiller(keras.Model):
-    """Trains a student with STKD, KD or one of their baselines, inside `model.fit`.
+    """Trains a student with STKD, KD or any registered method, inside `model.fit`, on any Keras backend.
 
-    Methods, for a batch (x, y), mixup batch (x_mix, y_mix), teacher logits
-    z_t and student logits z_s:
+    The built-in methods, for a batch (x, y), mixup batch (x_mix, y_mix),
+    teacher logits z_t and student logits z_s:
 
     - `ce`: CE(y, z_s(x)); no teacher.
     - `kd`: w_ce * CE(y, z_s(x)) + w_kd * KD(z_t(x), z_s(x)).
@@ -68,93 +68,82 @@ class Distiller(keras.Model):
     with KD = T^2 * KL(softmax(z_t/T) || softmax(z_s/T)). For the two mixup
     methods with a teacher, `clean_kd_weight` > 0 adds
     `clean_kd_weight * KD(z_t(x), z_s(x))` on the un-mixed batch (one more
-    student forward pass). The methods without a teacher train on plain
-    cross-entropy; the weights apply to the teacher methods.
+    student forward pass); the preset `stkd_clean_kd` sets it to 0.5.
+    `stkd_keras.methods.list_methods()` lists every registered method; each
+    one's hyperparameters and their defaults are its dataclass
+    (`get_method(name).defaults()`).
 
-    `call`, `evaluate` and `predict` use the student on clean images. The
-    evaluation loss is `w_ce * CE + w_kd * KD` on clean images (CE alone
-    without a teacher). Labels may be integer class ids or one-hot; the
-    compiled metrics always receive one-hot (mixed, in training) labels, so
-    `"accuracy"` resolves to categorical accuracy. Reported metrics: `loss`,
-    `ce_loss`, `kd_loss` (with a teacher), `clean_kd_loss` (when used),
-    `mixup_lambda` (training with mixup: the mean lambda drawn) and the
-    compiled metrics.
+    `evaluate` and `predict` use the student on clean images, and so does
+    `call` outside training (in training it returns the step's outputs, a
+    dict). The evaluation loss is the method's loss on clean images, every
+    network seeing the clean batch. Labels may be integer class ids or
+    one-hot; the compiled metrics always receive one-hot (mixed, in training)
+    labels, so `"accuracy"` resolves to categorical accuracy. Reported
+    metrics: `loss`, each of the method's loss terms unweighted (`ce_loss`,
+    `kd_loss`, `clean_kd_loss`, ...), `mixup_lambda` (training with mixup:
+    the mean lambda drawn) and the compiled metrics. Losses the student adds
+    (regularizers) are added to the loss, as Keras does.
 
     Args:
         student: The `keras.Model` to train; it returns logits.
-        teacher: A trained `keras.Model` returning logits, frozen here. Required
-            for `kd`, `kd_mixup_naive` and `stkd`; must be None otherwise.
-        method: One of `METHODS`.
-        temperature: T > 0.
-        ce_weight: w_ce >= 0.
-        kd_weight: w_kd >= 0.
-        mixup_alpha: a > 0 of lambda ~ Beta(a, a).
-        lambda_per_sample: Draw one lambda per sample instead of per batch.
-        clean_kd_weight: Weight >= 0 of the extra KD term on clean images.
+        teacher: A trained `keras.Model` returning logits, frozen here.
+            Required by the methods that need a teacher; must be None
+            otherwise.
+        method: The name of a registered method (or preset).
         seed: Seed of the mixup draws (lambda and permutation), or None.
+        **hyperparameters: The method's hyperparameters (e.g. `temperature`,
+            `ce_weight`, `kd_weight`, `mixup_alpha`, `lambda_per_sample`,
+            `clean_kd_weight` for `stkd`); those not given take the method's
+            defaults. `name`, `trainable` and `dtype` go to `keras.Model`.
+
+    Attributes:
+        student, teacher: The two models.
+        method: The method's name; `distillation_method` is the method itself.
+        hyperparameters: The method's hyperparameters (a dataclass).
+        epoch, step: Variables holding the current epoch of `fit` and the
+            number of training steps taken.
 
     Raises:
-        ValueError: For an unknown method, a teacher where none is used or
-            none where one is needed, teacher and student shapes that
-            disagree, a non-positive temperature or alpha, negative weights
-            or weights that are all zero.
+        ValueError: For an unknown method, a hyperparameter the method does
+            not have or cannot use, a teacher where none is used or none
+            where one is needed, or teacher and student shapes that disagree.
 
     Example:
     ```python
-    distiller = Distiller(student, teacher, method="stkd")
+    distiller = Distiller(student, teacher, method="stkd", temperature=4.0)
     distiller.compile(optimizer="sgd", metrics=["accuracy"])
     distiller.fit(train_ds, validation_data=val_ds, epochs=10)
     distiller.student.save("student.keras")
     ```
     """
 
-    def __init__(
-        self,
-        student,
-        teacher=None,
-        method="stkd",
-        temperature=4.0,
-        ce_weight=0.1,
-        kd_weight=0.9,
-        mixup_alpha=0.2,
-        lambda_per_sample=False,
-        clean_kd_weight=0.0,
-        seed=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if method not in METHODS:
-            raise ValueError(f"Expected `method` to be one of {METHODS}. Received: method={method!r}")
+    def __init__(self, student, teacher=None, method="stkd", seed=None, **kwargs):
+        model_kwargs = {key: kwargs.pop(key) for key in _MODEL_KWARGS if key in kwargs}
+        # autocast=False: the mixup arithmetic and the labels stay in float32 under a mixed policy;
+        # each network casts its own inputs to its compute dtype.
+        super().__init__(autocast=False, **model_kwargs)
+        self.distillation_method = get_method(method)
+        self.method = self.distillation_method.name
+        self.hyperparameters = self.distillation_method.make_hyperparameters(**kwargs)
         if not isinstance(student, keras.Model):
             raise ValueError(f"Expected `student` to be a keras.Model. Received: student={student!r}")
-        if method in TEACHER_METHODS and teacher is None:
-            raise ValueError(f"Method {method!r} distils from a teacher, but none was given. Received: teacher=None")
-        if method not in TEACHER_METHODS and teacher is not None:
+        needs_teacher = self.distillation_method.needs_teacher
+        if needs_teacher and teacher is None:
+            raise ValueError(f"Method {self.method!r} distils from a teacher, but none was given. Received: teacher=None")
+        if not needs_teacher and teacher is not None:
+            with_teacher = [name for name in list_methods() if get_method(name).needs_teacher]
             raise ValueError(
-                f"Method {method!r} trains the student alone and uses no teacher. "
-                f"Received: teacher={getattr(teacher, 'name', teacher)!r}; pass teacher=None or a method in {sorted(TEACHER_METHODS)}."
+                f"Method {self.method!r} trains the student alone and uses no teacher. "
+                f"Received: teacher={getattr(teacher, 'name', teacher)!r}; pass teacher=None or a method in {with_teacher}."
             )
         if teacher is not None and not isinstance(teacher, keras.Model):
             raise ValueError(f"Expected `teacher` to be a keras.Model. Received: teacher={teacher!r}")
-        self.method = method
-        self.temperature = losses_lib.validate_temperature(temperature)
-        self.mixup_alpha = mixup_lib.validate_alpha(mixup_alpha)
-        self.ce_weight, self.kd_weight, self.clean_kd_weight = losses_lib.validate_loss_weights(
-            ce_weight=ce_weight, kd_weight=kd_weight, clean_kd_weight=clean_kd_weight
-        )
-        if self.clean_kd_weight > 0 and not (method in TEACHER_METHODS and method in MIXUP_METHODS):
-            raise ValueError(
-                "`clean_kd_weight` adds a KD term on clean images to a mixup method with a teacher "
-                f"('kd_mixup_naive' or 'stkd'). Received: clean_kd_weight={clean_kd_weight!r} with method={method!r}"
-            )
-        self.lambda_per_sample = bool(lambda_per_sample)
         self.seed = seed
         self.student = student
         self.teacher = teacher
         if teacher is not None:
             self._check_compatible(teacher, student)
             teacher.trainable = False
-        self._seed_generator = keras.random.SeedGenerator(seed, name="mixup_seed")
         output_shape = _model_shape(student, "output_shape")
         if not output_shape or output_shape[-1] is None:
             raise ValueError(
@@ -162,12 +151,16 @@ class Distiller(keras.Model):
                 f"or use a functional model. Received: student output shape {output_shape}"
             )
         self.num_classes = int(output_shape[-1])
-
-        self.ce_loss_tracker = keras.metrics.Mean(name="ce_loss")
-        self.kd_loss_tracker = keras.metrics.Mean(name="kd_loss") if teacher is not None else None
-        self.clean_kd_loss_tracker = keras.metrics.Mean(name="clean_kd_loss") if self.clean_kd_weight > 0 else None
+        self._seed_generator = keras.random.SeedGenerator(seed, name="mixup_seed")
+        self.epoch = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False, name="epoch")
+        self.step = self.add_weight(
+            shape=(), dtype="int32", initializer="zeros", trainable=False, name="step", aggregation="only_first_replica"
+        )
+        self._term_trackers = {
+            name: keras.metrics.Mean(name=name) for name in self.distillation_method.term_names(self.hyperparameters)
+        }
         # Mean of the mixup coefficients drawn in training (TensorBoard / history.csv: is Beta(a, a) what we think?).
-        self.lambda_tracker = keras.metrics.Mean(name="mixup_lambda") if self.uses_mixup else None
+        self._lambda_tracker = keras.metrics.Mean(name="mixup_lambda") if self.distillation_method.mixes else None
 
     @staticmethod
     def _check_compatible(teacher, student):
@@ -184,9 +177,13 @@ class Distiller(keras.Model):
 
     @property
     def uses_mixup(self) -> bool:
-        return self.method in MIXUP_METHODS
+        return self.distillation_method.mixes
 
     def call(self, inputs, training=None):
+        if training:
+            return forward(
+                self.distillation_method, self.hyperparameters, inputs, self.student, self.teacher, self._seed_generator
+            )
         return self.student(inputs, training=training)
 
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
@@ -196,6 +193,16 @@ class Distiller(keras.Model):
                 f"`Distiller` computes its loss from `method` ({self.method!r}); do not pass `loss` to compile(). Received: loss={loss!r}"
             )
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
+
+    def fit(self, *args, **kwargs):
+        """As `keras.Model.fit`; the Distiller adds one callback of its own, which keeps `epoch` current."""
+        arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        callbacks = arguments.get("callbacks") or []
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            callbacks.append(_EpochCounter())
+        else:
+            arguments["callbacks"] = [*callbacks, _EpochCounter()]
+        return super().fit(**arguments)
 
     def _one_hot(self, labels):
         """Integer labels (batch,) or (batch, 1) become one-hot float32; one-hot labels are cast."""
@@ -209,79 +216,49 @@ class Distiller(keras.Model):
             )
         return ops.one_hot(ops.cast(labels, "int32"), self.num_classes, dtype="float32")
 
-    def _teacher_logits(self, images):
-        return ops.stop_gradient(ops.cast(self.teacher(images, training=False), "float32"))
-
-    def _training_batch(self, images, labels, sample_weight):
-        """Returns (student inputs, targets, sample weight) for one training step."""
-        targets = {"labels": labels}
-        student_images = images
-        if self.uses_mixup:
-            mixed = mixup_lib.apply_mixup(
-                images,
-                labels,
-                alpha=self.mixup_alpha,
-                per_sample=self.lambda_per_sample,
-                seed=self._seed_generator,
-                sample_weight=sample_weight,
-            )
-            student_images, sample_weight = mixed.images, mixed.sample_weight
-            targets["labels"] = mixed.labels
-            self.lambda_tracker.update_state(ops.mean(mixed.lam))
-        if self.teacher is not None:
-            # STKD: the teacher sees what the student sees. KD and the naive
-            # variant: the teacher sees the clean images.
-            teacher_images = student_images if self.method == "stkd" else images
-            targets["teacher_logits"] = self._teacher_logits(teacher_images)
-        if self.clean_kd_loss_tracker is not None:
-            targets["clean_images"] = images
-            targets["clean_teacher_logits"] = (
-                targets["teacher_logits"] if self.method == "kd_mixup_naive" else self._teacher_logits(images)
-            )
-        return student_images, targets, sample_weight
-
-    def train_step(self, data):
-        images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        student_images, targets, sample_weight = self._training_batch(images, self._one_hot(labels), sample_weight)
-        return super().train_step((student_images, targets, sample_weight))
-
-    def test_step(self, data):
-        images, labels, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        targets = {"labels": self._one_hot(labels)}
-        if self.teacher is not None:
-            targets["teacher_logits"] = self._teacher_logits(images)
-        logs = super().test_step((images, targets, sample_weight))
-        logs.pop("mixup_lambda", None)  # No mixup in evaluation.
-        return logs
+    def _batch_context(self, x, y, y_pred, sample_weight):
+        """The method's `BatchContext`: from the step's outputs in training (`y_pred` a dict), from clean logits otherwise."""
+        training = isinstance(y_pred, dict)
+        outputs = y_pred
+        if not training:
+            outputs = {"logits": y_pred}
+            if self.teacher is not None:
+                outputs["teacher_logits"] = teacher_logits(self.teacher, x)
+        return batch_context(
+            self._one_hot(y), outputs, sample_weight, epoch=self.epoch.value, step=self.step.value, training=training
+        )
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y_pred is None:
             y_pred = self(x, training=training)
-        if not isinstance(y, dict):
-            y = {"labels": self._one_hot(y)}
-        ce = losses_lib.batch_mean(losses_lib.soft_cross_entropy(y["labels"], y_pred), sample_weight)
-        self.ce_loss_tracker.update_state(ce)
-        if self.teacher is None:
-            total = ce
-        else:
-            kd = losses_lib.kd_loss(y["teacher_logits"], y_pred, self.temperature, sample_weight)
-            self.kd_loss_tracker.update_state(kd)
-            total = self.ce_weight * ce + self.kd_weight * kd
-            if "clean_images" in y:
-                clean_student_logits = self.student(y["clean_images"], training=True)
-                clean_kd = losses_lib.kd_loss(y["clean_teacher_logits"], clean_student_logits, self.temperature)
-                self.clean_kd_loss_tracker.update_state(clean_kd)
-                total = total + self.clean_kd_weight * clean_kd
-            elif self.clean_kd_loss_tracker is not None:
-                # Evaluation runs on clean images, where the clean KD term is the KD term.
-                self.clean_kd_loss_tracker.update_state(kd)
-        if self.student.losses:
-            total = total + ops.cast(ops.sum(self.student.losses), "float32")
-        return _scale_loss_for_distribution(total)
+        context = self._batch_context(x, y, y_pred, sample_weight)
+        terms = self.distillation_method.loss_terms(context, self.hyperparameters)
+        if set(terms) != set(self._term_trackers):
+            raise ValueError(
+                f"Method {self.method!r} returned loss terms {sorted(terms)}, but its term_names() declared "
+                f"{sorted(self._term_trackers)}."
+            )
+        for name, term in terms.items():
+            self._term_trackers[name].update_state(term.value)
+        if context.training and context.lam is not None:
+            self._lambda_tracker.update_state(ops.mean(context.lam))
+        total = total_loss(terms)
+        if self.losses:
+            total = total + ops.cast(ops.sum(self.losses), "float32")
+        if context.training:
+            self.step.assign_add(1)
+        return backend.scale_loss_for_distribution(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
-        labels = y["labels"] if isinstance(y, dict) else self._one_hot(y)
-        return super().compute_metrics(x, labels, y_pred, sample_weight=sample_weight)
+        training = isinstance(y_pred, dict)
+        labels, logits = self._one_hot(y), y_pred
+        if training:  # the compiled metrics see the labels and sample weights the student trained on
+            context = batch_context(labels, y_pred, sample_weight)
+            labels, logits, sample_weight = context.labels, context.student_logits, context.sample_weight
+        logs = super().compute_metrics(x, labels, logits, sample_weight=sample_weight)
+        if not training:
+            logs.pop("mixup_lambda", None)  # No mixup in evaluation.
+        return logs
 
     def get_config(self):
         return {
@@ -289,13 +266,8 @@ class Distiller(keras.Model):
             "student": keras.saving.serialize_keras_object(self.student),
             "teacher": None if self.teacher is None else keras.saving.serialize_keras_object(self.teacher),
             "method": self.method,
-            "temperature": self.temperature,
-            "ce_weight": self.ce_weight,
-            "kd_weight": self.kd_weight,
-            "mixup_alpha": self.mixup_alpha,
-            "lambda_per_sample": self.lambda_per_sample,
-            "clean_kd_weight": self.clean_kd_weight,
             "seed": self.seed,
+            **self.hyperparameters.to_dict(),
         }
 
     @classmethod

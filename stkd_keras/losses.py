@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from stkd_keras.validation import positive_finite
+from stkd_keras.validation import positive_finite, validate_loss_weights  # noqa: F401  (validate_loss_weights: public here too)
 
 
 def validate_temperature(temperature) -> float:
@@ -165,24 +165,3 @@ class STKDLoss(keras.losses.Loss):
             "ce_weight": self.ce_weight,
             "kd_weight": self.kd_weight,
         }
-
-
-def validate_loss_weights(**weights) -> tuple[float, ...]:
-    """Checks that every weight is a finite number >= 0 and that not all are zero.
-
-    Returns:
-        The weights as floats, in the order given.
-    """
-    values = []
-    for name, weight in weights.items():
-        try:
-            value = float(weight)
-        except (TypeError, ValueError):
-            raise ValueError(f"Expected `{name}` to be a number >= 0. Received: {name}={weight!r}") from None
-        if not value >= 0 or value == float("inf"):
-            raise ValueError(f"Expected `{name}` to be a finite number >= 0. Received: {name}={weight!r}")
-        values.append(value)
-    if not any(values):
-        received = ", ".join(f"{name}={weight!r}" for name, weight in weights.items())
-        raise ValueError(f"Expected at least one loss weight > 0, otherwise nothing is learned. Received: {received}")
-    return tuple(values)

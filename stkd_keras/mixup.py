@@ -6,27 +6,21 @@ lambda ~ Beta(a, a):
     x_mix = lambda * x + (1 - lambda) * x[p]
     y_mix = lambda * y + (1 - lambda) * y[p]
 
-Everything here runs inside a `jit_compile=True` (XLA) train step.
-`keras.random.beta` cannot: its gamma sampler (`StatelessRandomGammaV3`) has no
-XLA kernel. `sample_beta` therefore draws Beta(a, a) by inverting its CDF:
-u ~ Uniform(0, 1) and lambda = I_u^{-1}(a, a), where I is the regularised
-incomplete beta function (`tf.math.betainc`, which XLA compiles) and the
-inverse is found by bisection. This is exact up to float32 rounding.
+`draw` takes lambda and p, `mix` applies them to images, labels or sample
+weights, and `apply_mixup` does both. Everything here is written in
+`keras.ops` and runs inside the compiled train step of every Keras backend;
+the Beta draw is the one backend-specific piece (`stkd_keras.backend`).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import keras
-import tensorflow as tf
 from keras import ops
 
+from stkd_keras import backend
 from stkd_keras.validation import positive_finite
-
-# 2^-40 is far below float32 resolution around 0.5, so more steps change nothing.
-_BISECTION_STEPS = 40
-
 
 class MixupBatch(NamedTuple):
     """A batch of virtual samples.
@@ -40,11 +34,11 @@ class MixupBatch(NamedTuple):
         sample_weight: Mixed sample weights, or None if none were given.
     """
 
-    images: tf.Tensor
-    labels: tf.Tensor
-    lam: tf.Tensor
-    permutation: tf.Tensor
-    sample_weight: tf.Tensor | None
+    images: Any
+    labels: Any
+    lam: Any
+    permutation: Any
+    sample_weight: Any
 
 
 def validate_alpha(alpha: float) -> float:
@@ -52,11 +46,11 @@ def validate_alpha(alpha: float) -> float:
     return positive_finite("mixup_alpha", alpha)
 
 
-def sample_beta(shape, alpha: float, seed=None) -> tf.Tensor:
+def sample_beta(shape, alpha: float, seed=None):
     """Draws float32 samples from the symmetric Beta(alpha, alpha) distribution.
 
-    Uses inverse-CDF sampling (see the module docstring) so that it compiles
-    under XLA, unlike `keras.random.beta`.
+    Compiles inside the train step of every backend (on TensorFlow, under XLA
+    too, unlike `keras.random.beta`; see `stkd_keras.backend`).
 
     Args:
         shape: Shape of the returned tensor.
@@ -74,20 +68,10 @@ def sample_beta(shape, alpha: float, seed=None) -> tf.Tensor:
     Example:
     >>> lam = sample_beta((), 0.2, seed=keras.random.SeedGenerator(0))
     """
-    alpha = validate_alpha(alpha)
-    u = keras.random.uniform(shape, dtype="float32", seed=seed)
-    a = tf.constant(alpha, dtype=tf.float32)
-    lo = tf.zeros_like(u)
-    hi = tf.ones_like(u)
-    for _ in range(_BISECTION_STEPS):
-        mid = 0.5 * (lo + hi)
-        below = tf.math.betainc(a, a, mid) < u
-        lo = tf.where(below, mid, lo)
-        hi = tf.where(below, hi, mid)
-    return 0.5 * (lo + hi)
+    return backend.sample_beta(shape, validate_alpha(alpha), seed)
 
 
-def random_permutation(batch_size, seed=None) -> tf.Tensor:
+def random_permutation(batch_size, seed=None):
     """A random permutation of `range(batch_size)` (argsort of uniform noise, XLA-safe)."""
     noise = keras.random.uniform((batch_size,), dtype="float32", seed=seed)
     return ops.cast(ops.argsort(noise), "int32")
@@ -98,6 +82,36 @@ def _broadcast_to_rank(lam, rank: int):
     if len(lam.shape) == 0:
         return lam
     return ops.reshape(lam, (-1,) + (1,) * (rank - 1))
+
+
+def draw(batch_size, alpha: float = 0.2, per_sample: bool = False, seed=None):
+    """Draws the mixing coefficients and the permutation of one batch.
+
+    Args:
+        batch_size: Number of samples in the batch (an int or a scalar tensor).
+        alpha: Concentration a of lambda ~ Beta(a, a).
+        per_sample: If True, one lambda per sample (shape `(batch,)`);
+            otherwise one per batch (shape `()`), shared by every pair (the
+            original mixup recipe).
+        seed: A `keras.random.SeedGenerator` (inside a compiled step), an int
+            or None. Lambda is drawn first, then the permutation.
+
+    Returns:
+        `(lam, permutation)`: float32 coefficients and an int32 permutation of
+        `range(batch_size)`.
+    """
+    lam = sample_beta((batch_size,) if per_sample else (), alpha, seed=seed)
+    return lam, random_permutation(batch_size, seed=seed)
+
+
+def mix(values, lam, permutation):
+    """`lam * v + (1 - lam) * v[permutation]` along the batch axis, `lam` cast to the dtype of `values`.
+
+    Applies one draw (`draw`) to images, labels or sample weights alike.
+    """
+    values = ops.convert_to_tensor(values)
+    lam = ops.cast(_broadcast_to_rank(lam, len(values.shape)), values.dtype)
+    return lam * values + (1 - lam) * ops.take(values, permutation, axis=0)
 
 
 def apply_mixup(
@@ -140,20 +154,6 @@ def apply_mixup(
         # One generator for both draws, so lambda and p are not correlated.
         seed = keras.random.SeedGenerator(seed)
     images = ops.convert_to_tensor(images)
-    labels = ops.cast(labels, "float32")
-    batch_size = ops.shape(images)[0]
-    lam = sample_beta((batch_size,) if per_sample else (), alpha, seed=seed)
-    permutation = random_permutation(batch_size, seed=seed)
-
-    lam_images = ops.cast(_broadcast_to_rank(lam, len(images.shape)), images.dtype)
-    mixed_images = lam_images * images + (1 - lam_images) * ops.take(images, permutation, axis=0)
-    lam_labels = _broadcast_to_rank(lam, 2)
-    mixed_labels = lam_labels * labels + (1 - lam_labels) * ops.take(labels, permutation, axis=0)
-    mixed_weight = None
-    if sample_weight is not None:
-        sample_weight = ops.cast(sample_weight, "float32")
-        lam_weight = _broadcast_to_rank(lam, len(sample_weight.shape))
-        mixed_weight = lam_weight * sample_weight + (1 - lam_weight) * ops.take(
-            sample_weight, permutation, axis=0
-        )
-    return MixupBatch(mixed_images, mixed_labels, lam, permutation, mixed_weight)
+    lam, permutation = draw(ops.shape(images)[0], alpha, per_sample, seed)
+    mixed_weight = None if sample_weight is None else mix(ops.cast(sample_weight, "float32"), lam, permutation)
+    return MixupBatch(mix(images, lam, permutation), mix(ops.cast(labels, "float32"), lam, permutation), lam, permutation, mixed_weight)

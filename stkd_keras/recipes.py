@@ -5,10 +5,12 @@ parameters, the optimizer and schedule, epochs, batch size, weight decay and
 seed. `stkd-keras distill --recipe FILE` runs one; options given on the command
 line override single fields, and the resolved config is saved with the run.
 
-Fields are those of `stkd_keras.training.RunConfig`, plus `student` (the
-student architecture, same as `model`), `teacher_model` and `teacher_epochs`
-(the teacher trained first when `teacher` is not given). Unknown fields and
-values of the wrong type are refused with the field's name.
+Fields are those of `stkd_keras.training.RunConfig`, the hyperparameters of
+the registered methods (`stkd_keras.methods`: `temperature`, `mixup_alpha`,
+...), plus `student` (the student architecture, same as `model`),
+`teacher_model` and `teacher_epochs` (the teacher trained first when
+`teacher` is not given). Unknown fields and values of the wrong type are
+refused with the field's name.
 
 Example (recipes/cifar100/resnet8x4_from_resnet32x4.yaml):
 
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import yaml
 
+from stkd_keras import methods
 from stkd_keras.training import RunConfig
 
 EXTRA_FIELDS = {"student": str, "teacher_model": str, "teacher_epochs": int}
@@ -43,7 +46,9 @@ class RecipeError(ValueError):
 
 def _expected_types() -> dict:
     hints = typing.get_type_hints(RunConfig)
-    return {**{field.name: hints[field.name] for field in dataclasses.fields(RunConfig)}, **EXTRA_FIELDS}
+    run_fields = {field.name: hints[field.name] for field in dataclasses.fields(RunConfig) if field.name != "method_options"}
+    hyperparameters = {name: methods.hyperparameter_type(name) for name in methods.hyperparameter_fields()}
+    return {**run_fields, **hyperparameters, **EXTRA_FIELDS}
 
 
 def _check_type(name: str, value, expected, path) -> object:

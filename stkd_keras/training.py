@@ -33,9 +33,8 @@ import tensorflow as tf
 from stkd_keras import checkpointing
 from stkd_keras import data as data_lib
 from stkd_keras import distribute
-from stkd_keras import losses as losses_lib
-from stkd_keras import mixup as mixup_lib
-from stkd_keras.distiller import TEACHER_METHODS, Distiller
+from stkd_keras import methods as methods_lib
+from stkd_keras.distiller import Distiller
 from stkd_keras.files import atomic_write
 from stkd_keras.models import get_model
 
@@ -49,7 +48,14 @@ class RunError(RuntimeError):
 
 @dataclasses.dataclass
 class RunConfig:
-    """Everything that determines a training run (saved in `metrics.json`)."""
+    """Everything that determines a training run (saved in `metrics.json`).
+
+    `method_options` holds the method's hyperparameters given for this run;
+    the others take the method's defaults (`stkd_keras.methods`). Written out
+    (`to_dict`, in metrics.json and run.json) the config is one flat mapping
+    in which the method's resolved hyperparameters stand beside the other
+    fields, as recipes write them.
+    """
 
     dataset: str = "fashion_mnist"
     model: str = "resnet8"
@@ -60,12 +66,7 @@ class RunConfig:
     learning_rate: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    temperature: float = 4.0
-    ce_weight: float = 0.1
-    kd_weight: float = 0.9
-    mixup_alpha: float = 0.2
-    lambda_per_sample: bool = False
-    clean_kd_weight: float = 0.0
+    method_options: dict = dataclasses.field(default_factory=dict)
     seed: int = 0
     train_subset: int | None = None
     val_subset: int | None = None
@@ -113,9 +114,42 @@ class RunConfig:
         if not 0 < self.lr_decay_rate <= 1:
             raise ValueError(f"Expected 0 < `lr_decay_rate` <= 1. Received: lr_decay_rate={self.lr_decay_rate!r}")
         # The Distiller checks these too; checking here refuses a bad run before any data is read.
-        losses_lib.validate_temperature(self.temperature)
-        mixup_lib.validate_alpha(self.mixup_alpha)
-        losses_lib.validate_loss_weights(ce_weight=self.ce_weight, kd_weight=self.kd_weight, clean_kd_weight=self.clean_kd_weight)
+        self.hyperparameters()
+
+    def hyperparameters(self) -> methods_lib.Hyperparameters:
+        """The method's hyperparameters: `method_options` over the method's defaults (raises `ValueError` for bad ones)."""
+        return methods_lib.get_method(self.method).make_hyperparameters(**self.method_options)
+
+    def to_dict(self) -> dict:
+        """The config as one flat mapping, the method's hyperparameters resolved beside the other fields."""
+        fields = dataclasses.asdict(self)
+        del fields["method_options"]
+        return {**fields, **self.hyperparameters().to_dict()}
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> RunConfig:
+        """The inverse of `to_dict`; also reads configs written before methods were units.
+
+        Those held every method's hyperparameters as top-level fields, also
+        for methods without them (a `ce` run had a temperature): a field that
+        is a hyperparameter of some registered method goes to
+        `method_options` when the run's method has it, and is dropped when
+        it has not.
+        """
+        fields = dict(fields)
+        own = {field.name for field in dataclasses.fields(cls)}
+        method = methods_lib.get_method(fields.get("method", cls.method))
+        options = dict(fields.pop("method_options", None) or {})
+        for name in methods_lib.hyperparameter_fields():
+            if name in fields and name not in own:
+                value = fields.pop(name)
+                if name in method.hyperparameter_names():
+                    options.setdefault(name, value)
+        unknown = sorted(set(fields) - own)
+        if unknown:
+            raise ValueError(f"Unknown run config field `{unknown[0]}`. Valid fields: {', '.join(sorted(own))}.")
+        fields["lr_decay_epochs"] = tuple(fields.get("lr_decay_epochs") or ())
+        return cls(**fields, method_options=options)
 
 
 def environment() -> dict:
@@ -199,7 +233,7 @@ RUN_FILE = "run.json"
 def write_run_file(directory: Path, payload: dict) -> None:
     """Records how a run was started (its resolved configs), so --resume can rebuild it."""
     def encode(value):
-        return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        return value.to_dict() if isinstance(value, RunConfig) else value
 
     write_json(directory / RUN_FILE, {key: encode(value) for key, value in payload.items()})
 
@@ -212,9 +246,7 @@ def read_run_file(directory: Path) -> dict | None:
     payload = json.loads(path.read_text())
     for key in ("config", "teacher_config"):
         if payload.get(key) is not None:
-            fields = payload[key]
-            fields["lr_decay_epochs"] = tuple(fields.get("lr_decay_epochs") or ())
-            payload[key] = RunConfig(**fields)
+            payload[key] = RunConfig.from_dict(payload[key])
     return payload
 
 
@@ -336,7 +368,7 @@ def train(
         # loss by the replica count, and its loss parts are keras.metrics trackers, so figures match one device.
         exit_stack.enter_context(strategy.scope())
         teacher, teacher_summary = None, None
-        if method in TEACHER_METHODS:
+        if methods_lib.get_method(method).needs_teacher:
             if config.teacher is None:
                 raise RunError(f"Method {method!r} needs a teacher; pass --teacher.")
             teacher = load_model(teacher_location or config.teacher, role="teacher")
@@ -349,21 +381,11 @@ def train(
                     "distilling from it teaches noise. Check --teacher and the dataset."
                 )
         elif config.teacher is not None and role == "student":
-            raise RunError(f"Method {method!r} trains the student alone; drop --teacher or choose one of {sorted(TEACHER_METHODS)}.")
+            with_teacher = [name for name in methods_lib.list_methods() if methods_lib.get_method(name).needs_teacher]
+            raise RunError(f"Method {method!r} trains the student alone; drop --teacher or choose one of {with_teacher}.")
 
         model = get_model(config.model, train_info.num_classes, train_info.input_shape)
-        distiller = Distiller(
-            model,
-            teacher,
-            method=method,
-            temperature=config.temperature,
-            ce_weight=config.ce_weight,
-            kd_weight=config.kd_weight,
-            mixup_alpha=config.mixup_alpha,
-            lambda_per_sample=config.lambda_per_sample,
-            clean_kd_weight=config.clean_kd_weight,
-            seed=config.seed,
-        )
+        distiller = Distiller(model, teacher, method=method, seed=config.seed, **(config.method_options if role == "student" else {}))
         # Full batches from an endless stream: an epoch is `steps` batches (one pass, rounded down).
         steps = config.steps_per_epoch or max(1, train_info.num_examples // config.batch_size)
         distiller.compile(optimizer=make_optimizer(config, steps), metrics=_metrics_for_training(), jit_compile=config.jit_compile)
@@ -424,7 +446,7 @@ def train(
         "train_seconds": round(train_seconds, 2),
         "resumed_at_epoch": initial_epoch or None,
         "seed": config.seed,
-        "config": dataclasses.asdict(config),
+        "config": config.to_dict(),
         "dataset": {"train": train_info.to_dict(), "validation": val_info.to_dict()},
         "environment": environment(),
     }

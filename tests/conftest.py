@@ -1,4 +1,8 @@
-"""Shared fixtures: small real Fashion-MNIST batches and tiny models."""
+"""Shared fixtures: small real Fashion-MNIST batches and tiny models, on whichever Keras backend runs the tests.
+
+Nothing here imports TensorFlow: the core tests also run on JAX and PyTorch
+(tests/test_backends.py starts them there).
+"""
 
 import os
 
@@ -8,12 +12,12 @@ import keras
 import numpy as np
 import pytest
 
-from stkd_keras import data as data_lib
+from stkd_keras import idx
 from stkd_keras.models import small_cnn
 
 
 def pytest_configure(config):
-    if data_lib.find_fashion_mnist_idx() is None:
+    if idx.find_fashion_mnist_idx() is None:
         raise pytest.UsageError(
             "The tests need Fashion-MNIST in /usr/share/datasets/fashion-mnist: apt-get install dataset-fashion-mnist"
         )
@@ -30,13 +34,12 @@ def _float32_policy():
 @pytest.fixture(scope="session")
 def fashion_arrays():
     """2000 training and 1000 test Fashion-MNIST images, normalised, with integer labels."""
-    spec = data_lib.get_spec("fashion_mnist")
-    directory = data_lib.find_fashion_mnist_idx()
+    directory = idx.find_fashion_mnist_idx()
 
     def take(split, count):
-        images, labels = data_lib.read_fashion_mnist_idx(directory, split)
+        images, labels = idx.read_fashion_mnist_idx(directory, split)
         order = np.random.default_rng(0).permutation(len(labels))[:count]
-        normalised = (images[order].astype("float32") / 255.0 - spec.mean[0]) / spec.std[0]
+        normalised = (images[order].astype("float32") / 255.0 - idx.FASHION_MNIST_MEAN[0]) / idx.FASHION_MNIST_STD[0]
         return normalised, labels[order]
 
     return take("train", 2000), take("test", 1000)

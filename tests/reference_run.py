@@ -9,19 +9,20 @@ term) and the final validation accuracy. `tests/data/reference_run.json` holds
 what the code before the change recorded; `tests/test_reference_run.py`
 compares the current code with it.
 
-Recorded with: `python tests/reference_run.py --write` (TensorFlow backend).
+Recorded with `python tests/reference_run.py --write` on the TensorFlow backend at commit 3e29917,
+before the redesign; rerunning `--write` now would record the current code instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from stkd_keras import idx
 from stkd_keras.models import small_cnn
 
 DATA = Path(__file__).parent / "data"
@@ -29,7 +30,6 @@ REFERENCE_FILE = DATA / "reference_run.json"
 TEACHER_WEIGHTS = DATA / "reference_teacher.weights.h5"
 STUDENT_WEIGHTS = DATA / "reference_student.weights.h5"
 TRAIN_IMAGES, TEST_IMAGES, BATCH_SIZE, EPOCHS, STEPS_RECORDED = 1024, 500, 64, 4, 8
-FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 
 # name -> (method, hyperparameters): the five methods, and the options that change the step.
 CASES = {
@@ -42,26 +42,18 @@ CASES = {
     "stkd_per_sample_clean_kd": ("stkd", {"lambda_per_sample": True, "clean_kd_weight": 0.5, "mixup_alpha": 0.4}),
     "kd_mixup_naive_clean_kd": ("kd_mixup_naive", {"clean_kd_weight": 0.3}),
 }
-TEACHER_METHODS = ("kd", "kd_mixup_naive", "stkd")
 
 
 def fashion_arrays():
     """The first TRAIN_IMAGES / TEST_IMAGES images of the IDX files, normalised, with integer labels (numpy only)."""
-    import gzip
+    directory = idx.find_fashion_mnist_idx()
 
-    directory = Path(os.environ.get("STKD_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+    def read(split, count):
+        images, labels = idx.read_fashion_mnist_idx(directory, split)
+        normalised = (images[:count].astype("float32") / 255.0 - idx.FASHION_MNIST_MEAN[0]) / idx.FASHION_MNIST_STD[0]
+        return normalised, labels[:count].astype("int32")
 
-    def read(images_file, labels_file, count):
-        with gzip.open(directory / images_file) as stream:
-            images = np.frombuffer(stream.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)[:count]
-        with gzip.open(directory / labels_file) as stream:
-            labels = np.frombuffer(stream.read(), np.uint8, offset=8)[:count]
-        return ((images.astype("float32") / 255.0 - FASHION_MNIST_MEAN) / FASHION_MNIST_STD), labels.astype("int32")
-
-    return (
-        read("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", TRAIN_IMAGES),
-        read("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", TEST_IMAGES),
-    )
+    return read("train", TRAIN_IMAGES), read("test", TEST_IMAGES)
 
 
 def models():
@@ -85,12 +77,13 @@ class _StepLogs(keras.callbacks.Callback):
 
 def run_case(name: str) -> dict:
     from stkd_keras import Distiller
+    from stkd_keras.methods import get_method
 
     method, hyperparameters = CASES[name]
     keras.utils.set_random_seed(0)
     (x, y), (x_test, y_test) = fashion_arrays()
     teacher, student = models()
-    distiller = Distiller(student, teacher if method in TEACHER_METHODS else None, method=method, seed=7, **hyperparameters)
+    distiller = Distiller(student, teacher if get_method(method).needs_teacher else None, method=method, seed=7, **hyperparameters)
     distiller.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
     logger = _StepLogs()
     history = distiller.fit(

@@ -20,11 +20,50 @@ def digest(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("command", [[], ["train-teacher"], ["distill"], ["evaluate"], ["models"]])
+@pytest.mark.parametrize(
+    "command", [[], ["train-teacher"], ["distill"], ["evaluate"], ["export"], ["report"], ["compare"], ["datasets"], ["models"], ["methods"]]
+)
 def test_help(command):
     result = run(*command, "--help")
     assert result.exit_code == 0
     assert "Usage:" in result.output and "--help" in result.output
+
+
+def test_methods_lists_the_registry_with_defaults():
+    from stkd_keras import methods
+
+    result = run("methods")
+    assert result.exit_code == 0
+    rows = {line.split("|")[1].strip(): line for line in result.output.splitlines()[2:]}
+    assert set(rows) == set(methods.list_methods())
+    assert "| stkd | mixed images | mixup samples | temperature=4.0, ce_weight=0.1, kd_weight=0.9, mixup_alpha=0.2, lambda_per_sample=False, clean_kd_weight=0.0 |" in rows["stkd"]
+    assert "| ce | no teacher | clean images | - |" in rows["ce"]
+    assert "clean_kd_weight=0.5" in rows["stkd_clean_kd"]
+
+
+def test_distill_options_come_from_the_registry(tmp_path):
+    help_text = run("distill", "--help").output
+    for name in ("ce", "kd", "mixup", "kd_mixup_naive", "stkd", "stkd_clean_kd"):
+        assert name in help_text
+    assert "--lambda-per-sample / --lambda-per-batch" in help_text and "stkd_clean_kd: default 0.5" in help_text
+    # A hyperparameter the chosen method does not have is refused before anything is written.
+    result = run("distill", "--method", "ce", "--temperature", "2", "--output", tmp_path / "run", *TINY)
+    assert result.exit_code == 2 and "method 'ce' has no hyperparameter temperature (its options: none)" in result.output
+    result = run("distill", "--method", "mixup", "--kd-weight", "1", "--output", tmp_path / "run", *TINY)
+    assert result.exit_code == 2 and "(its options: --mixup-alpha, --lambda-per-sample)" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_for_another_method_keeps_only_what_applies(tmp_path):
+    recipe = tmp_path / "stkd.yaml"
+    recipe.write_text("method: stkd\nstudent: cnn8\ntemperature: 2.0\nmixup_alpha: 0.4\nlambda_per_sample: true\n")
+    output = tmp_path / "run"
+    result = run("distill", "--recipe", recipe, "--method", "mixup", "--output", output, *TINY)
+    assert result.exit_code == 0, result.output
+    assert "Note: the recipe's temperature does not apply to method 'mixup'; ignored." in result.output
+    config = json.loads((output / "metrics.json").read_text())["config"]
+    assert config["method"] == "mixup" and config["mixup_alpha"] == 0.4 and config["lambda_per_sample"] is True
+    assert "temperature" not in config and "kd_weight" not in config
 
 
 @pytest.fixture(scope="module")

@@ -152,13 +152,19 @@ def test_shipped_grids_are_valid(path):
     sys.path.insert(0, str(path.parents[1]))
     import accuracy
 
+    from stkd_keras import methods
+
     grid = accuracy.load_grid(path)
-    fields = {field.name for field in dataclasses.fields(RunConfig)}
+    fields = {field.name for field in dataclasses.fields(RunConfig)} | set(methods.hyperparameter_fields())
     settings = grid.get("settings") or [{}]
     for options in [grid.get("common") or {}, grid.get("teacher") or {}, *settings]:
         assert set(options) <= fields, set(options) - fields
     assert grid.get("baseline", "kd") in grid["methods"]
+    assert set(grid["methods"]) <= set(methods.list_methods())
     if grid.get("baseline_setting"):
-        configs = [dataclasses.asdict(RunConfig(**{**grid["common"], **setting})) for setting in settings]
+        baseline = methods.get_method(grid["baseline"])
+        configs = [
+            RunConfig.from_dict({**grid["common"], **setting, "method": baseline.name}).to_dict() for setting in settings
+        ]
         matches = [c for c in configs if all(c[k] == v for k, v in grid["baseline_setting"].items())]
         assert len(matches) == 1, matches

@@ -161,7 +161,9 @@ def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
 
 
 def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_run, tmp_path):
-    """export --qat/--prune end to end: the bridge subprocess, the run's teacher/ folder, verification and the report."""
+    """export --qat/--prune end to end: the bridge subprocess, the run's teacher/ folder and method, verification and the report."""
+    # The run was distilled with KD at T = 2 (its metrics.json says so): the fine-tuning uses the same.
+    write_json(student_run / "metrics.json", {"final_val_accuracy": 0.7, "config": {"method": "kd", "temperature": 2.0, "ce_weight": 0.1, "kd_weight": 0.9}})
     teacher_dir = student_run / "teacher"
     if not (teacher_dir / "teacher.keras").is_file():
         teacher_dir.mkdir(exist_ok=True)
@@ -185,6 +187,32 @@ def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_r
         assert runner.input_dtype == "int8" and runner.output_dtype == "int8"
         assert rows[name]["tfmot"]["parity_max_abs_diff"]["student"] <= 1e-5
         assert rows[name]["tfmot"]["teacher"] is not None  # fine-tuned with the distillation signal of the run's teacher
+        assert rows[name]["tfmot"]["method"] == "kd" and rows[name]["tfmot"]["hyperparameters"]["temperature"] == 2.0
         # The bridge measured its int8 file on the same 200 test images, through its own code path.
         assert rows[name]["top1_accuracy"] == pytest.approx(rows[name]["tfmot"]["int8_top1_accuracy"], abs=1e-9)
     assert rows["student_pruned_int8.tflite"]["tfmot"]["pruning"]["overall_sparsity"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_qat_fine_tuning_method_is_checked_before_any_work(student_run, tmp_path):
+    """A run distilled with STKD whose teacher is gone, and bad --finetune-option values: one sentence each, nothing written."""
+    import shutil
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("student.keras", "preprocessing.json"):
+        shutil.copy(student_run / name, run / name)
+    write_json(run / "metrics.json", {"config": {"method": "stkd", "temperature": 4.0}, "teacher": {"path": str(tmp_path / "gone.keras")}})
+    output = tmp_path / "exported"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--output", str(output)])
+    assert result.exit_code == 2 and "method 'stkd', which needs the run's teacher" in result.output
+    result = runner.invoke(
+        cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--finetune-method", "mixup", "--finetune-option", "temperature=2", "--output", str(output)]
+    )
+    assert result.exit_code == 1 and "Error: Method 'mixup' has no hyperparameter `temperature`" in result.output
+    result = runner.invoke(
+        cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--finetune-method", "kd", "--teacher", str(student_run / "student.keras"),
+              "--finetune-option", "temperature=-1", "--output", str(output)]
+    )
+    assert result.exit_code == 1 and "Expected `temperature` to be a finite number > 0. Received: temperature=-1" in result.output
+    assert not output.exists()

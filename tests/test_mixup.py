@@ -1,9 +1,16 @@
+"""Mixup draws and mixing on whichever Keras backend runs the tests (tests/test_backends.py runs this file on JAX and PyTorch too)."""
+
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from stkd_keras import mixup as mixup_lib
+
+BACKEND = keras.backend.backend()
+
+
+def to_numpy(tensor):
+    return np.asarray(keras.ops.convert_to_numpy(tensor))
 
 
 def batch(size=16, classes=10, seed=0):
@@ -16,24 +23,24 @@ def batch(size=16, classes=10, seed=0):
 def test_mixed_batch_is_the_convex_combination():
     images, labels = batch()
     out = mixup_lib.apply_mixup(images, labels, alpha=0.4, seed=3)
-    lam = float(out.lam)
-    perm = np.asarray(out.permutation)
+    lam = float(to_numpy(out.lam))
+    perm = to_numpy(out.permutation)
     assert sorted(perm.tolist()) == list(range(16))
-    np.testing.assert_allclose(out.images, lam * images + (1 - lam) * images[perm], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(out.labels, lam * labels + (1 - lam) * labels[perm], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(np.sum(out.labels, axis=-1), np.ones(16), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(out.images), lam * images + (1 - lam) * images[perm], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(out.labels), lam * labels + (1 - lam) * labels[perm], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(np.sum(to_numpy(out.labels), axis=-1), np.ones(16), rtol=1e-6)
     assert out.images.shape == images.shape and out.labels.shape == labels.shape
 
 
 def test_per_sample_lambda():
     images, labels = batch()
     out = mixup_lib.apply_mixup(images, labels, alpha=1.0, per_sample=True, seed=5)
-    lam = np.asarray(out.lam)
-    perm = np.asarray(out.permutation)
+    lam = to_numpy(out.lam)
+    perm = to_numpy(out.permutation)
     assert lam.shape == (16,)
     assert len(np.unique(lam)) == 16
-    np.testing.assert_allclose(out.images, lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[perm], atol=1e-6)
-    np.testing.assert_allclose(np.sum(out.labels, axis=-1), np.ones(16), rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(out.images), lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[perm], atol=1e-6)
+    np.testing.assert_allclose(np.sum(to_numpy(out.labels), axis=-1), np.ones(16), rtol=1e-6)
     assert mixup_lib.apply_mixup(images, labels, seed=5).lam.shape == ()
 
 
@@ -41,13 +48,13 @@ def test_sample_weights_are_mixed():
     images, labels = batch()
     weights = np.arange(16, dtype="float32")
     out = mixup_lib.apply_mixup(images, labels, seed=1, sample_weight=weights)
-    lam, perm = float(out.lam), np.asarray(out.permutation)
-    np.testing.assert_allclose(out.sample_weight, lam * weights + (1 - lam) * weights[perm], rtol=1e-6)
+    lam, perm = float(to_numpy(out.lam)), to_numpy(out.permutation)
+    np.testing.assert_allclose(to_numpy(out.sample_weight), lam * weights + (1 - lam) * weights[perm], rtol=1e-6)
 
 
 @pytest.mark.parametrize("alpha", [0.2, 1.0, 4.0])
 def test_lambda_follows_beta(alpha):
-    draws = np.asarray(mixup_lib.sample_beta((100_000,), alpha, seed=keras.random.SeedGenerator(7)))
+    draws = to_numpy(mixup_lib.sample_beta((100_000,), alpha, seed=keras.random.SeedGenerator(7)))
     assert draws.min() >= 0 and draws.max() <= 1
     # Beta(a, a): mean 1/2, variance 1 / (4 (2a + 1)).
     assert draws.mean() == pytest.approx(0.5, abs=0.005)
@@ -61,9 +68,9 @@ def test_lambda_follows_beta(alpha):
 def test_per_batch_lambda_statistics_over_many_batches():
     images, labels = batch(size=4)
     generator = keras.random.SeedGenerator(11)
-    draw = tf.function(lambda: mixup_lib.apply_mixup(images, labels, alpha=0.2, seed=generator).lam)
-    lams = np.array([float(draw()) for _ in range(2000)])
-    assert lams.mean() == pytest.approx(0.5, abs=0.03)
+    lams = np.array([float(to_numpy(mixup_lib.apply_mixup(images, labels, alpha=0.2, seed=generator).lam)) for _ in range(1000)])
+    # Beta(0.2, 0.2): mean 1/2 (standard error over 1000 draws: 0.013), variance 1 / (4 * 1.4) (standard error ~2%).
+    assert lams.mean() == pytest.approx(0.5, abs=0.04)
     assert lams.var() == pytest.approx(1 / (4 * 1.4), rel=0.1)
 
 
@@ -72,12 +79,18 @@ def test_reproducible_with_seed():
     first = mixup_lib.apply_mixup(images, labels, seed=42)
     second = mixup_lib.apply_mixup(images, labels, seed=42)
     other = mixup_lib.apply_mixup(images, labels, seed=43)
-    np.testing.assert_array_equal(first.images, second.images)
-    np.testing.assert_array_equal(first.permutation, second.permutation)
-    assert float(first.lam) != float(other.lam)
+    np.testing.assert_array_equal(to_numpy(first.images), to_numpy(second.images))
+    np.testing.assert_array_equal(to_numpy(first.permutation), to_numpy(second.permutation))
+    assert float(to_numpy(first.lam)) != float(to_numpy(other.lam))
 
 
+@pytest.mark.skipif(
+    BACKEND != "tensorflow",
+    reason="TensorFlow's own XLA-safe Beta sampler; the compiled draw of every backend: test_distiller.py::test_jit_compiled_step",
+)
 def test_runs_under_xla():
+    import tensorflow as tf
+
     images, labels = batch()
     generator = keras.random.SeedGenerator(0)
 

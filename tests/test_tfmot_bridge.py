@@ -95,10 +95,14 @@ def int8_kernel_zeros(path):
 
 def test_qat_distilled_student_parity_and_int8_file(saved_pair, evaluation_images, tmp_path):
     student, teacher = saved_pair
-    output, report = run_bridge_ok(tmp_path, "qat", "--model", student, "--teacher", teacher, "--mode", "qat")
+    output, report = run_bridge_ok(
+        tmp_path, "qat", "--model", student, "--teacher", teacher, "--mode", "qat", "--method", "kd", "--hyperparameters", '{"temperature": 2.0}'
+    )
     assert report["parity_max_abs_diff"]["student"] <= 1e-5
     assert report["parity_max_abs_diff"]["teacher"] <= 1e-5
-    assert report["teacher"] == str(teacher) and report["loss"].startswith("stkd")
+    # Fine-tuned with the method and hyperparameters it was given, the others at the method's defaults.
+    assert report["teacher"] == str(teacher) and report["method"] == "kd" and report["loss"] == "Hinton KD on clean images"
+    assert report["hyperparameters"] == {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 0.9}
 
     interpreter = Interpreter(model_path=str(output))
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
@@ -116,6 +120,7 @@ def test_prune_reaches_the_target_sparsity_in_the_int8_file(saved_pair, tmp_path
     student, teacher = saved_pair
     output, report = run_bridge_ok(tmp_path, "prune", "--model", student, "--teacher", teacher, "--mode", "prune", "--sparsity", "0.5")
     assert report["parity_max_abs_diff"]["student"] <= 1e-5
+    assert report["method"] == "stkd" and report["hyperparameters"]["mixup_alpha"] == 0.2  # with a teacher: STKD by default
     pruning = report["pruning"]
     assert pruning["schedule"]["final_sparsity"] == 0.5
     assert set(pruning["per_layer_sparsity"]) == {"stage1_conv", "stage2_conv", "stage3_conv", "logits"}
@@ -142,7 +147,7 @@ def test_channel_shuffle_and_split_quantize_without_a_teacher(evaluation_images,
 
     output, report = run_bridge_ok(tmp_path, "mini_shuffle_qat", "--model", tmp_path / "mini_shuffle.keras", "--mode", "qat")
     assert report["parity_max_abs_diff"] == {"student": pytest.approx(0, abs=1e-5)}
-    assert report["teacher"] is None and report["loss"].startswith("cross-entropy on clean images")
+    assert report["teacher"] is None and report["method"] == "ce" and report["hyperparameters"] == {}
     images, labels = evaluation_images
     accuracy = int8_accuracy(output, images, labels)
     assert accuracy > 0.3
@@ -167,8 +172,24 @@ def test_unsupported_layer_is_named_in_one_line(tmp_path):
     assert not (tmp_path / "x.tflite").exists() and not (tmp_path / "x.json").exists()
 
 
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--method", "stkd"], "Error: Method 'stkd' distils from a teacher; pass --teacher"),
+        (["--method", "mixup", "--hyperparameters", '{"temperature": 2}'], "Error: Method 'mixup' has no hyperparameter `temperature`"),
+        (["--method", "hinton"], "Error: Expected `method` to be one of"),
+        (["--hyperparameters", "[1]"], "Error: Invalid value for --hyperparameters: Expected a JSON object. Received: [1]"),
+    ],
+)
+def test_bad_method_is_refused_before_any_work(arguments, message, saved_pair, tmp_path):
+    student, _ = saved_pair
+    result = run_bridge("--model", student, "--mode", "qat", *arguments, *BRIDGE_OPTIONS, "--output", tmp_path / "x.tflite", "--report", tmp_path / "x.json")
+    assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "x.tflite").exists() and not (tmp_path / "x.json").exists()
+
+
 def test_help_lists_every_option():
     result = run_bridge("--help")
     assert result.returncode == 0
-    for option in ("--model", "--teacher", "--mode", "--sparsity", "--representative", "--output", "--report"):
+    for option in ("--model", "--teacher", "--mode", "--method", "--hyperparameters", "--sparsity", "--representative", "--output", "--report"):
         assert option in result.stdout

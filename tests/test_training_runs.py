@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stkd_keras import checkpointing, training
+from stkd_keras import checkpointing, methods, training
 from stkd_keras.cli.main import cli
 from stkd_keras.recipes import RecipeError, load_recipe
 
@@ -115,8 +115,10 @@ def test_every_shipped_recipe_is_valid():
     assert len(recipes) >= 8
     for path in recipes:
         fields = load_recipe(path)
-        config = training.RunConfig(**{k: v for k, v in fields.items() if k not in ("student", "teacher_model", "teacher_epochs")})
+        config = training.RunConfig.from_dict({k: v for k, v in fields.items() if k not in ("student", "teacher_model", "teacher_epochs")})
         config.validate()
+        # A recipe's hyperparameters are its method's, all of them kept.
+        assert set(fields) & set(methods.hyperparameter_fields()) <= set(config.method_options)
 
 
 def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -1,0 +1,72 @@
+"""The few pieces of the library that differ between Keras backends, in one place.
+
+Everything else in `stkd_keras` (the Distiller, the methods, losses, mixup,
+models) is written in `keras.ops` and runs on TensorFlow, JAX and PyTorch
+alike. What is left:
+
+- Sampling Beta(a, a) inside a compiled step. On JAX and PyTorch,
+  `keras.random.beta` with a `keras.random.SeedGenerator` works inside the
+  backend's compiled step. On TensorFlow it does not compile under XLA (its
+  gamma sampler, `StatelessRandomGammaV3`, has no XLA kernel), so there the
+  Beta draw inverts the CDF: u ~ Uniform(0, 1), lambda = I_u^{-1}(a, a), with
+  I the regularised incomplete beta function (`tf.math.betainc`, which XLA
+  compiles) and the inverse found by bisection; exact up to float32 rounding.
+- The loss under a `tf.distribute` strategy: TensorFlow sums the gradients of
+  the replicas, so a loss that is a mean over one replica's batch is divided
+  by the number of replicas (as Keras's own `Loss` objects do). JAX's
+  `keras.distribution` computes the loss on the global batch, and PyTorch runs
+  one replica: there it is left as it is.
+
+TensorFlow is imported only on the TensorFlow backend: a machine with Keras
+and JAX or PyTorch alone runs the library without it.
+"""
+
+from __future__ import annotations
+
+import keras
+
+# 2^-40 is far below float32 resolution around 0.5, so more bisection steps change nothing.
+_BISECTION_STEPS = 40
+
+
+def name() -> str:
+    """The Keras backend in use: "tensorflow", "jax", "torch" (or "numpy", which cannot train)."""
+    return keras.backend.backend()
+
+
+def sample_beta(shape, alpha: float, seed=None):
+    """Float32 draws from the symmetric Beta(alpha, alpha) that compile in the backend's step (see the module docstring)."""
+    if name() == "tensorflow":
+        return _tensorflow_sample_beta(shape, alpha, seed)
+    if name() == "torch":
+        import torch
+
+        # Keras's torch `beta` seeds torch from the SeedGenerator's state with int(...), which torch.compile
+        # guards on: compiled, every step would recompile. Run eagerly, the draw is one graph break.
+        return torch.compiler.disable(keras.random.beta)(shape, alpha, alpha, dtype="float32", seed=seed)
+    return keras.random.beta(shape, alpha, alpha, dtype="float32", seed=seed)
+
+
+def _tensorflow_sample_beta(shape, alpha: float, seed):
+    import tensorflow as tf
+
+    u = keras.random.uniform(shape, dtype="float32", seed=seed)
+    a = tf.constant(alpha, dtype=tf.float32)
+    lo = tf.zeros_like(u)
+    hi = tf.ones_like(u)
+    for _ in range(_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        below = tf.math.betainc(a, a, mid) < u
+        lo = tf.where(below, mid, lo)
+        hi = tf.where(below, hi, mid)
+    return 0.5 * (lo + hi)
+
+
+def scale_loss_for_distribution(loss):
+    """Divides a per-replica mean loss by the number of `tf.distribute` replicas in sync; other backends: unchanged."""
+    if name() != "tensorflow":
+        return loss
+    import tensorflow as tf
+
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    return loss / replicas if replicas > 1 else loss

@@ -1,0 +1,351 @@
+"""What a distillation method is, the batch context its loss reads, and the registry of methods.
+
+A method is a `DistillationMethod` subclass registered by name with
+`@register_method`. It declares:
+
+- `needs_teacher`: whether it distils from a teacher;
+- `mixes`: whether the student trains on mixup samples;
+- `teacher_sees`: "clean" or "mixed", the images the teacher runs on in
+  training (in evaluation every network sees the clean batch);
+- `hyperparameters`: a `Hyperparameters` dataclass holding the method's
+  hyperparameters and their defaults, the only place a default is written;
+- `uses_clean_logits(hyperparameters)`: whether a training step also needs
+  the student's (and teacher's) logits on the un-mixed batch;
+- `loss_terms(context, hyperparameters)`: the loss as named, weighted terms
+  of one `BatchContext`. The loss is sum(weight * value); each term's value,
+  unweighted, is reported as a metric of that name.
+
+`forward` runs the networks of one training step as a method declares and
+`batch_context` assembles what its loss reads; the `Distiller` and the
+QAT/pruning bridge both go through them. A preset (`register_preset`) is a
+registered method with other defaults, e.g. STKD with its clean-image KD term
+switched on.
+
+The registry and the method declarations import no Keras: the command line
+lists methods and their options before a Keras backend is chosen. What runs
+inside a step (`forward`, `batch_context`, the methods' loss terms) imports
+Keras when it is called.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, NamedTuple
+
+TEACHER_INPUTS = ("clean", "mixed")
+
+
+@dataclasses.dataclass
+class Hyperparameters:
+    """Base of every method's hyperparameters: validated on creation (`validate`).
+
+    Subclasses are dataclasses whose fields carry their defaults and, in
+    `metadata["help"]`, one line for the command line. A boolean field may
+    name its off flag in `metadata["off_flag"]` (e.g. `--lambda-per-batch`).
+    """
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raises `ValueError` naming a field that no run can use; subclasses extend it (cooperatively)."""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class LossTerm(NamedTuple):
+    """One term of a method's loss: its unweighted value (a float32 scalar) and its weight."""
+
+    value: Any
+    weight: Any = 1.0
+
+
+@dataclasses.dataclass
+class BatchContext:
+    """Everything a method's loss may read for one batch.
+
+    Attributes:
+        labels: One-hot (or soft) labels, float32 `(batch, classes)`, mixed
+            like the images the student saw when the method mixes.
+        student_logits: The student's float32 logits on what it saw.
+        teacher_logits: The teacher's float32 logits on what it saw (clean or
+            mixed, per `teacher_sees`), or None without a teacher.
+        clean_labels: The labels of the un-mixed batch.
+        clean_student_logits, clean_teacher_logits: Logits on the un-mixed
+            batch, where the method asks for them (`uses_clean_logits`); in
+            evaluation, where the batch is clean, the same as
+            `student_logits` / `teacher_logits`. None otherwise.
+        lam: The mixing coefficients (shape `()` or `(batch,)`), or None.
+        permutation: The int32 mixing permutation of the batch, or None.
+        sample_weight: Per-sample weights (mixed like the labels), or None.
+        epoch: The 0-based epoch of `fit` (an int32 scalar tensor), for
+            warm-ups.
+        step: Training steps taken before this one (an int scalar tensor).
+        training: True in a training step, False in evaluation.
+    """
+
+    labels: Any
+    student_logits: Any
+    teacher_logits: Any = None
+    clean_labels: Any = None
+    clean_student_logits: Any = None
+    clean_teacher_logits: Any = None
+    lam: Any = None
+    permutation: Any = None
+    sample_weight: Any = None
+    epoch: Any = 0
+    step: Any = 0
+    training: bool = True
+
+
+class DistillationMethod:
+    """A distillation method: see the module docstring for what a subclass declares.
+
+    Instances are stateless descriptions; `get_method(name)` returns the
+    registered one.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    hyperparameters: ClassVar[type[Hyperparameters]] = Hyperparameters
+    needs_teacher: ClassVar[bool] = False
+    mixes: ClassVar[bool] = False
+    teacher_sees: ClassVar[str | None] = None
+
+    # Overrides of the dataclass defaults: set on presets only (`register_preset`).
+    _default_overrides: Mapping[str, Any] = {}
+
+    def uses_clean_logits(self, hyperparameters: Hyperparameters) -> bool:
+        """Whether a training step also needs the logits on the un-mixed batch."""
+        return False
+
+    def term_names(self, hyperparameters: Hyperparameters) -> tuple[str, ...]:
+        """The names of the terms `loss_terms` returns, known before any batch (they become metrics)."""
+        raise NotImplementedError(f"{type(self).__name__} must define term_names().")
+
+    def loss_terms(self, context: BatchContext, hyperparameters: Hyperparameters) -> dict[str, LossTerm]:
+        """The loss of one batch as named, weighted terms (see `LossTerm`)."""
+        raise NotImplementedError(f"{type(self).__name__} must define loss_terms().")
+
+    # --- hyperparameters -------------------------------------------------------------------------------
+
+    def hyperparameter_names(self) -> tuple[str, ...]:
+        return tuple(field.name for field in dataclasses.fields(self.hyperparameters))
+
+    def defaults(self) -> dict:
+        """The method's hyperparameters at their defaults (a preset's own defaults included)."""
+        return self.make_hyperparameters().to_dict()
+
+    def make_hyperparameters(self, **values) -> Hyperparameters:
+        """The method's hyperparameters: its defaults, overridden by `values`.
+
+        Raises:
+            ValueError: For a name that is not one of this method's
+                hyperparameters, or a value the method cannot use.
+        """
+        names = self.hyperparameter_names()
+        values = {**self._default_overrides, **values}
+        unknown = [name for name in values if name not in names]
+        if unknown:
+            received = ", ".join(f"{name}={values[name]!r}" for name in unknown)
+            listed = ", ".join(names) if names else "none"
+            raise ValueError(
+                f"Method {self.name!r} has no hyperparameter `{unknown[0]}` (its hyperparameters: {listed}). Received: {received}"
+            )
+        return self.hyperparameters(**values)
+
+    def __repr__(self) -> str:
+        return f"<DistillationMethod {self.name!r}>"
+
+
+# --- registry ------------------------------------------------------------------------------------------
+
+_REGISTRY: dict[str, DistillationMethod] = {}
+
+
+def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
+    """Class decorator: registers a `DistillationMethod` under its `name`.
+
+    Raises:
+        ValueError: For a missing or taken name, an invalid `teacher_sees`, or
+            hyperparameters that are not a `Hyperparameters` dataclass.
+    """
+    if not cls.name or not isinstance(cls.name, str):
+        raise ValueError(f"Expected {cls.__name__}.name to be a non-empty string. Received: name={cls.name!r}")
+    if cls.name in _REGISTRY:
+        raise ValueError(f"A method named {cls.name!r} is already registered ({type(_REGISTRY[cls.name]).__name__}).")
+    if cls.needs_teacher and cls.teacher_sees not in TEACHER_INPUTS:
+        raise ValueError(f"Expected {cls.__name__}.teacher_sees in {TEACHER_INPUTS}. Received: teacher_sees={cls.teacher_sees!r}")
+    if not (dataclasses.is_dataclass(cls.hyperparameters) and issubclass(cls.hyperparameters, Hyperparameters)):
+        raise ValueError(f"Expected {cls.__name__}.hyperparameters to be a Hyperparameters dataclass. Received: {cls.hyperparameters!r}")
+    _REGISTRY[cls.name] = cls()
+    return cls
+
+
+def register_preset(name: str, method: str, description: str, **defaults) -> DistillationMethod:
+    """Registers `name` as `method` with other default hyperparameters (checked now).
+
+    Raises:
+        ValueError: For a taken name, an unknown method, or defaults the method
+            does not have or cannot use.
+    """
+    if name in _REGISTRY:
+        raise ValueError(f"A method named {name!r} is already registered.")
+    base = get_method(method)
+    base.make_hyperparameters(**defaults)  # the base method must have and accept the new defaults
+    preset = copy.copy(base)
+    preset.name = name
+    preset.description = description
+    preset._default_overrides = {**base._default_overrides, **defaults}
+    _REGISTRY[name] = preset
+    return preset
+
+
+def get_method(name: str) -> DistillationMethod:
+    """The registered method (or preset) called `name`.
+
+    Raises:
+        ValueError: If no method has that name (the registered ones are listed).
+    """
+    if isinstance(name, DistillationMethod):
+        return name
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"Expected `method` to be one of {list_methods()}. Received: method={name!r}") from None
+
+
+def list_methods() -> tuple[str, ...]:
+    """The names of the registered methods and presets, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def hyperparameter_fields() -> dict[str, dataclasses.Field]:
+    """Every hyperparameter name of the registered methods, with its dataclass field (the first method's, if shared)."""
+    fields: dict[str, dataclasses.Field] = {}
+    for method in _REGISTRY.values():
+        for field in dataclasses.fields(method.hyperparameters):
+            fields.setdefault(field.name, field)
+    return fields
+
+
+def hyperparameter_type(name: str) -> type:
+    """The Python type (float, bool, int, str) of a registered hyperparameter."""
+    for method in _REGISTRY.values():
+        if name in method.hyperparameter_names():
+            return typing.get_type_hints(method.hyperparameters)[name]
+    raise ValueError(f"No registered method has a hyperparameter `{name}`.")
+
+
+def methods_with(hyperparameter: str) -> tuple[str, ...]:
+    """The registered methods that have a hyperparameter of this name."""
+    return tuple(name for name, method in _REGISTRY.items() if hyperparameter in method.hyperparameter_names())
+
+
+def non_default(method: str, values: Mapping[str, Any]) -> dict:
+    """The entries of `values` that are hyperparameters of `method` and differ from its defaults."""
+    method = get_method(method)
+    defaults = method.defaults()
+    return {name: value for name, value in values.items() if name in defaults and value != defaults[name]}
+
+
+# --- one step ------------------------------------------------------------------------------------------
+
+
+def teacher_logits(teacher, images):
+    """The frozen teacher's float32 logits, outside the gradient."""
+    from keras import ops
+
+    return ops.stop_gradient(ops.cast(teacher(images, training=False), "float32"))
+
+
+def forward(method: DistillationMethod, hyperparameters, images, student, teacher=None, seed=None) -> dict:
+    """Runs the networks of one training step as `method` declares.
+
+    The mixup draw comes first (lambda, then the permutation), then the
+    teacher, the student on what it sees and, where the method asks, the
+    student on the clean batch.
+
+    Args:
+        method: A `DistillationMethod`.
+        hyperparameters: Its `Hyperparameters`.
+        images: The clean batch.
+        student: A callable `student(images, training=True)` returning logits.
+        teacher: A callable model returning logits, or None.
+        seed: The `keras.random.SeedGenerator` of the mixup draws.
+
+    Returns:
+        A dict: `logits` (student), and where they apply `teacher_logits`,
+        `clean_logits`, `clean_teacher_logits`, `lam`, `permutation`.
+    """
+    from keras import ops
+
+    from stkd_keras import mixup as mixup_lib
+
+    outputs = {}
+    student_images = images
+    if method.mixes:
+        lam, permutation = mixup_lib.draw(
+            ops.shape(images)[0], hyperparameters.mixup_alpha, hyperparameters.lambda_per_sample, seed
+        )
+        student_images = mixup_lib.mix(images, lam, permutation)
+        outputs["lam"], outputs["permutation"] = lam, permutation
+    if method.needs_teacher:
+        outputs["teacher_logits"] = teacher_logits(teacher, student_images if method.teacher_sees == "mixed" else images)
+    outputs["logits"] = student(student_images, training=True)
+    if method.uses_clean_logits(hyperparameters):
+        outputs["clean_logits"] = student(images, training=True)
+        if method.needs_teacher:
+            outputs["clean_teacher_logits"] = (
+                outputs["teacher_logits"] if method.teacher_sees == "clean" or not method.mixes else teacher_logits(teacher, images)
+            )
+    return outputs
+
+
+def batch_context(labels, outputs: dict, sample_weight=None, epoch=0, step=0, training: bool = True) -> BatchContext:
+    """A `BatchContext` from one-hot `labels` and what `forward` returned (training) or the clean logits (evaluation).
+
+    In training, the labels and sample weights are mixed with the draw in
+    `outputs`. In evaluation pass `{"logits": ..., "teacher_logits": ...}` of
+    the clean batch: the clean logits are then those same logits.
+    """
+    from keras import ops
+
+    from stkd_keras import mixup as mixup_lib
+
+    labels = ops.cast(labels, "float32")
+    lam, permutation = outputs.get("lam"), outputs.get("permutation")
+    mixed_labels, mixed_weight = labels, sample_weight
+    if lam is not None:
+        mixed_labels = mixup_lib.mix(labels, lam, permutation)
+        if sample_weight is not None:
+            mixed_weight = mixup_lib.mix(ops.cast(sample_weight, "float32"), lam, permutation)
+    return BatchContext(
+        labels=mixed_labels,
+        student_logits=outputs["logits"],
+        teacher_logits=outputs.get("teacher_logits"),
+        clean_labels=labels,
+        clean_student_logits=outputs.get("clean_logits") if training else outputs["logits"],
+        clean_teacher_logits=outputs.get("clean_teacher_logits") if training else outputs.get("teacher_logits"),
+        lam=lam,
+        permutation=permutation,
+        sample_weight=mixed_weight,
+        epoch=epoch,
+        step=step,
+        training=training,
+    )
+
+
+def total_loss(terms: Mapping[str, LossTerm]):
+    """sum(weight * value) over the terms, in their order."""
+    total = None
+    for term in terms.values():
+        weighted = term.value if isinstance(term.weight, (int, float)) and term.weight == 1 else term.weight * term.value
+        total = weighted if total is None else total + weighted
+    if total is None:
+        raise ValueError("A method's loss_terms() returned no terms.")
+    return total

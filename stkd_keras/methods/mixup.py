@@ -1,0 +1,43 @@
+"""`mixup`: the student alone on mixup samples (Zhang et al. 2018), cross-entropy on the mixed labels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from stkd_keras.methods.base import DistillationMethod, Hyperparameters, LossTerm, register_method
+from stkd_keras.methods.ce import cross_entropy
+from stkd_keras.validation import positive_finite
+
+
+@dataclasses.dataclass
+class MixupHyperparameters(Hyperparameters):
+    """How the mixing coefficients are drawn."""
+
+    mixup_alpha: float = dataclasses.field(default=0.2, metadata={"help": "a of the mixing coefficient lambda ~ Beta(a, a), a > 0."})
+    lambda_per_sample: bool = dataclasses.field(
+        default=False,
+        metadata={"help": "One mixup lambda per sample instead of one per batch.", "off_flag": "--lambda-per-batch"},
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        self.mixup_alpha = positive_finite("mixup_alpha", self.mixup_alpha)
+        if self.lambda_per_sample not in (True, False):
+            raise ValueError(f"Expected `lambda_per_sample` to be True or False. Received: lambda_per_sample={self.lambda_per_sample!r}")
+        self.lambda_per_sample = bool(self.lambda_per_sample)
+
+
+@register_method
+class Mixup(DistillationMethod):
+    """CE(y_mix, z_s(x_mix))."""
+
+    name = "mixup"
+    description = "student alone on mixup samples (no teacher)"
+    hyperparameters = MixupHyperparameters
+    mixes = True
+
+    def term_names(self, hyperparameters):
+        return ("ce_loss",)
+
+    def loss_terms(self, context, hyperparameters):
+        return {"ce_loss": LossTerm(cross_entropy(context))}
