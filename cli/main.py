@@ -365,7 +365,7 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
 @click.option("--model", "model_path", required=True, type=click.Path(), help="The student .keras file (or its run folder).")
 @click.option("--format", "export_format", default="all", show_default=True, type=click.Choice(["tflite", "onnx", "all"]), help="Which runtimes to export for.")
 @click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "float16", "dynamic", "int8"]), help="TFLite quantization; ONNX takes none or int8 (float32 otherwise).")
-@click.option("--qat", "qat_epochs", default=None, type=click.IntRange(min=1), help="Also export int8 after N epochs of quantization-aware training (tfmot, distilled from --teacher).")
+@click.option("--qat", "qat_epochs", default=None, type=click.IntRange(min=1), help="Also export int8 after N epochs of quantization-aware training (tfmot, fine-tuned with the run's method).")
 @click.option("--prune", "prune_sparsity", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Also export int8 after pruning to this sparsity (tfmot).")
 @click.option("--teacher", default=None, type=click.Path(), help="Teacher for QAT/pruning fine-tuning (default: the run's teacher/ folder, or the teacher its metrics.json names).")
 @click.option("--finetune-method", default=None, type=click.Choice(_method_names()), help="Distillation method of the QAT/pruning fine-tuning (default: the run's own, from its metrics.json; without one, stkd when there is a teacher, else ce).")
@@ -443,19 +443,26 @@ def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teac
     click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
 
 
-def _finetune_method(config: dict, name: str, options: tuple[str, ...]):
-    """The QAT/pruning fine-tuning method and its hyperparameters: the run's own (its config), overridden by the options."""
+def _field_values(items: tuple[str, ...], param_hint: str) -> dict:
+    """FIELD=VALUE options as a mapping, each value read as YAML (0.5 a float, true a bool)."""
     import yaml
 
+    values = {}
+    for item in items:
+        field, separator, value = item.partition("=")
+        if not separator or not field.strip():
+            raise click.BadParameter(f"expected FIELD=VALUE, got {item!r}.", param_hint=param_hint)
+        values[field.strip()] = yaml.safe_load(value)
+    return values
+
+
+def _finetune_method(config: dict, name: str, options: tuple[str, ...]):
+    """The QAT/pruning fine-tuning method and its hyperparameters: the run's own (its config), overridden by the options."""
     from stkd_keras import methods
 
     method = methods.get_method(name)
     hyperparameters = {key: value for key, value in config.items() if key in method.hyperparameter_names()}
-    for item in options:
-        field, separator, value = item.partition("=")
-        if not separator or not field.strip():
-            raise click.BadParameter(f"expected FIELD=VALUE, got {item!r}.", param_hint="--finetune-option")
-        hyperparameters[field.strip()] = yaml.safe_load(value)
+    hyperparameters.update(_field_values(options, "--finetune-option"))
     method.make_hyperparameters(**hyperparameters)  # one clear ValueError for a bad name or value
     return method, hyperparameters
 
@@ -494,16 +501,9 @@ def report(run_dir, plot_path):
 @_user_errors
 def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
     """Compare finished runs: mean, std, n, min/max of final and best-epoch top-1, and the difference to a baseline."""
-    import yaml
-
     from stkd_keras import compare as compare_lib
 
-    baseline_setting = {}
-    for item in baseline_fields:
-        field, separator, value = item.partition("=")
-        if not separator or not field:
-            raise click.BadParameter(f"expected FIELD=VALUE, got {item!r}.", param_hint="--baseline-setting")
-        baseline_setting[field.strip()] = yaml.safe_load(value)
+    baseline_setting = _field_values(baseline_fields, "--baseline-setting")
     rows = compare_lib.compare(compare_lib.load_runs(run_dirs), baseline, baseline_setting or None)
     table = compare_lib.markdown(rows, baseline)
     click.echo(table, nl=False)

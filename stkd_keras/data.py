@@ -35,7 +35,6 @@ import tensorflow as tf
 
 # Fashion-MNIST's IDX files are read with numpy alone (stkd_keras.idx); these names stay importable from here.
 from stkd_keras.idx import (  # noqa: F401
-    DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,

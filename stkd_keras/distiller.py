@@ -131,10 +131,9 @@ class Distiller(keras.Model):
         if needs_teacher and teacher is None:
             raise ValueError(f"Method {self.method!r} distils from a teacher, but none was given. Received: teacher=None")
         if not needs_teacher and teacher is not None:
-            with_teacher = [name for name in list_methods() if get_method(name).needs_teacher]
             raise ValueError(
-                f"Method {self.method!r} trains the student alone and uses no teacher. "
-                f"Received: teacher={getattr(teacher, 'name', teacher)!r}; pass teacher=None or a method in {with_teacher}."
+                f"Method {self.method!r} trains the student alone and uses no teacher. Received: "
+                f"teacher={getattr(teacher, 'name', teacher)!r}; pass teacher=None or a method in {list(list_methods(needs_teacher=True))}."
             )
         if teacher is not None and not isinstance(teacher, keras.Model):
             raise ValueError(f"Expected `teacher` to be a keras.Model. Received: teacher={teacher!r}")
@@ -174,10 +173,6 @@ class Distiller(keras.Model):
                     f"Teacher and student {what} shapes must match. Received: teacher {what} shape "
                     f"{teacher_shape}, student {what} shape {student_shape}"
                 )
-
-    @property
-    def uses_mixup(self) -> bool:
-        return self.distillation_method.mixes
 
     def call(self, inputs, training=None):
         if training:

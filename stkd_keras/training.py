@@ -381,8 +381,7 @@ def train(
                     "distilling from it teaches noise. Check --teacher and the dataset."
                 )
         elif config.teacher is not None and role == "student":
-            with_teacher = [name for name in methods_lib.list_methods() if methods_lib.get_method(name).needs_teacher]
-            raise RunError(f"Method {method!r} trains the student alone; drop --teacher or choose one of {with_teacher}.")
+            raise RunError(f"Method {method!r} trains the student alone; drop --teacher or choose one of {list(methods_lib.list_methods(needs_teacher=True))}.")
 
         model = get_model(config.model, train_info.num_classes, train_info.input_shape)
         distiller = Distiller(model, teacher, method=method, seed=config.seed, **(config.method_options if role == "student" else {}))

@@ -20,7 +20,6 @@ import json
 from pathlib import Path
 
 import keras
-import numpy as np
 
 from stkd_keras import idx
 from stkd_keras.models import small_cnn

@@ -192,6 +192,22 @@ def test_student_saves_and_loads_alone(tmp_path, trained_teacher, fashion_arrays
     np.testing.assert_allclose(to_numpy(restored(x[:4], training=False)), to_numpy(distiller.student(x[:4], training=False)), atol=1e-6)
 
 
+def test_whole_distiller_saves_and_loads(tmp_path, trained_teacher, fashion_arrays):
+    """A `.keras` file of the Distiller itself: method, hyperparameters, both models, and the epoch and step counters."""
+    (x, y), _ = fashion_arrays
+    distiller = distiller_for("stkd", trained_teacher, temperature=2.0)
+    distiller.compile(optimizer="sgd")
+    distiller.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    restored = keras.saving.load_model(path, compile=False)
+    assert isinstance(restored, Distiller) and restored.method == "stkd" and restored.hyperparameters.temperature == 2.0
+    assert int(to_numpy(restored.step)) == 4 and int(to_numpy(restored.epoch)) == 1
+    np.testing.assert_allclose(to_numpy(restored.predict(x[:8], verbose=0)), to_numpy(distiller.predict(x[:8], verbose=0)), atol=1e-6)
+    np.testing.assert_allclose(to_numpy(restored.teacher(x[:8])), to_numpy(trained_teacher(x[:8])), atol=1e-6)
+    assert not restored.teacher.trainable
+
+
 def test_config_round_trip(trained_teacher):
     distiller = Distiller(
         make_student(), trained_teacher, method="kd_mixup_naive", temperature=2.0, ce_weight=0.2, kd_weight=0.8,

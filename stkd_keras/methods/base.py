@@ -219,9 +219,9 @@ def get_method(name: str) -> DistillationMethod:
         raise ValueError(f"Expected `method` to be one of {list_methods()}. Received: method={name!r}") from None
 
 
-def list_methods() -> tuple[str, ...]:
-    """The names of the registered methods and presets, in registration order."""
-    return tuple(_REGISTRY)
+def list_methods(needs_teacher: bool | None = None) -> tuple[str, ...]:
+    """The names of the registered methods and presets, in registration order; only those that need (or not) a teacher if asked."""
+    return tuple(name for name, method in _REGISTRY.items() if needs_teacher is None or method.needs_teacher == needs_teacher)
 
 
 def hyperparameter_fields() -> dict[str, dataclasses.Field]:
