@@ -197,6 +197,8 @@ def test_registering_checks_the_declaration():
         methods.register_method(type("Both", (DistillationMethod,), {"name": "_both", "needs_teacher": True, "teacher_sees": "both"}))
     with pytest.raises(ValueError, match="hyperparameters to be a Hyperparameters dataclass"):
         methods.register_method(type("Loose", (DistillationMethod,), {"name": "_loose", "hyperparameters": dict}))
+    with pytest.raises(ValueError, match=r"Mixer mixes, so its hyperparameters need .*Missing: \['lambda_per_sample', 'mixup_alpha'\]"):
+        methods.register_method(type("Mixer", (DistillationMethod,), {"name": "_mixer", "mixes": True}))
     with pytest.raises(ValueError, match="Method 'stkd' has no hyperparameter `warmup`"):
         methods.register_preset("_stkd_warm", "stkd", "bad preset", warmup=3)
     assert "_stkd_warm" not in methods.list_methods()

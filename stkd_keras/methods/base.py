@@ -36,6 +36,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 TEACHER_INPUTS = ("clean", "mixed")
+# What `forward` reads from the hyperparameters of a method that mixes.
+MIXUP_FIELDS = frozenset({"mixup_alpha", "lambda_per_sample"})
 
 
 @dataclasses.dataclass
@@ -171,8 +173,9 @@ def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
     """Class decorator: registers a `DistillationMethod` under its `name`.
 
     Raises:
-        ValueError: For a missing or taken name, an invalid `teacher_sees`, or
-            hyperparameters that are not a `Hyperparameters` dataclass.
+        ValueError: For a missing or taken name, an invalid `teacher_sees`,
+            hyperparameters that are not a `Hyperparameters` dataclass, or a
+            mixing method whose hyperparameters lack the mixup draw's.
     """
     if not cls.name or not isinstance(cls.name, str):
         raise ValueError(f"Expected {cls.__name__}.name to be a non-empty string. Received: name={cls.name!r}")
@@ -182,6 +185,12 @@ def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
         raise ValueError(f"Expected {cls.__name__}.teacher_sees in {TEACHER_INPUTS}. Received: teacher_sees={cls.teacher_sees!r}")
     if not (dataclasses.is_dataclass(cls.hyperparameters) and issubclass(cls.hyperparameters, Hyperparameters)):
         raise ValueError(f"Expected {cls.__name__}.hyperparameters to be a Hyperparameters dataclass. Received: {cls.hyperparameters!r}")
+    missing = sorted(MIXUP_FIELDS - {field.name for field in dataclasses.fields(cls.hyperparameters)}) if cls.mixes else []
+    if missing:
+        raise ValueError(
+            f"{cls.__name__} mixes, so its hyperparameters need {sorted(MIXUP_FIELDS)} (e.g. by subclassing "
+            f"stkd_keras.methods.mixup.MixupHyperparameters). Missing: {missing}"
+        )
     _REGISTRY[cls.name] = cls()
     return cls
 
