@@ -22,6 +22,7 @@ from keras import ops
 from stkd_keras import backend
 from stkd_keras.validation import positive_finite
 
+
 class MixupBatch(NamedTuple):
     """A batch of virtual samples.
 
