@@ -197,8 +197,11 @@ def test_registering_checks_the_declaration():
         methods.register_method(type("Both", (DistillationMethod,), {"name": "_both", "needs_teacher": True, "teacher_sees": "both"}))
     with pytest.raises(ValueError, match="hyperparameters to be a Hyperparameters dataclass"):
         methods.register_method(type("Loose", (DistillationMethod,), {"name": "_loose", "hyperparameters": dict}))
+    with pytest.raises(ValueError, match=r"Silent must define loss_terms\(\), term_names\(\)\."):
+        methods.register_method(type("Silent", (DistillationMethod,), {"name": "_silent"}))
+    terms = {"term_names": lambda self, h: ("ce_loss",), "loss_terms": lambda self, c, h: {}}
     with pytest.raises(ValueError, match=r"Mixer mixes, so its hyperparameters need .*Missing: \['lambda_per_sample', 'mixup_alpha'\]"):
-        methods.register_method(type("Mixer", (DistillationMethod,), {"name": "_mixer", "mixes": True}))
+        methods.register_method(type("Mixer", (DistillationMethod,), {"name": "_mixer", "mixes": True, **terms}))
     with pytest.raises(ValueError, match="Method 'stkd' has no hyperparameter `warmup`"):
         methods.register_preset("_stkd_warm", "stkd", "bad preset", warmup=3)
     assert "_stkd_warm" not in methods.list_methods()

@@ -29,6 +29,7 @@ Keras when it is called.
 
 from __future__ import annotations
 
+import abc
 import copy
 import dataclasses
 import typing
@@ -104,7 +105,7 @@ class BatchContext:
     training: bool = True
 
 
-class DistillationMethod:
+class DistillationMethod(abc.ABC):
     """A distillation method: see the module docstring for what a subclass declares.
 
     Instances are stateless descriptions; `get_method(name)` returns the
@@ -125,13 +126,13 @@ class DistillationMethod:
         """Whether a training step also needs the logits on the un-mixed batch."""
         return False
 
+    @abc.abstractmethod
     def term_names(self, hyperparameters: Hyperparameters) -> tuple[str, ...]:
         """The names of the terms `loss_terms` returns, known before any batch (they become metrics)."""
-        raise NotImplementedError(f"{type(self).__name__} must define term_names().")
 
+    @abc.abstractmethod
     def loss_terms(self, context: BatchContext, hyperparameters: Hyperparameters) -> dict[str, LossTerm]:
         """The loss of one batch as named, weighted terms (see `LossTerm`)."""
-        raise NotImplementedError(f"{type(self).__name__} must define loss_terms().")
 
     # --- hyperparameters -------------------------------------------------------------------------------
 
@@ -174,8 +175,9 @@ def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
 
     Raises:
         ValueError: For a missing or taken name, an invalid `teacher_sees`,
-            hyperparameters that are not a `Hyperparameters` dataclass, or a
-            mixing method whose hyperparameters lack the mixup draw's.
+            hyperparameters that are not a `Hyperparameters` dataclass, a
+            missing `term_names` or `loss_terms`, or a mixing method whose
+            hyperparameters lack the mixup draw's.
     """
     if not cls.name or not isinstance(cls.name, str):
         raise ValueError(f"Expected {cls.__name__}.name to be a non-empty string. Received: name={cls.name!r}")
@@ -185,6 +187,8 @@ def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
         raise ValueError(f"Expected {cls.__name__}.teacher_sees in {TEACHER_INPUTS}. Received: teacher_sees={cls.teacher_sees!r}")
     if not (dataclasses.is_dataclass(cls.hyperparameters) and issubclass(cls.hyperparameters, Hyperparameters)):
         raise ValueError(f"Expected {cls.__name__}.hyperparameters to be a Hyperparameters dataclass. Received: {cls.hyperparameters!r}")
+    if cls.__abstractmethods__:
+        raise ValueError(f"{cls.__name__} must define {', '.join(f'{name}()' for name in sorted(cls.__abstractmethods__))}.")
     missing = sorted(MIXUP_FIELDS - {field.name for field in dataclasses.fields(cls.hyperparameters)}) if cls.mixes else []
     if missing:
         raise ValueError(
