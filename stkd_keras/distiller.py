@@ -192,11 +192,13 @@ class Distiller(keras.Model):
     def fit(self, *args, **kwargs):
         """As `keras.Model.fit`; the Distiller adds one callback of its own, which keeps `epoch` current."""
         arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        counter = _EpochCounter()
+        counter.set_model(self)  # a CallbackList the caller built is not given the model again by fit
         callbacks = arguments.get("callbacks") or []
         if isinstance(callbacks, keras.callbacks.CallbackList):
-            callbacks.append(_EpochCounter())
+            callbacks.callbacks.append(counter)
         else:
-            arguments["callbacks"] = [*callbacks, _EpochCounter()]
+            arguments["callbacks"] = [*callbacks, counter]
         return super().fit(**arguments)
 
     def _one_hot(self, labels):

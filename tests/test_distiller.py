@@ -310,6 +310,15 @@ def test_context_carries_the_epoch_and_step(fashion_arrays, jit_compile):
     assert int(to_numpy(distiller.step)) == 8 and int(to_numpy(distiller.epoch)) == 2
 
 
+def test_fit_keeps_the_epoch_with_a_callback_list_too(fashion_arrays):
+    (x, y), _ = fashion_arrays
+    distiller = Distiller(make_student(), method="_test_probe")
+    distiller.compile(optimizer="sgd")
+    callbacks = keras.callbacks.CallbackList([keras.callbacks.History()], model=distiller)
+    distiller.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0, callbacks=callbacks)
+    assert int(to_numpy(distiller.epoch)) == 1
+
+
 def test_validation_errors(trained_teacher):
     student = make_student()
     with pytest.raises(ValueError, match="Expected `method` to be one of .*'stkd'.*Received: method='hinton'"):

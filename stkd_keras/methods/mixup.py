@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from stkd_keras.methods.base import DistillationMethod, Hyperparameters, LossTerm, register_method
-from stkd_keras.methods.ce import cross_entropy
+from stkd_keras.methods.base import Hyperparameters, register_method
+from stkd_keras.methods.ce import CrossEntropy
 from stkd_keras.validation import positive_finite
 
 
@@ -28,16 +28,10 @@ class MixupHyperparameters(Hyperparameters):
 
 
 @register_method
-class Mixup(DistillationMethod):
-    """CE(y_mix, z_s(x_mix))."""
+class Mixup(CrossEntropy):
+    """CE(y_mix, z_s(x_mix)): `ce`'s loss, on the mixed batch (the context's labels are mixed)."""
 
     name = "mixup"
     description = "student alone on mixup samples (no teacher)"
     hyperparameters = MixupHyperparameters
     mixes = True
-
-    def term_names(self, hyperparameters):
-        return ("ce_loss",)
-
-    def loss_terms(self, context, hyperparameters):
-        return {"ce_loss": LossTerm(cross_entropy(context))}
