@@ -1,24 +1,37 @@
-"""Datasets as batched, prefetched `tf.data` pipelines, through one `load` API.
+"""Datasets as batched pipelines of normalised images, through one `load` API.
 
 Sources:
 - `fashion_mnist`: the four IDX files (Debian's `dataset-fashion-mnist`
   installs them in `/usr/share/datasets/fashion-mnist`; `data_dir` overrides),
   falling back to `tfds.load` when they are not there.
-- `cifar10`, `cifar100`, `mnist`: `tfds.load`, which downloads when online.
+- `mnist`: the same four IDX files when `data_dir` holds them, else `tfds.load`
+  (with `data_dir` as the TFDS data directory).
+- `cifar10`, `cifar100`: `tfds.load`, which downloads when online.
 - `cinic10`, `tiny_imagenet`: TFDS builders of this project
   (`stkd_keras.tfds_builders`) that download the official archive when online
   and otherwise read it, or its extracted folder, from `data_dir`.
 - `folder:PATH`: your own images in `PATH/<class>/*.jpg|png|...` (or
   `PATH/train/<class>` with `PATH/val/<class>`), resized to `image_size`,
   with a deterministic validation split when none is given.
+- Arrays you hold already: `load_arrays`.
 
-The pipeline: decode, augment (training only: random crop after zero padding,
-plus horizontal flip where flipping keeps the class), normalise with the
-dataset's mean/std, shuffle, batch, prefetch. The augmentation draws are
-stateless and seeded, so the same seed gives the same batches. Augmentation
-lives here, never inside a model, so exported models hold none of it. As in
-the KD literature, the test split (Tiny-ImageNet: the labelled validation
-split) serves for validation.
+Two pipelines build the batches; `load(..., pipeline=...)` chooses:
+- "tf_data": a prefetched `tf.data.Dataset`: decode, augment (training only:
+  random crop after zero padding, plus horizontal flip where flipping keeps
+  the class), normalise with the dataset's mean/std, shuffle, batch. Its
+  augmentation draws are stateless and seeded.
+- "numpy": a `keras.utils.PyDataset` of numpy batches over the split held in
+  memory (`stkd_keras.array_pipeline`): the same kind of augmentation and the
+  same normalisation with numpy's draws, for Keras on JAX or PyTorch without
+  TensorFlow. IDX datasets need nothing else; TFDS datasets and image folders
+  are read with TensorFlow and then held as arrays.
+- "auto" (the default): "tf_data" where `import tensorflow` works, else "numpy".
+
+Either way the same seed gives the same batches. Augmentation lives here,
+never inside a model, so exported models hold none of it. As in the KD
+literature, the test split (Tiny-ImageNet: the labelled validation split)
+serves for validation. This module imports TensorFlow only inside the
+functions that need it.
 """
 
 from __future__ import annotations
@@ -29,24 +42,37 @@ import os
 import socket
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
-# Fashion-MNIST's IDX files are read with numpy alone (stkd_keras.idx); these names stay importable from here.
+# The IDX files are read with numpy alone (stkd_keras.idx); the Fashion-MNIST names stay importable from here.
+from stkd_keras.backend_choice import tensorflow_available
 from stkd_keras.idx import (  # noqa: F401
+    DEBIAN_FASHION_MNIST_DIR,
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     IDX_FILES,
     find_fashion_mnist_idx,
+    find_idx,
+    idx_file_names,
     read_fashion_mnist_idx,
+    read_idx,
 )
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 SPLITS = ("train", "test")
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VALIDATION_FOLDER_NAMES = ("val", "validation", "test")
+PIPELINES = ("auto", "tf_data", "numpy")
+INSTALL_TENSORFLOW = "pip install 'stkd-keras[tensorflow]'"
+# Datasets that can be read from IDX files, and their names in messages.
+IDX_DATASETS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
@@ -227,6 +253,8 @@ def _class_files(split_root: Path, class_names) -> tuple[list[str], list[int]]:
 
 
 def _decode(path, image_size):
+    import tensorflow as tf
+
     image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     if image_size is not None:
         image = tf.image.resize(image, image_size, antialias=True)
@@ -235,6 +263,8 @@ def _decode(path, image_size):
 
 def _check_and_measure(files: list[str], image_size) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Decodes every image once (in parallel); names the first that fails; returns per-channel mean/std."""
+    import tensorflow as tf
+
     indices = tf.data.Dataset.from_tensor_slices((np.arange(len(files)), files))
     decoded = indices.map(lambda i, f: (i, _decode(f, image_size)), num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     seen = np.zeros(len(files), bool)
@@ -324,15 +354,70 @@ def folder_spec(folder: ImageFolder, image_size: tuple[int, int]) -> DatasetSpec
     )
 
 
-# --- The pipeline --------------------------------------------------------------------------------
+# --- Choosing the pipeline -----------------------------------------------------------------------
+
+
+def resolve_pipeline(pipeline: str = "auto") -> str:
+    """The pipeline `load` builds for `pipeline`: "tf_data" or "numpy" ("auto": "tf_data" where TensorFlow imports).
+
+    Raises:
+        ValueError: For an unknown name, or "tf_data" without TensorFlow.
+    """
+    if pipeline not in PIPELINES:
+        raise ValueError(f"Expected `pipeline` to be one of {PIPELINES}. Received: pipeline={pipeline!r}")
+    if pipeline == "auto":
+        return "tf_data" if tensorflow_available() else "numpy"
+    if pipeline == "tf_data" and not tensorflow_available():
+        raise ValueError(f"The tf_data pipeline needs TensorFlow, which cannot be imported here; install it ({INSTALL_TENSORFLOW}) or use pipeline='numpy'.")
+    return pipeline
+
+
+def _tensorflow_missing(name: str, data_dir) -> DatasetNotFoundError:
+    """The one-sentence error for a dataset that only TensorFlow can read, on a machine without it."""
+    idx_hint = "use a dataset read from IDX files: fashion_mnist, or mnist with --data-dir holding its four IDX files"
+    if name.startswith(FOLDER_PREFIX):
+        return DatasetNotFoundError(
+            f"Image folders ({name}) are decoded with TensorFlow, which cannot be imported here; install it ({INSTALL_TENSORFLOW}) or {idx_hint}."
+        )
+    if name == "fashion_mnist":
+        return DatasetNotFoundError(
+            f"Fashion-MNIST's four IDX files are not in {DEBIAN_FASHION_MNIST_DIR}, and reading it through tensorflow-datasets needs TensorFlow, "
+            f"which cannot be imported here; install Debian's dataset-fashion-mnist, pass --data-dir with the four IDX files, "
+            f"or install TensorFlow ({INSTALL_TENSORFLOW})."
+        )
+    if name == "mnist" and data_dir is not None:
+        return DatasetNotFoundError(
+            f"Dataset 'mnist' has no IDX files in {data_dir} ({', '.join(idx_file_names())}, gzipped or not), and reading it through "
+            f"tensorflow-datasets needs TensorFlow, which cannot be imported here; put the IDX files there "
+            f"or install TensorFlow ({INSTALL_TENSORFLOW})."
+        )
+    return DatasetNotFoundError(
+        f"Dataset {name!r} is read through tensorflow-datasets, which needs TensorFlow; install it ({INSTALL_TENSORFLOW}) or {idx_hint}."
+    )
+
+
+def _idx_directory(name: str, data_dir) -> Path | None:
+    """Where the IDX files of `name` are: fashion_mnist looks in Debian's folder by default, mnist only in `data_dir`."""
+    if name == "fashion_mnist":
+        return find_fashion_mnist_idx(data_dir)
+    if name == "mnist":
+        return find_idx(data_dir)
+    return None
+
+
+# --- The tf.data pipeline ------------------------------------------------------------------------
 
 
 def _normalise(images, mean, std):
+    import tensorflow as tf
+
     return (tf.cast(images, tf.float32) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def _augment(image, seed, spec: DatasetSpec):
     """Pad-and-crop (and flip) one raw image with stateless, seeded draws."""
+    import tensorflow as tf
+
     height, width, channels = spec.input_shape
     if spec.crop_padding:
         pad = spec.crop_padding
@@ -343,123 +428,9 @@ def _augment(image, seed, spec: DatasetSpec):
     return image
 
 
-def load(
-    name: str,
-    split: str = "train",
-    batch_size: int = 128,
-    augment: bool | None = None,
-    shuffle: bool | None = None,
-    subset: int | None = None,
-    data_dir: str | os.PathLike | None = None,
-    download: bool = True,
-    seed: int = 0,
-    drop_remainder: bool = False,
-    image_size: tuple[int, int] | None = None,
-    normalization: tuple | None = None,
-    tfds_dir: str | os.PathLike | None = None,
-    stream: bool = False,
-    start_step: int = 0,
-) -> tuple[tf.data.Dataset, DatasetInfo]:
-    """Loads one split as a batched, prefetched `tf.data.Dataset` of (images, labels).
-
-    Images are float32, normalised with the dataset's mean/std; labels are
-    int64 class ids.
-
-    Args:
-        name: One of `list_datasets()`, or `folder:PATH`.
-        split: "train" or "test" (the split used for validation).
-        batch_size: Batch size.
-        augment: Random crop (and flip); defaults to True for "train".
-        shuffle: Shuffle each epoch; defaults to True for "train".
-        subset: Use only the first `subset` examples of a fixed shuffle of
-            the split (the same examples for every seed and method).
-        data_dir: fashion_mnist: the folder with the four IDX files;
-            cinic10 / tiny_imagenet: the folder holding the official archive
-            or its extracted folder (TFDS manual_dir); cifar10 / cifar100 /
-            mnist: the TFDS data directory.
-        download: Let tfds download a missing dataset.
-        seed: Seed of shuffling and augmentation.
-        drop_remainder: Drop the last incomplete batch.
-        image_size: (height, width) for `folder:` datasets (default 32x32).
-        normalization: (mean, std) to use instead of the dataset's own, e.g.
-            those stored with a trained model.
-        tfds_dir: Where TFDS keeps prepared data for cinic10 / tiny_imagenet
-            (default: TFDS's own, `~/tensorflow_datasets`).
-        stream: For training runs: an endless stream of full batches
-            (reshuffled on every pass over the data), in which batch k is a
-            function of (seed, k) only, so a run resumed at step k sees
-            exactly the batches an uninterrupted run sees.
-        start_step: With `stream`: the first batch of the stream (the
-            examples before it are skipped before any decoding or augmentation).
-
-    Returns:
-        `(dataset, info)`.
-
-    Raises:
-        ValueError: For an unknown name or split, invalid sizes, or bad data
-            (the message names the file or folder).
-        DatasetNotFoundError: When the data is not on this machine and cannot be downloaded.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"Expected `split` to be one of {SPLITS}. Received: split={split!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be an int >= 1. Received: batch_size={batch_size!r}")
-    if subset is not None and (not isinstance(subset, int) or subset < 1):
-        raise ValueError(f"Expected `subset` to be an int >= 1 or None. Received: subset={subset!r}")
-    training = split == "train"
-    augment = training if augment is None else augment
-    shuffle = training if shuffle is None else shuffle
-    labels = None
-
-    if name.startswith(FOLDER_PREFIX):
-        image_size = tuple(image_size or (32, 32))
-        if len(image_size) != 2 or min(image_size) < 1:
-            raise ValueError(f"Expected `image_size` = (height, width). Received: image_size={image_size!r}")
-        folder = scan_image_folder(str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve()), image_size)
-        spec = folder_spec(folder, image_size)
-        files, labels = folder.files[split], folder.labels[split]
-        if subset is not None:
-            order = np.sort(np.random.default_rng(0).permutation(len(labels))[:subset])
-            files, labels = [files[i] for i in order], labels[order]
-        dataset = tf.data.Dataset.from_tensor_slices((files, labels)).map(
-            lambda f, y: (_decode(f, image_size), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
-        num_examples, class_names, source = len(labels), folder.class_names, folder.source
-    else:
-        spec = get_spec(name)
-        idx_dir = find_fashion_mnist_idx(data_dir) if name == "fashion_mnist" else None
-        if name == "fashion_mnist" and data_dir is not None and idx_dir is None:
-            raise DatasetNotFoundError(
-                f"Fashion-MNIST IDX files ({', '.join(n for pair in IDX_FILES.values() for n in pair)}) not found in {data_dir}."
-            )
-        if idx_dir is not None:
-            images, labels = read_fashion_mnist_idx(idx_dir, split)
-            if subset is not None:
-                order = np.random.default_rng(0).permutation(len(labels))[:subset]
-                images, labels = images[order], labels[order]
-            dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-            num_examples, class_names, source = len(labels), spec.class_names, f"idx:{idx_dir}"
-        else:
-            manual_dir = data_dir if spec.manual else None
-            tfds_data_dir = tfds_dir if spec.manual else (data_dir if name != "fashion_mnist" else None)
-            dataset, num_examples, class_names, source = _load_tfds(spec, split, tfds_data_dir, manual_dir, download)
-            if subset is not None:
-                # tfds order is fixed (shuffle_files=False): the first examples are a fixed subset.
-                dataset = dataset.take(subset)
-                num_examples = min(num_examples, subset)
-
-    classes_present = None
-    if labels is not None:
-        classes_present = int(len(np.unique(labels)))
-        if training and classes_present < spec.num_classes:
-            warnings.warn(
-                f"The {split} split of {name!r} holds examples of only {classes_present} of its {spec.num_classes} classes "
-                f"({num_examples} examples); the model still predicts all {spec.num_classes}.",
-                stacklevel=2,
-            )
-    mean, std = (tuple(normalization[0]), tuple(normalization[1])) if normalization is not None else (spec.mean, spec.std)
-    if len(mean) != spec.input_shape[-1] or len(std) != spec.input_shape[-1]:
-        raise ValueError(f"Expected one mean and std per channel ({spec.input_shape[-1]}). Received: normalization={normalization!r}")
+def _tf_pipeline(dataset, num_examples, spec, mean, std, batch_size, augment, shuffle, seed, drop_remainder, stream, start_step, shard):
+    """Augments, normalises, shuffles, batches and prefetches a `tf.data.Dataset` of raw (image, label) pairs."""
+    import tensorflow as tf
 
     buffer = min(max(num_examples, 1), 20000)
     if stream:
@@ -482,7 +453,212 @@ def load(
         dataset = keyed.map(lambda key, pair: pair)
     dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    dataset = dataset.prefetch(tf.data.AUTOTUNE)
+    if shard is not None:
+        size = batch_size // shard[1]
+        rows = slice(shard[0] * size, (shard[0] + 1) * size)
+        dataset = dataset.map(lambda images, labels: (images[rows], labels[rows]))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _as_arrays(dataset, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A `tf.data.Dataset` of raw (image, label) pairs read into memory, for the numpy pipeline."""
+    images, labels = [], []
+    for image_batch, label_batch in dataset.batch(1024).as_numpy_iterator():
+        images.append(image_batch)
+        labels.append(label_batch)
+    if not images:
+        return np.zeros((0, *spec.input_shape), np.uint8), np.zeros((0,), np.int64)
+    return np.concatenate(images).astype(np.uint8, copy=False), np.concatenate(labels).astype(np.int64)
+
+
+# --- Building the batches ------------------------------------------------------------------------
+
+
+def _check_options(split, batch_size, subset, stream, start_step, shard) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"Expected `split` to be one of {SPLITS}. Received: split={split!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be an int >= 1. Received: batch_size={batch_size!r}")
+    if subset is not None and (not isinstance(subset, int) or subset < 1):
+        raise ValueError(f"Expected `subset` to be an int >= 1 or None. Received: subset={subset!r}")
+    if not isinstance(start_step, (int, np.integer)) or start_step < 0:
+        raise ValueError(f"Expected `start_step` to be an int >= 0. Received: start_step={start_step!r}")
+    if shard is not None:
+        if not stream:
+            raise ValueError(f"Expected `shard` only with stream=True (it slices every global training batch). Received: shard={shard!r}")
+        if len(shard) != 2 or not all(isinstance(v, (int, np.integer)) for v in shard) or not 0 <= shard[0] < shard[1]:
+            raise ValueError(f"Expected `shard` = (index, count) with 0 <= index < count. Received: shard={shard!r}")
+        if batch_size % shard[1]:
+            raise ValueError(f"Expected the global batch size to divide evenly over {shard[1]} shards. Received: batch_size={batch_size}")
+
+
+def _statistics(spec: DatasetSpec, normalization) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean, std = (tuple(normalization[0]), tuple(normalization[1])) if normalization is not None else (spec.mean, spec.std)
+    if len(mean) != spec.input_shape[-1] or len(std) != spec.input_shape[-1]:
+        raise ValueError(f"Expected one mean and std per channel ({spec.input_shape[-1]}). Received: normalization={normalization!r}")
+    return mean, std
+
+
+def _classes_present(labels, spec: DatasetSpec, name: str, split: str, training: bool) -> int:
+    classes_present = int(len(np.unique(labels)))
+    if training and classes_present < spec.num_classes:
+        warnings.warn(
+            f"The {split} split of {name!r} holds examples of only {classes_present} of its {spec.num_classes} classes "
+            f"({len(labels)} examples); the model still predicts all {spec.num_classes}.",
+            stacklevel=3,
+        )
+    return classes_present
+
+
+def _numpy_pipeline(images, labels, spec, mean, std, batch_size, augment, shuffle, seed, drop_remainder, stream, start_step, shard):
+    from stkd_keras import array_pipeline
+
+    crop_padding, flip = (spec.crop_padding, spec.flip) if augment else (0, False)
+    if stream:
+        return array_pipeline.ArrayStream(
+            images, labels, batch_size, mean, std, crop_padding=crop_padding, flip=flip, seed=seed, start_step=start_step, shard=shard
+        )
+    return array_pipeline.ArrayBatches(
+        images, labels, batch_size, mean, std, crop_padding=crop_padding, flip=flip, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder
+    )
+
+
+def load(
+    name: str,
+    split: str = "train",
+    batch_size: int = 128,
+    augment: bool | None = None,
+    shuffle: bool | None = None,
+    subset: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    seed: int = 0,
+    drop_remainder: bool = False,
+    image_size: tuple[int, int] | None = None,
+    normalization: tuple | None = None,
+    tfds_dir: str | os.PathLike | None = None,
+    stream: bool = False,
+    start_step: int = 0,
+    pipeline: str = "auto",
+    shard: tuple[int, int] | None = None,
+) -> tuple[tf.data.Dataset | keras.utils.PyDataset, DatasetInfo]:
+    """Loads one split as batches of (images, labels): a `tf.data.Dataset`, or a `keras.utils.PyDataset` of numpy arrays.
+
+    Images are float32, normalised with the dataset's mean/std; labels are
+    int64 class ids. `pipeline` chooses what builds the batches (see the
+    module docstring); both honour every argument below.
+
+    Args:
+        name: One of `list_datasets()`, or `folder:PATH`.
+        split: "train" or "test" (the split used for validation).
+        batch_size: Batch size (with `shard`: the global batch size).
+        augment: Random crop (and flip); defaults to True for "train".
+        shuffle: Shuffle each epoch; defaults to True for "train".
+        subset: Use only `subset` examples: from IDX files and image
+            folders, the first `subset` of the fixed shuffle
+            `np.random.default_rng(0).permutation(n)` (the same examples for
+            every seed, method and pipeline); from TFDS, the first `subset`.
+        data_dir: fashion_mnist: the folder with the four IDX files;
+            mnist: the folder with its four IDX files, or else the TFDS data
+            directory; cinic10 / tiny_imagenet: the folder holding the
+            official archive or its extracted folder (TFDS manual_dir);
+            cifar10 / cifar100: the TFDS data directory.
+        download: Let tfds download a missing dataset.
+        seed: Seed of shuffling and augmentation (an int >= 0 for "numpy").
+        drop_remainder: Drop the last incomplete batch.
+        image_size: (height, width) for `folder:` datasets (default 32x32).
+        normalization: (mean, std) to use instead of the dataset's own, e.g.
+            those stored with a trained model.
+        tfds_dir: Where TFDS keeps prepared data for cinic10 / tiny_imagenet
+            (default: TFDS's own, `~/tensorflow_datasets`).
+        stream: For training runs: an endless stream of full batches
+            (reshuffled on every pass over the data), in which batch k is a
+            function of (seed, k) only, so a run resumed at step k sees
+            exactly the batches an uninterrupted run sees.
+        start_step: With `stream`: the first batch of the stream (the
+            examples before it are skipped before any decoding or augmentation).
+        pipeline: "auto" (tf.data where TensorFlow imports, else numpy),
+            "tf_data" or "numpy".
+        shard: With `stream`: (index, count) to take rows
+            [index * b / count, (index + 1) * b / count) of every global
+            batch of b, as one of `count` data-parallel processes does.
+
+    Returns:
+        `(dataset, info)`: dataset a `tf.data.Dataset` ("tf_data") or a
+        `keras.utils.PyDataset` ("numpy"; `stkd_keras.array_pipeline`).
+
+    Raises:
+        ValueError: For an unknown name, split or pipeline, invalid sizes,
+            or bad data (the message names the file or folder).
+        DatasetNotFoundError: When the data is not on this machine and
+            cannot be downloaded, or only TensorFlow could read it and it is
+            not installed.
+    """
+    _check_options(split, batch_size, subset, stream, start_step, shard)
+    pipeline = resolve_pipeline(pipeline)
+    training = split == "train"
+    augment = training if augment is None else augment
+    shuffle = training if shuffle is None else shuffle
+    # The source gives either arrays (IDX files) or a tf.data.Dataset of raw pairs (TFDS, image folders).
+    images, labels, dataset = None, None, None
+
+    if name.startswith(FOLDER_PREFIX):
+        if not tensorflow_available():
+            raise _tensorflow_missing(name, data_dir)
+        import tensorflow as tf
+
+        image_size = tuple(image_size or (32, 32))
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(f"Expected `image_size` = (height, width). Received: image_size={image_size!r}")
+        folder = scan_image_folder(str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve()), image_size)
+        spec = folder_spec(folder, image_size)
+        files, labels = folder.files[split], folder.labels[split]
+        if subset is not None:
+            order = np.sort(np.random.default_rng(0).permutation(len(labels))[:subset])
+            files, labels = [files[i] for i in order], labels[order]
+        dataset = tf.data.Dataset.from_tensor_slices((files, labels)).map(
+            lambda f, y: (_decode(f, image_size), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+        num_examples, class_names, source = len(labels), folder.class_names, folder.source
+    else:
+        spec = get_spec(name)
+        idx_dir = _idx_directory(name, data_dir)
+        if name == "fashion_mnist" and data_dir is not None and idx_dir is None:
+            raise DatasetNotFoundError(f"Fashion-MNIST IDX files ({', '.join(idx_file_names())}) not found in {data_dir}.")
+        if idx_dir is not None:
+            images, labels = read_idx(idx_dir, split, spec.num_classes, IDX_DATASETS[name])
+            if subset is not None:
+                order = np.random.default_rng(0).permutation(len(labels))[:subset]
+                images, labels = images[order], labels[order]
+            num_examples, class_names, source = len(labels), spec.class_names, f"idx:{idx_dir}"
+        else:
+            if not tensorflow_available():
+                raise _tensorflow_missing(name, data_dir)
+            manual_dir = data_dir if spec.manual else None
+            tfds_data_dir = tfds_dir if spec.manual else (data_dir if name != "fashion_mnist" else None)
+            dataset, num_examples, class_names, source = _load_tfds(spec, split, tfds_data_dir, manual_dir, download)
+            if subset is not None:
+                # tfds order is fixed (shuffle_files=False): the first examples are a fixed subset.
+                dataset = dataset.take(subset)
+                num_examples = min(num_examples, subset)
+
+    classes_present = None if labels is None else _classes_present(labels, spec, name, split, training)
+    mean, std = _statistics(spec, normalization)
+    options = {
+        "batch_size": batch_size, "augment": augment, "shuffle": shuffle, "seed": seed, "drop_remainder": drop_remainder,
+        "stream": stream, "start_step": start_step, "shard": shard,
+    }
+    if pipeline == "numpy":
+        if images is None:
+            images, labels = _as_arrays(dataset, spec)
+            num_examples = len(labels)
+        batches = _numpy_pipeline(images, labels, spec, mean, std, **options)
+    else:
+        if dataset is None:
+            import tensorflow as tf
+
+            dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        batches = _tf_pipeline(dataset, num_examples, spec, mean, std, **options)
     info = DatasetInfo(
         name=name,
         split=split,
@@ -495,14 +671,107 @@ def load(
         source=source,
         classes_present=classes_present,
     )
-    return dataset, info
+    return batches, info
+
+
+def load_arrays(
+    images: np.ndarray,
+    labels: np.ndarray,
+    spec: DatasetSpec | str,
+    split: str = "train",
+    batch_size: int = 128,
+    augment: bool | None = None,
+    shuffle: bool | None = None,
+    seed: int = 0,
+    drop_remainder: bool = False,
+    normalization: tuple | None = None,
+    stream: bool = False,
+    start_step: int = 0,
+    pipeline: str = "auto",
+    shard: tuple[int, int] | None = None,
+) -> tuple[tf.data.Dataset | keras.utils.PyDataset, DatasetInfo]:
+    """Batches raw images you hold in memory through the same pipelines as `load`.
+
+    The images are raw pixels, as read from files: uint8 (n, height, width,
+    channels) matching `spec.input_shape`; `spec` gives the normalisation
+    (unless `normalization` does) and the augmentation (`crop_padding`,
+    `flip`). Every other argument means what it means for `load`.
+
+    Args:
+        images: uint8 array (n, height, width, channels).
+        labels: Integer class ids (n,) in 0 .. spec.num_classes - 1.
+        spec: A `DatasetSpec`, or the name of a dataset in `list_datasets()`
+            whose statistics and augmentation the arrays share.
+        split: "train" or "test": the defaults of `augment` and `shuffle`,
+            and `info.split`.
+        batch_size, augment, shuffle, seed, drop_remainder, normalization,
+            stream, start_step, pipeline, shard: As for `load`.
+
+    Returns:
+        `(dataset, info)`, with `info.source == "arrays"`.
+
+    Raises:
+        ValueError: For arrays of the wrong dtype, shape or label range, or
+            an invalid option.
+
+    Example:
+
+    ```python
+    images, labels = stkd_keras.idx.read_fashion_mnist_idx(directory, "train")
+    stream, info = load_arrays(images[:512], labels[:512], "fashion_mnist", stream=True, pipeline="numpy")
+    ```
+    """
+    _check_options(split, batch_size, None, stream, start_step, shard)
+    pipeline = resolve_pipeline(pipeline)
+    spec = get_spec(spec) if isinstance(spec, str) else spec
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.shape[1:] != tuple(spec.input_shape):
+        raise ValueError(
+            f"Expected `images` to be uint8 of shape (n, {', '.join(map(str, spec.input_shape))}). Received: dtype {images.dtype}, shape {images.shape}"
+        )
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"Expected `labels` to be integers of shape ({len(images)},). Received: dtype {labels.dtype}, shape {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
+        raise ValueError(f"Expected `labels` in 0..{spec.num_classes - 1}. Received: labels from {labels.min()} to {labels.max()}")
+    labels = labels.astype(np.int64)
+    training = split == "train"
+    augment = training if augment is None else augment
+    shuffle = training if shuffle is None else shuffle
+    classes_present = _classes_present(labels, spec, spec.name, split, training)
+    mean, std = _statistics(spec, normalization)
+    options = {
+        "batch_size": batch_size, "augment": augment, "shuffle": shuffle, "seed": seed, "drop_remainder": drop_remainder,
+        "stream": stream, "start_step": start_step, "shard": shard,
+    }
+    if pipeline == "numpy":
+        batches = _numpy_pipeline(images, labels, spec, mean, std, **options)
+    else:
+        import tensorflow as tf
+
+        batches = _tf_pipeline(tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), spec, mean, std, **options)
+    info = DatasetInfo(
+        name=spec.name,
+        split=split,
+        num_classes=spec.num_classes,
+        input_shape=spec.input_shape,
+        class_names=tuple(spec.class_names or (str(i) for i in range(spec.num_classes))),
+        mean=mean,
+        std=std,
+        num_examples=len(labels),
+        source="arrays",
+        classes_present=classes_present,
+    )
+    return batches, info
 
 
 def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None) -> dict:
     """Where a named dataset would be read from and whether it is available here, without reading it."""
     spec = get_spec(name)
-    if name == "fashion_mnist" and find_fashion_mnist_idx(data_dir) is not None:
-        return {"name": name, "source": f"IDX files in {find_fashion_mnist_idx(data_dir)}", "available": True}
+    idx_dir = _idx_directory(name, data_dir)
+    if idx_dir is not None:
+        return {"name": name, "source": f"IDX files in {idx_dir}", "available": True}
+    if not tensorflow_available():
+        return {"name": name, "source": "tensorflow-datasets, which needs TensorFlow (not importable here)", "available": False}
     import tensorflow_datasets as tfds
 
     if spec.manual:

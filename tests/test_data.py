@@ -1,12 +1,20 @@
 import gzip
+import json
+import os
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from stkd_keras import array_pipeline
 from stkd_keras import data as data_lib
+
+PIPELINES = ("tf_data", "numpy")
 
 
 def test_fashion_mnist_offline_split_sizes_and_labels():
@@ -41,10 +49,11 @@ def test_pipeline_normalises_and_batches():
     np.testing.assert_array_equal(labels, raw_labels)
 
 
-def test_training_pipeline_augments_reproducibly():
-    first, info = data_lib.load("fashion_mnist", "train", batch_size=64, subset=256, seed=3)
-    again, _ = data_lib.load("fashion_mnist", "train", batch_size=64, subset=256, seed=3)
-    other, _ = data_lib.load("fashion_mnist", "train", batch_size=64, subset=256, seed=4)
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_training_pipeline_augments_reproducibly(pipeline):
+    first, info = data_lib.load("fashion_mnist", "train", batch_size=64, subset=256, seed=3, pipeline=pipeline)
+    again, _ = data_lib.load("fashion_mnist", "train", batch_size=64, subset=256, seed=3, pipeline=pipeline)
+    other, _ = data_lib.load("fashion_mnist", "train", batch_size=64, subset=256, seed=4, pipeline=pipeline)
     assert info.num_examples == 256
     a = np.concatenate([x for x, _ in first])
     np.testing.assert_array_equal(a, np.concatenate([x for x, _ in again]))
@@ -201,3 +210,176 @@ def test_subset_missing_classes_warns():
     with pytest.warns(UserWarning, match=r"holds examples of only \d of its 10 classes"):
         _, info = data_lib.load("fashion_mnist", "train", subset=3)
     assert info.classes_present <= 3
+
+
+# --- The numpy pipeline, and data without TensorFlow ---------------------------------------------
+
+
+def test_auto_pipeline_is_tf_data_where_tensorflow_imports():
+    dataset, _ = data_lib.load("fashion_mnist", "test", 100, subset=200)
+    assert isinstance(dataset, tf.data.Dataset) and data_lib.resolve_pipeline() == "tf_data"
+    numpy_dataset, _ = data_lib.load("fashion_mnist", "test", 100, subset=200, pipeline="numpy")
+    assert isinstance(numpy_dataset, array_pipeline.ArrayBatches)
+    with pytest.raises(ValueError, match="pipeline"):
+        data_lib.load("fashion_mnist", pipeline="jax")
+    with pytest.raises(ValueError, match="only with stream=True"):
+        data_lib.load("fashion_mnist", shard=(0, 2))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_numpy_pipeline_reads_the_same_subset_as_tf_data(split):
+    options = {"batch_size": 100, "subset": 300, "augment": False, "shuffle": False}
+    tf_batches, tf_info = data_lib.load("fashion_mnist", split, **options)
+    numpy_batches, numpy_info = data_lib.load("fashion_mnist", split, pipeline="numpy", **options)
+    assert numpy_info == tf_info
+    tf_images, tf_labels = collect(tf_batches)
+    numpy_images = np.concatenate([x for x, _ in numpy_batches])
+    numpy_labels = np.concatenate([y for _, y in numpy_batches])
+    # The subset is the first 300 of np.random.default_rng(0).permutation(n), in that order.
+    raw, raw_labels = data_lib.read_fashion_mnist_idx(data_lib.find_fashion_mnist_idx(), split)
+    order = np.random.default_rng(0).permutation(len(raw_labels))[:300]
+    np.testing.assert_array_equal(numpy_labels, raw_labels[order])
+    np.testing.assert_array_equal(numpy_labels, tf_labels)
+    np.testing.assert_allclose(numpy_images, (raw[order] / 255.0 - 0.2860) / 0.3530, atol=1e-5)
+    np.testing.assert_allclose(numpy_images, tf_images, atol=1e-6)
+
+
+def test_numpy_stream_through_load_matches_its_definition():
+    stream, info = data_lib.load("fashion_mnist", "train", 32, subset=100, seed=7, stream=True, start_step=3, pipeline="numpy")
+    _, raw_labels = data_lib.read_fashion_mnist_idx(data_lib.find_fashion_mnist_idx(), "train")
+    subset = np.random.default_rng(0).permutation(len(raw_labels))[:100]
+    # Stream batch 3 holds positions 96..127: the last 4 of pass 0, then the first 28 of pass 1.
+    positions = np.arange(96, 128)
+    orders = [np.random.default_rng([7, p]).permutation(100) for p in (0, 1)]
+    expected = np.array([orders[i // 100][i % 100] for i in positions])
+    images, labels = stream[0]
+    np.testing.assert_array_equal(labels, raw_labels[subset][expected])
+    assert images.shape == (32, 28, 28, 1) and info.num_examples == 100
+    shards = [data_lib.load("fashion_mnist", "train", 32, subset=100, seed=7, stream=True, start_step=3, pipeline="numpy", shard=(i, 2))[0] for i in (0, 1)]
+    np.testing.assert_array_equal(np.concatenate([shard[0][0] for shard in shards]), images)
+
+
+def test_tf_data_stream_shards_concatenate_to_the_global_batch():
+    options = {"batch_size": 12, "subset": 60, "seed": 2, "stream": True, "start_step": 4}
+    full = collect(data_lib.load("fashion_mnist", "train", **options)[0].take(2))
+    shards = [collect(data_lib.load("fashion_mnist", "train", shard=(i, 3), **options)[0].take(2)) for i in range(3)]
+    for batch in range(2):
+        rows = slice(4 * batch, 4 * batch + 4)
+        np.testing.assert_array_equal(np.concatenate([shard[0][rows] for shard in shards]), full[0][12 * batch : 12 * batch + 12])
+        np.testing.assert_array_equal(np.concatenate([shard[1][rows] for shard in shards]), full[1][12 * batch : 12 * batch + 12])
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_load_arrays(pipeline):
+    images = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(10)
+    dataset, info = data_lib.load_arrays(images, labels, "cifar10", "test", batch_size=4, pipeline=pipeline)
+    assert info.source == "arrays" and info.num_examples == 10 and info.classes_present == 10 and info.class_names[3] == "3"
+    values = np.concatenate([np.asarray(x) for x, _ in dataset])
+    mean, std = np.array(data_lib.get_spec("cifar10").mean), np.array(data_lib.get_spec("cifar10").std)
+    np.testing.assert_allclose(values, (images / 255.0 - mean) / std, atol=1e-5)
+    stream, _ = data_lib.load_arrays(images, labels, "cifar10", stream=True, batch_size=4, pipeline=pipeline)
+    assert np.asarray(next(iter(stream))[0]).shape == (4, 32, 32, 3)
+    with pytest.raises(ValueError, match=r"uint8 of shape \(n, 32, 32, 3\)"):
+        data_lib.load_arrays(images[..., :1], labels, "cifar10", pipeline=pipeline)
+    with pytest.raises(ValueError, match=r"labels` in 0..9"):
+        data_lib.load_arrays(images, labels + 1, "cifar10", pipeline=pipeline)
+
+
+def test_numpy_pipeline_reads_tfds_and_folders_with_tensorflow(tmp_path):
+    with tfds.testing.mock_data(num_examples=24):
+        tf_images, tf_labels = collect(data_lib.load("cifar10", "test", batch_size=8)[0])
+        numpy_batches, info = data_lib.load("cifar10", "test", batch_size=8, pipeline="numpy")
+    assert info.num_examples == 24 and len(numpy_batches) == 3
+    np.testing.assert_allclose(np.concatenate([x for x, _ in numpy_batches]), tf_images, atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([y for _, y in numpy_batches]), tf_labels)
+    root = make_folder(tmp_path / "fruit")
+    folder_batches, folder_info = data_lib.load(f"folder:{root}", "train", 4, image_size=(8, 8), augment=False, shuffle=False, pipeline="numpy")
+    np.testing.assert_array_equal(np.concatenate([y for _, y in folder_batches]), [0] * 4 + [1] * 4 + [2] * 4)
+    assert folder_info.num_examples == 12
+
+
+def write_idx(directory, split, images, labels, gzipped):
+    """MNIST-format files: magic 2051 / 2049, counts, 28 x 28, then the bytes."""
+    images_name, labels_name = data_lib.IDX_FILES[split]
+    if not gzipped:
+        images_name, labels_name = images_name[:-3], labels_name[:-3]
+    pack = gzip.compress if gzipped else bytes
+    (directory / images_name).write_bytes(pack(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes()))
+    (directory / labels_name).write_bytes(pack(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()))
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_mnist_from_idx_files(tmp_path, pipeline):
+    rng = np.random.default_rng(0)
+    train, test = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8), rng.integers(0, 256, (4, 28, 28), dtype=np.uint8)
+    write_idx(tmp_path, "train", train, np.array([0, 1, 2, 3, 4, 5]), gzipped=True)
+    write_idx(tmp_path, "test", test, np.array([9, 8, 7, 6]), gzipped=False)
+    batches, info = data_lib.load("mnist", "test", 3, data_dir=str(tmp_path), pipeline=pipeline)
+    # Read from the IDX files (not tfds), normalised with MNIST's statistics, in order.
+    assert info.source == f"idx:{tmp_path}" and info.num_examples == 4 and info.classes_present == 4
+    images = np.concatenate([np.asarray(x) for x, _ in batches])
+    np.testing.assert_allclose(images[..., 0], (test / 255.0 - 0.1307) / 0.3081, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in batches]), [9, 8, 7, 6])
+    with pytest.warns(UserWarning, match="only 6 of its 10 classes"):
+        stream, train_info = data_lib.load("mnist", "train", 4, data_dir=str(tmp_path), stream=True, pipeline=pipeline)
+    assert train_info.num_examples == 6 and np.asarray(next(iter(stream))[0]).shape == (4, 28, 28, 1)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 2049, 6) + bytes([0, 1, 2, 3, 4, 10])))
+    with pytest.raises(ValueError, match="label 10 out of range 0..9"):
+        data_lib.load("mnist", "train", data_dir=str(tmp_path), pipeline=pipeline)
+
+
+WITHOUT_TENSORFLOW = r"""
+import sys
+sys.modules["tensorflow"] = None  # `import tensorflow` now raises ImportError, wherever it happens
+import json
+
+import keras
+import numpy as np
+
+from stkd_keras import data, idx
+
+report = {"backend": keras.backend.backend(), "pipeline": data.resolve_pipeline()}
+stream, info = data.load("fashion_mnist", "train", 64, stream=True, subset=256)
+images, labels = stream[0]
+report.update(
+    is_py_dataset=isinstance(stream, keras.utils.PyDataset), num_batches=stream.num_batches, shape=list(images.shape),
+    dtype=str(images.dtype), label_dtype=str(labels.dtype), num_examples=info.num_examples, source=info.source,
+)
+# Stream batch 0 is the first 64 of pass 0's order over the subset; each image a crop (or mirrored crop) of the padded one.
+raw, raw_labels = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), "train")
+subset = np.random.default_rng(0).permutation(len(raw_labels))[:256]
+chosen = subset[np.random.default_rng([0, 0]).permutation(256)[:64]]
+report["labels_match"] = bool(np.array_equal(labels, raw_labels[chosen]))
+pixels = np.rint((images * 0.3530 + 0.2860) * 255)
+padded = np.pad(raw[chosen], ((0, 0), (2, 2), (2, 2), (0, 0))).astype(float)
+crops = [padded[:, r : r + 28, c : c + 28] for r in range(5) for c in range(5)]
+report["crops_match"] = bool(all(
+    any(np.array_equal(pixels[i], crop[i]) or np.array_equal(pixels[i], crop[i][:, ::-1]) for crop in crops) for i in range(64)
+))
+try:
+    data.load("cifar10", "train", 64)
+except data.DatasetNotFoundError as error:
+    report["cifar10_error"] = str(error)
+report["tensorflow_modules"] = sorted(
+    m for m, v in sys.modules.items() if v is not None and m.split(".")[0] in ("tensorflow", "tensorflow_datasets")
+)
+print(json.dumps(report))
+"""
+
+
+def test_load_without_tensorflow():
+    root = Path(__file__).resolve().parents[1]
+    environment = {**os.environ, "KERAS_BACKEND": "jax"}
+    result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW], cwd=root, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "jax" and report["pipeline"] == "numpy"
+    assert report["is_py_dataset"] and report["num_batches"] is None
+    assert report["shape"] == [64, 28, 28, 1] and report["dtype"] == "float32" and report["label_dtype"] == "int64"
+    assert report["num_examples"] == 256 and report["source"].startswith("idx:")
+    assert report["labels_match"] and report["crops_match"]
+    message = report["cifar10_error"]
+    assert message.startswith("Dataset 'cifar10' is read through tensorflow-datasets, which needs TensorFlow;")
+    assert "pip install 'stkd-keras[tensorflow]'" in message and message.count(". ") == 0 and message.endswith(".")
+    assert report["tensorflow_modules"] == []
