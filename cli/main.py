@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import click
+
+from stkd_keras import backend_choice
 
 DEFAULT_TEACHER_MODEL = "resnet14"
 
@@ -95,11 +101,19 @@ def _training_options(function):
         click.option("--lr-schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step", "constant"]), help="Learning-rate schedule (step: x --lr-decay-rate at --lr-decay-epochs)."),
         click.option("--lr-decay-epochs", default="", callback=lambda ctx, param, value: _int_list(value, param), help="Comma-separated epochs of the step schedule, e.g. 150,180,210."),
         click.option("--lr-decay-rate", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Factor of each step of the step schedule."),
-        click.option("--deterministic", is_flag=True, help="Turn on TensorFlow op determinism (slower; bit-identical reruns)."),
+        click.option("--deterministic", is_flag=True, help="Deterministic ops (TensorFlow op determinism, PyTorch deterministic algorithms; slower; bit-identical reruns on CPU)."),
         click.option(
-            "--strategy", default="default", show_default=True, type=click.Choice(["default", "mirrored", "multi_worker"]),
-            help="mirrored: all local GPUs (MirroredStrategy); multi_worker: the machines named in TF_CONFIG (every worker runs the same command).",
+            "--backend", default=None, type=click.Choice(backend_choice.BACKENDS),
+            help="Keras backend to train on [default: KERAS_BACKEND if set, else tensorflow; --resume: the run's own].",
         ),
+        click.option(
+            "--strategy", default="default", show_default=True, type=click.Choice(backend_choice.STRATEGIES),
+            help="TensorFlow: mirrored (all local GPUs, MirroredStrategy), multi_worker (the machines in TF_CONFIG; every worker runs "
+            "the same command). JAX: data_parallel (keras.distribution.DataParallel over all devices of all processes).",
+        ),
+        click.option("--coordinator-address", default=None, help="data_parallel over several processes or hosts: HOST:PORT of process 0 [default: KERAS_DISTRIBUTION_JOB_ADDRESSES].",),
+        click.option("--num-processes", default=None, type=click.IntRange(min=1), help="data_parallel: number of processes [default: KERAS_DISTRIBUTION_NUM_PROCESSES].",),
+        click.option("--process-id", default=None, type=click.IntRange(min=0), help="data_parallel: this process's index, 0 writes the run [default: KERAS_DISTRIBUTION_PROCESS_ID].",),
         click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML recipe with every hyperparameter; options given here override its fields."),
         click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the unfinished run whose --output was this folder."),
         click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder to create."),
@@ -169,19 +183,89 @@ def _user_errors(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
-        data, _, _, training = _library()
         try:
             return function(*args, **kwargs)
-        except (ValueError, training.RunError, data.DatasetNotFoundError) as error:
-            raise click.ClickException(str(error)) from None
-        except RuntimeError as error:
-            from stkd_keras.export import ExportError
+        except (ValueError, RuntimeError) as error:
+            from stkd_keras.data import DatasetNotFoundError
+            from stkd_keras.runs import RunError
 
-            if isinstance(error, ExportError):
+            if isinstance(error, (ValueError, RunError, DatasetNotFoundError)):
+                raise click.ClickException(str(error)) from None
+            if "stkd_keras.export" in sys.modules and isinstance(error, sys.modules["stkd_keras.export"].ExportError):
                 raise click.ClickException(str(error)) from None
             raise
 
     return wrapper
+
+
+def _option_value(args: list[str], flag: str) -> str | None:
+    """The value given to `flag` in raw command-line arguments (`--flag VALUE` or `--flag=VALUE`), if any."""
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            return args[index + 1]
+        if arg.startswith(flag + "="):
+            return arg[len(flag) + 1:]
+    return None
+
+
+def _recorded_backend(resume: str | None) -> str | None:
+    """The backend an unfinished run started on (its run.json), read without importing Keras."""
+    if resume is None:
+        return None
+    from stkd_keras import runs
+
+    try:
+        saved = runs.read_run_file(runs.find_unfinished_run(resume))
+    except (runs.RunError, ValueError, OSError):
+        return None  # the command reports it once the options are read
+    return (saved or {}).get("backend", "tensorflow") if saved is not None else None
+
+
+class _BackendCommand(click.Command):
+    """A command that trains or runs models: it chooses the Keras backend before its options import Keras.
+
+    Converting some options (model and dataset names) imports the library and
+    with it Keras, which fixes its backend once per process; so the backend
+    (`--backend`, else the one a `--resume`d run started on, else
+    `KERAS_BACKEND`, else TensorFlow) is read from the raw arguments first.
+    The raw arguments are kept: a process whose Keras already runs another
+    backend runs the command again in a child process (`_use_backend`).
+    """
+
+    def __init__(self, *args, backend: str | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fixed_backend = backend  # export runs the TensorFlow converters, whatever the caller uses
+
+    def parse_args(self, ctx, args):
+        ctx.meta["stkd_keras.args"] = list(args)
+        wanted = self.fixed_backend or _option_value(args, "--backend") or _recorded_backend(_option_value(args, "--resume"))
+        wanted = wanted or backend_choice.default_backend()
+        if wanted in backend_choice.BACKENDS and backend_choice.loaded_backend() is None:
+            try:
+                backend_choice.select(wanted)
+            except ValueError:
+                pass  # reported in one sentence by the command itself
+        return super().parse_args(ctx, args)
+
+
+def _use_backend(ctx: click.Context, backend: str | None, resume: str | None = None) -> str:
+    """Makes sure the command runs on its backend; in a process whose Keras runs another, reruns it in a child and exits."""
+    recorded = _recorded_backend(resume)
+    if backend is not None and recorded is not None and backend != recorded:
+        raise click.BadParameter(f"the run to resume started on the {recorded} backend and continues on it; drop --backend.", param_hint="--backend")
+    wanted = backend or recorded or backend_choice.default_backend()
+    try:
+        if backend_choice.select(wanted):
+            return wanted
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    # Keras is already imported here on another backend, and Keras picks its backend once per process.
+    command = [sys.executable, "-m", "stkd_keras.cli.main", ctx.info_name, *ctx.meta["stkd_keras.args"]]
+    environment = {**os.environ, "KERAS_BACKEND": wanted, "PYTHONUNBUFFERED": "1"}
+    child = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in child.stdout:
+        click.echo(line, nl=False)
+    ctx.exit(child.wait())
 
 
 def _int_list(value, param):
@@ -236,44 +320,36 @@ def cli():
     """Similarity Transfer for Knowledge Distillation (STKD) for Keras 3."""
 
 
-def _start_or_resume(output, overwrite, resume, strategy="default"):
-    training = _library()[3]
-    if strategy == "multi_worker" and resume is None:
-        from stkd_keras import distribute
-
-        if not distribute.is_chief():  # The chief writes the run; the other workers train into a temporary folder.
-            return distribute.worker_directory(), None
-    if resume is not None:
-        return training.run_directory(resume, resume=True, log=click.echo), Path(resume)
-    if output is None:
-        raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
-    return training.run_directory(output, overwrite, log=click.echo), Path(output)
+def _cluster(options: dict) -> dict | None:
+    """The multi-process options of a data_parallel run (popped from `options`), or None."""
+    cluster = {name: options.pop(name, None) for name in ("coordinator_address", "num_processes", "process_id")}
+    return {name: value for name, value in cluster.items() if value is not None} or None
 
 
-@cli.command("train-teacher")
+@cli.command("train-teacher", cls=_BackendCommand)
 @_data_options
 @click.option("--model", default="resnet20", show_default=True, type=_choice_of(_model_names), help="Teacher architecture.")
 @_training_options
 @_user_errors
 @click.pass_context
-def train_teacher(ctx, output, overwrite, quiet, resume, **options):
+def train_teacher(ctx, output, overwrite, quiet, resume, backend, **options):
     """Train a teacher with cross-entropy; writes teacher.keras, history.csv and metrics.json to OUTPUT."""
+    _use_backend(ctx, backend, resume)
     training = _library()[3]
-    directory, output = _start_or_resume(output, overwrite, resume, _apply_recipe(ctx, options, {})["strategy"])
-    with directory as staging:
-        staging = Path(staging)
-        saved = training.read_run_file(staging) if resume else None
-        if saved is None:
-            config = _config(_apply_recipe(ctx, options, {"teacher_model": "model", "teacher_epochs": "epochs", "student": None, "model": None, "teacher": None}), method="ce")
-            config.validate()
-            training.write_run_file(staging, {"command": "train-teacher", "config": config})
-        else:
-            config = saved["config"]
-        metrics = training.train(config, staging, role="teacher", verbose=0 if quiet else "auto", log=click.echo, resume=resume is not None)
-    _report(metrics, output, "teacher")
+    cluster = _cluster(options)
+    verbose = 0 if quiet else "auto"
+    if resume is not None:
+        result = training.resume(resume, verbose=verbose, log=click.echo, cluster=cluster)
+    else:
+        if output is None:
+            raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
+        renames = {"teacher_model": "model", "teacher_epochs": "epochs", "student": None, "model": None, "teacher": None}
+        config = _config(_apply_recipe(ctx, options, renames), method="ce")
+        result = training.train_teacher(config, output, overwrite, verbose=verbose, log=click.echo, cluster=cluster)
+    _report(result.metrics, result.output, "teacher")
 
 
-@cli.command()
+@cli.command(cls=_BackendCommand)
 @_data_options
 @click.option("--teacher", default=None, type=click.Path(), help="Teacher .keras file or run folder. Without it, one is trained first.")
 @click.option("--teacher-model", default=DEFAULT_TEACHER_MODEL, show_default=True, type=_choice_of(_model_names), help="Architecture of the teacher trained when --teacher is not given.")
@@ -284,55 +360,37 @@ def train_teacher(ctx, output, overwrite, quiet, resume, **options):
 @_training_options
 @_user_errors
 @click.pass_context
-def distill(ctx, output, overwrite, quiet, resume, **options):
+def distill(ctx, output, overwrite, quiet, resume, backend, **options):
     """Distil a student with STKD (or a baseline method) into OUTPUT.
 
     Writes student.keras, history.csv and metrics.json; a teacher trained on
     the way goes to OUTPUT/teacher/. A run killed at any moment continues
-    with --resume OUTPUT from its last completed epoch.
+    with --resume OUTPUT from its last completed epoch, on the backend it
+    started on.
     """
-    from stkd_keras import methods
+    from stkd_keras.methods import get_method
 
+    _use_backend(ctx, backend, resume)
     training = _library()[3]
+    cluster = _cluster(options)
     verbose = 0 if quiet else "auto"
-    directory, output = _start_or_resume(output, overwrite, resume, _apply_recipe(ctx, options, {})["strategy"])
-    with directory as staging:
-        staging = Path(staging)
-        destination = output or staging  # where this process's run ends up (a worker's temporary folder)
-        saved = training.read_run_file(staging) if resume else None
-        if saved is None:
-            options = _apply_recipe(ctx, options, {"model": "student"})
-            method_options = _method_options(ctx, options)
-            teacher, teacher_model, teacher_epochs = options.pop("teacher"), options.pop("teacher_model"), options.pop("teacher_epochs")
-            config = _config(options, model=options.pop("student"), teacher=teacher, method_options=method_options)
-            config.validate()
-            needs_teacher = methods.get_method(config.method).needs_teacher
-            if not needs_teacher and teacher is not None:
-                raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
-            teacher_config = None
-            if needs_teacher and teacher is None:
-                teacher_config = _config(options, model=teacher_model, method="ce")
-                teacher_config.epochs = teacher_epochs or config.epochs
-                teacher_config.lr_decay_epochs = () if teacher_config.lr_schedule != "step" else teacher_config.lr_decay_epochs
-                config.teacher = str(destination / "teacher")
-            training.write_run_file(staging, {"command": "distill", "config": config, "teacher_config": teacher_config})
-        else:
-            config, teacher_config = saved["config"], saved.get("teacher_config")
-        teacher_location = None
-        if teacher_config is not None:
-            teacher_dir = staging / "teacher"
-            if not (teacher_dir / "teacher.keras").is_file():
-                click.echo(f"No --teacher given: training a {teacher_config.model} teacher first (saved to {destination / 'teacher'}).")
-                teacher_dir.mkdir(exist_ok=True)
-                training.train(teacher_config, teacher_dir, role="teacher", verbose=verbose, log=click.echo, resume=resume is not None)
-            teacher_location = teacher_dir
-        metrics = training.train(
-            config, staging, role="student", verbose=verbose, log=click.echo, teacher_location=teacher_location, resume=resume is not None
-        )
-    _report(metrics, output, "student")
+    if resume is not None:
+        result = training.resume(resume, verbose=verbose, log=click.echo, cluster=cluster)
+    else:
+        if output is None:
+            raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
+        options = _apply_recipe(ctx, options, {"model": "student"})
+        method_options = _method_options(ctx, options)
+        teacher, teacher_model, teacher_epochs = options.pop("teacher"), options.pop("teacher_model"), options.pop("teacher_epochs")
+        config = _config(options, model=options.pop("student"), teacher=teacher, method_options=method_options)
+        if teacher is not None and not get_method(config.method).needs_teacher:
+            raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
+        teacher_config = training.teacher_config_for(config, teacher_model, teacher_epochs)
+        result = training.distill(config, output, teacher_config, overwrite, verbose=verbose, log=click.echo, cluster=cluster)
+    _report(result.metrics, result.output, "student")
 
 
-@cli.command()
+@cli.command(cls=_BackendCommand)
 @click.option("--model", "model_path", required=True, type=click.Path(), help="A .keras model file or run folder, or an exported .tflite / .onnx file.")
 @_data_options
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]), help="Split to evaluate on.")
@@ -340,9 +398,15 @@ def distill(ctx, output, overwrite, quiet, resume, **options):
 @click.option("--subset", default=None, type=click.IntRange(min=1), help="Evaluate on the first N images only.")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Where to write the results (default: evaluation_DATASET_SPLIT.json beside the model).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing results file.")
+@click.option(
+    "--backend", default=None, type=click.Choice(backend_choice.BACKENDS),
+    help="Keras backend to run a .keras model on (it may have been trained on any) [default: KERAS_BACKEND if set, else tensorflow].",
+)
 @_user_errors
-def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite):
+@click.pass_context
+def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite, backend):
     """Print top-1 / top-5 accuracy of a saved model and write them to JSON."""
+    _use_backend(ctx, backend)
     training = _library()[3]
     model_path = Path(model_path)
     if json_path is None:
@@ -361,8 +425,8 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
     )
 
 
-@cli.command()
-@click.option("--model", "model_path", required=True, type=click.Path(), help="The student .keras file (or its run folder).")
+@cli.command(cls=_BackendCommand, backend="tensorflow")
+@click.option("--model", "model_path", required=True, type=click.Path(), help="The student .keras file (or its run folder), trained on any backend.")
 @click.option("--format", "export_format", default="all", show_default=True, type=click.Choice(["tflite", "onnx", "all"]), help="Which runtimes to export for.")
 @click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "float16", "dynamic", "int8"]), help="TFLite quantization; ONNX takes none or int8 (float32 otherwise).")
 @click.option("--qat", "qat_epochs", default=None, type=click.IntRange(min=1), help="Also export int8 after N epochs of quantization-aware training (tfmot, fine-tuned with the run's method).")
@@ -384,8 +448,17 @@ def evaluate(model_path, dataset, data_dir, download, split, batch_size, subset,
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for the exported files.")
 @click.option("--overwrite", is_flag=True, help="Replace existing files of the same names.")
 @_user_errors
-def export(model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, finetune_method, finetune_options, finetune_subset, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
-    """Export a student to TFLite/LiteRT and ONNX, verify each file in its runtime, and write export_report.json."""
+@click.pass_context
+def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, finetune_method, finetune_options, finetune_subset, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
+    """Export a student to TFLite/LiteRT and ONNX, verify each file in its runtime, and write export_report.json.
+
+    The converters are TensorFlow's: the export runs on the TensorFlow backend
+    (in a child process when this one runs Keras on another), whichever
+    backend trained the student.
+    """
+    if importlib.util.find_spec("tensorflow") is None:
+        raise click.ClickException("Export runs the TensorFlow converters, and TensorFlow is not installed: pip install 'stkd-keras[export]'.")
+    _use_backend(ctx, "tensorflow")
     from stkd_keras import export as export_lib
 
     training = _library()[3]

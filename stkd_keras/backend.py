@@ -70,3 +70,38 @@ def scale_loss_for_distribution(loss):
 
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     return loss / replicas if replicas > 1 else loss
+
+
+def enable_determinism() -> None:
+    """Bit-identical reruns on CPU: TensorFlow's op determinism, PyTorch's deterministic algorithms.
+
+    JAX on CPU is deterministic as it is (on GPUs, XLA needs
+    `XLA_FLAGS=--xla_gpu_deterministic_ops=true` before JAX starts).
+    """
+    if name() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+    elif name() == "torch":
+        import torch
+
+        torch.use_deterministic_algorithms(True)
+
+
+def describe() -> dict:
+    """The backend, its package's version and the accelerators it sees (for metrics.json)."""
+    backend = name()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return {"backend": backend, "tensorflow": tf.__version__, "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+    if backend == "jax":
+        import jax
+
+        return {"backend": backend, "jax": jax.__version__, "gpus": [str(d) for d in jax.devices() if d.platform != "cpu"]}
+    if backend == "torch":
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        return {"backend": backend, "torch": torch.__version__, "gpus": gpus}
+    return {"backend": backend}

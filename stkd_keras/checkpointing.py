@@ -1,4 +1,4 @@
-"""Checkpoints that survive SIGKILL, and the guards and logs of a training run.
+"""Checkpoints that survive SIGKILL, and the guards and logs of a training run, on every Keras backend.
 
 `RunCheckpoint` writes, after every completed epoch, the Distiller's weights
 (student, teacher, optimizer state and step counter, hence the learning-rate
@@ -16,6 +16,7 @@ corrupts the only copy) and does not restore the mixup seed state; hence this.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -24,10 +25,9 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from stkd_keras.backend_choice import tensorflow_available
 from stkd_keras.files import atomic_write
-
-CHECKPOINT_DIR = "checkpoints"
-STATE_FILE = "state.json"
+from stkd_keras.runs import CHECKPOINT_DIR, STATE_FILE
 
 
 class TrainingDiverged(RuntimeError):
@@ -151,3 +151,52 @@ class StopOnNonFinite(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)):
             self.failure = f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}"
             self.model.stop_training = True
+
+
+def tensorboard_callback(folder: str | os.PathLike, log=print) -> keras.callbacks.Callback | None:
+    """Keras's TensorBoard callback where TensorFlow is installed (it writes through `tf.summary`), else `TensorBoardScalars`.
+
+    Without TensorFlow and without the `tensorboard` package, None, and a
+    warning: the run goes on without event files (history.csv holds the same figures).
+    """
+    if tensorflow_available():
+        return keras.callbacks.TensorBoard(str(folder), write_graph=False)
+    if importlib.util.find_spec("tensorboard") is None:
+        log("Warning: neither TensorFlow nor the tensorboard package is installed, so this run writes no TensorBoard logs "
+            "(history.csv holds the same figures); pip install tensorboard to have them.")
+        return None
+    return TensorBoardScalars(folder)
+
+
+class TensorBoardScalars(keras.callbacks.Callback):
+    """The epoch figures as TensorBoard event files, written without TensorFlow.
+
+    It uses the `tensorboard` package's own summary writer and lays the files
+    out as Keras's TensorBoard callback does: `train/` holds `epoch_<metric>`
+    and `validation/` the `val_` metrics under the same names, so TensorBoard
+    draws a run trained on JAX or PyTorch like one trained on TensorFlow.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        super().__init__()
+        self.folder = Path(folder)
+        self._writers = {}
+
+    def _writer(self, split: str):
+        if split not in self._writers:
+            from tensorboard.summary import Writer
+
+            self._writers[split] = Writer(str(self.folder / split))
+        return self._writers[split]
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            split, name = ("validation", key[len("val_"):]) if key.startswith("val_") else ("train", key)
+            self._writer(split).add_scalar(f"epoch_{name}", float(value), step=epoch)
+        for writer in self._writers.values():
+            writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}

@@ -1,11 +1,18 @@
-"""Distribution strategies for training: one device, all local GPUs, or several machines.
+"""Distribution for training: one device, all local devices, or several processes and machines.
 
-- `default`: TensorFlow's default strategy (one device).
-- `mirrored`: `tf.distribute.MirroredStrategy` over all local GPUs.
-- `multi_worker`: `tf.distribute.MultiWorkerMirroredStrategy` over the
-  workers named in the `TF_CONFIG` environment variable. Every worker runs the
-  same command; the chief (task `chief`, or `worker` 0 when there is none)
-  writes the run folder and the others train into a temporary folder.
+Two engines, both supported by Keras, one per backend (`setup` picks):
+- On TensorFlow, `tf.distribute` strategies:
+  - `default`: TensorFlow's default strategy (one device).
+  - `mirrored`: `tf.distribute.MirroredStrategy` over all local GPUs.
+  - `multi_worker`: `tf.distribute.MultiWorkerMirroredStrategy` over the
+    workers named in the `TF_CONFIG` environment variable. Every worker runs
+    the same command; the chief (task `chief`, or `worker` 0 when there is
+    none) writes the run folder and the others train into a temporary folder.
+- On JAX, `keras.distribution` (`stkd_keras.jax_distribution`):
+  - `data_parallel`: `keras.distribution.DataParallel` over every device of
+    every process; several processes or hosts join through
+    `keras.distribution.initialize` first. Process 0 writes the run folder.
+- On PyTorch (and on any backend with `default`): one device.
 
 Keras 3 (up to 3.15 at least) fails `fit` under MultiWorkerMirroredStrategy
 (keras-team/keras#20585) in two places, both in the TensorFlow trainer:
@@ -24,12 +31,14 @@ tests/test_multi_worker.py with two worker processes on localhost).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
-STRATEGIES = ("default", "mirrored", "multi_worker")
+from stkd_keras.backend_choice import STRATEGIES, check_strategy
 
 _multi_worker_strategy = None
 
@@ -138,3 +147,56 @@ def worker_directory():
         yield folder
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@dataclasses.dataclass
+class Setup:
+    """How a run is spread over devices: the scope its variables are created in, and who writes results.
+
+    `process_index` / `process_count` are those of a multi-process JAX run
+    (each process feeds its share of every global batch); `auto_sharded`
+    says whether Keras splits a `tf.data` pipeline over the processes itself.
+    """
+
+    strategy: str
+    scope: Callable[[], contextlib.AbstractContextManager]
+    replicas: int
+    chief: bool
+    description: str | None = None
+    process_index: int = 0
+    process_count: int = 1
+
+
+def setup(name: str, backend: str, cluster: dict | None = None) -> Setup:
+    """The `Setup` of strategy `name` on the Keras backend `backend` (see the module docstring).
+
+    `cluster` holds `coordinator_address`, `num_processes` and `process_id`
+    for a multi-process JAX run (unset fields come from Keras's environment
+    variables). Must run before the process runs a TensorFlow op or a JAX
+    computation.
+
+    Raises:
+        ValueError: For a strategy the backend cannot run, or a bad cluster description.
+    """
+    check_strategy(name, backend)
+    if backend == "tensorflow":
+        strategy = get_strategy(name)
+        description = None
+        if name == "mirrored":
+            description = f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s): {', '.join(strategy.extended.worker_devices)}."
+        elif name == "multi_worker":
+            task, index = cluster_task()
+            description = f"MultiWorkerMirroredStrategy: {strategy.num_replicas_in_sync} replica(s) in sync; this is {task} {index}."
+        chief = is_chief() if name == "multi_worker" else True
+        return Setup(name, strategy.scope, strategy.num_replicas_in_sync, chief, description)
+    if name == "data_parallel":
+        from stkd_keras import jax_distribution
+
+        jax_distribution.initialize(**(cluster or {}))
+        distribution = jax_distribution.data_parallel()
+        count, index = jax_distribution.process_count(), jax_distribution.process_index()
+        description = f"keras.distribution.DataParallel over {jax_distribution.device_count()} device(s)" + (
+            f" in {count} processes; this is process {index}." if count > 1 else "."
+        )
+        return Setup(name, distribution.scope, jax_distribution.device_count(), jax_distribution.is_chief(), description, index, count)
+    return Setup(name, contextlib.nullcontext, 1, True)

@@ -35,7 +35,7 @@ from pathlib import Path
 import yaml
 
 from stkd_keras import methods
-from stkd_keras.training import RunConfig
+from stkd_keras.config import RunConfig
 
 EXTRA_FIELDS = {"student": str, "teacher_model": str, "teacher_epochs": int}
 

@@ -1,0 +1,159 @@
+"""Evaluation: load a saved model and measure its top-1 / top-5 accuracy on a dataset split.
+
+`evaluate` reads a `.keras` file (trained on any Keras backend: the file is
+backend-neutral) or an exported `.tflite` / `.onnx` file, which runs in its
+own runtime with the preprocessing embedded in it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from stkd_keras import backend
+from stkd_keras import data as data_lib
+from stkd_keras.runs import MODEL_FILES, RunError, read_preprocessing
+
+
+def environment() -> dict:
+    """Versions and hardware a result was measured with: Python, Keras, the backend and its devices."""
+    return {
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        **backend.describe(),
+    }
+
+
+def _image_size(size: int | None):
+    return None if size is None else (size, size)
+
+
+def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
+    """Loads a `.keras` model, or a run folder's model; one clear error when it cannot."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / MODEL_FILES[role], *(path / name for name in MODEL_FILES.values())]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise RunError(f"No {' or '.join(MODEL_FILES.values())} in folder {path}.")
+        path = found
+    if not path.is_file():
+        raise RunError(f"Model file {path} does not exist.")
+    if path.suffix != ".keras":
+        raise RunError(f"Expected a .keras model file. Received: {path}")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises many types for a corrupt archive.
+        raise RunError(f"Cannot load Keras model {path}: {type(error).__name__}: {error}") from None
+
+
+def check_model_fits_dataset(model: keras.Model, info: data_lib.DatasetInfo, what: str) -> None:
+    """Refuses a model whose input shape or class count disagrees with the dataset."""
+    input_shape = tuple(model.input_shape[1:])
+    classes = model.output_shape[-1]
+    if input_shape != tuple(info.input_shape) or classes != info.num_classes:
+        raise RunError(
+            f"The {what} {model.name!r} takes inputs {input_shape} and predicts {classes} classes, but dataset "
+            f"{info.name!r} has inputs {tuple(info.input_shape)} and {info.num_classes} classes."
+        )
+
+
+def evaluate_model(model: keras.Model, dataset) -> dict:
+    """Top-1, top-5 and CE loss of a logits model on (images, integer labels) batches."""
+    model.compile(
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
+        ],
+    )
+    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    return {"accuracy": float(results["accuracy"]), "top5_accuracy": float(results["top5_accuracy"]), "loss": float(results["loss"])}
+
+
+def evaluate(
+    model_path: str | os.PathLike,
+    dataset: str,
+    split: str = "test",
+    batch_size: int = 256,
+    subset: int | None = None,
+    data_dir: str | None = None,
+    download: bool = True,
+) -> dict:
+    """Top-1 / top-5 accuracy of a saved model on a dataset split.
+
+    Raises:
+        RunError: For a missing or unloadable model, or one that does not fit the dataset.
+        DatasetNotFoundError: When the dataset is not available.
+    """
+    if Path(model_path).suffix in (".tflite", ".onnx"):
+        return _evaluate_exported(Path(model_path), dataset, split, batch_size, subset, data_dir, download)
+    model = load_model(model_path)
+    preprocessing = read_preprocessing(model_path)
+    normalization, image_size = None, None
+    if preprocessing is not None:
+        normalization = (preprocessing["mean"], preprocessing["std"])
+        image_size = _image_size(preprocessing.get("image_size"))
+    data, info = data_lib.load(
+        dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download,
+        image_size=image_size or tuple(model.input_shape[1:3]), normalization=normalization,
+    )
+    check_model_fits_dataset(model, info, "model")
+    return {
+        "model": str(model_path),
+        "dataset": dataset,
+        "split": split,
+        "num_examples": info.num_examples,
+        "normalization": {"mean": list(info.mean), "std": list(info.std), "from": "preprocessing.json" if preprocessing else "dataset"},
+        **evaluate_model(model, data),
+        "environment": environment(),
+    }
+
+
+def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir, download) -> dict:
+    """Top-1 / top-5 of a .tflite or .onnx file in its own runtime, with the preprocessing embedded in it."""
+    from stkd_keras.export.runtime import read_metadata, runner_for
+
+    if not path.is_file():
+        raise RunError(f"Model file {path} does not exist.")
+    try:
+        runner = runner_for(path)
+        metadata = read_metadata(path) or {}
+    except Exception as error:
+        raise RunError(f"Cannot load {path}: {type(error).__name__}: {error}") from None
+    preprocessing = metadata.get("preprocessing") or read_preprocessing(path)
+    if not preprocessing:
+        raise RunError(f"{path} carries no preprocessing metadata and no preprocessing.json lies beside it; export it with stkd-keras export.")
+    input_shape = metadata.get("input_shape") or [None, *preprocessing["input_shape"]]
+    data, info = data_lib.load(
+        dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download,
+        image_size=tuple(input_shape[1:3]), normalization=(preprocessing["mean"], preprocessing["std"]),
+    )
+    if tuple(info.input_shape) != tuple(input_shape[1:]):
+        raise RunError(f"{path} takes inputs {tuple(input_shape[1:])}, but dataset {dataset!r} has inputs {info.input_shape}.")
+    logits, labels = [], []
+    for images, batch_labels in data:  # a tf.data.Dataset or a keras.utils.PyDataset
+        logits.append(runner.predict(np.asarray(images)))
+        labels.append(np.asarray(batch_labels))
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    if logits.shape[-1] != info.num_classes:
+        raise RunError(f"{path} predicts {logits.shape[-1]} classes, but dataset {dataset!r} has {info.num_classes}.")
+    # Stable, so ties (common in dequantized int8 logits) resolve to the lowest class as argmax does.
+    top5 = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
+    return {
+        "model": str(path),
+        "runtime": "ai_edge_litert" if path.suffix == ".tflite" else "onnxruntime",
+        "dataset": dataset,
+        "split": split,
+        "num_examples": int(len(labels)),
+        "normalization": {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]), "from": "embedded metadata"},
+        "accuracy": float(np.mean(top5[:, 0] == labels)),
+        "top5_accuracy": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
+        "environment": environment(),
+    }
