@@ -12,7 +12,8 @@
 # It prints, for resnet32x4 -> resnet8x4 (32x32x3, 100 classes) at batch 64 and 256, float32 and mixed_bfloat16,
 # images/s of the four steps of benchmarks/step_speed.py inside fit and the ratios; then the Fashion-MNIST run.
 # Targets (issue 11): STKD in fit >= 90% of 21,500 img/s (bf16, b64), 56,400 (bf16, b256), 16,000 (f32, b64);
-# c / (a + b) <= 1.05; STKD no slower than keras.distillation.
+# c / (a + b) <= 1.05; STKD no slower than keras.distillation. Then (issue 12) benchmarks/scale.py: the real
+# training loop (numpy pipeline, run callbacks) against the bare step on JAX; target loop / bare >= 0.90.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,6 +44,10 @@ PY
 echo "== STKD step inside fit: $TEACHER -> $STUDENT"
 python3 benchmarks/step_speed.py --backend jax --teacher "$TEACHER" --student "$STUDENT" --batch-size "$BATCHES" \
   --policy float32,mixed_bfloat16 --warmup 5 --steps "$STEPS" --rounds 3
+
+echo "== The real training loop against the bare step (benchmarks/scale.py; numpy pipeline, no TensorFlow)"
+python3 benchmarks/scale.py --backend jax --teacher "$TEACHER" --student "$STUDENT" --batch-size 256 --warmup 5 --steps "$STEPS" --jit-compile \
+  --data-dir "$DATA_DIR"
 
 echo "== Fashion-MNIST through the Python API (numpy IDX reader, no TensorFlow)"
 python3 benchmarks/fashion_mnist_api.py --data-dir "$DATA_DIR" --epochs "$EPOCHS" --train-subset "$SUBSET" --batch-size 128 \

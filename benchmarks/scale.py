@@ -1,82 +1,143 @@
-"""STKD step throughput by batch size, and the cost of MirroredStrategy on two logical CPU devices.
+"""STKD throughput through the real training loop against the bare step, on each Keras backend.
 
-Part 1: images/s of the STKD train step for resnet8x4 distilled from resnet32x4
-(32x32x3, 100 classes) at batch 64, 128 and 256 (median of repeated steps after
-warm-up). Part 2: the same step (resnet8 from resnet20, batch 128) under
-MirroredStrategy over two logical CPU devices against one device: the overhead
-of the multi-device path where no second accelerator exists. With a GPU
-(`--jit-compile`, `--mixed-precision`) part 1 measures those switches too.
+For resnet32x4 -> resnet8x4 (the CIFAR pair of the KD literature) on
+Fashion-MNIST (28x28x1, 10 classes: the data every machine here has), STKD,
+one batch size, each backend in a process of its own:
 
-Usage: python benchmarks/scale.py [--steps 5] [--jit-compile] [--mixed-precision]
+- bare step: the Distiller's STKD step inside `fit`, fed one fixed batch
+  from memory (a `keras.utils.PyDataset` that returns it again): the step and
+  Keras's loop, nothing else;
+- real loop: `stkd_keras.training.train`, what `stkd-keras distill` runs: the
+  data pipeline (tf.data where TensorFlow is installed, else the numpy
+  pipeline; augmentation, shuffling), the run's callbacks (CSV log,
+  TensorBoard, learning-rate log, divergence guard, per-epoch checkpoint).
+
+Both are timed between consecutive batches after warm-up steps; the figure is
+images per second over all timed steps (mean, so pipeline stalls count) and
+`loop / bare`. The target (issue 12): the loop costs at most 10% over the
+bare step, i.e. loop / bare >= 0.90. The epoch's end (validation on a few
+images, checkpoint) is reported apart, in seconds.
+
+Usage: python benchmarks/scale.py --backend tensorflow,jax,torch [--batch-size 64] [--steps 12] [--warmup 3]
+       [--pipeline auto|numpy] [--jit-compile] [--teacher resnet32x4] [--student resnet8x4] [--data-dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import tensorflow as tf
-
-# Two logical CPU devices must be declared before TensorFlow initialises its devices.
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-from stkd_keras import Distiller, get_model  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
-class StepTimer(keras.callbacks.Callback):
-    """Wall time between consecutive training batches (no per-call fit overhead)."""
+def _worker(args) -> dict:
+    import keras
+    import numpy as np
 
-    def __init__(self):
-        super().__init__()
-        self.times = []
+    from stkd_keras import Distiller, data, training
+    from stkd_keras.config import RunConfig
+    from stkd_keras.models import get_model
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.times.append(time.perf_counter())
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = []
+            self.epoch_end = None
 
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter())
 
-def images_per_second(teacher_name, student_name, batch, steps, strategy, jit_compile=False) -> float:
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_end = time.perf_counter()
+
+    def rate(timer) -> tuple[float, float]:
+        timed = np.diff(timer.times[args.warmup - 1:])
+        return args.batch_size * len(timed) / timed.sum(), args.batch_size / float(np.median(timed))
+
+    class OneBatch(keras.utils.PyDataset):
+        def __init__(self, batch):
+            super().__init__()
+            self.batch = batch
+
+        @property
+        def num_batches(self):
+            return None
+
+        def __getitem__(self, index):
+            return self.batch
+
+    keras.utils.set_random_seed(0)
+    shape, classes = (28, 28, 1), 10
+    teacher = get_model(args.teacher, classes, shape)
+    steps = args.warmup + args.steps
+    results = {"backend": keras.backend.backend(), "pipeline": data.resolve_pipeline(args.pipeline)}
+
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(batch, 32, 32, 3)).astype("float32")
-    y = rng.integers(0, 100, batch)
-    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch).repeat()
-    with strategy.scope():
-        distiller = Distiller(get_model(student_name, 100, (32, 32, 3)), get_model(teacher_name, 100, (32, 32, 3)), method="stkd", seed=0)
-        distiller.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9), jit_compile=jit_compile)
+    batch = (rng.normal(size=(args.batch_size, *shape)).astype("float32"), rng.integers(0, classes, args.batch_size))
+    distiller = Distiller(get_model(args.student, classes, shape), teacher, method="stkd", seed=0)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), jit_compile=args.jit_compile)
+    timer = StepTimer()
+    distiller.fit(OneBatch(batch), steps_per_epoch=steps, epochs=1, verbose=0, callbacks=[timer])
+    results["bare_mean"], results["bare_median"] = rate(timer)
+
+    with tempfile.TemporaryDirectory() as folder:
+        teacher_path = Path(folder) / "teacher.keras"
+        teacher.save(teacher_path)
+        (Path(folder) / "run").mkdir()
+        config = RunConfig(
+            dataset="fashion_mnist", model=args.student, method="stkd", teacher=str(teacher_path), epochs=1, batch_size=args.batch_size,
+            steps_per_epoch=steps, train_subset=max(steps * args.batch_size, 4096), val_subset=128, seed=0, jit_compile=args.jit_compile, data_dir=args.data_dir,
+        )
         timer = StepTimer()
-        # Two warm-up steps (tracing), then `steps` timed ones, all in one fit.
-        distiller.fit(data, steps_per_epoch=steps + 2, epochs=1, verbose=0, callbacks=[timer])
-    return batch / statistics.median(np.diff(timer.times[1:]))
+        if args.pipeline != "auto":
+            original = data.load
+            data.load = lambda *a, **k: original(*a, **{**k, "pipeline": args.pipeline})
+        training.train(config, Path(folder) / "run", verbose=0, log=lambda *_: None, callbacks=[timer])
+        results["loop_mean"], results["loop_median"] = rate(timer)
+        results["epoch_end_seconds"] = timer.epoch_end - timer.times[-1]
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--backend", default="tensorflow,jax,torch", help="Comma-separated Keras backends.")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=12, help="Timed steps (after the warm-up ones).")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--pipeline", default="auto", choices=["auto", "numpy"], help="numpy: the numpy pipeline even where TensorFlow is installed.")
     parser.add_argument("--jit-compile", action="store_true")
-    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--teacher", default="resnet32x4")
+    parser.add_argument("--student", default="resnet8x4")
+    parser.add_argument("--data-dir", default=None, help="Folder with the Fashion-MNIST IDX files (default: Debian's).")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    one = tf.distribute.OneDeviceStrategy("/cpu:0")
-    print(f"{os.cpu_count()} CPU cores, GPUs: {len(tf.config.list_physical_devices('GPU'))}, jit_compile={args.jit_compile}, "
-          f"policy={keras.mixed_precision.global_policy().name}; median of {args.steps} steps")
-    print("| step | batch | images/s |")
-    print("| --- | ---: | ---: |")
-    for batch in (64, 128, 256):
-        rate = images_per_second("resnet32x4", "resnet8x4", batch, args.steps, one, args.jit_compile)
-        print(f"| STKD resnet32x4 -> resnet8x4 | {batch} | {rate:,.0f} |", flush=True)
-    single = images_per_second("resnet20", "resnet8", 128, args.steps, one, args.jit_compile)
-    mirrored = images_per_second("resnet20", "resnet8", 128, args.steps, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), args.jit_compile)
-    print(f"| STKD resnet20 -> resnet8, one device | 128 | {single:,.0f} |")
-    print(f"| STKD resnet20 -> resnet8, MirroredStrategy on 2 logical CPUs | 128 | {mirrored:,.0f} |")
-    print(f"MirroredStrategy / one device = {mirrored / single:.2f} (two logical devices share the same two cores: this measures overhead, not scaling)")
+    if args.worker:
+        print("RESULT" + json.dumps(_worker(args)), flush=True)
+        return
+
+    print(f"STKD {args.teacher} -> {args.student}, Fashion-MNIST 28x28x1, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} "
+          f"timed steps, jit_compile={args.jit_compile}, {os.cpu_count()} CPU cores")
+    print("| backend | pipeline | bare step img/s | real loop img/s | loop / bare | medians (bare, loop) | epoch end s |")
+    print("| --- | --- | ---: | ---: | ---: | --- | ---: |")
+    for backend in args.backend.split(","):
+        command = [sys.executable, __file__, "--worker", *sys.argv[1:]]
+        environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True)
+        if "RESULT" not in result.stdout:
+            print(f"| {backend} | failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode} | | | | | |")
+            continue
+        r = json.loads(result.stdout.split("RESULT", 1)[1])
+        print(
+            f"| {r['backend']} | {r['pipeline']} | {r['bare_mean']:,.0f} | {r['loop_mean']:,.0f} | {r['loop_mean'] / r['bare_mean']:.2f} | "
+            f"{r['bare_median']:,.0f}, {r['loop_median']:,.0f} | {r['epoch_end_seconds']:.1f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -111,9 +111,9 @@ def _training_options(function):
             help="TensorFlow: mirrored (all local GPUs, MirroredStrategy), multi_worker (the machines in TF_CONFIG; every worker runs "
             "the same command). JAX: data_parallel (keras.distribution.DataParallel over all devices of all processes).",
         ),
-        click.option("--coordinator-address", default=None, help="data_parallel over several processes or hosts: HOST:PORT of process 0 [default: KERAS_DISTRIBUTION_JOB_ADDRESSES].",),
-        click.option("--num-processes", default=None, type=click.IntRange(min=1), help="data_parallel: number of processes [default: KERAS_DISTRIBUTION_NUM_PROCESSES].",),
-        click.option("--process-id", default=None, type=click.IntRange(min=0), help="data_parallel: this process's index, 0 writes the run [default: KERAS_DISTRIBUTION_PROCESS_ID].",),
+        click.option("--coordinator-address", default=None, help="data_parallel over several processes or hosts: HOST:PORT of process 0 [default: KERAS_DISTRIBUTION_JOB_ADDRESSES]."),
+        click.option("--num-processes", default=None, type=click.IntRange(min=1), help="data_parallel: number of processes [default: KERAS_DISTRIBUTION_NUM_PROCESSES]."),
+        click.option("--process-id", default=None, type=click.IntRange(min=0), help="data_parallel: this process's index, 0 writes the run [default: KERAS_DISTRIBUTION_PROCESS_ID]."),
         click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML recipe with every hyperparameter; options given here override its fields."),
         click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the unfinished run whose --output was this folder."),
         click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder to create."),
@@ -218,7 +218,7 @@ def _recorded_backend(resume: str | None) -> str | None:
         saved = runs.read_run_file(runs.find_unfinished_run(resume))
     except (runs.RunError, ValueError, OSError):
         return None  # the command reports it once the options are read
-    return (saved or {}).get("backend", "tensorflow") if saved is not None else None
+    return None if saved is None else saved.get("backend", "tensorflow")  # runs from before --backend ran on TensorFlow
 
 
 class _BackendCommand(click.Command):

@@ -215,3 +215,26 @@ def test_backend_is_chosen_before_keras_is_imported():
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["BadParameter", "torch"]
+
+
+def test_the_runs_are_library_calls(tmp_path):
+    """What `stkd-keras distill` does (teacher first, staging, run.json) is `training.distill`, callable from Python."""
+    from stkd_keras import runs, training
+    from stkd_keras.config import RunConfig
+
+    config = RunConfig(model="cnn8", method="kd", epochs=1, train_subset=256, val_subset=128, seed=2, method_options={"temperature": 2.0})
+    messages = []
+    result = training.distill(config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append)
+    assert result.output == tmp_path / "run" and (result.output / "teacher" / "teacher.keras").is_file()
+    assert any(m.startswith("No --teacher given: training a cnn8 teacher first") for m in messages)
+    assert result.metrics["teacher"]["path"] == str((tmp_path / "run").absolute() / "teacher")
+    assert result.metrics["config"]["temperature"] == 2.0 and result.metrics["backend"] == keras.backend.backend()
+    recorded = runs.read_run_file(result.output)
+    assert recorded["command"] == "distill" and recorded["backend"] == keras.backend.backend()
+    assert recorded["teacher_config"].method == "ce" and recorded["teacher_config"].method_options == {}
+    with pytest.raises(runs.RunError, match="already holds a run; pass --overwrite"):
+        training.distill(config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append)
+    with pytest.raises(runs.RunError, match="Method 'kd' needs a teacher"):
+        training.distill(config, tmp_path / "other", verbose=0)
+    with pytest.raises(runs.RunError, match="No unfinished run of"):
+        training.resume(tmp_path / "run", verbose=0)
