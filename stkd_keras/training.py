@@ -152,22 +152,7 @@ def train(
         # tf.distribute strategy Keras's fit splits each global batch over the replicas and the Distiller
         # divides its loss by the replica count; under keras.distribution the step sees the global batch.
         exit_stack.enter_context(setup.scope())
-        teacher, teacher_summary = None, None
-        if methods_lib.get_method(method).needs_teacher:
-            if config.teacher is None:
-                raise RunError(f"Method {method!r} needs a teacher; pass --teacher.")
-            teacher = load_model(teacher_location or config.teacher, role="teacher")
-            check_model_fits_dataset(teacher, val_info, "teacher")
-            teacher_summary = {"path": str(config.teacher), "name": teacher.name, **evaluate_model(teacher, val_data)}
-            log(f"Teacher {teacher.name}: val top-1 {teacher_summary['accuracy']:.4f} on {val_info.num_examples} images.")
-            if teacher_summary["accuracy"] < 1.5 / val_info.num_classes:
-                log(
-                    f"Warning: the teacher is near chance ({teacher_summary['accuracy']:.4f} against {1 / val_info.num_classes:.4f}); "
-                    "distilling from it teaches noise. Check --teacher and the dataset."
-                )
-        elif config.teacher is not None and role == "student":
-            raise RunError(f"Method {method!r} trains the student alone; drop --teacher or choose one of {list(methods_lib.list_methods(needs_teacher=True))}.")
-
+        teacher, teacher_summary = _load_teacher(config, role, method, teacher_location, val_data, val_info, log)
         model = get_model(config.model, train_info.num_classes, train_info.input_shape)
         distiller = Distiller(model, teacher, method=method, seed=config.seed, **(config.method_options if role == "student" else {}))
         # Full batches from an endless stream: an epoch is `steps` batches (one pass, rounded down).
@@ -189,7 +174,7 @@ def train(
             f"on the {backend.name()} backend" + (f", resuming at epoch {initial_epoch + 1}." if initial_epoch else ".")
         )
         guard = checkpointing.StopOnNonFinite()
-        tensorboard = checkpointing.tensorboard_callback(directory / "tensorboard", log)
+        run_callbacks = _run_callbacks(directory, guard, initial_epoch, past_history, log)
         started = time.perf_counter()
         distiller.fit(
             train_data,
@@ -198,14 +183,7 @@ def train(
             initial_epoch=initial_epoch,
             steps_per_epoch=steps,
             shuffle=False,  # The pipeline shuffles.
-            callbacks=[
-                guard,
-                checkpointing.LearningRateLogger(),
-                keras.callbacks.CSVLogger(str(directory / "history.csv"), append=initial_epoch > 0),
-                checkpointing.RunCheckpoint(directory, past_history),
-                *([tensorboard] if tensorboard else []),
-                *(callbacks or []),
-            ],
+            callbacks=[*run_callbacks, *(callbacks or [])],
             verbose=verbose,
         )
         train_seconds = time.perf_counter() - started
@@ -240,6 +218,40 @@ def train(
     write_json(directory / PREPROCESSING_FILE, preprocessing_record(train_info, config.image_size))
     shutil.rmtree(directory / checkpointing.CHECKPOINT_DIR, ignore_errors=True)
     return metrics
+
+
+def _load_teacher(config: RunConfig, role: str, method: str, location, val_data, val_info, log) -> tuple[keras.Model | None, dict | None]:
+    """The frozen teacher of a method that needs one, measured on the validation split (None, None otherwise)."""
+    if not methods_lib.get_method(method).needs_teacher:
+        if config.teacher is not None and role == "student":
+            raise RunError(
+                f"Method {method!r} trains the student alone; drop --teacher or choose one of {list(methods_lib.list_methods(needs_teacher=True))}."
+            )
+        return None, None
+    if config.teacher is None:
+        raise RunError(f"Method {method!r} needs a teacher; pass --teacher.")
+    teacher = load_model(location or config.teacher, role="teacher")
+    check_model_fits_dataset(teacher, val_info, "teacher")
+    summary = {"path": str(config.teacher), "name": teacher.name, **evaluate_model(teacher, val_data)}
+    log(f"Teacher {teacher.name}: val top-1 {summary['accuracy']:.4f} on {val_info.num_examples} images.")
+    if summary["accuracy"] < 1.5 / val_info.num_classes:
+        log(
+            f"Warning: the teacher is near chance ({summary['accuracy']:.4f} against {1 / val_info.num_classes:.4f}); "
+            "distilling from it teaches noise. Check --teacher and the dataset."
+        )
+    return teacher, summary
+
+
+def _run_callbacks(directory: Path, guard, initial_epoch: int, past_history: dict, log) -> list:
+    """The callbacks of every run: divergence guard, learning-rate log, history.csv, checkpoints, TensorBoard."""
+    tensorboard = checkpointing.tensorboard_callback(directory / "tensorboard", log)
+    return [
+        guard,
+        checkpointing.LearningRateLogger(),
+        keras.callbacks.CSVLogger(str(directory / "history.csv"), append=initial_epoch > 0),
+        checkpointing.RunCheckpoint(directory, past_history),
+        *([tensorboard] if tensorboard else []),
+    ]
 
 
 def _build_before_fit(distiller: Distiller, info: data_lib.DatasetInfo, batch_size: int) -> None:
@@ -290,7 +302,7 @@ def train_teacher(
         RunError: When `output` already holds a run and `overwrite` is False, and as `train` does.
     """
     config = dataclasses.replace(config, method="ce", method_options={})
-    return _start("train-teacher", config, None, output, overwrite, verbose, log, cluster)
+    return _run("train-teacher", config, None, Path(output), resume=False, verbose=verbose, log=log, cluster=cluster, overwrite=overwrite)
 
 
 def distill(
@@ -322,7 +334,7 @@ def distill(
         teacher_config = None
     if teacher_config is not None:
         teacher_config.validate()
-    return _start("distill", config, teacher_config, output, overwrite, verbose, log, cluster)
+    return _run("distill", config, teacher_config, Path(output), resume=False, verbose=verbose, log=log, cluster=cluster, overwrite=overwrite)
 
 
 def resume(output: str | os.PathLike, verbose: int | str = "auto", log=print, cluster: dict | None = None) -> RunResult:
@@ -345,13 +357,11 @@ def resume(output: str | os.PathLike, verbose: int | str = "auto", log=print, cl
     return _run(saved["command"], saved["config"], saved.get("teacher_config"), Path(output), resume=True, verbose=verbose, log=log, cluster=cluster)
 
 
-def _start(command, config, teacher_config, output, overwrite, verbose, log, cluster) -> RunResult:
-    return _run(command, config, teacher_config, Path(output), resume=False, verbose=verbose, log=log, cluster=cluster, overwrite=overwrite)
-
-
 def _run(command, config, teacher_config, output: Path, resume: bool, verbose, log, cluster, overwrite: bool = False) -> RunResult:
     """Runs (or resumes) a whole run: staging folder, run.json, the teacher first when asked, then the model."""
     setup = distribute.setup(config.strategy, backend.name(), cluster)
+    if resume and setup.process_count > 1:
+        raise RunError("--resume is not supported for a run of several processes: only process 0 holds the checkpoint; restart the run.")
     if not setup.chief:  # The chief writes the run; the others train into a temporary folder.
         directory, final = distribute.worker_directory(), None
     else:

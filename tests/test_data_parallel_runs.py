@@ -60,6 +60,8 @@ def one_device(tmp_path_factory):
     return output
 
 
+# tests/test_jax_distribution.py checks two devices in one process through the Python API in the default run.
+@pytest.mark.slow
 def test_two_devices_in_one_process_match_one_device(tmp_path, one_device):
     output = tmp_path / "run"
     result = subprocess.run(
