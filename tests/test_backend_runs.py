@@ -238,3 +238,20 @@ def test_the_runs_are_library_calls(tmp_path):
         training.distill(config, tmp_path / "other", verbose=0)
     with pytest.raises(runs.RunError, match="No unfinished run of"):
         training.resume(tmp_path / "run", verbose=0)
+
+
+def test_resume_of_a_run_of_several_processes_is_refused(tmp_path, monkeypatch):
+    import contextlib
+
+    from stkd_keras import distribute, runs, training
+    from stkd_keras.config import RunConfig
+
+    staging = tmp_path / ".run.partial-1"
+    (staging / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text("{}")
+    runs.write_run_file(staging, {"command": "train-teacher", "backend": keras.backend.backend(), "config": RunConfig(model="cnn8")})
+    two_processes = distribute.Setup("data_parallel", contextlib.nullcontext, replicas=2, chief=True, process_index=0, process_count=2)
+    monkeypatch.setattr(distribute, "setup", lambda *args, **kwargs: two_processes)
+    with pytest.raises(runs.RunError, match="^--resume is not supported for a run of several processes: only process 0 holds the checkpoint"):
+        training.resume(tmp_path / "run")
+    assert staging.is_dir() and not (tmp_path / "run").exists()  # nothing lost
