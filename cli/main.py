@@ -320,6 +320,18 @@ def cli():
     """Similarity Transfer for Knowledge Distillation (STKD) for Keras 3."""
 
 
+def _start_or_resume(ctx, backend, resume, output, quiet, options: dict, start):
+    """What train-teacher and distill share: the backend, then `start(training, verbose=, cluster=)` or the resumed run."""
+    _use_backend(ctx, backend, resume)
+    training = _library()[3]
+    run = {"verbose": 0 if quiet else "auto", "cluster": _cluster(options)}
+    if resume is not None:
+        return training.resume(resume, log=click.echo, **run)
+    if output is None:
+        raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
+    return start(training, **run)
+
+
 def _cluster(options: dict) -> dict | None:
     """The multi-process options of a data_parallel run (popped from `options`), or None."""
     cluster = {name: options.pop(name, None) for name in ("coordinator_address", "num_processes", "process_id")}
@@ -334,18 +346,13 @@ def _cluster(options: dict) -> dict | None:
 @click.pass_context
 def train_teacher(ctx, output, overwrite, quiet, resume, backend, **options):
     """Train a teacher with cross-entropy; writes teacher.keras, history.csv and metrics.json to OUTPUT."""
-    _use_backend(ctx, backend, resume)
-    training = _library()[3]
-    cluster = _cluster(options)
-    verbose = 0 if quiet else "auto"
-    if resume is not None:
-        result = training.resume(resume, verbose=verbose, log=click.echo, cluster=cluster)
-    else:
-        if output is None:
-            raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
+
+    def start(training, **run):
         renames = {"teacher_model": "model", "teacher_epochs": "epochs", "student": None, "model": None, "teacher": None}
         config = _config(_apply_recipe(ctx, options, renames), method="ce")
-        result = training.train_teacher(config, output, overwrite, verbose=verbose, log=click.echo, cluster=cluster)
+        return training.train_teacher(config, output, overwrite, log=click.echo, **run)
+
+    result = _start_or_resume(ctx, backend, resume, output, quiet, options, start)
     _report(result.metrics, result.output, "teacher")
 
 
@@ -370,23 +377,17 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
     """
     from stkd_keras.methods import get_method
 
-    _use_backend(ctx, backend, resume)
-    training = _library()[3]
-    cluster = _cluster(options)
-    verbose = 0 if quiet else "auto"
-    if resume is not None:
-        result = training.resume(resume, verbose=verbose, log=click.echo, cluster=cluster)
-    else:
-        if output is None:
-            raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
-        options = _apply_recipe(ctx, options, {"model": "student"})
-        method_options = _method_options(ctx, options)
-        teacher, teacher_model, teacher_epochs = options.pop("teacher"), options.pop("teacher_model"), options.pop("teacher_epochs")
-        config = _config(options, model=options.pop("student"), teacher=teacher, method_options=method_options)
+    def start(training, **run):
+        merged = _apply_recipe(ctx, options, {"model": "student"})
+        method_options = _method_options(ctx, merged)
+        teacher, teacher_model, teacher_epochs = merged.pop("teacher"), merged.pop("teacher_model"), merged.pop("teacher_epochs")
+        config = _config(merged, model=merged.pop("student"), teacher=teacher, method_options=method_options)
         if teacher is not None and not get_method(config.method).needs_teacher:
             raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
         teacher_config = training.teacher_config_for(config, teacher_model, teacher_epochs)
-        result = training.distill(config, output, teacher_config, overwrite, verbose=verbose, log=click.echo, cluster=cluster)
+        return training.distill(config, output, teacher_config, overwrite, log=click.echo, **run)
+
+    result = _start_or_resume(ctx, backend, resume, output, quiet, options, start)
     _report(result.metrics, result.output, "student")
 
 
