@@ -32,6 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from stkd_keras.export.runtime import METADATA_NAME, embed_tflite_metadata, runner_for
+from stkd_keras.runs import output_lock
 
 FORMATS = ("tflite", "onnx", "all")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -235,7 +236,17 @@ def export_model(
 
     Raises:
         ExportError: For an impossible request, a failed conversion, or a float file outside its bound.
+        OutputInUse: When another process is exporting into `output_dir`.
     """
+    # One export into a folder at a time: a second is refused at once, naming the holder (runs.output_lock).
+    with output_lock(output_dir):
+        return _export_model(
+            model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, bridge_args, log
+        )
+
+
+def _export_model(model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, bridge_args, log) -> dict:
+    """`export_model` with its output folder locked."""
     if quantize not in QUANTIZATIONS:
         raise ExportError(f"Expected --quantize in {QUANTIZATIONS}. Received: {quantize!r}")
     if "onnx" in formats and quantize in ("float16", "dynamic") and "tflite" not in formats:

@@ -14,6 +14,7 @@ with it the backend the run started on) before a backend is chosen.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -35,6 +36,52 @@ class RunError(RuntimeError):
     """A run cannot start or finish; the message is meant for the user as it is."""
 
 
+class OutputInUse(RunError):
+    """Another process holds the lock of an output folder."""
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike):
+    """Holds an exclusive OS lock on `output` for the block; refuses at once, naming the holder, when another process has it.
+
+    The lock is `flock` on `.NAME.lock` beside the output, so a killed process
+    frees it with its file descriptors. The file holds the holder's process id
+    and is removed on release; a process that locked a file another had just
+    removed sees that its inode is gone and takes the lock again.
+
+    Raises:
+        OutputInUse: When another process holds the lock.
+    """
+    output = Path(output).absolute()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    path = output.parent / f".{output.name}.lock"
+    while True:
+        handle = open(path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise OutputInUse(f"{output} is in use by process {holder} (lock {path}); wait for it to finish or choose another --output.") from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the file was removed by the holder that just released it: lock the new one
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        handle.close()
+
+
 def check_output_free(output: str | os.PathLike, overwrite: bool) -> Path:
     """Refuses an output folder that already holds something, unless `overwrite`."""
     output = Path(output)
@@ -49,39 +96,71 @@ def check_output_free(output: str | os.PathLike, overwrite: bool) -> Path:
 def run_directory(output: str | os.PathLike, overwrite: bool = False, resume: bool = False, log=print):
     """Yields a staging folder that becomes `output` only when the block finishes without error.
 
-    A run that fails after completing an epoch keeps its staging folder (with
-    its checkpoints) so that `resume=True` can continue it; one that fails
-    before (bad input) leaves nothing behind.
+    The output is locked for the whole block (`output_lock`): a second run
+    into it, `--resume` included, is refused at once. A run that fails after
+    completing an epoch keeps its staging folder (with its checkpoints) so
+    that `resume=True` can continue it; one that fails before (bad input)
+    leaves nothing behind. A new run refuses to start beside an unfinished
+    one, unless `overwrite`, which discards it.
     """
     output = Path(output).absolute()
-    if resume:
-        staging = find_unfinished_run(output)
-        if output.exists() and any(output.iterdir()) and not overwrite:
-            raise RunError(f"Output folder {output} already holds a finished run; nothing to resume.")
-    else:
-        check_output_free(output, overwrite)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        for stale in output.parent.glob(f".{output.name}.partial-*"):
-            if not _resumable(stale):
-                shutil.rmtree(stale, ignore_errors=True)
-        staging = output.parent / f".{output.name}.partial-{os.getpid()}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-    try:
-        yield staging
-    except BaseException:
-        if _resumable(staging):
-            log(f"The unfinished run is kept in {staging}; continue it with --resume {output}.")
+    with output_lock(output):
+        if resume:
+            staging = find_unfinished_run(output)
+            if output.exists() and any(output.iterdir()) and not overwrite:
+                raise RunError(f"Output folder {output} already holds a finished run; nothing to resume.")
         else:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-    previous = None
-    if output.exists():
-        previous = output.parent / f".{output.name}.replaced-{os.getpid()}"
-        os.replace(output, previous)
-    os.replace(staging, output)
-    if previous is not None:
-        shutil.rmtree(previous, ignore_errors=True)
+            check_output_free(output, overwrite)
+            for stale in output.parent.glob(f".{output.name}.partial-*"):
+                if _resumable(stale) and not overwrite:
+                    raise RunError(
+                        f"An unfinished run of {output} exists ({describe_unfinished(stale)}); continue it with --resume {output}, "
+                        "or start over with --overwrite."
+                    )
+                shutil.rmtree(stale, ignore_errors=True)
+            staging = output.parent / f".{output.name}.partial-{os.getpid()}"
+            staging.mkdir()
+        try:
+            yield staging
+        except BaseException:
+            if _resumable(staging):
+                log(f"The unfinished run is kept in {staging}; continue it with --resume {output}.")
+            else:
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        previous = None
+        if output.exists():
+            previous = output.parent / f".{output.name}.replaced-{os.getpid()}"
+            os.replace(output, previous)
+        os.replace(staging, output)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+
+
+def describe_unfinished(staging: Path) -> str:
+    """How far an unfinished run got, e.g. "epoch 2 of 30" (or where its teacher, trained first, stands)."""
+    saved = read_run_file(staging) or {}
+
+    def of(config) -> str:
+        return f" of {config.epochs}" if config is not None else ""
+
+    epoch = _committed_epoch(staging)
+    if epoch is not None:
+        return f"epoch {epoch}{of(saved.get('config'))}"
+    if (staging / "teacher" / MODEL_FILES["teacher"]).is_file():
+        return f"its teacher trained, the student at epoch 0{of(saved.get('config'))}"
+    epoch = _committed_epoch(staging / "teacher")
+    if epoch is not None:
+        return f"its teacher at epoch {epoch}{of(saved.get('teacher_config'))}"
+    return "no epoch completed"
+
+
+def _committed_epoch(folder: Path) -> int | None:
+    """The last epoch committed by `stkd_keras.checkpointing` in `folder`, or None."""
+    try:
+        return int(json.loads((folder / CHECKPOINT_DIR / STATE_FILE).read_text())["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _resumable(staging: Path) -> bool:

@@ -332,6 +332,12 @@ def distill(
         raise RunError(f"Method {config.method!r} needs a teacher; pass --teacher.")
     if not needs_teacher or config.teacher is not None:
         teacher_config = None
+    if config.teacher is not None and Path(config.teacher).absolute().is_relative_to(Path(output).absolute()):
+        # Replacing the output would delete the teacher this run reads, and its metrics.json would name a missing file.
+        raise RunError(
+            f"The teacher {config.teacher} lies inside {output}, which this run would replace; copy the teacher elsewhere "
+            "and pass that copy as --teacher, or choose another --output."
+        )
     if teacher_config is not None:
         teacher_config.validate()
     return _run("distill", config, teacher_config, Path(output), resume=False, verbose=verbose, log=log, cluster=cluster, overwrite=overwrite)

@@ -1,0 +1,103 @@
+"""Runs never lose work: one process per output (an OS lock), no silent restart beside an unfinished run,
+no --overwrite that deletes the teacher the run reads. Each test fails on the code before these guards."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from stkd_keras import runs
+from stkd_keras.cli.main import cli
+from stkd_keras.config import RunConfig
+
+TINY = ["--model", "cnn8", "--epochs", "1", "--train-subset", "128", "--val-subset", "64", "--quiet"]
+HOLD_LOCK = "import sys, time\nfrom stkd_keras.runs import output_lock\nwith output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+def checksums(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_output_in_use_is_refused_naming_the_holder_and_a_killed_holder_frees_it(tmp_path):
+    output = tmp_path / "run"
+    staging = _unfinished(tmp_path, epoch=1)  # as the holder's run would have it
+    before = checksums(staging)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(output)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for args in (["train-teacher", *TINY, "--output", output], ["train-teacher", "--resume", output]):
+            result = invoke(*args)
+            assert result.exit_code == 1 and f"{output} is in use by process {holder.pid}" in result.output, result.output
+        with pytest.raises(runs.OutputInUse, match=f"in use by process {holder.pid}"):
+            with runs.output_lock(output):
+                pass
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", staging.name] and checksums(staging) == before
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    with runs.output_lock(output) as lock:  # the kernel freed the killed holder's lock
+        assert lock.read_text() == str(os.getpid())
+    assert not lock.exists()
+
+
+def _unfinished(tmp_path: Path, epoch: int) -> Path:
+    staging = tmp_path / ".run.partial-4242"
+    (staging / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": epoch, "history": {}}))
+    runs.write_run_file(staging, {"command": "train-teacher", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    return staging
+
+
+def test_a_new_run_beside_an_unfinished_one_says_so_and_overwrite_starts_over(tmp_path):
+    staging = _unfinished(tmp_path, epoch=1)
+    before = checksums(staging)
+    result = invoke("train-teacher", *TINY, "--output", tmp_path / "run")
+    assert result.exit_code == 1
+    assert (
+        f"An unfinished run of {tmp_path / 'run'} exists (epoch 1 of 3); continue it with --resume {tmp_path / 'run'}, "
+        "or start over with --overwrite." in result.output
+    )
+    assert checksums(staging) == before and not (tmp_path / "run").exists()
+    result = invoke("train-teacher", *TINY, "--output", tmp_path / "run", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not staging.exists() and (tmp_path / "run" / "teacher.keras").is_file()
+
+
+def test_describe_unfinished_names_the_stage(tmp_path):
+    staging = _unfinished(tmp_path, epoch=2)
+    assert runs.describe_unfinished(staging) == "epoch 2 of 3"
+    (staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).unlink()
+    runs.write_run_file(staging, {"command": "distill", "config": RunConfig(model="cnn8", epochs=5), "teacher_config": RunConfig(epochs=4)})
+    assert runs.describe_unfinished(staging) == "no epoch completed"
+    (staging / "teacher" / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (staging / "teacher" / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 3}))
+    assert runs.describe_unfinished(staging) == "its teacher at epoch 3 of 4"
+    (staging / "teacher" / "teacher.keras").write_bytes(b"")
+    assert runs.describe_unfinished(staging) == "its teacher trained, the student at epoch 0 of 5"
+
+
+def test_overwrite_never_deletes_the_teacher_the_run_reads(tmp_path):
+    import keras
+
+    from stkd_keras.models import small_cnn
+
+    run = tmp_path / "run"
+    (run / "teacher").mkdir(parents=True)
+    small_cnn(8, (28, 28, 1), 10, name="teacher").save(run / "teacher" / "teacher.keras")
+    (run / "metrics.json").write_text("{}")
+    before = checksums(run)
+    for teacher in (run / "teacher", run / "teacher" / "teacher.keras"):
+        result = invoke("distill", "--teacher", teacher, "--student", "cnn8", "--method", "kd", *TINY[2:], "--output", run, "--overwrite")
+        assert result.exit_code == 1 and f"The teacher {teacher} lies inside {run}, which this run would replace" in result.output
+    assert checksums(run) == before
+    assert keras.saving.load_model(run / "teacher" / "teacher.keras").name == "teacher"
