@@ -55,10 +55,16 @@ def summary(run_dir: str | os.PathLike) -> str:
 
 def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Draws loss parts, accuracy and learning rate per epoch into a PNG; returns its path."""
+    return save_figure(curves_figure(run_dir), path, dpi=100)
+
+
+def curves_figure(run_dir: str | os.PathLike):
+    """The matplotlib figure `plot_curves` writes: three panels over whole epochs (counted from 1), each axis labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     metrics, history = read_run(run_dir)
     epochs = [e + 1 for e in history.get("epoch", range(len(history.get("loss", []))))]
@@ -67,18 +73,22 @@ def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
         if key in history:
             axes[0].plot(epochs, history[key], label=key, linestyle="--" if key.startswith("val_") else "-")
     axes[0].set_title("loss terms")
+    axes[0].set_ylabel("loss")
     for key in ("accuracy", "val_accuracy"):
         if key in history:
             axes[1].plot(epochs, history[key], label=key)
     axes[1].set_title(f"top-1 (final {metrics['final_val_accuracy']:.4f}, best {metrics['best_val_accuracy']:.4f})")
+    axes[1].set_ylabel("top-1 accuracy")
     if "learning_rate" in history:
         axes[2].plot(epochs, history["learning_rate"], label="learning_rate")
     axes[2].set_title("learning rate (end of epoch)")
+    axes[2].set_ylabel("learning rate")
     for axis in axes:
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.legend(fontsize=8)
     figure.suptitle(f"{metrics['model']} ({metrics['method']}) on {metrics.get('config', {}).get('dataset')}")
-    return save_figure(figure, path, dpi=100)
+    return figure
 
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> Path:

@@ -163,6 +163,15 @@ def test_report_prints_summary_and_draws_curves(tmp_path):
     assert {"learning_rate", "val_accuracy", "ce_loss"} <= set(header)
     missing = run("report", tmp_path)
     assert missing.exit_code == 1 and "metrics.json is missing" in missing.output
+    # Whole epochs on every x axis (a 2-epoch run once drew 1.0, 1.2, ... 2.0), and every y axis says what it shows.
+    from stkd_keras.reporting import curves_figure
+
+    figure = curves_figure(output)
+    for axis in figure.axes:
+        visible = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+        assert visible and all(float(tick).is_integer() for tick in visible), visible
+        assert axis.get_xlabel() == "epoch"
+    assert [axis.get_ylabel() for axis in figure.axes] == ["loss", "top-1 accuracy", "learning rate"]
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, fashion_arrays):
