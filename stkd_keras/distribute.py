@@ -153,9 +153,8 @@ def worker_directory():
 class Setup:
     """How a run is spread over devices: the scope its variables are created in, and who writes results.
 
-    `process_index` / `process_count` are those of a multi-process JAX run
-    (each process feeds its share of every global batch); `auto_sharded`
-    says whether Keras splits a `tf.data` pipeline over the processes itself.
+    `process_index` / `process_count` are those of a multi-process JAX run,
+    in which each process feeds its share of every global batch.
     """
 
     strategy: str

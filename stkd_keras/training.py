@@ -166,7 +166,7 @@ def train(
             raise RunError(f"The run in {directory} already completed its {config.epochs} epochs.")
         train_data, _ = data_lib.load(
             config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed,
-            stream=True, start_step=initial_epoch * steps, **data_options, **_shard(setup, config.batch_size),
+            stream=True, start_step=initial_epoch * steps, **data_options, **_shard(setup),
         )
         log(
             f"Training {role} {model.name} ({model.count_params():,} parameters) with method {method!r} on "
@@ -270,7 +270,7 @@ def _build_before_fit(distiller: Distiller, info: data_lib.DatasetInfo, batch_si
     distiller.evaluate(images, np.zeros((batch_size,), "int64"), batch_size=batch_size, verbose=0)
 
 
-def _shard(setup: distribute.Setup, batch_size: int) -> dict:
+def _shard(setup: distribute.Setup) -> dict:
     """The data options of one process of a multi-process JAX run: its share of every global batch."""
     if setup.process_count == 1:
         return {}
