@@ -16,6 +16,7 @@ corrupts the only copy) and does not restore the mixup seed state; hence this.
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import math
@@ -135,6 +136,44 @@ class LearningRateLogger(keras.callbacks.Callback):
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate(optimizer.iterations) if callable(rate) else rate))
 
 
+class HistoryLogger(keras.callbacks.CSVLogger):
+    """Keras's `CSVLogger`, numbering epochs from 1 as the run's log and metrics.json do.
+
+    Appending (a resumed run) to a history.csv that an earlier version of
+    this library began, with epochs from 0 and the training accuracy on mixed
+    labels named `accuracy`, goes on in that file's numbering and columns, so
+    that a file reads one way from its first row to its last
+    (`stkd_keras.reporting.read_history` reads both kinds).
+
+    Args:
+        filename: The CSV file.
+        append: Whether to append to an existing file (resume) or overwrite it.
+    """
+
+    def __init__(self, filename: str | os.PathLike, append: bool = False):
+        super().__init__(str(filename), append=append)
+        self.first_epoch = 1
+        self.columns: list[str] | None = None
+
+    def on_train_begin(self, logs=None):
+        self.first_epoch, self.columns = 1, None
+        if self.append and os.path.isfile(self.filename):
+            with open(self.filename, newline="") as f:
+                rows = csv.reader(f)
+                header, first = next(rows, None), next(rows, None)
+            if header and first and header[0] == "epoch" and first[0].isdigit():
+                self.columns, self.first_epoch = header, int(first[0])
+        super().on_train_begin(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if self.columns:  # a file begun with `accuracy` for the training accuracy on mixed labels keeps that column
+            for name in [name for name in logs if name.startswith("mixed_") and name not in self.columns]:
+                if name.removeprefix("mixed_") in self.columns:
+                    logs[name.removeprefix("mixed_")] = logs.pop(name)
+        super().on_epoch_end(epoch + self.first_epoch, logs)
+
+
 class StopOnNonFinite(keras.callbacks.Callback):
     """Stops at the first non-finite training loss and remembers where it happened."""
 
@@ -160,12 +199,19 @@ def tensorboard_callback(folder: str | os.PathLike, log=print) -> keras.callback
     warning: the run goes on without event files (history.csv holds the same figures).
     """
     if tensorflow_available():
-        return keras.callbacks.TensorBoard(str(folder), write_graph=False)
+        return TensorBoard(str(folder), write_graph=False)
     if importlib.util.find_spec("tensorboard") is None:
         log("Warning: neither TensorFlow nor the tensorboard package is installed, so this run writes no TensorBoard logs "
             "(history.csv holds the same figures); pip install tensorboard to have them.")
         return None
     return TensorBoardScalars(folder)
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """Keras's TensorBoard callback, its epoch figures at steps counted from 1 (as history.csv and metrics.json count)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
 
 
 class TensorBoardScalars(keras.callbacks.Callback):
@@ -175,6 +221,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
     out as Keras's TensorBoard callback does: `train/` holds `epoch_<metric>`
     and `validation/` the `val_` metrics under the same names, so TensorBoard
     draws a run trained on JAX or PyTorch like one trained on TensorFlow.
+    Steps are epochs counted from 1, as `TensorBoard` above writes them.
     """
 
     def __init__(self, folder: str | os.PathLike):
@@ -192,7 +239,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
             split, name = ("validation", key[len("val_"):]) if key.startswith("val_") else ("train", key)
-            self._writer(split).add_scalar(f"epoch_{name}", float(value), step=epoch)
+            self._writer(split).add_scalar(f"epoch_{name}", float(value), step=epoch + 1)
         for writer in self._writers.values():
             writer.flush()
 

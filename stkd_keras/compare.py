@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from stkd_keras import methods as methods_lib
+from stkd_keras.reporting import read_history, save_figure
 
 # Two-sided 95% quantiles of Student's t (t_{0.975, df}), df = 1..30; beyond, the normal 1.96 is within 1.5%.
 _T_975 = (
@@ -233,8 +234,6 @@ def markdown(rows: list[dict], baseline: str = "kd") -> str:
 
 def plot(rows: list[dict], path: str | os.PathLike) -> Path:
     """Accuracy per method with every seed shown (one panel per setting), and one seed's curves per method."""
-    import csv
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -251,9 +250,8 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
             left.errorbar(position + 0.15, 100 * row["final"]["mean"], yerr=100 * (row["final"]["std"] if row["final"]["n"] > 1 else 0), fmt="o", color="black")
             history_path = Path(row["run_dirs"][0]) / "history.csv"
             if history_path.is_file():
-                with open(history_path, newline="") as f:
-                    history = list(csv.DictReader(f))
-                right.plot([int(h["epoch"]) + 1 for h in history], [100 * float(h["val_accuracy"]) for h in history], label=row["method"])
+                history = read_history(history_path, row["method"])  # epochs from 1, in old files (from 0) too
+                right.plot(history["epoch"], [100 * value for value in history["val_accuracy"]], label=row["method"])
         left.set_xticks(range(len(members)), [row["method"] for row in members])
         left.set_ylabel("final-epoch val top-1 (%)")
         left.set_title(setting, fontsize=9)
@@ -261,6 +259,4 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
         right.set_ylabel("val top-1 (%)")
         right.set_title("training curves, one seed per method", fontsize=9)
         right.legend(fontsize=8)
-    from stkd_keras.reporting import save_figure
-
     return save_figure(figure, path, dpi=90)

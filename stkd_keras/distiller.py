@@ -81,8 +81,11 @@ class Distiller(keras.Model):
     labels, so `"accuracy"` resolves to categorical accuracy. Reported
     metrics: `loss`, each of the method's loss terms unweighted (`ce_loss`,
     `kd_loss`, `clean_kd_loss`, ...), `mixup_lambda` (training with mixup:
-    the mean lambda drawn) and the compiled metrics. Losses the student adds
-    (regularizers) are added to the loss, as Keras does.
+    the mean lambda drawn) and the compiled metrics. In training, a method
+    that mixes reports each compiled metric as `mixed_<name>`
+    (`mixed_accuracy`): it is scored against the mixed labels, so it sits
+    below the validation figure (`val_accuracy`, on real labels). Losses the
+    student adds (regularizers) are added to the loss, as Keras does.
 
     Args:
         student: The `keras.Model` to train; it returns logits.
@@ -255,6 +258,11 @@ class Distiller(keras.Model):
         logs = super().compute_metrics(x, labels, logits, sample_weight=sample_weight)
         if not training:
             logs.pop("mixup_lambda", None)  # No mixup in evaluation.
+        elif self.distillation_method.mixes:
+            # Scored against mixed labels, training accuracy sits below validation accuracy; its name says why. Only
+            # the logs are renamed: the metric objects keep their names, so validation stays `val_accuracy`.
+            own = {"loss", "mixup_lambda", *self._term_trackers}
+            logs = {name if name in own else f"mixed_{name}": value for name, value in logs.items()}
         return logs
 
     def get_config(self):

@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from stkd_keras.files import atomic_write
+from stkd_keras.methods import get_method
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, list[float]]]:
@@ -25,13 +26,42 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, list[float]]]:
         metrics = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{metrics_path} is not valid JSON: {error}") from None
-    with open(history_path, newline="") as f:
+    return metrics, read_history(history_path, metrics.get("method"))
+
+
+def read_history(path: str | os.PathLike, method: str | None = None) -> dict[str, list[float]]:
+    """A history.csv as float columns, in today's convention whichever version of stkd-keras wrote it.
+
+    Today's files number epochs from 1 and name the training accuracy of a
+    method that mixes `mixed_accuracy` (`mixed_top5_accuracy`). Files
+    written before (those committed under benchmarks/results/ among them)
+    number epochs from 0, which their first row shows, and call it
+    `accuracy`: their epochs are counted from 1 here, and their training
+    accuracy is renamed when `method` is a registered method that mixes.
+
+    Raises:
+        ValueError: When the file is malformed (naming it).
+    """
+    with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     try:
         history = {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{history_path} is malformed: {error}") from None
-    return metrics, history
+        raise ValueError(f"{path} is malformed: {error}") from None
+    if history.get("epoch", [1])[0] == 0:
+        history["epoch"] = [epoch + 1 for epoch in history["epoch"]]
+    if "accuracy" in history and _mixes(method):
+        for name in ("accuracy", "top5_accuracy"):
+            if name in history:
+                history[f"mixed_{name}"] = history.pop(name)
+    return history
+
+
+def _mixes(method: str | None) -> bool:
+    try:
+        return method is not None and get_method(method).mixes
+    except ValueError:  # a method registered in code this process has not imported
+        return False
 
 
 def summary(run_dir: str | os.PathLike) -> str:
@@ -67,14 +97,14 @@ def curves_figure(run_dir: str | os.PathLike):
     from matplotlib.ticker import MaxNLocator
 
     metrics, history = read_run(run_dir)
-    epochs = [e + 1 for e in history.get("epoch", range(len(history.get("loss", []))))]
+    epochs = history.get("epoch") or list(range(1, len(history.get("loss", [])) + 1))
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
     for key in ("loss", "ce_loss", "kd_loss", "val_loss", "val_ce_loss", "val_kd_loss"):
         if key in history:
             axes[0].plot(epochs, history[key], label=key, linestyle="--" if key.startswith("val_") else "-")
     axes[0].set_title("loss terms")
     axes[0].set_ylabel("loss")
-    for key in ("accuracy", "val_accuracy"):
+    for key in ("accuracy", "mixed_accuracy", "val_accuracy"):  # mixed_accuracy: on mixup's mixed labels, so lower
         if key in history:
             axes[1].plot(epochs, history[key], label=key)
     axes[1].set_title(f"top-1 (final {metrics['final_val_accuracy']:.4f}, best {metrics['best_val_accuracy']:.4f})")

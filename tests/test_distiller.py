@@ -55,10 +55,14 @@ def test_each_method_learns_fashion_mnist(method, fashion_arrays, trained_teache
     # with w_ce = 0.1 the teacher methods start slower.)
     assert history.history["val_accuracy"][-1] > 0.3
     unit = get_method(method)
-    expected_keys = {"loss", "ce_loss", "accuracy", "val_loss", "val_ce_loss"}
+    # Training accuracy against mixed labels is named for what it is; validation keeps Keras's name.
+    training_accuracy = "mixed_accuracy" if unit.mixes else "accuracy"
+    expected_keys = {"loss", "ce_loss", training_accuracy, "val_loss", "val_ce_loss", "val_accuracy"}
     expected_keys |= {"kd_loss", "val_kd_loss"} if unit.needs_teacher else set()
     expected_keys |= {"mixup_lambda"} if unit.mixes else set()
     assert expected_keys <= set(history.history) and "val_mixup_lambda" not in history.history
+    assert {"accuracy", "mixed_accuracy"} - {training_accuracy} & set(history.history) == set()
+    assert not any(key.startswith("val_mixed_") for key in history.history)
     for before, after in zip(teacher_before, weights_of(trained_teacher)):
         np.testing.assert_array_equal(before, after)
     assert any(not np.array_equal(b, a) for b, a in zip(student_before, weights_of(distiller.student)))
@@ -108,6 +112,32 @@ def test_stkd_loss_of_one_step_equals_numpy(fashion_arrays, trained_teacher):
     student_logits, teacher_logits = to_numpy(outputs["logits"]), to_numpy(outputs["teacher_logits"])
     per_sample = 0.3 * -(mixed_labels * numpy_log_softmax(student_logits)).sum(-1) + 0.7 * numpy_kd(teacher_logits, student_logits, 2.0)
     assert float(to_numpy(value)) == pytest.approx(float(np.mean(per_sample * mixed_weights)), rel=1e-5)
+
+
+def test_training_accuracy_is_scored_on_the_mixed_labels_and_named_so(fashion_arrays, trained_teacher):
+    """A mixing method's training step reports `mixed_accuracy`, numpy's accuracy on the mixed labels; evaluation `accuracy` on the real ones."""
+    (x, y), _ = fashion_arrays
+    images, labels = x[:64], y[:64]
+    student = make_student()
+    for seed in range(50):  # a draw with lambda < 0.5, where most mixed labels' argmax is the other image's class
+        distiller = Distiller(student, trained_teacher, method="stkd", seed=seed)
+        outputs = distiller(images, training=True)
+        if 0.1 < float(to_numpy(outputs["lam"])) < 0.4:
+            break
+    distiller.compile(optimizer="sgd", metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy")])
+    logs = distiller.compute_metrics(images, labels, outputs)
+    lam, p = float(to_numpy(outputs["lam"])), to_numpy(outputs["permutation"])
+    one_hot = np.eye(10, dtype="float32")[labels]
+    mixed_labels, logits = lam * one_hot + (1 - lam) * one_hot[p], to_numpy(outputs["logits"])
+    assert (mixed_labels.argmax(-1) != labels).sum() > 16
+    assert {"mixed_accuracy", "mixed_top5_accuracy", "mixup_lambda"} <= set(logs) and "accuracy" not in logs
+    expected = np.mean(mixed_labels.argmax(-1) == logits.argmax(-1))
+    assert float(to_numpy(logs["mixed_accuracy"])) == pytest.approx(expected, abs=1e-6)
+    distiller.reset_metrics()
+    clean_logits = to_numpy(distiller(images, training=False))
+    logs = distiller.compute_metrics(images, labels, clean_logits)
+    assert "accuracy" in logs and not any(key.startswith("mixed_") for key in logs)
+    assert float(to_numpy(logs["accuracy"])) == pytest.approx(np.mean(labels == clean_logits.argmax(-1)), abs=1e-6)
 
 
 def test_clean_kd_term_is_added_and_reported(fashion_arrays, trained_teacher):

@@ -25,7 +25,7 @@ from stkd_keras import jax_distribution
 
 TESTS = Path(__file__).resolve().parent
 CASE = str(TESTS / "jax_distribution_case.py")
-LOSS_KEYS = ("loss", "ce_loss", "kd_loss", "mixup_lambda", "accuracy")
+LOSS_KEYS = ("loss", "ce_loss", "kd_loss", "mixup_lambda", "mixed_accuracy")
 BACKEND_ERROR = "--strategy data_parallel runs on the JAX backend"
 
 

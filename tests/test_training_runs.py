@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stkd_keras import checkpointing, methods, training
+from stkd_keras import checkpointing, methods, reporting, training
 from stkd_keras.cli.main import cli
 from stkd_keras.recipes import RecipeError, load_recipe
 
@@ -67,6 +67,13 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, backend):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     with open(killed / "history.csv") as f:
         assert len(f.read().strip().splitlines()) == 1 + 3  # header + one row per epoch, across the interruption
+    # Epochs from 1, as the log and metrics.json count; STKD's training accuracy is on mixed labels and named so.
+    resumed, uninterrupted = (reporting.read_history(folder / "history.csv") for folder in (killed, reference))
+    assert resumed["epoch"] == uninterrupted["epoch"] == [1, 2, 3]
+    assert {"mixed_accuracy", "mixed_top5_accuracy", "val_accuracy", "val_top5_accuracy"} <= set(resumed)
+    assert not {"accuracy", "top5_accuracy", "val_mixed_accuracy"} & set(resumed) and set(resumed) == set(uninterrupted)
+    assert resumed["val_accuracy"][-1] == pytest.approx(metrics["final_val_accuracy"], abs=1e-6)
+    np.testing.assert_allclose(resumed["mixed_accuracy"], uninterrupted["mixed_accuracy"], atol=1e-6)
     assert not list(tmp_path.glob(".killed.partial-*"))
 
 
@@ -159,8 +166,20 @@ def test_report_prints_summary_and_draws_curves(tmp_path):
     png = (output / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     assert (output / "tensorboard").is_dir() and any((output / "tensorboard").rglob("events.out.tfevents.*"))
-    header = (output / "history.csv").read_text().splitlines()[0].split(",")
+    lines = (output / "history.csv").read_text().splitlines()
+    header = lines[0].split(",")
     assert {"learning_rate", "val_accuracy", "ce_loss"} <= set(header)
+    # A teacher trains on real labels: its training accuracy keeps Keras's name. Epochs count from 1 here, in
+    # metrics.json and in TensorBoard alike.
+    assert "accuracy" in header and "mixed_accuracy" not in header
+    assert [line.split(",")[0] for line in lines] == ["epoch", "1", "2"]
+    assert metrics["final_epoch"]["epoch"] == 2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(output / "tensorboard" / "validation"))
+    events.Reload()
+    recorded = events.Scalars("epoch_accuracy") if "epoch_accuracy" in events.Tags()["scalars"] else events.Tensors("epoch_accuracy")
+    assert [event.step for event in recorded] == [1, 2]
     missing = run("report", tmp_path)
     assert missing.exit_code == 1 and "metrics.json is missing" in missing.output
     # Whole epochs on every x axis (a 2-epoch run once drew 1.0, 1.2, ... 2.0), and every y axis says what it shows.
