@@ -41,7 +41,9 @@ def _choice_of(names_getter):
 
 
 def _dataset_names():
-    return _library()[0].list_datasets()
+    from stkd_keras import data  # Keras-free: a wrong name answers without loading a backend
+
+    return data.list_datasets()
 
 
 class _DatasetName(click.ParamType):
@@ -56,8 +58,27 @@ class _DatasetName(click.ParamType):
         self.fail(f"{value!r} is not one of: {', '.join(names)}.", param, ctx)
 
 
+class _CountOrAll(click.ParamType):
+    """A positive count, or `all`."""
+
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value == "all" or isinstance(value, int) and value >= 1:
+            return value
+        try:
+            count = int(value)
+        except (TypeError, ValueError):
+            count = 0
+        if count < 1:
+            self.fail(f"expected a positive number of images or 'all', got {value!r}.", param, ctx)
+        return count
+
+
 def _model_names():
-    return _library()[2].list_models()
+    from stkd_keras.config import MODEL_NAMES  # Keras-free, checked against the zoo in tests/test_zoo.py
+
+    return list(MODEL_NAMES)
 
 
 def _method_names():
@@ -256,6 +277,8 @@ def _use_backend(ctx: click.Context, backend: str | None, resume: str | None = N
     wanted = backend or recorded or backend_choice.default_backend()
     try:
         if backend_choice.select(wanted):
+            # The data pipeline (tf.data) and the export use TensorFlow on every backend where it is installed.
+            backend_choice.import_tensorflow_quietly()
             return wanted
     except ValueError as error:
         raise click.ClickException(str(error)) from None
@@ -296,11 +319,12 @@ def _apply_recipe(ctx: click.Context, options: dict, renames: dict) -> dict:
 
 
 def _config(options: dict, **fields):
-    training = _library()[3]
-    names = {field.name for field in dataclasses.fields(training.RunConfig)}
+    from stkd_keras.config import RunConfig
+
+    names = {field.name for field in dataclasses.fields(RunConfig)}
     values = {key: value for key, value in options.items() if key in names}
     values.update(fields)
-    return training.RunConfig(**values)
+    return RunConfig(**values)
 
 
 def _report(metrics: dict, output: Path | None, role: str) -> None:
@@ -320,15 +344,21 @@ def cli():
     """Similarity Transfer for Knowledge Distillation (STKD) for Keras 3."""
 
 
-def _start_or_resume(ctx, backend, resume, output, quiet, options: dict, start):
-    """What train-teacher and distill share: the backend, then `start(training, verbose=, cluster=)` or the resumed run."""
+def _start_or_resume(ctx, backend, resume, output, quiet, options: dict, prepare):
+    """What train-teacher and distill share: the options checked, the backend, then the new or the resumed run.
+
+    `prepare()` checks the options and returns `start(training, verbose=, cluster=)`;
+    it runs before the backend (and with it TensorFlow) is imported, so a
+    mistake is answered at once.
+    """
+    if resume is None and output is None:
+        raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
+    run = {"verbose": 0 if quiet else "auto", "cluster": _cluster(options)}
+    start = prepare() if resume is None else None
     _use_backend(ctx, backend, resume)
     training = _library()[3]
-    run = {"verbose": 0 if quiet else "auto", "cluster": _cluster(options)}
     if resume is not None:
         return training.resume(resume, log=click.echo, **run)
-    if output is None:
-        raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
     return start(training, **run)
 
 
@@ -347,12 +377,13 @@ def _cluster(options: dict) -> dict | None:
 def train_teacher(ctx, output, overwrite, quiet, resume, backend, **options):
     """Train a teacher with cross-entropy; writes teacher.keras, history.csv and metrics.json to OUTPUT."""
 
-    def start(training, **run):
+    def prepare():
         renames = {"teacher_model": "model", "teacher_epochs": "epochs", "student": None, "model": None, "teacher": None}
         config = _config(_apply_recipe(ctx, options, renames), method="ce")
-        return training.train_teacher(config, output, overwrite, log=click.echo, **run)
+        config.validate()
+        return lambda training, **run: training.train_teacher(config, output, overwrite, log=click.echo, **run)
 
-    result = _start_or_resume(ctx, backend, resume, output, quiet, options, start)
+    result = _start_or_resume(ctx, backend, resume, output, quiet, options, prepare)
     _report(result.metrics, result.output, "teacher")
 
 
@@ -375,19 +406,24 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
     with --resume OUTPUT from its last completed epoch, on the backend it
     started on.
     """
+    from stkd_keras.config import teacher_config_for
     from stkd_keras.methods import get_method
+    from stkd_keras.runs import model_file
 
-    def start(training, **run):
+    def prepare():
         merged = _apply_recipe(ctx, options, {"model": "student"})
         method_options = _method_options(ctx, merged)
         teacher, teacher_model, teacher_epochs = merged.pop("teacher"), merged.pop("teacher_model"), merged.pop("teacher_epochs")
         config = _config(merged, model=merged.pop("student"), teacher=teacher, method_options=method_options)
         if teacher is not None and not get_method(config.method).needs_teacher:
             raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
-        teacher_config = training.teacher_config_for(config, teacher_model, teacher_epochs)
-        return training.distill(config, output, teacher_config, overwrite, log=click.echo, **run)
+        if teacher is not None:
+            model_file(teacher, "teacher")  # a missing or non-Keras teacher file is named before anything loads
+        config.validate()
+        teacher_config = teacher_config_for(config, teacher_model, teacher_epochs)
+        return lambda training, **run: training.distill(config, output, teacher_config, overwrite, log=click.echo, **run)
 
-    result = _start_or_resume(ctx, backend, resume, output, quiet, options, start)
+    result = _start_or_resume(ctx, backend, resume, output, quiet, options, prepare)
     _report(result.metrics, result.output, "student")
 
 
@@ -407,6 +443,17 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
 @click.pass_context
 def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite, backend):
     """Print top-1 / top-5 accuracy of a saved model and write them to JSON."""
+    from stkd_keras import runs
+
+    # Checked before the backend (and TensorFlow) loads, so a mistake is answered at once.
+    if Path(model_path).suffix in (".tflite", ".onnx"):
+        if not Path(model_path).is_file():
+            raise click.ClickException(f"Model file {model_path} does not exist.")
+    else:
+        runs.model_file(model_path)
+        preprocessing = runs.read_preprocessing(model_path)
+        if preprocessing is not None:
+            runs.check_preprocessing_fits(preprocessing, dataset, model_path)
     _use_backend(ctx, backend)
     training = _library()[3]
     model_path = Path(model_path)
@@ -429,7 +476,11 @@ def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, su
 @cli.command(cls=_BackendCommand, backend="tensorflow")
 @click.option("--model", "model_path", required=True, type=click.Path(), help="The student .keras file (or its run folder), trained on any backend.")
 @click.option("--format", "export_format", default="all", show_default=True, type=click.Choice(["tflite", "onnx", "all"]), help="Which runtimes to export for.")
-@click.option("--quantize", default="none", show_default=True, type=click.Choice(["none", "float16", "dynamic", "int8"]), help="TFLite quantization; ONNX takes none or int8 (float32 otherwise).")
+@click.option(
+    "--quantize", "quantize", multiple=True, metavar="MODES",
+    help="Quantization modes, comma-separated or repeated: float32 (or none), float16, dynamic, int8, or all (every mode the "
+    "formats have). Each mode is written for every chosen format that has it (ONNX: float32, int8). [default: float32,int8]",
+)
 @click.option("--qat", "qat_epochs", default=None, type=click.IntRange(min=1), help="Also export int8 after N epochs of quantization-aware training (tfmot, fine-tuned with the run's method).")
 @click.option("--prune", "prune_sparsity", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Also export int8 after pruning to this sparsity (tfmot).")
 @click.option("--teacher", default=None, type=click.Path(), help="Teacher for QAT/pruning fine-tuning (default: the run's teacher/ folder, or the teacher its metrics.json names).")
@@ -438,16 +489,16 @@ def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, su
     "--finetune-option", "finetune_options", multiple=True, metavar="FIELD=VALUE",
     help="A hyperparameter of that method (repeatable; default: the run's own values, else the method's defaults).",
 )
-@click.option("--finetune-subset", default=None, type=click.IntRange(min=1), help="Training images for QAT/pruning fine-tuning (default: all).")
+@click.option("--finetune-subset", default=None, type=click.IntRange(min=1), help="Training images for QAT/pruning fine-tuning (default: the whole training split; e.g. 5000 for a quick pass).")
 @click.option("--dataset", default=None, type=_DatasetName(), help="Dataset for verification and calibration (default: the one the model was trained on).")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="As for distill.")
 @click.option("--download/--no-download", default=True, show_default=True, help="Let tfds download a missing dataset.")
-@click.option("--verify-images", default=500, show_default=True, type=click.IntRange(min=1), help="Evaluation images each file is verified on.")
+@click.option("--verify-images", default="500", show_default=True, type=_CountOrAll(), help="Test images each file is verified on: the first N, or all (the whole test split, comparable with evaluate).")
 @click.option("--representative-images", default=200, show_default=True, type=click.IntRange(min=1), help="Training images for int8 calibration.")
 @click.option("--dynamic-batch", is_flag=True, help="Keep the batch dimension free (default: fixed to 1 for edge delegates).")
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=13), help="ONNX opset.")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for the exported files.")
-@click.option("--overwrite", is_flag=True, help="Replace existing files of the same names.")
+@click.option("--overwrite", is_flag=True, help="Replace the earlier export in the folder (its files this export does not write are removed).")
 @_user_errors
 @click.pass_context
 def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, finetune_method, finetune_options, finetune_subset, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
@@ -459,17 +510,26 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
     """
     if importlib.util.find_spec("tensorflow") is None:
         raise click.ClickException("Export runs the TensorFlow converters, and TensorFlow is not installed: pip install 'stkd-keras[export]'.")
-    _use_backend(ctx, "tensorflow")
-    from stkd_keras import export as export_lib
+    from stkd_keras import runs
+    from stkd_keras.export import plan as export_plan
 
-    training = _library()[3]
+    # Everything that can be checked without TensorFlow is, so a mistake is answered at once.
+    formats = ("tflite", "onnx") if export_format == "all" else (export_format,)
+    try:
+        export_plan.export_plan(formats, quantize or None)
+    except export_plan.ExportError as error:
+        raise click.BadParameter(str(error), param_hint="--quantize") from None
     model_path = Path(model_path)
-    model = training.load_model(model_path)
-    preprocessing = training.read_preprocessing(model_path)
+    if model_path.suffix not in (".tflite", ".onnx"):
+        student_file = runs.model_file(model_path)
+    else:
+        raise click.BadParameter(f"{model_path} is already exported; pass the .keras student (or its run folder).", param_hint="--model")
+    preprocessing = runs.read_preprocessing(model_path)
     if preprocessing is None:
         raise click.ClickException(f"No preprocessing.json beside {model_path}: export needs the normalisation the model was trained with.")
     dataset = dataset or preprocessing["dataset"]
-    run_folder = model_path if model_path.is_dir() else model_path.parent
+    runs.check_preprocessing_fits(preprocessing, dataset, student_file)
+    run_folder = student_file.parent
     metrics_path = run_folder / "metrics.json"
     source = {"path": str(model_path)}
     run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
@@ -490,15 +550,25 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
             if given_teacher is not None:
                 click.echo(f"Note: method {method.name!r} uses no teacher; --teacher is not used.")
             teacher = None
-        click.echo(f"QAT/pruning fine-tuning: method {method.name!r}" + (f" with {hyperparameters}" if hyperparameters else "") + ".")
-    formats = ("tflite", "onnx") if export_format == "all" else (export_format,)
-    data = export_lib.load_export_data(dataset, preprocessing, verify_images, representative_images, data_dir, download)
-    student_file = model_path if model_path.is_file() else next(p for p in (run_folder / "student.keras", run_folder / "teacher.keras") if p.is_file())
-    teacher_file = None
-    if teacher is not None:
-        teacher_file = Path(teacher) / "teacher.keras" if Path(teacher).is_dir() else Path(teacher)
+    teacher_file = runs.model_file(teacher, "teacher") if teacher is not None else None
+    _use_backend(ctx, "tensorflow")
+    from stkd_keras import export as export_lib
+
+    training = _library()[3]
+    model = training.load_model(student_file)
+    if qat_epochs or prune_sparsity:
+        steps = [f"{qat_epochs} epoch(s) of quantization-aware training"] if qat_epochs else []
+        steps += [f"2 epochs of pruning to {prune_sparsity:.0%} sparsity"] if prune_sparsity else []
+        images = f"{finetune_subset:,} training images (--finetune-subset)" if finetune_subset else f"the whole {dataset} training split (--finetune-subset N for fewer)"
+        click.echo(
+            f"QAT/pruning fine-tuning: {' and '.join(steps)} on {images}, method {method.name!r}"
+            + (f" with {hyperparameters}" if hyperparameters else "")
+            + "; each step prints its progress and an estimate of its time once it has measured a few batches."
+        )
+    verify_count = None if verify_images == "all" else verify_images
+    data = export_lib.load_export_data(dataset, preprocessing, verify_count, representative_images, data_dir, download)
     report = export_lib.export_model(
-        model, output, data, preprocessing, formats=formats, quantize=quantize, dynamic_batch=dynamic_batch, opset=opset,
+        model, output, data, preprocessing, formats=formats, quantize=quantize or None, dynamic_batch=dynamic_batch, opset=opset,
         overwrite=overwrite, stem=student_file.stem, source=source, log=click.echo,
         bridge_args={
             "model_path": student_file, "teacher_path": teacher_file, "dataset": dataset, "data_dir": data_dir,
@@ -506,15 +576,27 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
             "method": method.name if method else None, "hyperparameters": hyperparameters,
         },
     )
-    click.echo(f"Keras top-1 on {report['verification_images']} verification images: {report['keras_top1_accuracy']:.4f}")
-    click.echo("| file | size | max abs logit diff | top-1 agreement | top-1 | ms/image |")
-    click.echo("| --- | ---: | ---: | ---: | ---: | ---: |")
+    click.echo(_verification_line(report, dataset))
+    click.echo("| file | input | size | max abs logit diff | top-1 agreement | top-1 | ms/image |")
+    click.echo("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in report["files"]:
         click.echo(
-            f"| {row['file']} | {row['size_bytes'] / 1024:,.0f} KiB | {row['max_abs_logit_diff']:.2e} | {row['top1_agreement']:.4f} | "
-            f"{row['top1_accuracy']:.4f} | {row['ms_per_image']:.2f} |"
+            f"| {row['file']} | {row['input_dtype']} | {row['size_bytes'] / 1024:,.0f} KiB | {row['max_abs_logit_diff']:.2e} | "
+            f"{row['top1_agreement']:.4f} | {row['top1_accuracy']:.4f} | {row['ms_per_image']:.2f} |"
         )
     click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
+
+
+def _verification_line(report: dict, dataset: str) -> str:
+    """Keras's top-1 on the verification images, saying whether they are the whole test split or its first N."""
+    count = report["verification_images"]
+    top1 = report["keras_top1_accuracy"]
+    if report.get("verification_is_whole_split"):
+        return f"Keras top-1 on the whole {dataset} test split ({count:,} images): {top1:.4f}; the files' top-1 below is on the same images."
+    return (
+        f"Keras top-1 on the first {count:,} {dataset} test images (the verification subset, not the whole split; "
+        f"--verify-images all measures all of it, as evaluate does): {top1:.4f}"
+    )
 
 
 def _field_values(items: tuple[str, ...], param_hint: str) -> dict:
@@ -554,13 +636,24 @@ def _run_teacher(run_folder: Path, run_metrics: dict) -> Path | None:
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Where to draw the training curves (default: RUN_DIR/curves.png).")
 @_user_errors
 def report(run_dir, plot_path):
-    """Print a finished run's summary and draw its training curves to a PNG."""
-    from stkd_keras import reporting
+    """Print a finished run's summary and draw its training curves to a PNG; list the unfinished runs in RUN_DIR.
+
+    On a folder of runs, it lists those a kill or crash left unfinished, with
+    the epoch each reached and the command that continues it.
+    """
+    from stkd_keras import reporting, runs
 
     run_dir = Path(run_dir)
-    click.echo(reporting.summary(run_dir))
-    path = reporting.plot_curves(run_dir, Path(plot_path) if plot_path else run_dir / "curves.png")
-    click.echo(f"Wrote {path}.")
+    unfinished = runs.unfinished_runs(run_dir)
+    finished = (run_dir / runs.METRICS_FILE).is_file()
+    if finished or not unfinished:
+        click.echo(reporting.summary(run_dir))  # without a run, its one sentence says what is missing
+        path = reporting.plot_curves(run_dir, Path(plot_path) if plot_path else run_dir / "curves.png")
+        click.echo(f"Wrote {path}.")
+    if unfinished:
+        click.echo(f"{len(unfinished)} unfinished run(s):")
+        for run in unfinished:
+            click.echo(f"  {run['output']}: {run['progress']}; continue it with stkd-keras {run['command']} --resume {run['output']}")
 
 
 @cli.command("compare")

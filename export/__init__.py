@@ -1,41 +1,38 @@
 """Export stage (installed as `stkd_keras.export`): verified TFLite/LiteRT and ONNX students.
 
 `export_model` converts a Keras student to TFLite (float32, float16,
-dynamic-range, full-integer int8) and ONNX (float32, int8), runs every file
+dynamic-range, full-integer int8) and ONNX (float32, int8), several modes in one call, runs every file
 back in its runtime on real evaluation images, compares it with Keras, embeds
 the preprocessing the runtime needs (input shape, mean/std, class names) and
 writes the files atomically with an `export_report.json`. Quantization-aware
 training and pruning run through `stkd_keras.export.tfmot_bridge` in a
 subprocess, because tensorflow-model-optimization needs legacy Keras.
+
+The names below are imported on first use: `stkd_keras.export.plan` (what an
+export will write) answers without TensorFlow, so the CLI checks options at once.
 """
 
-from stkd_keras.export.core import (
-    DEFAULT_OPSET,
-    FLOAT_BOUNDS,
-    FORMATS,
-    QUANTIZATIONS,
-    ExportData,
-    ExportError,
-    convert_onnx,
-    convert_tflite,
-    export_model,
-    load_export_data,
-)
-from stkd_keras.export.runtime import ONNXRunner, TFLiteRunner, read_metadata, runner_for
+import importlib
 
-__all__ = [
-    "DEFAULT_OPSET",
-    "FLOAT_BOUNDS",
-    "FORMATS",
-    "QUANTIZATIONS",
-    "ExportData",
-    "ExportError",
-    "ONNXRunner",
-    "TFLiteRunner",
-    "convert_onnx",
-    "convert_tflite",
-    "export_model",
-    "load_export_data",
-    "read_metadata",
-    "runner_for",
-]
+_PLAN = ("DEFAULT_OPSET", "DEFAULT_QUANTIZATIONS", "FLOAT_BOUNDS", "FORMAT_QUANTIZATIONS", "FORMATS", "QUANTIZATIONS", "ExportError", "export_plan", "parse_quantizations")
+_CORE = ("ExportData", "convert_onnx", "convert_tflite", "export_model", "load_export_data")
+_RUNTIME = ("ONNXRunner", "TFLiteRunner", "read_metadata", "runner_for")
+_EXPORTS = {
+    **{name: "stkd_keras.export.plan" for name in _PLAN},
+    **{name: "stkd_keras.export.core" for name in _CORE},
+    **{name: "stkd_keras.export.runtime" for name in _RUNTIME},
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'stkd_keras.export' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_EXPORTS))

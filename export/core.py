@@ -26,23 +26,28 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from stkd_keras.backend_choice import filtered_stderr
+from stkd_keras.export.plan import (  # noqa: F401  (re-exported)
+    DEFAULT_OPSET,
+    DEFAULT_QUANTIZATIONS,
+    FLOAT_BOUNDS,
+    FORMAT_QUANTIZATIONS,
+    FORMATS,
+    QUANTIZATIONS,
+    ExportError,
+    export_plan,
+    file_name,
+    parse_quantizations,
+    planned_files,
+)
 from stkd_keras.export.runtime import METADATA_NAME, embed_tflite_metadata, runner_for
 from stkd_keras.runs import output_lock
-
-FORMATS = ("tflite", "onnx", "all")
-QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
-FLOAT_BOUNDS = {"float32": 1e-4, "float16": 1e-2}
-DEFAULT_OPSET = 17
-
-
-class ExportError(RuntimeError):
-    """An export cannot be done or did not verify; the message is meant for the user as it is."""
-
 
 @dataclasses.dataclass
 class ExportData:
@@ -51,10 +56,8 @@ class ExportData:
     images: np.ndarray
     labels: np.ndarray
     representative: np.ndarray
-
-
-def _quantization_name(quantize: str) -> str:
-    return "float32" if quantize == "none" else quantize
+    split: str = "test"
+    whole_split: bool = False  # True when `images` are the whole split, not its first N
 
 
 def _input_signature(model, dynamic_batch: bool) -> list:
@@ -186,19 +189,18 @@ def _embed_onnx_metadata(proto, payload: dict):
     return proto
 
 
-def planned_files(stem: str, formats, quantize: str, qat_epochs, prune_sparsity) -> list[str]:
-    """The file names an export will write (checked for collisions before any work)."""
-    names = []
-    quantization = _quantization_name(quantize)
-    if "tflite" in formats:
-        names.append(f"{stem}_{quantization}.tflite")
-    if "onnx" in formats:
-        names.append(f"{stem}_{'int8' if quantize == 'int8' else 'float32'}.onnx")
-    if qat_epochs:
-        names.append(f"{stem}_qat_int8.tflite")
-    if prune_sparsity:
-        names.append(f"{stem}_pruned_int8.tflite")
-    return names + ["metadata.json", "export_report.json"]
+def _previous_files(output_dir: Path) -> set[str]:
+    """The files an earlier export into `output_dir` listed (in its metadata.json and export_report.json)."""
+    listed = set()
+    for name, key in (("metadata.json", "files"), ("export_report.json", "files")):
+        try:
+            entries = json.loads((output_dir / name).read_text()).get(key) or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        for entry in entries:
+            listed.add(entry["file"] if isinstance(entry, dict) else str(entry))
+    # Only plain names inside the folder: a hand-edited list cannot point elsewhere.
+    return {name for name in listed if name and Path(name).name == name}
 
 
 def export_model(
@@ -207,7 +209,7 @@ def export_model(
     data: ExportData,
     preprocessing: dict,
     formats=("tflite", "onnx"),
-    quantize: str = "none",
+    quantize=None,
     dynamic_batch: bool = False,
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
@@ -218,53 +220,78 @@ def export_model(
 ) -> dict:
     """Converts, verifies and writes the student's files; returns the report (also written as export_report.json).
 
+    Every (format, quantization) pair of `export_plan(formats, quantize)` is
+    one file with its own entry in export_report.json and metadata.json (input
+    and output dtype, quantization parameters). With `overwrite=True` the new
+    export replaces the previous one in the folder as a whole: files the
+    previous metadata.json listed and this export does not write are removed,
+    so both JSON files always describe exactly the exported files present.
+
     Args:
         model: The Keras student (logits output).
         output_dir: Folder for the files.
         data: Evaluation images/labels and representative training images.
         preprocessing: The model's `preprocessing.json` record (mean, std, class names, input shape).
-        formats: A subset of ("tflite", "onnx").
-        quantize: "none", "float16", "dynamic" or "int8" (ONNX: "none" or "int8").
+        formats: A subset of ("tflite", "onnx"), or ("all",).
+        quantize: Modes among "float32" (alias "none"), "float16", "dynamic" and "int8" (ONNX:
+            float32 and int8), as a sequence, a comma-separated string or "all" (every mode of
+            every format); None gives float32 and int8.
         dynamic_batch: Keep the batch dimension free (default: fixed to 1 for edge delegates).
         opset: ONNX opset.
-        overwrite: Replace existing files of the same names.
+        overwrite: Replace an earlier export in the folder.
         stem: File name stem.
         source: Where the model came from (path, accuracy), recorded in the metadata.
         bridge_args: Arguments for QAT/pruning through `stkd_keras.export.tfmot_bridge` (a subprocess):
             {"model_path", "teacher_path", "method", "hyperparameters", "dataset", "data_dir", "qat_epochs",
             "prune_sparsity", ...}; the fine-tuning uses the distillation method `method` with `hyperparameters`.
 
+    Returns:
+        The report: Keras's top-1 on the verification images, and one row per file.
+
     Raises:
-        ExportError: For an impossible request, a failed conversion, or a float file outside its bound.
+        ExportError: For an impossible request, a failed conversion, or a float32 file outside its bound.
         OutputInUse: When another process is exporting into `output_dir`.
     """
     # One export into a folder at a time: a second is refused at once, naming the holder (runs.output_lock).
-    with output_lock(output_dir):
+    # The converters' and runtimes' own C++ prints are left out of stderr; real errors are written back.
+    with output_lock(output_dir), filtered_stderr(), warnings.catch_warnings():
+        # Keras's ONNX export probes `np.object` (removed in NumPy 1.24) and NumPy warns about the probe itself.
+        warnings.filterwarnings("ignore", message="In the future `np.object` will be defined", category=FutureWarning)
         return _export_model(
             model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, bridge_args, log
         )
 
 
+def _embed(path: Path, metadata: dict) -> None:
+    """Writes `metadata` into the file itself (TFLite metadata entry, ONNX metadata_props)."""
+    if path.suffix == ".tflite":
+        path.write_bytes(embed_tflite_metadata(path.read_bytes(), metadata))
+        return
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    onnx.save(_embed_onnx_metadata(proto, metadata), str(path))
+
+
 def _export_model(model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, bridge_args, log) -> dict:
     """`export_model` with its output folder locked."""
-    if quantize not in QUANTIZATIONS:
-        raise ExportError(f"Expected --quantize in {QUANTIZATIONS}. Received: {quantize!r}")
-    if "onnx" in formats and quantize in ("float16", "dynamic") and "tflite" not in formats:
-        raise ExportError(f"ONNX export supports --quantize none or int8. Received: {quantize!r}")
+    plan = export_plan(formats, quantize)
     bridge_args = bridge_args or {}
     output_dir = Path(output_dir)
-    names = planned_files(stem, formats, quantize, bridge_args.get("qat_epochs"), bridge_args.get("prune_sparsity"))
+    names = planned_files(stem, plan, bridge_args.get("qat_epochs"), bridge_args.get("prune_sparsity"))
     existing = [name for name in names if (output_dir / name).exists()]
     if existing and not overwrite:
         raise ExportError(f"{output_dir / existing[0]} already exists; pass --overwrite to replace it or choose another --output.")
+    previous = _previous_files(output_dir) if overwrite else set()
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-partial-", dir=output_dir))
     try:
         reference = model.predict(data.images, batch_size=64, verbose=0).astype(np.float32)
         keras_accuracy = float(np.mean(reference.argmax(axis=-1) == data.labels))
-        metadata = {
+        # What every file shares; what differs between files (dtypes, quantization) is in each file's own entry.
+        shared = {
             "input_shape": [1 if not dynamic_batch else None, *model.input_shape[1:]],
-            "input_dtype": "int8" if quantize == "int8" else "float32",
             "input_name": "images",
             "output_name": "logits",
             "preprocessing": {k: preprocessing[k] for k in ("mean", "std", "pixel_scale") if k in preprocessing},
@@ -273,40 +300,36 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
             "source": {**(source or {}), "keras_top1_on_verification_images": keras_accuracy},
         }
         rows = []
-        quantization = _quantization_name(quantize)
-        if "tflite" in formats:
-            log(f"Converting {model.name} to TFLite ({quantization})...")
-            path = staging / f"{stem}_{quantization}.tflite"
-            convert_tflite(model, path, quantize, data.representative, dynamic_batch)
-            path.write_bytes(embed_tflite_metadata(path.read_bytes(), {**metadata, "quantization": quantization}))
-            rows.append(_verify(path, quantization, data, reference))
-        if "onnx" in formats:
-            log(f"Converting {model.name} to ONNX (opset {opset})...")
-            float_path = staging / f"{stem}_float32.onnx"
-            import onnx
 
-            convert_onnx(model, float_path, opset, dynamic_batch)
-            proto = onnx.load(str(float_path))
-            onnx.save(_embed_onnx_metadata(proto, {**metadata, "input_dtype": "float32", "quantization": "float32"}), str(float_path))
-            if quantize == "int8":
-                int8_path = staging / f"{stem}_int8.onnx"
+        def finish(path: Path, export_format: str, quantization: str, extra: dict | None = None) -> None:
+            runner = runner_for(path)
+            own = {"format": export_format, "quantization": quantization, "input_dtype": runner.input_dtype, "output_dtype": runner.output_dtype}
+            _embed(path, {**shared, **own})
+            row = _verify(path, quantization, data, reference)
+            row.update(extra or {})
+            rows.append(row)
+
+        onnx_float = None
+        for export_format, quantization in plan:
+            path = staging / file_name(stem, export_format, quantization)
+            if export_format == "tflite":
+                log(f"Converting {model.name} to TFLite ({quantization})...")
+                convert_tflite(model, path, quantization, data.representative, dynamic_batch)
+            elif onnx_float is None:
+                log(f"Converting {model.name} to ONNX (opset {opset})...")
+                onnx_float = staging / ".float32.onnx"
+                convert_onnx(model, onnx_float, opset, dynamic_batch)
+            if export_format == "onnx" and quantization == "float32":
+                shutil.copyfile(onnx_float, path)
+            elif export_format == "onnx":
                 log("Quantizing the ONNX model to int8 (QDQ, per-channel)...")
-                quantize_onnx_int8(float_path, int8_path, data.representative)
-                quantized = onnx.load(str(int8_path))
-                del quantized.metadata_props[:]
-                onnx.save(_embed_onnx_metadata(quantized, {**metadata, "input_dtype": "float32", "quantization": "int8"}), str(int8_path))
-                float_path.unlink()
-                rows.append(_verify(int8_path, "int8", data, reference))
-            else:
-                rows.append(_verify(float_path, "float32", data, reference))
+                quantize_onnx_int8(onnx_float, path, data.representative)
+            finish(path, export_format, quantization)
         for mode, key in (("qat", "qat_epochs"), ("prune", "prune_sparsity")):
             if bridge_args.get(key):
-                path = staging / f"{stem}_{'qat' if mode == 'qat' else 'pruned'}_int8.tflite"
+                path = staging / file_name(stem, "tflite", f"{mode}+int8")
                 bridge_report = run_tfmot_bridge(mode, path, data, preprocessing, bridge_args, log)
-                path.write_bytes(embed_tflite_metadata(path.read_bytes(), {**metadata, "input_dtype": "int8", "quantization": f"{mode}+int8"}))
-                row = _verify(path, f"{mode}+int8", data, reference)
-                row["tfmot"] = bridge_report
-                rows.append(row)
+                finish(path, "tflite", f"{mode}+int8", {"tfmot": bridge_report})
         for row in rows:
             if row.get("within_bound") is not False:
                 continue
@@ -321,17 +344,28 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
             log(f"Warning: {message} (largest |logit| {row['max_abs_logit']:.1f}); see export_report.json.")
         for row in rows:
             row["quantization_parameters"] = _quantization_parameters(staging / row["file"])
+        files = {
+            row["file"]: {key: row[key] for key in ("format", "quantization", "input_dtype", "output_dtype", "quantization_parameters")}
+            for row in rows
+        }
+        metadata = {**shared, "files": files}
         report = {
             "model": model.name,
             "keras_top1_accuracy": keras_accuracy,
             "verification_images": int(len(data.images)),
+            "verification_split": data.split,
+            "verification_is_whole_split": data.whole_split,
             "files": rows,
             "metadata": metadata,
         }
-        (staging / "metadata.json").write_text(json.dumps({**metadata, "files": [r["file"] for r in rows]}, indent=2) + "\n")
+        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        for name in [row["file"] for row in rows] + ["metadata.json", "export_report.json"]:
+        written = [row["file"] for row in rows]
+        for name in written + ["metadata.json", "export_report.json"]:
             os.replace(staging / name, output_dir / name)
+        # The earlier export's files this one did not replace: gone, so the folder holds what the JSON files list.
+        for name in sorted(previous - set(written)):
+            (output_dir / name).unlink(missing_ok=True)
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -347,7 +381,7 @@ def run_tfmot_bridge(mode: str, output_path: Path, data: ExportData, preprocessi
         "--mean", ",".join(str(v) for v in preprocessing["mean"]),
         "--std", ",".join(str(v) for v in preprocessing["std"]),
         "--mode", mode,
-        "--epochs", str(bridge_args.get("qat_epochs") or bridge_args.get("finetune_epochs") or 2),
+        "--epochs", str((bridge_args.get("qat_epochs") if mode == "qat" else None) or bridge_args.get("finetune_epochs") or 2),
         "--representative", str(len(data.representative)),
         "--eval-subset", str(len(data.images)),
         "--output", str(output_path),
@@ -360,17 +394,28 @@ def run_tfmot_bridge(mode: str, output_path: Path, data: ExportData, preprocessi
         if bridge_args.get(key) is not None:
             command += [option, str(bridge_args[key])]
     log(f"Running {'quantization-aware training' if mode == 'qat' else 'pruning'} with tensorflow-model-optimization (subprocess)...")
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    # Its progress (steps, loss, time left) is shown line by line; its stderr is kept for the error message.
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            for line in child.stdout:
+                log(line.rstrip("\n"))
+            child.wait()
+        except BaseException:  # interrupted: the fine-tuning stops with the export, and nothing is written
+            child.kill()
+            child.wait()
+            raise
+        errors.seek(0)
+        lines = [line for line in errors.read().splitlines() if line.strip()]
+    if child.returncode != 0:
         raise ExportError(f"The tfmot {mode} step failed: {lines[-1] if lines else 'no message'}")
     report = json.loads(report_path.read_text())
     report_path.unlink()
     return report
 
 
-def load_export_data(dataset: str, preprocessing: dict, verify_images: int, representative_images: int, data_dir=None, download=True) -> ExportData:
-    """The first `verify_images` test images and `representative_images` training images, with the model's preprocessing."""
+def load_export_data(dataset: str, preprocessing: dict, verify_images: int | None, representative_images: int, data_dir=None, download=True) -> ExportData:
+    """The first `verify_images` test images (None: the whole test split) and `representative_images` training images, with the model's preprocessing."""
     from stkd_keras import data as data_lib
 
     options = {
@@ -382,9 +427,9 @@ def load_export_data(dataset: str, preprocessing: dict, verify_images: int, repr
         "image_size": tuple(preprocessing["input_shape"][:2]),
     }
     test, _ = data_lib.load(dataset, "test", 256, subset=verify_images, **options)
-    images = np.concatenate([x.numpy() for x, _ in test])
-    labels = np.concatenate([y.numpy() for _, y in test])
+    images = np.concatenate([np.asarray(x) for x, _ in test])
+    labels = np.concatenate([np.asarray(y) for _, y in test])
     # A fixed, shuffled subset of the training split (the same for every export), no augmentation, no mixup.
     train, _ = data_lib.load(dataset, "train", 256, subset=representative_images, **options)
-    representative = np.concatenate([x.numpy() for x, _ in train])
-    return ExportData(images=images, labels=labels, representative=representative)
+    representative = np.concatenate([np.asarray(x) for x, _ in train])
+    return ExportData(images=images, labels=labels, representative=representative, split="test", whole_split=verify_images is None or len(images) < verify_images)

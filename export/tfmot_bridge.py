@@ -406,12 +406,18 @@ def measure_sparsity(model) -> tuple[dict, float, int]:
 # --- Fine-tuning ------------------------------------------------------------------------------------------
 
 
-def fine_tune(student, teacher, dataset, epochs: int, learning_rate: float, num_classes: int, method: str, hyperparameters: dict, seed: int, on_epoch_end=None) -> list[float]:
+def fine_tune(
+    student, teacher, dataset, epochs: int, learning_rate: float, num_classes: int, method: str, hyperparameters: dict, seed: int,
+    on_epoch_end=None, steps_per_epoch: int | None = None, log=None,
+) -> list[float]:
     """Trains `student` (tf_keras) for `epochs` on `dataset` with a registered distillation method; returns the mean loss per epoch.
 
     The step is the Distiller's (`stkd_keras.methods.forward` and the method's
     loss terms): e.g. for STKD, per batch, x_mix and y_mix from one mixup draw,
     z_t = teacher(x_mix) without gradient, and the STKD loss on student(x_mix).
+    With `log`, progress goes there: an estimate of the whole fine-tuning's
+    time once a few steps are measured, then about ten lines per epoch
+    (epoch, step, mean loss, time left).
     """
     import keras
     import tensorflow as tf
@@ -434,12 +440,33 @@ def fine_tune(student, teacher, dataset, epochs: int, learning_rate: float, num_
         return loss
 
     history = []
-    for _ in range(epochs):
-        losses = [float(train_step(images, labels)) for images, labels in dataset]
+    total = epochs * steps_per_epoch if steps_per_epoch else None
+    every = max(1, (steps_per_epoch or 100) // 10)
+    # Timed from the fourth step: the first ones trace and compile the step function.
+    timed_from, clock, done = 3, None, 0
+    for epoch in range(epochs):
+        losses = []
+        for images, labels in dataset:
+            losses.append(float(train_step(images, labels)))
+            done += 1
+            if done == timed_from:
+                clock = time.perf_counter()
+            if log is None or done <= timed_from or not (len(losses) % every == 0 or done == timed_from + 20):
+                continue
+            seconds_per_step = (time.perf_counter() - clock) / max(1, done - timed_from)
+            left = f", about {_duration(seconds_per_step * (total - done))} left" if total else ""
+            where = f"step {len(losses)}/{steps_per_epoch}" if steps_per_epoch else f"step {len(losses)}"
+            log(f"  epoch {epoch + 1}/{epochs}, {where}: loss {np.mean(losses[-every:]):.4f}{left}")
         history.append(float(np.mean(losses)))
+        if log is not None:
+            log(f"  epoch {epoch + 1}/{epochs} done: mean loss {history[-1]:.4f}")
         if on_epoch_end is not None:
             on_epoch_end()
     return history
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
 
 
 # --- TFLite ---------------------------------------------------------------------------------------------
@@ -608,10 +635,17 @@ def run(options: dict) -> dict:
         callback.on_train_begin()
         pruning = {"schedule": {"class": "PolynomialDecay", **schedule}}
 
+    what = "Quantization-aware training" if options["mode"] == "qat" else f"Pruning to {options['sparsity']:.0%} sparsity"
+    log = options.get("log")
+    if log is not None:
+        log(
+            f"{what}: {options['epochs']} epoch(s) on {train_info.num_examples:,} {options['dataset']} training images "
+            f"({steps_per_epoch:,} steps of {options['batch_size']}), method {unit.name!r}."
+        )
     fit_started = time.perf_counter()
     loss_history = fine_tune(
         model, teacher, train_dataset, options["epochs"], options["learning_rate"], num_classes, unit.name, hyperparameters, options["seed"],
-        on_epoch_end=(lambda: callback.on_epoch_end(-1)) if callback else None,
+        on_epoch_end=(lambda: callback.on_epoch_end(-1)) if callback else None, steps_per_epoch=steps_per_epoch, log=log,
     )
     timings["fine_tune_s"] = time.perf_counter() - fit_started
     if options["mode"] == "prune":
@@ -702,6 +736,7 @@ def main(**options):
         raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r}", param_hint="--hyperparameters")
     from stkd_keras.data import DatasetNotFoundError
 
+    options["log"] = click.echo  # flushed per line: the exporting process shows it as it comes
     try:
         report = run(options)
     except (BridgeError, DatasetNotFoundError, ValueError) as error:

@@ -13,6 +13,17 @@ import dataclasses
 from stkd_keras import methods as methods_lib
 from stkd_keras.backend_choice import STRATEGIES
 
+# The zoo's names, known without importing Keras (so the CLI checks --model at once);
+# tests/test_zoo.py checks them against `stkd_keras.models.list_models()`.
+MODEL_NAMES = (
+    *(f"resnet{depth}" for depth in (8, 14, 20, 32, 44, 56, 110)),
+    "resnet8x4", "resnet32x4",
+    *(f"wrn_{depth}_{width}" for depth in (16, 40) for width in (1, 2)),
+    *(f"vgg{depth}" for depth in (8, 11, 13, 16, 19)),
+    "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet18", "ResNet50",
+    *(f"cnn{width}" for width in (8, 16, 32)),
+)
+
 
 @dataclasses.dataclass
 class RunConfig:
@@ -118,3 +129,11 @@ class RunConfig:
             raise ValueError(f"Unknown run config field `{unknown[0]}`. Valid fields: {', '.join(sorted(own))}.")
         fields["lr_decay_epochs"] = tuple(fields.get("lr_decay_epochs") or ())
         return cls(**fields, method_options=options)
+
+
+def teacher_config_for(config: RunConfig, model: str, epochs: int | None = None) -> RunConfig:
+    """The config of the teacher `distill` trains first when none is given: the student's run, with cross-entropy."""
+    return dataclasses.replace(
+        config, model=model, method="ce", method_options={}, teacher=None, epochs=epochs or config.epochs,
+        lr_decay_epochs=config.lr_decay_epochs if config.lr_schedule == "step" else (),
+    )

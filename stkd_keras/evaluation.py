@@ -16,7 +16,7 @@ import numpy as np
 
 from stkd_keras import backend
 from stkd_keras import data as data_lib
-from stkd_keras.runs import MODEL_FILES, RunError, read_preprocessing
+from stkd_keras.runs import RunError, check_preprocessing_fits, model_file, read_preprocessing
 
 
 def environment() -> dict:
@@ -36,17 +36,7 @@ def _image_size(size: int | None):
 
 def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
     """Loads a `.keras` model, or a run folder's model; one clear error when it cannot."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / MODEL_FILES[role], *(path / name for name in MODEL_FILES.values())]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise RunError(f"No {' or '.join(MODEL_FILES.values())} in folder {path}.")
-        path = found
-    if not path.is_file():
-        raise RunError(f"Model file {path} does not exist.")
-    if path.suffix != ".keras":
-        raise RunError(f"Expected a .keras model file. Received: {path}")
+    path = model_file(path, role)
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a corrupt archive.
@@ -98,6 +88,7 @@ def evaluate(
     preprocessing = read_preprocessing(model_path)
     normalization, image_size = None, None
     if preprocessing is not None:
+        check_preprocessing_fits(preprocessing, dataset, model_path)
         normalization = (preprocessing["mean"], preprocessing["std"])
         image_size = _image_size(preprocessing.get("image_size"))
     data, info = data_lib.load(
@@ -130,6 +121,7 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
     preprocessing = metadata.get("preprocessing") or read_preprocessing(path)
     if not preprocessing:
         raise RunError(f"{path} carries no preprocessing metadata and no preprocessing.json lies beside it; export it with stkd-keras export.")
+    check_preprocessing_fits({"dataset": metadata.get("dataset"), **preprocessing}, dataset, path)
     input_shape = metadata.get("input_shape") or [None, *preprocessing["input_shape"]]
     data, info = data_lib.load(
         dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download,

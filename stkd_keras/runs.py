@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 from stkd_keras.config import RunConfig
@@ -30,6 +31,31 @@ RUN_FILE = "run.json"
 # Where `stkd_keras.checkpointing` commits a run's state.
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
+
+
+def model_file(path: str | os.PathLike, role: str = "student") -> Path:
+    """The `.keras` file a path names (a run folder: its model file), checked without loading Keras.
+
+    Raises:
+        RunError: For a missing file or folder, a file without the .keras
+            suffix, or one that is not a Keras archive (a .keras file is a zip).
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / MODEL_FILES[role], *(path / name for name in MODEL_FILES.values())]
+        found = next((candidate for candidate in candidates if candidate.is_file()), None)
+        if found is None:
+            raise RunError(f"No {' or '.join(MODEL_FILES.values())} in folder {path}.")
+        path = found
+    if not path.exists():
+        raise RunError(f"Model file {path} does not exist.")
+    if not path.is_file():
+        raise RunError(f"Expected a .keras model file. Received: {path}")
+    if path.suffix != ".keras":
+        raise RunError(f"Expected a .keras model file. Received: {path}")
+    if not zipfile.is_zipfile(path):
+        raise RunError(f"{path} is not a Keras model file: a .keras file is a zip archive, and this one is not.")
+    return path
 
 
 class RunError(RuntimeError):
@@ -168,6 +194,28 @@ def _resumable(staging: Path) -> bool:
     return any(staging.rglob(STATE_FILE)) or any(staging.rglob(MODEL_FILES["teacher"]))
 
 
+def unfinished_runs(folder: str | os.PathLike) -> list[dict]:
+    """The unfinished runs that can be resumed in `folder` (at any depth) or of `folder` itself.
+
+    Returns:
+        One entry per run, sorted by output: `output` (the --output it was
+        started with), `progress` (e.g. "epoch 2 of 30"), `command`
+        (train-teacher or distill) and `staging` (its hidden folder).
+    """
+    folder = Path(folder).absolute()
+    candidates = {*folder.parent.glob(f".{folder.name}.partial-*")}
+    if folder.is_dir():
+        candidates |= {path for path in folder.rglob(".*.partial-*") if ".partial-" in path.name}
+    found = []
+    for staging in candidates:
+        if not staging.is_dir() or not _resumable(staging) or any(".partial-" in parent.name for parent in staging.relative_to(folder.parent).parents):
+            continue
+        output = staging.parent / staging.name[1 : staging.name.rindex(".partial-")]
+        saved = read_run_file(staging) or {}
+        found.append({"output": output, "progress": describe_unfinished(staging), "command": saved.get("command", "distill"), "staging": staging})
+    return sorted(found, key=lambda run: str(run["output"]))
+
+
 def find_unfinished_run(output: str | os.PathLike) -> Path:
     """The staging folder of an unfinished run of `output` (the newest, if several)."""
     output = Path(output).absolute()
@@ -213,3 +261,24 @@ def read_preprocessing(model_path: str | os.PathLike) -> dict | None:
         return json.loads(candidate.read_text())
     except json.JSONDecodeError as error:
         raise RunError(f"Cannot read {candidate}: {error}") from None
+
+
+def check_preprocessing_fits(preprocessing: dict, dataset: str, model_path) -> None:
+    """Refuses a dataset whose images cannot take the model's normalisation (another channel count), in one sentence.
+
+    Raises:
+        RunError: Naming the dataset the model was trained on and the one asked for.
+    """
+    from stkd_keras import data as data_lib
+
+    trained_on = preprocessing.get("dataset")
+    if dataset == trained_on or dataset.startswith(data_lib.FOLDER_PREFIX) or dataset not in data_lib.list_datasets():
+        return
+    channels = len(preprocessing.get("mean") or ())
+    wanted = data_lib.get_spec(dataset).input_shape
+    if channels and channels != wanted[-1]:
+        shape = "x".join(str(size) for size in preprocessing.get("input_shape") or ()) or f"{channels}-channel"
+        raise RunError(
+            f"{model_path} was trained on {trained_on} ({shape} images) and cannot read {dataset} "
+            f"({'x'.join(str(size) for size in wanted)} images); use --dataset {trained_on}, or a model trained on {dataset}."
+        )

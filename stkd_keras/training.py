@@ -39,7 +39,7 @@ import numpy as np
 from stkd_keras import backend, checkpointing, distribute
 from stkd_keras import data as data_lib
 from stkd_keras import methods as methods_lib
-from stkd_keras.config import RunConfig
+from stkd_keras.config import RunConfig, teacher_config_for  # noqa: F401  (teacher_config_for stays importable from here)
 from stkd_keras.distiller import Distiller
 from stkd_keras.evaluation import (  # noqa: F401  (evaluation's names stay importable from here)
     _image_size,
@@ -248,7 +248,7 @@ def _run_callbacks(directory: Path, guard, initial_epoch: int, past_history: dic
     return [
         guard,
         checkpointing.LearningRateLogger(),
-        keras.callbacks.CSVLogger(str(directory / "history.csv"), append=initial_epoch > 0),
+        checkpointing.HistoryLogger(directory / "history.csv", append=initial_epoch > 0),
         checkpointing.RunCheckpoint(directory, past_history),
         *([tensorboard] if tensorboard else []),
     ]
@@ -283,14 +283,6 @@ class RunResult:
 
     metrics: dict
     output: Path | None
-
-
-def teacher_config_for(config: RunConfig, model: str, epochs: int | None = None) -> RunConfig:
-    """The config of the teacher `distill` trains first when none is given: the student's run, with cross-entropy."""
-    return dataclasses.replace(
-        config, model=model, method="ce", method_options={}, teacher=None, epochs=epochs or config.epochs,
-        lr_decay_epochs=config.lr_decay_epochs if config.lr_schedule == "step" else (),
-    )
 
 
 def train_teacher(
@@ -368,6 +360,12 @@ def _run(command, config, teacher_config, output: Path, resume: bool, verbose, l
     setup = distribute.setup(config.strategy, backend.name(), cluster)
     if resume and setup.process_count > 1:
         raise RunError("--resume is not supported for a run of several processes: only process 0 holds the checkpoint; restart the run.")
+    if teacher_config is not None and not resume:
+        # The teacher trains first: a dataset that cannot be read stops the run before it, not after.
+        data_lib.load(
+            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed,
+            data_dir=config.data_dir, download=config.download, image_size=_image_size(config.image_size),
+        )
     if not setup.chief:  # The chief writes the run; the others train into a temporary folder.
         directory, final = distribute.worker_directory(), None
     else:

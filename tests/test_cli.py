@@ -1,6 +1,8 @@
 import csv
 import hashlib
 import json
+import subprocess
+import sys
 
 import keras
 import pytest
@@ -8,6 +10,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from stkd_keras.cli.main import cli
+from stkd_keras.config import MODEL_NAMES
 
 TINY = ["--epochs", "1", "--train-subset", "256", "--val-subset", "256", "--batch-size", "64", "--quiet"]
 
@@ -142,15 +145,96 @@ def test_missing_dataset_message(tmp_path):
     assert "Error: Dataset 'cifar10' is not on this machine" in result.output and "tfds build cifar10" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial-*"))
+    # Without --teacher the run would train one first: the data is checked before, and no teacher is announced.
+    result = run("distill", "--dataset", "cifar10", "--no-download", "--data-dir", tmp_path, "--output", tmp_path / "run", *TINY)
+    assert result.exit_code == 1 and "Error: Dataset 'cifar10' is not on this machine" in result.output
+    assert "No --teacher given" not in result.output
+    assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial-*"))
+
+
+def test_a_model_from_another_dataset_is_named(tmp_path):
+    """A model trained on CIFAR-10 asked to read Fashion-MNIST: which dataset each is, not an internal normalisation error."""
+    folder = tmp_path / "cifar_run"
+    folder.mkdir()
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_student")
+    model.save(folder / "student.keras")
+    preprocessing = {"dataset": "cifar10", "input_shape": [32, 32, 3], "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
+    (folder / "preprocessing.json").write_text(json.dumps(preprocessing))
+    expected = f"Error: {folder} was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist (28x28x1 images); use --dataset cifar10"
+    result = run("evaluate", "--model", folder, "--dataset", "fashion_mnist")
+    assert result.exit_code == 1 and expected in result.output
+    result = run("export", "--model", folder, "--dataset", "fashion_mnist", "--output", tmp_path / "exported")
+    assert result.exit_code == 1
+    assert f"Error: {folder / 'student.keras'} was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist" in result.output
+    assert "Expected one mean" not in result.output and not (tmp_path / "exported").exists()
+
+
+def test_mistakes_are_answered_before_tensorflow_loads(tmp_path):
+    """Usage errors and missing or wrong files: one sentence, and TensorFlow (about 4 s to import) is never imported."""
+    text = tmp_path / "teacher.keras"
+    text.write_text("text")
+    script = f"""
+import sys
+from click.testing import CliRunner
+from stkd_keras.cli.main import cli
+cases = [
+    ["distill", "--student", "resnet9", "--output", "{tmp_path}/a"],
+    ["distill", "--student", "resnet8", "--epochs", "-1", "--output", "{tmp_path}/a"],
+    ["distill", "--dataset", "nope", "--output", "{tmp_path}/a"],
+    ["distill", "--teacher", "{text}", "--output", "{tmp_path}/a"],
+    ["distill", "--temperature", "-1", "--output", "{tmp_path}/a"],
+    ["evaluate", "--model", "{tmp_path}/missing.keras"],
+    ["export", "--model", "{tmp_path}/missing.keras", "--output", "{tmp_path}/e"],
+    ["export", "--model", "{text}", "--quantize", "int4", "--output", "{tmp_path}/e"],
+]
+for args in cases:
+    result = CliRunner().invoke(cli, args)
+    print(result.exit_code, result.output.strip().splitlines()[-1])
+print("tensorflow" in sys.modules, "keras" in sys.modules)
+"""
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    lines = completed.stdout.strip().splitlines()
+    assert lines[-1] == "False False", completed.stdout + completed.stderr
+    assert lines[:-1] == [
+        "2 Error: Invalid value for '--student': 'resnet9' is not one of: " + ", ".join(MODEL_NAMES) + ".",
+        "2 Error: Invalid value for '--epochs': -1 is not in the range x>=1.",
+        "2 Error: Invalid value for '--dataset': 'nope' is not one of: fashion_mnist, mnist, cifar10, cifar100, cinic10, tiny_imagenet, folder:PATH.",
+        f"1 Error: {text} is not a Keras model file: a .keras file is a zip archive, and this one is not.",
+        "1 Error: Expected `temperature` to be a finite number > 0. Received: temperature=-1.0",
+        f"1 Error: Model file {tmp_path}/missing.keras does not exist.",
+        f"1 Error: Model file {tmp_path}/missing.keras does not exist.",
+        "2 Error: Invalid value for --quantize: Expected --quantize values among float32, float16, dynamic, int8, none and all. Received: 'int4'",
+    ]
+    assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists()
+
+
+def test_tensorflow_start_up_noise_is_filtered(teacher_run):
+    """A real command prints no TensorFlow start-up lines; an error line that is not known noise is still shown."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "stkd_keras.cli.main", "evaluate", "--model", str(teacher_run), "--subset", "64", "--json", str(teacher_run / "e.json")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    for noise in ("absl::InitializeLog", "I0000", "cudart_stub", "cpu_feature_guard", "failed call to cuInit", "XNNPACK"):
+        assert noise not in completed.stderr
+    assert "top-1" in completed.stdout
+    from stkd_keras import backend_choice
+
+    assert backend_choice._is_native_noise("I0000 00:00:1796015667.257494 762 port.cc:153] oneDNN custom operations are on.", False)
+    assert backend_choice._is_native_noise("E0000 00:00:17.99 848 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error", False)
+    # With an NVIDIA driver present, a failed cuInit is a real error; other errors are always kept.
+    assert not backend_choice._is_native_noise("E0000 00:00:17.99 848 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error", True)
+    assert not backend_choice._is_native_noise("E0000 00:00:17.99 848 some.cc:1] Out of memory", False)
 
 
 def test_bad_teacher_inputs(tmp_path):
     result = run("distill", "--teacher", tmp_path / "nope.keras", "--output", tmp_path / "a", *TINY)
     assert result.exit_code == 1 and "Model file" in result.output and "does not exist" in result.output
-    corrupt = tmp_path / "corrupt.keras"
-    corrupt.write_bytes(b"not a zip")
-    result = run("distill", "--teacher", corrupt, "--output", tmp_path / "b", *TINY)
-    assert result.exit_code == 1 and "Cannot load Keras model" in result.output
+    text = tmp_path / "teacher.keras"
+    text.write_text("not a model")  # the file exists: the message must not say "File not found"
+    result = run("distill", "--teacher", text, "--output", tmp_path / "b", *TINY)
+    assert result.exit_code == 1
+    assert f"Error: {text} is not a Keras model file: a .keras file is a zip archive, and this one is not." in result.output
     wrong = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_teacher")
     wrong.save(tmp_path / "wrong.keras")
     result = run("distill", "--teacher", tmp_path / "wrong.keras", "--output", tmp_path / "c", *TINY)

@@ -35,16 +35,24 @@ def export_data(student_run):
 
 @pytest.fixture(scope="module")
 def exported(student_run, export_data, tmp_path_factory):
-    """Every format and quantization of the student, with their reports."""
+    """Every format and quantization of the student, in one call (--quantize all), with their reports."""
     data, preprocessing = export_data
     model = keras.saving.load_model(student_run / "student.keras")
     output = tmp_path_factory.mktemp("exported")
-    reports = {}
-    for quantize, formats in (("none", ("tflite", "onnx")), ("float16", ("tflite",)), ("dynamic", ("tflite",)), ("int8", ("tflite", "onnx"))):
-        report = export_lib.export_model(model, output, data, preprocessing, formats=formats, quantize=quantize, overwrite=True, log=lambda *_: None)
-        reports.update({row["file"]: row for row in report["files"]})
-        reports["keras"] = report["keras_top1_accuracy"]
-    return output, reports
+    report = export_lib.export_model(model, output, data, preprocessing, formats=("all",), quantize="all", log=lambda *_: None)
+    return output, {**{row["file"]: row for row in report["files"]}, "keras": report["keras_top1_accuracy"]}
+
+
+def test_export_plan_modes_per_format():
+    tflite = [("tflite", mode) for mode in ("float32", "float16", "dynamic", "int8")]
+    assert export_lib.export_plan(("all",), None) == [("tflite", "float32"), ("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8")]
+    assert export_lib.export_plan(("tflite", "onnx"), "all") == tflite + [("onnx", "float32"), ("onnx", "int8")]
+    assert export_lib.export_plan(("tflite",), ["int8", "none"]) == [("tflite", "float32"), ("tflite", "int8")]
+    assert export_lib.export_plan(("all",), "float16,int8") == [("tflite", "float16"), ("tflite", "int8"), ("onnx", "int8")]
+    with pytest.raises(export_lib.ExportError, match="ONNX export has no float16 mode; --quantize takes float32, int8 here"):
+        export_lib.export_plan(("onnx",), "float16")
+    with pytest.raises(export_lib.ExportError, match="Received: 'int4'"):
+        export_lib.export_plan(("tflite",), "float32,int4")
 
 
 def test_float_files_match_keras(exported):
@@ -80,9 +88,37 @@ def test_metadata_travels_with_the_files(exported, export_data):
         metadata = export_lib.read_metadata(output / name)
         assert metadata["preprocessing"]["mean"] == preprocessing["mean"] and metadata["preprocessing"]["std"] == preprocessing["std"]
         assert metadata["class_names"][0] == "T-shirt/top" and metadata["input_shape"] == [1, 28, 28, 1]
-    assert export_lib.read_metadata(output / "student_int8.tflite")["input_dtype"] == "int8"
+    # Each file carries its own input type: the int8 TFLite file takes int8, the int8 ONNX file (QDQ) float32.
+    expected_input = {
+        "student_float32.tflite": "float32", "student_float16.tflite": "float32", "student_dynamic.tflite": "float32",
+        "student_int8.tflite": "int8", "student_float32.onnx": "float32", "student_int8.onnx": "float32",
+    }
+    for name, dtype in expected_input.items():
+        assert export_lib.read_metadata(output / name)["input_dtype"] == dtype
+    # export_report.json and metadata.json describe exactly the files in the folder, each with its own entry.
     report = json.loads((output / "export_report.json").read_text())
-    assert {row["file"] for row in report["files"]} == {"student_int8.tflite", "student_int8.onnx"}
+    metadata = json.loads((output / "metadata.json").read_text())
+    on_disk = {path.name for path in output.iterdir()} - {"export_report.json", "metadata.json"}
+    assert {row["file"] for row in report["files"]} == set(metadata["files"]) == on_disk == set(expected_input)
+    assert "input_dtype" not in metadata
+    assert {name: entry["input_dtype"] for name, entry in metadata["files"].items()} == expected_input
+    assert metadata["files"]["student_int8.tflite"]["quantization_parameters"]["input"]["dtype"] == "int8"
+
+
+def test_overwrite_replaces_the_earlier_export_as_a_whole(student_run, export_data, tmp_path):
+    """A second export with --overwrite leaves exactly its own files, all listed: the first call's files do not linger unlisted."""
+    data, preprocessing = export_data
+    model = keras.saving.load_model(student_run / "student.keras")
+    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,dynamic", log=lambda *_: None)
+    assert {p.name for p in tmp_path.iterdir()} == {"student_float32.tflite", "student_dynamic.tflite", "metadata.json", "export_report.json"}
+    (tmp_path / "notes.txt").write_text("mine")  # a file no export listed is left alone
+    with pytest.raises(export_lib.ExportError, match="metadata.json already exists; pass --overwrite"):
+        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float16", log=lambda *_: None)
+    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float16", overwrite=True, log=lambda *_: None)
+    assert {p.name for p in tmp_path.iterdir()} == {"student_float16.tflite", "metadata.json", "export_report.json", "notes.txt"}
+    metadata = json.loads((tmp_path / "metadata.json").read_text())
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert list(metadata["files"]) == [row["file"] for row in report["files"]] == ["student_float16.tflite"]
 
 
 def test_batch_dimension(exported, student_run, export_data, tmp_path):
@@ -90,7 +126,7 @@ def test_batch_dimension(exported, student_run, export_data, tmp_path):
     assert export_lib.TFLiteRunner(output / "student_float32.tflite").fixed_batch == 1
     data, preprocessing = export_data
     model = keras.saving.load_model(student_run / "student.keras")
-    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), dynamic_batch=True, log=lambda *_: None)
+    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), quantize="float32", dynamic_batch=True, log=lambda *_: None)
     assert export_lib.TFLiteRunner(tmp_path / "student_float32.tflite").fixed_batch is None
     assert export_lib.ONNXRunner(tmp_path / "student_float32.onnx").fixed_batch is None
 
@@ -109,15 +145,15 @@ def test_failed_export_leaves_nothing_and_never_overwrites(student_run, export_d
 
     monkeypatch.setattr(export_lib.core, "_verify", verify_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), log=lambda *_: None)
+        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), quantize="float32", log=lambda *_: None)
     assert calls == ["student_float32.tflite", "student_float32.onnx"]
     assert list(tmp_path.iterdir()) == []  # no partial file, no staging folder
     monkeypatch.undo()
 
-    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), log=lambda *_: None)
+    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None)
     before = (tmp_path / "student_float32.tflite").read_bytes()
     with pytest.raises(export_lib.ExportError, match="student_float32.tflite already exists; pass --overwrite"):
-        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), log=lambda *_: None)
+        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None)
     assert (tmp_path / "student_float32.tflite").read_bytes() == before
 
 
@@ -134,7 +170,7 @@ def test_model_needing_flex_ops_is_refused(tmp_path, export_data):
     inputs = keras.Input((28, 28, 1))
     model = keras.Model(inputs, Determinant()(inputs), name="needs_flex")
     with pytest.raises(export_lib.ExportError, match=r"needs_flex cannot be converted to TFLite with builtin ops only \(ops: .*MatrixDeterminant"):
-        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), log=lambda *_: None)
+        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -143,13 +179,15 @@ def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
     output = tmp_path / "exported"
     result = runner.invoke(
         cli,
-        ["export", "--model", str(student_run / "student.keras"), "--format", "all", "--quantize", "int8",
-         "--verify-images", "200", "--representative-images", "50", "--output", str(output)],
+        ["export", "--model", str(student_run / "student.keras"), "--verify-images", "200", "--representative-images", "50", "--output", str(output)],
     )
     assert result.exit_code == 0, result.output
+    # The verification images are named for what they are: a subset, not evaluate's whole split.
+    assert "Keras top-1 on the first 200 fashion_mnist test images (the verification subset, not the whole split;" in result.output
     report = json.loads((output / "export_report.json").read_text())
     rows = {row["file"]: row for row in report["files"]}
-    assert set(rows) == {"student_int8.tflite", "student_int8.onnx"}
+    # --format all without --quantize: float32 and int8 of every format.
+    assert set(rows) == {"student_float32.tflite", "student_int8.tflite", "student_float32.onnx", "student_int8.onnx"}
     # evaluate measures the shipped file the same way: on the same 200 images it agrees with the report.
     for name in rows:
         result = runner.invoke(cli, ["evaluate", "--model", str(output / name), "--dataset", "fashion_mnist", "--subset", "200"])
@@ -158,6 +196,26 @@ def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
         assert evaluation["accuracy"] == pytest.approx(rows[name]["top1_accuracy"])
     again = runner.invoke(cli, ["export", "--model", str(student_run / "student.keras"), "--format", "tflite", "--quantize", "int8", "--output", str(output)])
     assert again.exit_code == 1 and "already exists; pass --overwrite" in again.output
+    wrong = runner.invoke(cli, ["export", "--model", str(student_run / "student.keras"), "--format", "onnx", "--quantize", "dynamic", "--output", str(tmp_path / "x")])
+    assert wrong.exit_code == 2 and "ONNX export has no dynamic mode; --quantize takes float32, int8 here." in wrong.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_export_verifies_on_the_whole_split(student_run, tmp_path):
+    """--verify-images all: the Keras figure the export prints is evaluate's figure on the whole test split."""
+    output = tmp_path / "exported"
+    result = CliRunner().invoke(
+        cli, ["export", "--model", str(student_run / "student.keras"), "--format", "onnx", "--quantize", "float32", "--dynamic-batch",
+              "--verify-images", "all", "--representative-images", "50", "--output", str(output)],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((output / "export_report.json").read_text())
+    assert report["verification_images"] == 10000 and report["verification_is_whole_split"] is True
+    from stkd_keras.training import evaluate
+
+    whole = evaluate(student_run / "student.keras", "fashion_mnist")
+    assert report["keras_top1_accuracy"] == pytest.approx(whole["accuracy"], abs=1e-6)  # Keras keeps its metric in float32
+    assert f"Keras top-1 on the whole fashion_mnist test split (10,000 images): {whole['accuracy']:.4f}" in result.output
 
 
 def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_run, tmp_path):
@@ -180,6 +238,11 @@ def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_r
          "--prune", "0.5", "--finetune-subset", "512", "--verify-images", "200", "--representative-images", "50", "--output", str(output)],
     )
     assert result.exit_code == 0, result.output
+    # Said up front, then shown as it runs: images, epochs, steps, loss and time left.
+    assert "1 epoch(s) of quantization-aware training and 2 epochs of pruning to 50% sparsity on 512 training images (--finetune-subset)" in result.output
+    assert "Quantization-aware training: 1 epoch(s) on 512 fashion_mnist training images (8 steps of 64), method 'kd'." in result.output
+    assert "Pruning to 50% sparsity: 2 epoch(s) on 512 fashion_mnist training images (8 steps of 64), method 'kd'." in result.output
+    assert "  epoch 1/1, step 8/8: loss " in result.output and " left" in result.output and "  epoch 2/2 done: mean loss " in result.output
     rows = {row["file"]: row for row in json.loads((output / "export_report.json").read_text())["files"]}
     assert set(rows) == {"student_int8.tflite", "student_qat_int8.tflite", "student_pruned_int8.tflite"}
     for name in ("student_qat_int8.tflite", "student_pruned_int8.tflite"):

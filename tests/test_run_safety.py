@@ -73,6 +73,28 @@ def test_a_new_run_beside_an_unfinished_one_says_so_and_overwrite_starts_over(tm
     assert not staging.exists() and (tmp_path / "run" / "teacher.keras").is_file()
 
 
+def test_report_lists_the_unfinished_runs_of_a_folder(tmp_path):
+    _unfinished(tmp_path, epoch=2)  # .run.partial-4242: train-teacher, epoch 2 of 3
+    nested = tmp_path / "grid" / ".seed1.partial-77"
+    (nested / "teacher" / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (nested / "teacher" / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 1}))
+    runs.write_run_file(nested, {"command": "distill", "config": RunConfig(epochs=5), "teacher_config": RunConfig(epochs=4)})
+    (tmp_path / "grid" / ".seed2.partial-78").mkdir()  # nothing committed: not resumable, not listed
+    result = invoke("report", tmp_path)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "2 unfinished run(s):",
+        f"  {tmp_path / 'grid' / 'seed1'}: its teacher at epoch 1 of 4; continue it with stkd-keras distill --resume {tmp_path / 'grid' / 'seed1'}",
+        f"  {tmp_path / 'run'}: epoch 2 of 3; continue it with stkd-keras train-teacher --resume {tmp_path / 'run'}",
+    ]
+    # Asked about the run itself (its folder not yet created): the unfinished run beside it.
+    (tmp_path / "run").mkdir()
+    result = invoke("report", tmp_path / "run")
+    assert result.exit_code == 0 and result.output.splitlines()[1].startswith(f"  {tmp_path / 'run'}: epoch 2 of 3;")
+    result = invoke("report", tmp_path / "grid" / ".seed2.partial-78")
+    assert result.exit_code == 1 and "metrics.json is missing" in result.output
+
+
 def test_describe_unfinished_names_the_stage(tmp_path):
     staging = _unfinished(tmp_path, epoch=2)
     assert runs.describe_unfinished(staging) == "epoch 2 of 3"

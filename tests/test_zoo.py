@@ -55,6 +55,10 @@ def zoo_params(names):
 
 def test_zoo_is_the_reference_suite_plus_small_cnns():
     assert set(models.list_models()) == set(REFERENCE_PARAMETERS) | OWN_MODELS
+    # The CLI checks --model against the Keras-free list: it must be the zoo, in the zoo's order.
+    from stkd_keras.config import MODEL_NAMES
+
+    assert list(MODEL_NAMES) == models.list_models()
 
 
 @pytest.mark.parametrize("name", list(REFERENCE_PARAMETERS))

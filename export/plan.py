@@ -1,0 +1,80 @@
+"""What an export will write, worked out without TensorFlow (so the CLI checks its options at once).
+
+Formats, quantization modes, the (format, mode) plan of one export and the
+names of its files.
+"""
+
+from __future__ import annotations
+
+
+FORMATS = ("tflite", "onnx", "all")
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+# The modes each format is written in; `none` is kept as a name for float32.
+FORMAT_QUANTIZATIONS = {"tflite": ("float32", "float16", "dynamic", "int8"), "onnx": ("float32", "int8")}
+DEFAULT_QUANTIZATIONS = ("float32", "int8")
+FLOAT_BOUNDS = {"float32": 1e-4, "float16": 1e-2}
+DEFAULT_OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """An export cannot be done or did not verify; the message is meant for the user as it is."""
+
+
+def _quantize_names(quantize) -> list[str]:
+    items = [] if quantize is None else [quantize] if isinstance(quantize, str) else list(quantize)
+    return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
+
+
+def parse_quantizations(quantize) -> tuple[str, ...]:
+    """The quantization modes asked for, in `QUANTIZATIONS` order, from names, comma-separated names or "all".
+
+    Nothing asked for gives `DEFAULT_QUANTIZATIONS` (float32 and int8);
+    `"none"` is float32; `"all"` is every mode, narrowed to what each format
+    has by `export_plan`.
+
+    Raises:
+        ExportError: For a name that is not a mode.
+    """
+    names = _quantize_names(quantize)
+    if not names:
+        return DEFAULT_QUANTIZATIONS
+    if "all" in names:
+        return QUANTIZATIONS
+    names = ["float32" if name == "none" else name for name in names]
+    unknown = [name for name in names if name not in QUANTIZATIONS]
+    if unknown:
+        raise ExportError(f"Expected --quantize values among {', '.join(QUANTIZATIONS)}, none and all. Received: {unknown[0]!r}")
+    return tuple(mode for mode in QUANTIZATIONS if mode in names)
+
+
+def export_plan(formats, quantize) -> list[tuple[str, str]]:
+    """The (format, quantization) pairs of an export: each mode asked for, in every chosen format that has it.
+
+    Raises:
+        ExportError: For an unknown format or mode, or a mode that none of the
+            formats has (float16 or dynamic with ONNX alone).
+    """
+    chosen = [name for name in FORMAT_QUANTIZATIONS if name in formats or "all" in formats]
+    unknown = [name for name in formats if name not in FORMATS]
+    if unknown or not chosen:
+        raise ExportError(f"Expected formats among {', '.join(FORMATS)}. Received: {list(formats)!r}")
+    modes = parse_quantizations(quantize)
+    if "all" not in _quantize_names(quantize):
+        for mode in modes:
+            if not any(mode in FORMAT_QUANTIZATIONS[name] for name in chosen):
+                supported = sorted({m for name in chosen for m in FORMAT_QUANTIZATIONS[name]}, key=QUANTIZATIONS.index)
+                raise ExportError(f"{' and '.join(chosen).upper()} export has no {mode} mode; --quantize takes {', '.join(supported)} here.")
+    return [(name, mode) for name in chosen for mode in modes if mode in FORMAT_QUANTIZATIONS[name]]
+
+
+def file_name(stem: str, export_format: str, quantization: str) -> str:
+    """The name of one exported file: `student_int8.tflite`, `student_float32.onnx`, `student_qat_int8.tflite`."""
+    tags = {"qat+int8": "qat_int8", "prune+int8": "pruned_int8"}
+    return f"{stem}_{tags.get(quantization, quantization)}.{export_format}"
+
+
+def planned_files(stem: str, plan: list[tuple[str, str]], qat_epochs=None, prune_sparsity=None) -> list[str]:
+    """The file names an export will write (checked for collisions before any work)."""
+    names = [file_name(stem, export_format, quantization) for export_format, quantization in plan]
+    names += [file_name(stem, "tflite", mode) for mode, wanted in (("qat+int8", qat_epochs), ("prune+int8", prune_sparsity)) if wanted]
+    return names + ["metadata.json", "export_report.json"]
