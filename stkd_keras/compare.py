@@ -66,25 +66,57 @@ def load_runs(run_dirs) -> list[dict]:
 _NOT_SETTING = {"seed", "method", "teacher", "data_dir", "download", "deterministic", "jit_compile", "mixed_precision"}
 
 
-def _setting_fields(run: dict) -> dict:
-    """The config fields that define a run's setting: all but _NOT_SETTING, hyperparameters only where not the method's defaults.
+def _non_default_hyperparameters(run: dict) -> dict:
+    """The run's hyperparameters that differ from its method's defaults (all of them for a method not registered here).
 
     Configs hold the run's method's hyperparameters (those written before
     methods were units held every method's, also for methods without them).
     """
     config = run["config"]
     names = methods_lib.hyperparameter_fields()
-    fields = {k: v for k, v in config.items() if k not in _NOT_SETTING and k not in names}
     hyperparameters = {k: v for k, v in config.items() if k in names}
     try:
-        fields.update(methods_lib.non_default(config.get("method", run.get("method")), hyperparameters))
-    except ValueError:  # a method this process has not registered: every hyperparameter counts
-        fields.update(hyperparameters)
+        return methods_lib.non_default(config.get("method", run.get("method")), hyperparameters)
+    except ValueError:
+        return hyperparameters
+
+
+def method_options(run: dict, baseline: str | None = None) -> dict:
+    """The options that make a run a variant of its method: non-default hyperparameters the `baseline` method does not have.
+
+    E.g. `mix_fraction=0.5` of an `stkd` run compared with `kd`: kd has no
+    such option, so the row is the method "stkd mix_fraction=0.5" in the same
+    setting as kd. Options the baseline also has (a temperature) stay part of
+    the setting, as they would be for the baseline.
+    """
+    if baseline is None:
+        return {}
+    try:
+        theirs = set(methods_lib.get_method(baseline).hyperparameter_names())
+    except ValueError:
+        return {}
+    return {name: value for name, value in _non_default_hyperparameters(run).items() if name not in theirs}
+
+
+def method_label(run: dict, baseline: str | None = None) -> str:
+    """The method as the tables name it: `stkd`, a preset such as `kd+ls`, or `stkd mix_fraction=0.5` (see `method_options`)."""
+    options = method_options(run, baseline)
+    return " ".join([run["method"], *(f"{name}={value}" for name, value in sorted(options.items()))])
+
+
+def _setting_fields(run: dict, baseline: str | None = None) -> dict:
+    """The config fields that define a run's setting: all but _NOT_SETTING and the method's own options (`method_options`);
+    hyperparameters only where not the method's defaults."""
+    config = run["config"]
+    names = methods_lib.hyperparameter_fields()
+    fields = {k: v for k, v in config.items() if k not in _NOT_SETTING and k not in names}
+    own = method_options(run, baseline)
+    fields.update({k: v for k, v in _non_default_hyperparameters(run).items() if k not in own})
     return fields
 
 
-def _setting_key(run: dict) -> tuple:
-    return tuple(sorted((k, json.dumps(v)) for k, v in _setting_fields(run).items()))
+def _setting_key(run: dict, baseline: str | None = None) -> tuple:
+    return tuple(sorted((k, json.dumps(v)) for k, v in _setting_fields(run, baseline).items()))
 
 
 def _resolved_setting(key: tuple, run: dict) -> dict:
@@ -97,14 +129,14 @@ def _resolved_setting(key: tuple, run: dict) -> dict:
     return {**defaults, **fields}
 
 
-def setting_labels(runs: list[dict], reference: tuple | None = None) -> dict:
+def setting_labels(runs: list[dict], reference: tuple | None = None, baseline: str | None = None) -> dict:
     """A readable label per setting key: dataset, student, teacher, epochs, subset, and whatever else varies.
 
     With `reference` (a setting key, e.g. an ablation's defaults), each label
     names only the fields that differ from the reference, and the reference
     itself is labelled "defaults".
     """
-    keys = {_setting_key(run): run for run in runs}
+    keys = {_setting_key(run, baseline): run for run in runs}
     resolved = {key: _resolved_setting(key, run) for key, run in keys.items()}
     names = {name for fields in resolved.values() for name in fields}
     varying = sorted(
@@ -114,7 +146,7 @@ def setting_labels(runs: list[dict], reference: tuple | None = None) -> dict:
     teachers = defaultdict(set)
     for run in runs:
         if run.get("teacher"):
-            teachers[_setting_key(run)].add(run["teacher"].get("name"))
+            teachers[_setting_key(run, baseline)].add(run["teacher"].get("name"))
     labels = {}
     for key, run in keys.items():
         config, fields = run["config"], resolved[key]
@@ -168,12 +200,12 @@ def difference_ci(method: list[tuple[int, float]], baseline: list[tuple[int, flo
 _MISSING = object()
 
 
-def find_setting(runs: list[dict], fields: dict) -> tuple:
+def find_setting(runs: list[dict], fields: dict, baseline: str | None = None) -> tuple:
     """The key of the one setting whose config has all of `fields` (e.g. the defaults of an ablation)."""
-    matches = {_setting_key(run) for run in runs if all(run["config"].get(k, _MISSING) == v for k, v in fields.items())}
+    matches = {_setting_key(run, baseline) for run in runs if all(run["config"].get(k, _MISSING) == v for k, v in fields.items())}
     if len(matches) != 1:
         found = "no setting" if not matches else f"{len(matches)} settings"
-        labels = sorted(set(setting_labels(runs).values()))
+        labels = sorted(set(setting_labels(runs, baseline=baseline).values()))
         raise ValueError(f"The baseline setting {fields} matches {found}; give the fields that single out one of: {labels}.")
     return matches.pop()
 
@@ -184,13 +216,14 @@ def compare(runs: list[dict], baseline: str = "kd", baseline_setting: dict | Non
     Each method is compared with the `baseline` method in its own setting or,
     when `baseline_setting` (config fields, e.g. {"mixup_alpha": 0.2}) is given,
     with the baseline method in that one setting: the reference of an ablation.
+    A method is named with the options that make it a variant (`method_label`).
     """
-    reference_key = find_setting(runs, baseline_setting) if baseline_setting else None
-    labels = setting_labels(runs, reference_key)
+    reference_key = find_setting(runs, baseline_setting, baseline) if baseline_setting else None
+    labels = setting_labels(runs, reference_key, baseline)
     reference_setting = labels[reference_key] if reference_key else None
     groups: dict = defaultdict(list)
     for run in runs:
-        groups[(labels[_setting_key(run)], run["method"])].append(run)
+        groups[(labels[_setting_key(run, baseline)], method_label(run, baseline))].append(run)
     rows = []
     for (setting, method), members in sorted(groups.items()):
         final = [(m.get("seed"), m["final_val_accuracy"]) for m in members]

@@ -144,7 +144,7 @@ os.environ["KERAS_BACKEND"] = "jax"
 import keras
 assert keras.backend.backend() == "jax"
 from stkd_keras.cli.main import cli
-cli.main(["export", "--model", sys.argv[1], "--format", "onnx", "--verify-images", "64", "--output", sys.argv[2]], standalone_mode=True)
+cli.main(["export", "--model", sys.argv[1], "--format", "onnx", "--quantize", "float32", "--verify-images", "64", "--output", sys.argv[2]], standalone_mode=True)
 """
 
 

@@ -109,7 +109,7 @@ def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(back
     # And goes through the export stage with its verification in each runtime.
     preprocessing = json.loads((tmp_path / "preprocessing.json").read_text())
     data = export_lib.load_export_data("fashion_mnist", preprocessing, verify_images=200, representative_images=50)
-    report = export_lib.export_model(model, tmp_path / "export", data, preprocessing, formats=("tflite", "onnx"), log=lambda *_: None)
+    report = export_lib.export_model(model, tmp_path / "export", data, preprocessing, formats=("tflite", "onnx"), quantize="float32", log=lambda *_: None)
     rows = {row["file"]: row for row in report["files"]}
     assert set(rows) == {"student_float32.tflite", "student_float32.onnx"}
     for row in rows.values():

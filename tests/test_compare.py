@@ -168,3 +168,21 @@ def test_shipped_grids_are_valid(path):
         ]
         matches = [c for c in configs if all(c[k] == v for k, v in grid["baseline_setting"].items())]
         assert len(matches) == 1, matches
+
+
+def test_a_variant_is_named_by_its_own_options_and_compared_in_the_baselines_setting(tmp_path):
+    """stkd with clean_kd_weight=0.5 (an option kd lacks) is the row "stkd clean_kd_weight=0.5" beside kd;
+    a temperature (kd has one) still makes a setting of its own."""
+    folders = [write_run(tmp_path, f"kd{s}", "kd", s, v, v) for s, v in enumerate([0.80, 0.82])]
+    folders += [write_run(tmp_path, f"stkd{s}", "stkd", s, v, v) for s, v in enumerate([0.81, 0.80])]
+    folders += [write_run(tmp_path, f"clean{s}", "stkd", s, v, v, clean_kd_weight=0.5) for s, v in enumerate([0.83, 0.85])]
+    folders += [write_run(tmp_path, f"hot{s}", "stkd", s, v, v, temperature=2.0) for s, v in enumerate([0.79, 0.78])]
+    rows = compare.compare(compare.load_runs(folders), baseline="kd")
+    by_method = {(row["setting"].endswith("temperature=2.0"), row["method"]): row for row in rows}
+    assert set(by_method) == {(False, "kd"), (False, "stkd"), (False, "stkd clean_kd_weight=0.5"), (True, "stkd")}
+    variant = by_method[(False, "stkd clean_kd_weight=0.5")]["versus_baseline"]
+    assert variant["difference"] == pytest.approx(((0.83 - 0.80) + (0.85 - 0.82)) / 2)  # paired with kd's seeds 0, 1
+    assert "versus_baseline" not in by_method[(True, "stkd")]  # no kd at temperature 2: nothing to compare with
+    # Within an ablation of stkd itself, its options stay settings, as before.
+    ablation = compare.compare(compare.load_runs(folders[2:6]), baseline="stkd")
+    assert {row["method"] for row in ablation} == {"stkd"} and len(ablation) == 2
