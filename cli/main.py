@@ -168,7 +168,10 @@ def _hyperparameter_options(function):
             off = field.metadata.get("off_flag") or "--no-" + flag[2:]
             option = click.option(f"{flag}/{off}", name, default=None, help=_hyperparameter_help(name, field))
         else:
-            option = click.option(flag, name, default=None, type=kind, help=_hyperparameter_help(name, field))
+            choices = field.metadata.get("choices")
+            option = click.option(
+                flag, name, default=None, type=click.Choice(choices) if choices else kind, help=_hyperparameter_help(name, field)
+            )
         function = option(function)
     return function
 
@@ -709,7 +712,7 @@ def list_method_table():
     click.echo("| --- | --- | --- | --- | --- |")
     for name in methods.list_methods():
         method = methods.get_method(name)
-        teacher = method.teacher_sees + " images" if method.needs_teacher else "no teacher"
+        teacher = method.teacher_input(method.make_hyperparameters()) + " images" if method.needs_teacher else "no teacher"
         student = "mixup samples" if method.mixes else "clean images"
         defaults = ", ".join(f"{key}={value}" for key, value in method.defaults().items()) or "-"
         click.echo(f"| {name} | {teacher} | {student} | {defaults} | {method.description} |")

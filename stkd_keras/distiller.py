@@ -64,11 +64,19 @@ class Distiller(keras.Model):
     - `mixup`: CE(y_mix, z_s(x_mix)); no teacher.
     - `kd_mixup_naive`: w_ce * CE(y_mix, z_s(x_mix)) + w_kd * KD(z_t(x), z_s(x_mix)).
     - `stkd`: w_ce * CE(y_mix, z_s(x_mix)) + w_kd * KD(z_t(x_mix), z_s(x_mix)).
+    - `dkd`: w_ce * CE(y, z_s(x)) + warm-up * (alpha * TCKD + beta * NCKD),
+      KD split at the target class (Decoupled KD, `stkd_keras.methods.dkd`).
 
-    with KD = T^2 * KL(softmax(z_t/T) || softmax(z_s/T)). For the two mixup
+    with KD = T^2 * KL(softmax(z_t/T) || softmax(z_s/T)). With
+    `logit_standardization` the KD terms standardise z_t and z_s per sample
+    first; the presets `kd+ls`, `stkd+ls` and `dkd+ls` switch it on with
+    its authors' settings. For the two mixup
     methods with a teacher, `clean_kd_weight` > 0 adds
     `clean_kd_weight * KD(z_t(x), z_s(x))` on the un-mixed batch (one more
     student forward pass); the preset `stkd_clean_kd` sets it to 0.5.
+    `stkd`'s `mix_fraction` mixes only part of each batch and its
+    `soft_target="mixed_teacher"` mixes the teacher's distributions on the
+    clean images instead of running it on x_mix (see `stkd_keras.methods.stkd`).
     `stkd_keras.methods.list_methods()` lists every registered method; each
     one's hyperparameters and their defaults are its dataclass
     (`get_method(name).defaults()`).
@@ -81,8 +89,9 @@ class Distiller(keras.Model):
     labels, so `"accuracy"` resolves to categorical accuracy. Reported
     metrics: `loss`, each of the method's loss terms unweighted (`ce_loss`,
     `kd_loss`, `clean_kd_loss`, ...), `mixup_lambda` (training with mixup:
-    the mean lambda drawn) and the compiled metrics. In training, a method
-    that mixes reports each compiled metric as `mixed_<name>`
+    the mean lambda drawn, a sample that `mix_fraction` leaves clean counting
+    as 1) and the compiled metrics. In training, a method that mixes
+    reports each compiled metric as `mixed_<name>`
     (`mixed_accuracy`): it is scored against the mixed labels, so it sits
     below the validation figure (`val_accuracy`, on real labels). Losses the
     student adds (regularizers) are added to the loss, as Keras does.

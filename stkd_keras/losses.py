@@ -64,6 +64,99 @@ def kd_loss(teacher_logits, student_logits, temperature: float = 4.0, sample_wei
     return batch_mean(kd_divergence(teacher_logits, student_logits, temperature), sample_weight)
 
 
+def standardize_logits(logits):
+    """Per-sample Z-score of the logits over the classes, float32.
+
+    Logit standardisation (Sun et al., CVPR 2024, "Logit Standardization in
+    Knowledge Distillation"): each sample's logits z become
+
+        (z - mean(z)) / (std(z) + 1e-7)
+
+    with the unbiased (n - 1) standard deviation over the n classes, as the
+    authors' `normalize` computes it (`torch.std`). Applied to teacher and
+    student logits before the temperature, it lets the student match the
+    teacher's logit relations rather than their range.
+
+    Args:
+        logits: Logits, shape `(batch, num_classes)`, num_classes >= 2.
+
+    Returns:
+        A float32 tensor of the same shape, each row of mean 0 and unbiased
+        standard deviation (almost) 1.
+    """
+    logits = ops.cast(logits, "float32")
+    centred = logits - ops.mean(logits, axis=-1, keepdims=True)
+    classes = ops.cast(ops.shape(logits)[-1], "float32")
+    std = ops.sqrt(ops.sum(ops.square(centred), axis=-1, keepdims=True) / (classes - 1.0))
+    return centred / (std + 1e-7)
+
+
+def dkd_divergences(teacher_logits, student_logits, labels, temperature: float = 4.0):
+    """Per-sample TCKD and NCKD of Decoupled Knowledge Distillation, each times T^2.
+
+    Decoupled KD (Zhao et al., CVPR 2022) splits the KD term at the target
+    class t. With p = softmax(z / T) of teacher (p^T) and student (p^S):
+
+        TCKD = T^2 * KL([p^T_t, 1 - p^T_t] || [p^S_t, 1 - p^S_t])
+        NCKD = T^2 * KL(softmax(z^T_others / T) || softmax(z^S_others / T))
+
+    where z_others are the logits of the classes other than t (their
+    softmax renormalised among themselves). This is mdistiller's `dkd_loss` (megvii-research/mdistiller,
+    `mdistiller/distillers/DKD.py`), which drops the target class from the
+    NCKD softmaxes by subtracting 1000 from its scaled logit; the binary
+    probabilities are taken in log space here, which changes no value but
+    avoids log(0) when p_t rounds to 1. Hinton's KD is, per sample,
+    TCKD + (1 - p^T_t) * NCKD.
+
+    Args:
+        teacher_logits: Teacher logits, shape `(batch, num_classes)`.
+        student_logits: Student logits, same shape.
+        labels: One-hot or soft labels, same shape; the target class is
+            each row's argmax (for mixed labels, the class of the larger
+            share).
+        temperature: Softening temperature T > 0.
+
+    Returns:
+        A pair of float32 tensors of shape `(batch,)`: TCKD, NCKD.
+
+    Raises:
+        ValueError: If `temperature` is not a finite number > 0.
+    """
+    temperature = validate_temperature(temperature)
+    teacher = ops.cast(teacher_logits, "float32") / temperature
+    student = ops.cast(student_logits, "float32") / temperature
+    target_mask = ops.one_hot(ops.argmax(labels, axis=-1), ops.shape(student)[-1], dtype="float32")
+
+    def binary_log_probs(scaled_logits):
+        log_probs = ops.log_softmax(scaled_logits, axis=-1)
+        log_target = ops.sum(log_probs * target_mask, axis=-1)
+        # log(1 - p_t) as the log-sum of the other classes' probabilities (the target's, less 1000, adds exp(-1000) = 0).
+        log_others = ops.logsumexp(log_probs - 1000.0 * target_mask, axis=-1)
+        return ops.stack([log_target, log_others], axis=-1)
+
+    teacher_binary, student_binary = binary_log_probs(teacher), binary_log_probs(student)
+    tckd = ops.sum(ops.exp(teacher_binary) * (teacher_binary - student_binary), axis=-1)
+    teacher_others = ops.log_softmax(teacher - 1000.0 * target_mask, axis=-1)
+    student_others = ops.log_softmax(student - 1000.0 * target_mask, axis=-1)
+    nckd = ops.sum(ops.exp(teacher_others) * (teacher_others - student_others), axis=-1)
+    return temperature**2 * tckd, temperature**2 * nckd
+
+
+def dkd_loss(teacher_logits, student_logits, labels, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, sample_weight=None):
+    """Batch mean of alpha * TCKD + beta * NCKD (`dkd_divergences`, T^2 included), weighted by `sample_weight` if given.
+
+    The distillation part of DKD (Zhao et al., CVPR 2022) as mdistiller's
+    `dkd_loss` computes it: summed over the classes, averaged over the
+    batch; no cross-entropy and no warm-up (the `dkd` method adds both).
+    Defaults: mdistiller's CIFAR-100 DKD (alpha 1, beta 8, T 4).
+
+    Example:
+    >>> dkd_loss(teacher_logits, student_logits, one_hot_labels, alpha=1.0, beta=8.0, temperature=4.0)
+    """
+    tckd, nckd = dkd_divergences(teacher_logits, student_logits, labels, temperature)
+    return batch_mean(alpha * tckd + beta * nckd, sample_weight)
+
+
 def stkd_loss(
     labels,
     teacher_logits,
@@ -165,3 +258,43 @@ class STKDLoss(keras.losses.Loss):
             "ce_weight": self.ce_weight,
             "kd_weight": self.kd_weight,
         }
+
+
+def kd_divergence_from_probabilities(teacher_probabilities, student_logits, temperature: float = 4.0):
+    """Per-sample KD term T^2 * KL(p_t || softmax(z_s/T)) for a teacher distribution given as probabilities.
+
+    For soft targets that are not the softmax of one set of logits, such as
+    the mixture lam * softmax(z_t(x_i)/T) + (1 - lam) * softmax(z_t(x_p(i))/T)
+    of STKD's `soft_target="mixed_teacher"`. Given softmax(z_t/T) it equals
+    `kd_divergence(z_t, z_s, T)`. Classes of probability 0 add nothing
+    (0 * log 0 = 0).
+
+    Args:
+        teacher_probabilities: Teacher probabilities at temperature T, shape
+            `(batch, num_classes)`, each row summing to 1.
+        student_logits: Student logits, same shape.
+        temperature: Softening temperature T > 0 of the student (the teacher
+            probabilities are taken as already softened by it).
+
+    Returns:
+        A float32 tensor of shape `(batch,)`.
+
+    Raises:
+        ValueError: If `temperature` is not a finite number > 0.
+    """
+    temperature = validate_temperature(temperature)
+    probabilities = ops.cast(teacher_probabilities, "float32")
+    # log(1) stands in where p = 0, so neither the value nor a gradient sees log(0).
+    teacher_log_probs = ops.log(ops.where(probabilities > 0, probabilities, 1.0))
+    student_log_probs = ops.log_softmax(ops.cast(student_logits, "float32") / temperature, axis=-1)
+    return temperature**2 * ops.sum(probabilities * (teacher_log_probs - student_log_probs), axis=-1)
+
+
+def kd_loss_from_probabilities(teacher_probabilities, student_logits, temperature: float = 4.0, sample_weight=None):
+    """Batch mean of `kd_divergence_from_probabilities` (weighted by `sample_weight` if given).
+
+    Example:
+    >>> p_t = keras.ops.softmax(teacher_logits / 4.0)
+    >>> kd_loss_from_probabilities(p_t, student_logits, 4.0)  # == kd_loss(teacher_logits, student_logits, 4.0)
+    """
+    return batch_mean(kd_divergence_from_probabilities(teacher_probabilities, student_logits, temperature), sample_weight)

@@ -105,6 +105,28 @@ def draw(batch_size, alpha: float = 0.2, per_sample: bool = False, seed=None):
     return lam, random_permutation(batch_size, seed=seed)
 
 
+def mix_only_first(lam, batch_size, mix_fraction: float):
+    """Per-sample coefficients that mix only the first round(mix_fraction * batch_size) samples of a batch.
+
+    Those keep `lam` (a per-batch scalar is repeated for each of them); the
+    others get lambda = 1, for which `mix` returns the clean sample and its
+    own label. The choice is deterministic and draws no random numbers: a
+    shuffled batch makes its first samples a random subset. Rounding is
+    half to even (e.g. 0.5 of 5 samples mixes 2).
+
+    Args:
+        lam: Coefficients from `draw`, shape `()` or `(batch,)`.
+        batch_size: Number of samples in the batch (an int or a scalar tensor).
+        mix_fraction: The fraction of the batch to mix, in (0, 1].
+
+    Returns:
+        float32 coefficients of shape `(batch,)`.
+    """
+    count = ops.round(ops.cast(batch_size, "float32") * mix_fraction)
+    mixed = ops.cast(ops.arange(batch_size), "float32") < count
+    return ops.where(mixed, ops.cast(lam, "float32"), 1.0)
+
+
 def mix(values, lam, permutation):
     """`lam * v + (1 - lam) * v[permutation]` along the batch axis, `lam` cast to the dtype of `values`.
 

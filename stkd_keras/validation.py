@@ -35,3 +35,14 @@ def validate_loss_weights(**weights) -> tuple[float, ...]:
         received = ", ".join(f"{name}={weight!r}" for name, weight in weights.items())
         raise ValueError(f"Expected at least one loss weight > 0, otherwise nothing is learned. Received: {received}")
     return tuple(values)
+
+
+def unit_fraction(name: str, value) -> float:
+    """Returns `value` as a float, or raises `ValueError` if it is not a number in (0, 1]."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"Expected `{name}` to be a number in (0, 1]. Received: {name}={value!r}") from None
+    if not 0 < number <= 1:
+        raise ValueError(f"Expected `{name}` to be a number in (0, 1]. Received: {name}={value!r}")
+    return number

@@ -39,9 +39,26 @@ def test_methods_lists_the_registry_with_defaults():
     assert result.exit_code == 0
     rows = {line.split("|")[1].strip(): line for line in result.output.splitlines()[2:]}
     assert set(rows) == set(methods.list_methods())
-    assert "| stkd | mixed images | mixup samples | temperature=4.0, ce_weight=0.1, kd_weight=0.9, mixup_alpha=0.2, lambda_per_sample=False, clean_kd_weight=0.0 |" in rows["stkd"]
+    assert (
+        "| stkd | mixed images | mixup samples | temperature=4.0, logit_standardization=False, ce_weight=0.1, kd_weight=0.9, "
+        "mixup_alpha=0.2, lambda_per_sample=False, clean_kd_weight=0.0" in rows["stkd"]
+    )
+    assert "| kd+ls | clean images | clean images | temperature=2.0, logit_standardization=True, ce_weight=0.1, kd_weight=9.0 |" in rows["kd+ls"]
+    assert "tckd_weight=9.0, nckd_weight=72.0, warmup_epochs=20 |" in rows["dkd+ls"]
     assert "| ce | no teacher | clean images | - |" in rows["ce"]
     assert "clean_kd_weight=0.5" in rows["stkd_clean_kd"]
+    assert "mix_fraction=1.0, soft_target=teacher_on_mix |" in rows["stkd"]
+
+
+def test_methods_table_says_what_the_teacher_sees_with_the_defaults(monkeypatch):
+    """A preset whose defaults run the teacher on the clean images (`stkd`'s mixed_teacher target) is listed with them."""
+    from stkd_keras import methods
+
+    preset = methods.get_method("stkd_clean_kd")
+    monkeypatch.setattr(preset, "_default_overrides", {**preset._default_overrides, "soft_target": "mixed_teacher"})
+    rows = {line.split("|")[1].strip(): line for line in run("methods").output.splitlines()[2:]}
+    assert rows["stkd_clean_kd"].startswith("| stkd_clean_kd | clean images | mixup samples |")
+    assert rows["stkd"].startswith("| stkd | mixed images | mixup samples |")
 
 
 def test_distill_options_come_from_the_registry(tmp_path):
@@ -57,6 +74,24 @@ def test_distill_options_come_from_the_registry(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_stkd_variants_from_the_command_line(teacher_run, tmp_path):
+    help_text = run("distill", "--help").output
+    assert "--mix-fraction FLOAT" in help_text and "--soft-target [teacher_on_mix|mixed_teacher]" in help_text
+    result = run("distill", "--method", "stkd", "--soft-target", "bad", "--output", tmp_path / "bad", *TINY)
+    assert result.exit_code == 2 and "Invalid value for '--soft-target': 'bad' is not one of 'teacher_on_mix', 'mixed_teacher'." in result.output
+    result = run("distill", "--method", "stkd", "--mix-fraction", "0", "--output", tmp_path / "bad", *TINY)
+    assert result.exit_code == 1 and "Error: Expected `mix_fraction` to be a number in (0, 1]. Received: mix_fraction=0.0" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
+    output = tmp_path / "run"
+    result = run(
+        "distill", "--teacher", teacher_run, "--student", "cnn8", "--method", "stkd", "--soft-target", "mixed_teacher",
+        "--mix-fraction", "0.5", "--output", output, *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((output / "metrics.json").read_text())["config"]
+    assert config["soft_target"] == "mixed_teacher" and config["mix_fraction"] == 0.5
+
+
 def test_a_recipe_for_another_method_keeps_only_what_applies(tmp_path):
     recipe = tmp_path / "stkd.yaml"
     recipe.write_text("method: stkd\nstudent: cnn8\ntemperature: 2.0\nmixup_alpha: 0.4\nlambda_per_sample: true\n")
@@ -67,6 +102,23 @@ def test_a_recipe_for_another_method_keeps_only_what_applies(tmp_path):
     config = json.loads((output / "metrics.json").read_text())["config"]
     assert config["method"] == "mixup" and config["mixup_alpha"] == 0.4 and config["lambda_per_sample"] is True
     assert "temperature" not in config and "kd_weight" not in config
+
+
+def test_a_preset_named_with_a_plus_and_the_logit_standardization_flags(teacher_run, tmp_path):
+    result = run("distill", "--method", "ce", "--logit-standardization", "--output", tmp_path / "ce", *TINY)
+    assert result.exit_code == 2 and "method 'ce' has no hyperparameter logit_standardization" in result.output
+    output = tmp_path / "dkd+ls"
+    result = run(
+        "distill", "--teacher", teacher_run, "--student", "cnn8", "--method", "dkd+ls", "--no-logit-standardization",
+        "--warmup-epochs", "2", "--output", output, *TINY,
+    )
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    config = metrics["config"]
+    assert metrics["method"] == config["method"] == "dkd+ls"
+    assert (config["logit_standardization"], config["warmup_epochs"], config["temperature"], config["nckd_weight"]) == (False, 2, 2.0, 72.0)
+    with open(output / "history.csv") as f:
+        assert {"ce_loss", "tckd_loss", "nckd_loss"} <= set(next(csv.DictReader(f)))
 
 
 @pytest.fixture(scope="module")

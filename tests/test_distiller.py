@@ -248,7 +248,8 @@ def test_config_round_trip(trained_teacher):
     assert restored.method == "kd_mixup_naive" and restored.seed == 9 and restored.name == "my_distiller"
     assert restored.hyperparameters == distiller.hyperparameters
     assert dataclasses.asdict(restored.hyperparameters) == {
-        "temperature": 2.0, "ce_weight": 0.2, "kd_weight": 0.8, "mixup_alpha": 0.4, "lambda_per_sample": True, "clean_kd_weight": 0.1
+        "temperature": 2.0, "logit_standardization": False, "ce_weight": 0.2, "kd_weight": 0.8, "mixup_alpha": 0.4,
+        "lambda_per_sample": True, "clean_kd_weight": 0.1,
     }
     assert restored.student.name == distiller.student.name and restored.teacher.name == trained_teacher.name
     assert restored.student.count_params() == distiller.student.count_params()
@@ -363,7 +364,7 @@ def test_validation_errors(trained_teacher):
         Distiller(student, trained_teacher, method="stkd", ce_weight=0, kd_weight=0)
     with pytest.raises(ValueError, match="mixup_alpha=0"):
         Distiller(student, trained_teacher, method="stkd", mixup_alpha=0)
-    with pytest.raises(ValueError, match=r"Method 'kd' has no hyperparameter `clean_kd_weight` \(its hyperparameters: temperature, ce_weight, kd_weight\)"):
+    with pytest.raises(ValueError, match=r"Method 'kd' has no hyperparameter `clean_kd_weight` \(its hyperparameters: temperature, logit_standardization, ce_weight, kd_weight\)"):
         Distiller(student, trained_teacher, method="kd", clean_kd_weight=0.5)
     with pytest.raises(ValueError, match="Method 'ce' has no hyperparameter `temperature`"):
         Distiller(student, method="ce", temperature=2.0)

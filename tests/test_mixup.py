@@ -44,6 +44,21 @@ def test_per_sample_lambda():
     assert mixup_lib.apply_mixup(images, labels, seed=5).lam.shape == ()
 
 
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_mix_only_first_keeps_lambda_for_the_first_samples_and_one_for_the_rest(per_sample):
+    lam = np.array([0.1, 0.2, 0.3, 0.4, 0.5], "float32") if per_sample else np.float32(0.3)
+    # round(f * 5), half to even: 0.2 -> 1, 0.5 -> 2 (2.5), 0.9 -> 4 (4.5), 1.0 -> 5.
+    for fraction, count in ((0.2, 1), (0.5, 2), (0.9, 4), (1.0, 5)):
+        out = to_numpy(mixup_lib.mix_only_first(lam, 5, fraction))
+        np.testing.assert_array_equal(out, np.where(np.arange(5) < count, lam, 1.0).astype("float32"))
+    images, labels = batch(size=5)
+    permutation = np.array([4, 3, 2, 1, 0], "int32")
+    lam = mixup_lib.mix_only_first(lam, 5, 0.5)
+    # lambda = 1 leaves a sample, and its label, exactly as it was.
+    np.testing.assert_array_equal(to_numpy(mixup_lib.mix(images, lam, permutation))[2:], images[2:])
+    np.testing.assert_array_equal(to_numpy(mixup_lib.mix(labels, lam, permutation))[2:], labels[2:])
+
+
 def test_sample_weights_are_mixed():
     images, labels = batch()
     weights = np.arange(16, dtype="float32")

@@ -15,6 +15,7 @@ import keras
 import pytest
 
 import reference_run
+from stkd_keras.methods import get_method
 
 BACKEND = keras.backend.backend()
 RECORDED = json.loads(reference_run.REFERENCE_FILE.read_text())
@@ -32,7 +33,10 @@ def test_matches_the_run_recorded_before_the_redesign(name):
     recorded = RECORDED["cases"][name]
     current = reference_run.run_case(name)
     assert len(current["steps"]) == len(recorded["steps"]) == reference_run.STEPS_RECORDED
+    mixes = get_method(reference_run.CASES[name][0]).mixes
     for step, (then, now) in enumerate(zip(recorded["steps"], current["steps"])):
+        # Recorded before the training accuracy of a method that mixes was named for its mixed labels.
+        then = {("mixed_accuracy" if key == "accuracy" and mixes else key): value for key, value in then.items()}
         assert set(now) == set(then), step
         for key, value in then.items():
             assert now[key] == pytest.approx(value, abs=STEP_TOLERANCE), (step, key)

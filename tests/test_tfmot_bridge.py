@@ -102,7 +102,7 @@ def test_qat_distilled_student_parity_and_int8_file(saved_pair, evaluation_image
     assert report["parity_max_abs_diff"]["teacher"] <= 1e-5
     # Fine-tuned with the method and hyperparameters it was given, the others at the method's defaults.
     assert report["teacher"] == str(teacher) and report["method"] == "kd" and report["loss"] == "Hinton KD on clean images"
-    assert report["hyperparameters"] == {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 0.9}
+    assert report["hyperparameters"] == {"temperature": 2.0, "logit_standardization": False, "ce_weight": 0.1, "kd_weight": 0.9}
 
     interpreter = Interpreter(model_path=str(output))
     assert interpreter.get_input_details()[0]["dtype"] == np.int8

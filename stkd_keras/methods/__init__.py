@@ -2,7 +2,7 @@
 
     from stkd_keras.methods import get_method, list_methods
 
-    list_methods()                 # ('ce', 'kd', 'mixup', 'kd_mixup_naive', 'stkd', 'stkd_clean_kd')
+    list_methods()                 # ('ce', 'kd', 'kd+ls', 'mixup', 'kd_mixup_naive', 'stkd', 'stkd_clean_kd', 'dkd', 'dkd+ls', 'stkd+ls')
     stkd = get_method("stkd")
     stkd.needs_teacher, stkd.mixes, stkd.teacher_sees   # True, True, 'mixed'
     stkd.make_hyperparameters(temperature=2.0)          # STKDHyperparameters(temperature=2.0, ...)
@@ -36,7 +36,7 @@ from stkd_keras.methods.base import (
 )
 
 # The built-in methods first, in the order the README's tables list them; then every other module.
-_BUILT_IN = ("ce", "kd", "mixup", "kd_mixup_naive", "stkd")
+_BUILT_IN = ("ce", "kd", "mixup", "kd_mixup_naive", "stkd", "dkd")
 for _name in (*_BUILT_IN, *sorted(module.name for module in pkgutil.iter_modules(__path__))):
     if _name != "base":
         importlib.import_module(f"{__name__}.{_name}")

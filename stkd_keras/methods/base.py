@@ -6,7 +6,8 @@ A method is a `DistillationMethod` subclass registered by name with
 - `needs_teacher`: whether it distils from a teacher;
 - `mixes`: whether the student trains on mixup samples;
 - `teacher_sees`: "clean" or "mixed", the images the teacher runs on in
-  training (in evaluation every network sees the clean batch);
+  training (in evaluation every network sees the clean batch); a method
+  whose hyperparameters change that overrides `teacher_input`;
 - `hyperparameters`: a `Hyperparameters` dataclass holding the method's
   hyperparameters and their defaults, the only place a default is written;
 - `uses_clean_logits(hyperparameters)`: whether a training step also needs
@@ -37,7 +38,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
 TEACHER_INPUTS = ("clean", "mixed")
-# What `forward` reads from the hyperparameters of a method that mixes.
+# What `forward` reads from the hyperparameters of a method that mixes; `mix_fraction`, where they have it, too.
 MIXUP_FIELDS = frozenset({"mixup_alpha", "lambda_per_sample"})
 
 
@@ -76,13 +77,15 @@ class BatchContext:
             like the images the student saw when the method mixes.
         student_logits: The student's float32 logits on what it saw.
         teacher_logits: The teacher's float32 logits on what it saw (clean or
-            mixed, per `teacher_sees`), or None without a teacher.
+            mixed, per `DistillationMethod.teacher_input`), or None without a
+            teacher.
         clean_labels: The labels of the un-mixed batch.
         clean_student_logits, clean_teacher_logits: Logits on the un-mixed
             batch, where the method asks for them (`uses_clean_logits`); in
             evaluation, where the batch is clean, the same as
             `student_logits` / `teacher_logits`. None otherwise.
-        lam: The mixing coefficients (shape `()` or `(batch,)`), or None.
+        lam: The mixing coefficients (shape `()` or `(batch,)`; 1 for a
+            sample left clean by `mix_fraction`), or None.
         permutation: The int32 mixing permutation of the batch, or None.
         sample_weight: Per-sample weights (mixed like the labels), or None.
         epoch: The 0-based epoch of `fit` (an int32 scalar tensor), for
@@ -125,6 +128,10 @@ class DistillationMethod(abc.ABC):
     def uses_clean_logits(self, hyperparameters: Hyperparameters) -> bool:
         """Whether a training step also needs the logits on the un-mixed batch."""
         return False
+
+    def teacher_input(self, hyperparameters: Hyperparameters) -> str | None:
+        """What the teacher sees in training with these hyperparameters: "clean" or "mixed" (`teacher_sees` unless overridden)."""
+        return self.teacher_sees
 
     @abc.abstractmethod
     def term_names(self, hyperparameters: Hyperparameters) -> tuple[str, ...]:
@@ -281,7 +288,13 @@ def forward(method: DistillationMethod, hyperparameters, images, student, teache
 
     The mixup draw comes first (lambda, then the permutation), then the
     teacher, the student on what it sees and, where the method asks, the
-    student on the clean batch.
+    student on the clean batch. Where the hyperparameters have a
+    `mix_fraction` < 1, only the first round(mix_fraction * batch) samples
+    are mixed (`mixup.mix_only_first`: lambda becomes per-sample, 1 for the
+    samples left clean, so `batch_context` leaves their labels clean too);
+    no further random numbers are drawn, and at 1 the step is unchanged.
+    The teacher sees the clean or the mixed batch per
+    `method.teacher_input(hyperparameters)`.
 
     Args:
         method: A `DistillationMethod`.
@@ -302,19 +315,26 @@ def forward(method: DistillationMethod, hyperparameters, images, student, teache
     outputs = {}
     student_images = images
     if method.mixes:
-        lam, permutation = mixup_lib.draw(
-            ops.shape(images)[0], hyperparameters.mixup_alpha, hyperparameters.lambda_per_sample, seed
-        )
+        batch_size = ops.shape(images)[0]
+        lam, permutation = mixup_lib.draw(batch_size, hyperparameters.mixup_alpha, hyperparameters.lambda_per_sample, seed)
+        mix_fraction = getattr(hyperparameters, "mix_fraction", 1.0)
+        if mix_fraction < 1:
+            lam = mixup_lib.mix_only_first(lam, batch_size, mix_fraction)
         student_images = mixup_lib.mix(images, lam, permutation)
         outputs["lam"], outputs["permutation"] = lam, permutation
+    teacher_input = method.teacher_input(hyperparameters) if method.needs_teacher else None
     if method.needs_teacher:
-        outputs["teacher_logits"] = teacher_logits(teacher, student_images if method.teacher_sees == "mixed" else images)
+        if teacher_input not in TEACHER_INPUTS:
+            raise ValueError(
+                f"Expected {type(method).__name__}.teacher_input() to return one of {TEACHER_INPUTS}. Received: {teacher_input!r}"
+            )
+        outputs["teacher_logits"] = teacher_logits(teacher, student_images if teacher_input == "mixed" else images)
     outputs["logits"] = student(student_images, training=True)
     if method.uses_clean_logits(hyperparameters):
         outputs["clean_logits"] = student(images, training=True)
         if method.needs_teacher:
             outputs["clean_teacher_logits"] = (
-                outputs["teacher_logits"] if method.teacher_sees == "clean" or not method.mixes else teacher_logits(teacher, images)
+                outputs["teacher_logits"] if teacher_input == "clean" or not method.mixes else teacher_logits(teacher, images)
             )
     return outputs
 

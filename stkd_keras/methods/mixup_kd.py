@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from stkd_keras.methods.base import BatchContext, DistillationMethod, LossTerm
-from stkd_keras.methods.kd import KDHyperparameters, kd_terms
+from stkd_keras.methods.kd import KDHyperparameters, kd_terms, softened_logits
 from stkd_keras.methods.mixup import MixupHyperparameters
 
 
@@ -27,6 +27,8 @@ class MixupKDHyperparameters(MixupHyperparameters, KDHyperparameters):
 def mixup_kd_terms(context: BatchContext, hyperparameters: MixupKDHyperparameters) -> dict:
     """KD's two terms on what each network saw, and `clean_kd_loss` when its weight is > 0.
 
+    Both KD terms standardise the logits first when `logit_standardization` is on.
+
     In evaluation the batch is clean, so the clean term is the KD term: it is
     reported, and not added a second time.
     """
@@ -35,7 +37,8 @@ def mixup_kd_terms(context: BatchContext, hyperparameters: MixupKDHyperparameter
         if context.training:
             from stkd_keras import losses
 
-            value = losses.kd_loss(context.clean_teacher_logits, context.clean_student_logits, hyperparameters.temperature)
+            teacher, student = softened_logits(context.clean_teacher_logits, context.clean_student_logits, hyperparameters)
+            value = losses.kd_loss(teacher, student, hyperparameters.temperature)
             terms["clean_kd_loss"] = LossTerm(value, hyperparameters.clean_kd_weight)
         else:
             terms["clean_kd_loss"] = LossTerm(terms["kd_loss"].value, 0.0)
