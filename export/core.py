@@ -4,9 +4,10 @@ Every file is converted into a staging folder, loaded back in its own runtime
 (`ai_edge_litert`, `onnxruntime`), run on real evaluation images with the
 model's own preprocessing, and compared with the Keras student; only when
 every file is within its bound are they all moved into the output folder
-(`os.replace`, atomic per file). A failed or interrupted export leaves nothing
-under the final names, and existing files are replaced only with
-`overwrite=True`.
+(`os.replace`, atomic per file, the set named first in a journal). A failed
+export leaves nothing under the final names; one killed while moving its files
+is cleaned up by the next export into the folder, as are the staging folders
+of killed exports. Existing files are replaced only with `overwrite=True`.
 
 Bounds: max |logit difference| <= 1e-4 for float32 (a miss aborts the export:
 the conversion is broken) and <= 1e-2 for float16 (a miss is reported and
@@ -189,6 +190,35 @@ def _embed_onnx_metadata(proto, payload: dict):
     return proto
 
 
+STAGING_PREFIX = ".export-partial-"
+PENDING_FILE = ".export-pending.json"
+
+
+def _recover_interrupted_export(output_dir: Path, log) -> None:
+    """Cleans up after an export into `output_dir` that was killed (the caller holds the folder's lock).
+
+    Its staging folders go. If it was killed while moving its files into
+    place (its journal, PENDING_FILE, is there), the files it named (its
+    own, and the earlier export's it was replacing) are removed with
+    metadata.json and export_report.json: the folder then holds no mix of
+    two exports, and the same command can run again.
+    """
+    for stale in output_dir.glob(STAGING_PREFIX + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    journal = output_dir / PENDING_FILE
+    if not journal.is_file():
+        return
+    try:
+        pending = json.loads(journal.read_text())
+    except ValueError:
+        pending = {}
+    names = {*pending.get("write", []), *pending.get("remove", []), "metadata.json", "export_report.json"}
+    for name in sorted(name for name in names if isinstance(name, str) and name and Path(name).name == name):
+        (output_dir / name).unlink(missing_ok=True)
+    journal.unlink()
+    log(f"An earlier export into {output_dir} was stopped while moving its files into place; its files were removed.")
+
+
 def _previous_files(output_dir: Path) -> set[str]:
     """The files an earlier export into `output_dir` listed (in its metadata.json and export_report.json)."""
     listed = set()
@@ -279,13 +309,14 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
     plan = export_plan(formats, quantize)
     bridge_args = bridge_args or {}
     output_dir = Path(output_dir)
+    _recover_interrupted_export(output_dir, log)
     names = planned_files(stem, plan, bridge_args.get("qat_epochs"), bridge_args.get("prune_sparsity"))
     existing = [name for name in names if (output_dir / name).exists()]
     if existing and not overwrite:
         raise ExportError(f"{output_dir / existing[0]} already exists; pass --overwrite to replace it or choose another --output.")
     previous = _previous_files(output_dir) if overwrite else set()
     output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-partial-", dir=output_dir))
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
         reference = model.predict(data.images, batch_size=64, verbose=0).astype(np.float32)
         keras_accuracy = float(np.mean(reference.argmax(axis=-1) == data.labels))
@@ -360,12 +391,18 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
         }
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        written = [row["file"] for row in rows]
-        for name in written + ["metadata.json", "export_report.json"]:
+        written = [row["file"] for row in rows] + ["metadata.json", "export_report.json"]
+        # The earlier export's files this one does not replace go, so the folder holds what the JSON files list.
+        removed = sorted(previous - set(written))
+        # Each move is atomic, the set is not: a journal names the set first, so that an export killed part-way
+        # through is cleaned up by the next one (`_recover_interrupted_export`) instead of leaving a mixed folder.
+        (staging / PENDING_FILE).write_text(json.dumps({"write": written, "remove": removed}))
+        os.replace(staging / PENDING_FILE, output_dir / PENDING_FILE)
+        for name in written:
             os.replace(staging / name, output_dir / name)
-        # The earlier export's files this one did not replace: gone, so the folder holds what the JSON files list.
-        for name in sorted(previous - set(written)):
+        for name in removed:
             (output_dir / name).unlink(missing_ok=True)
+        (output_dir / PENDING_FILE).unlink()
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -145,13 +145,21 @@ class HistoryLogger(keras.callbacks.CSVLogger):
     that a file reads one way from its first row to its last
     (`stkd_keras.reporting.read_history` reads both kinds).
 
+    A row is written when an epoch ends, just before its checkpoint is
+    committed: a run killed between the two resumes from the epoch before,
+    so on resume the rows past the `committed_epochs` are dropped first and
+    every epoch keeps one row.
+
     Args:
         filename: The CSV file.
         append: Whether to append to an existing file (resume) or overwrite it.
+        committed_epochs: On resume, the epochs the restored checkpoint holds
+            (None: keep every row already in the file).
     """
 
-    def __init__(self, filename: str | os.PathLike, append: bool = False):
+    def __init__(self, filename: str | os.PathLike, append: bool = False, committed_epochs: int | None = None):
         super().__init__(str(filename), append=append)
+        self.committed_epochs = committed_epochs
         self.first_epoch = 1
         self.columns: list[str] | None = None
 
@@ -159,10 +167,16 @@ class HistoryLogger(keras.callbacks.CSVLogger):
         self.first_epoch, self.columns = 1, None
         if self.append and os.path.isfile(self.filename):
             with open(self.filename, newline="") as f:
-                rows = csv.reader(f)
-                header, first = next(rows, None), next(rows, None)
-            if header and first and header[0] == "epoch" and first[0].isdigit():
-                self.columns, self.first_epoch = header, int(first[0])
+                rows = list(csv.reader(f))
+            header, body = (rows[0], rows[1:]) if rows else (None, [])
+            if header and body and header[0] == "epoch" and body[0][0].isdigit():
+                self.columns, self.first_epoch = header, int(body[0][0])
+                kept = [
+                    row for row in body
+                    if self.committed_epochs is None or row and row[0].isdigit() and int(row[0]) - self.first_epoch < self.committed_epochs
+                ]
+                if len(kept) < len(body):
+                    _write_csv_atomically(self.filename, [header, *kept])
         super().on_train_begin(logs)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -172,6 +186,14 @@ class HistoryLogger(keras.callbacks.CSVLogger):
                 if name.removeprefix("mixed_") in self.columns:
                     logs[name.removeprefix("mixed_")] = logs.pop(name)
         super().on_epoch_end(epoch + self.first_epoch, logs)
+
+
+def _write_csv_atomically(path: str | os.PathLike, rows: list[list[str]]) -> None:
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+    atomic_write(path, write)
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

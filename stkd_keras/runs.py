@@ -170,6 +170,8 @@ def describe_unfinished(staging: Path) -> str:
     def of(config) -> str:
         return f" of {config.epochs}" if config is not None else ""
 
+    if (staging / METRICS_FILE).is_file():
+        return "finished, not yet moved into place"
     epoch = _committed_epoch(staging)
     if epoch is not None:
         return f"epoch {epoch}{of(saved.get('config'))}"
@@ -190,8 +192,8 @@ def _committed_epoch(folder: Path) -> int | None:
 
 
 def _resumable(staging: Path) -> bool:
-    """A staging folder worth keeping: it holds a committed checkpoint or a finished teacher."""
-    return any(staging.rglob(STATE_FILE)) or any(staging.rglob(MODEL_FILES["teacher"]))
+    """A staging folder worth keeping: it holds a committed checkpoint, a finished teacher, or a finished run."""
+    return any(staging.rglob(STATE_FILE)) or any(staging.rglob(MODEL_FILES["teacher"])) or (staging / METRICS_FILE).is_file()
 
 
 def unfinished_runs(folder: str | os.PathLike) -> list[dict]:

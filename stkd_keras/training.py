@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import time
@@ -52,6 +53,7 @@ from stkd_keras.evaluation import (  # noqa: F401  (evaluation's names stay impo
 from stkd_keras.files import atomic_write
 from stkd_keras.models import get_model
 from stkd_keras.runs import (  # noqa: F401  (run-folder names stay importable from here)
+    METRICS_FILE,
     MODEL_FILES,
     PREPROCESSING_FILE,
     RUN_FILE,
@@ -127,6 +129,13 @@ def train(
     config.validate()
     directory = Path(directory)
     method = "ce" if role == "teacher" else config.method
+    finished = [directory / name for name in (MODEL_FILES[role], METRICS_FILE, PREPROCESSING_FILE)]
+    if resume and all(path.is_file() for path in finished):
+        # Killed after its last file was written, before the run folder moved into place: the work is done.
+        for leftover in (checkpointing.CHECKPOINT_DIR, _FINISHED_CHECKPOINTS):
+            shutil.rmtree(directory / leftover, ignore_errors=True)
+        log(f"The {role} in {directory} had finished before the run stopped; keeping it.")
+        return json.loads((directory / METRICS_FILE).read_text())
     if resume and config.strategy == "multi_worker":
         raise RunError("--resume is not supported with --strategy multi_worker: the workers cannot share the chief's checkpoint; restart the run.")
     # A multi-worker or multi-process setup must exist before the process runs a TensorFlow op or a JAX computation.
@@ -163,34 +172,37 @@ def train(
         if setup.description:
             log(setup.description)
         if initial_epoch >= config.epochs:
-            raise RunError(f"The run in {directory} already completed its {config.epochs} epochs.")
-        train_data, _ = data_lib.load(
-            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed,
-            stream=True, start_step=initial_epoch * steps, **data_options, **_shard(setup),
-        )
-        log(
-            f"Training {role} {model.name} ({model.count_params():,} parameters) with method {method!r} on "
-            f"{train_info.name} ({train_info.num_examples} training images) for {config.epochs} epoch(s) of {steps} steps "
-            f"on the {backend.name()} backend" + (f", resuming at epoch {initial_epoch + 1}." if initial_epoch else ".")
-        )
-        guard = checkpointing.StopOnNonFinite()
-        run_callbacks = _run_callbacks(directory, guard, initial_epoch, past_history, log)
-        started = time.perf_counter()
-        distiller.fit(
-            train_data,
-            validation_data=val_data,
-            epochs=config.epochs,
-            initial_epoch=initial_epoch,
-            steps_per_epoch=steps,
-            shuffle=False,  # The pipeline shuffles.
-            callbacks=[*run_callbacks, *(callbacks or [])],
-            verbose=verbose,
-        )
-        train_seconds = time.perf_counter() - started
-        if guard.failure:
-            state = checkpointing.read_state(directory)
-            kept = f"the last good checkpoint (epoch {state['epoch']}) is kept" if state else "no epoch completed"
-            raise RunError(f"Training diverged: {guard.failure}; {kept}. Lower --learning-rate and resume or restart.")
+            # Killed after its last checkpoint but before the model was saved: nothing is left to train.
+            log(f"All {config.epochs} epochs were committed before the run stopped; saving its model and metrics.")
+            train_seconds = 0.0
+        else:
+            train_data, _ = data_lib.load(
+                config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed,
+                stream=True, start_step=initial_epoch * steps, **data_options, **_shard(setup),
+            )
+            log(
+                f"Training {role} {model.name} ({model.count_params():,} parameters) with method {method!r} on "
+                f"{train_info.name} ({train_info.num_examples} training images) for {config.epochs} epoch(s) of {steps} steps "
+                f"on the {backend.name()} backend" + (f", resuming at epoch {initial_epoch + 1}." if initial_epoch else ".")
+            )
+            guard = checkpointing.StopOnNonFinite()
+            run_callbacks = _run_callbacks(directory, guard, initial_epoch, past_history, log)
+            started = time.perf_counter()
+            distiller.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps,
+                shuffle=False,  # The pipeline shuffles.
+                callbacks=[*run_callbacks, *(callbacks or [])],
+                verbose=verbose,
+            )
+            train_seconds = time.perf_counter() - started
+            if guard.failure:
+                state = checkpointing.read_state(directory)
+                kept = f"the last good checkpoint (epoch {state['epoch']}) is kept" if state else "no epoch completed"
+                raise RunError(f"Training diverged: {guard.failure}; {kept}. Lower --learning-rate and resume or restart.")
         history = checkpointing.read_state(directory)["history"]
         model_path = directory / MODEL_FILES[role]
         atomic_write(model_path, model.save)
@@ -214,10 +226,18 @@ def train(
         "dataset": {"train": train_info.to_dict(), "validation": val_info.to_dict()},
         "environment": environment(),
     }
-    write_json(directory / "metrics.json", metrics)
+    write_json(directory / METRICS_FILE, metrics)
     write_json(directory / PREPROCESSING_FILE, preprocessing_record(train_info, config.image_size))
-    shutil.rmtree(directory / checkpointing.CHECKPOINT_DIR, ignore_errors=True)
+    # Renamed first (atomic), then deleted: a kill part-way through never leaves a half-deleted checkpoint that
+    # --resume would read as "no epoch committed".
+    if (directory / checkpointing.CHECKPOINT_DIR).exists():
+        os.replace(directory / checkpointing.CHECKPOINT_DIR, directory / _FINISHED_CHECKPOINTS)
+    shutil.rmtree(directory / _FINISHED_CHECKPOINTS, ignore_errors=True)
     return metrics
+
+
+# Where a finished run's checkpoints go to be deleted.
+_FINISHED_CHECKPOINTS = ".checkpoints-finished"
 
 
 def _load_teacher(config: RunConfig, role: str, method: str, location, val_data, val_info, log) -> tuple[keras.Model | None, dict | None]:
@@ -248,7 +268,7 @@ def _run_callbacks(directory: Path, guard, initial_epoch: int, past_history: dic
     return [
         guard,
         checkpointing.LearningRateLogger(),
-        checkpointing.HistoryLogger(directory / "history.csv", append=initial_epoch > 0),
+        checkpointing.HistoryLogger(directory / "history.csv", append=initial_epoch > 0, committed_epochs=initial_epoch),
         checkpointing.RunCheckpoint(directory, past_history),
         *([tensorboard] if tensorboard else []),
     ]
@@ -382,7 +402,7 @@ def _run(command, config, teacher_config, output: Path, resume: bool, verbose, l
             teacher_location = None
             if teacher_config is not None:
                 teacher_dir = staging / "teacher"
-                if not (teacher_dir / MODEL_FILES["teacher"]).is_file():
+                if not (teacher_dir / METRICS_FILE).is_file():
                     log(f"No --teacher given: training a {teacher_config.model} teacher first (saved to {(final or staging) / 'teacher'}).")
                     teacher_dir.mkdir(exist_ok=True)
                     train(teacher_config, teacher_dir, role="teacher", verbose=verbose, log=log, resume=resume, setup=setup)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -155,6 +156,34 @@ def test_failed_export_leaves_nothing_and_never_overwrites(student_run, export_d
     with pytest.raises(export_lib.ExportError, match="student_float32.tflite already exists; pass --overwrite"):
         export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None)
     assert (tmp_path / "student_float32.tflite").read_bytes() == before
+
+
+def test_an_export_killed_while_moving_its_files_is_cleaned_up_by_the_next(student_run, export_data, tmp_path, monkeypatch):
+    """Killed after two of its files were moved: the next export removes them (it was refused: "already exists") and the
+    staging folders that killed exports leave behind."""
+    data, preprocessing = export_data
+    model = keras.saving.load_model(student_run / "student.keras")
+    real_replace = export_lib.core.os.replace
+    moved = []
+
+    def replace_then_die(source, target):
+        real_replace(source, target)
+        moved.append(Path(target).name)
+        if len(moved) == 3:  # the journal, then two of the four files
+            raise KeyboardInterrupt("killed mid-move")
+
+    monkeypatch.setattr(export_lib.core.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,int8", log=lambda *_: None)
+    monkeypatch.undo()
+    assert moved == [".export-pending.json", "student_float32.tflite", "student_int8.tflite"]
+    (tmp_path / ".export-partial-killed").mkdir()  # what a SIGKILL leaves (its `finally` never ran)
+    (tmp_path / ".export-partial-killed" / "student_float32.tflite").write_bytes(b"partial")
+    messages = []
+    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,int8", log=messages.append)
+    assert f"An earlier export into {tmp_path} was stopped while moving its files into place; its files were removed." in messages
+    listed = json.loads((tmp_path / "metadata.json").read_text())["files"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*listed, "metadata.json", "export_report.json"])
 
 
 @keras.saving.register_keras_serializable(package="tests")

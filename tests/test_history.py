@@ -120,3 +120,18 @@ def test_tensorboard_without_tensorflow_counts_epochs_from_one(tmp_path):
         return [event.step for event in (events.Scalars(tag) if tag in events.Tags()["scalars"] else events.Tensors(tag))]
 
     assert steps("train", "epoch_mixed_accuracy") == steps("validation", "epoch_accuracy") == [1, 2]
+
+
+def test_a_resumed_run_drops_the_row_of_an_epoch_its_checkpoint_lacks(tmp_path):
+    """Killed after epoch 2's row was written but before its checkpoint: the run resumes after epoch 1, and
+    epoch 2 must not appear twice (it did: rows 1, 2, 2, 3)."""
+    path = tmp_path / "history.csv"
+    logs = {"loss": 1.0, "val_accuracy": 0.5}
+    log_epochs(HistoryLogger(path), [0, 1], logs)
+    log_epochs(HistoryLogger(path, append=True, committed_epochs=1), [1, 2], {"loss": 0.5, "val_accuracy": 0.75})
+    assert [(row["epoch"], row["loss"]) for row in rows(path)] == [("1", "1.0"), ("2", "0.5"), ("3", "0.5")]
+    # An old file (epochs from 0) is trimmed in its own numbering.
+    old = tmp_path / "old.csv"
+    old.write_text("epoch,accuracy,loss,val_accuracy\r\n0,0.25,2.0,0.5\r\n1,0.3,1.8,0.55\r\n")
+    log_epochs(HistoryLogger(old, append=True, committed_epochs=1), [1], {"loss": 1.5, "mixed_accuracy": 0.375, "val_accuracy": 0.625})
+    assert [(row["epoch"], row["loss"]) for row in rows(old)] == [("0", "2.0"), ("1", "1.5")]

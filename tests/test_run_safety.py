@@ -123,3 +123,49 @@ def test_overwrite_never_deletes_the_teacher_the_run_reads(tmp_path):
         assert result.exit_code == 1 and f"The teacher {teacher} lies inside {run}, which this run would replace" in result.output
     assert checksums(run) == before
     assert keras.saving.load_model(run / "teacher" / "teacher.keras").name == "teacher"
+
+
+def _stop_after_last_checkpoint(epochs: int):
+    """A callback raising after the checkpoint of the last epoch is committed, before the model is saved (a kill there)."""
+    import keras
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == epochs:
+                raise KeyboardInterrupt("killed after the last checkpoint")
+
+    return Stop()
+
+
+def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(tmp_path):
+    """It was refused ("already completed its 2 epochs"), leaving --overwrite as the only way out."""
+    from stkd_keras import training
+
+    config = RunConfig(model="cnn8", epochs=2, train_subset=128, val_subset=64, batch_size=64, seed=0)
+    staging = tmp_path / ".run.partial-4242"
+    staging.mkdir()
+    runs.write_run_file(staging, {"command": "train-teacher", "backend": "tensorflow", "config": config})
+    with pytest.raises(KeyboardInterrupt):
+        training.train(config, staging, role="teacher", verbose=0, log=lambda *_: None, callbacks=[_stop_after_last_checkpoint(2)])
+    state = json.loads((staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).read_text())
+    assert state["epoch"] == 2 and not (staging / "teacher.keras").exists()
+    assert runs.describe_unfinished(staging) == "epoch 2 of 2"
+    result = invoke("train-teacher", "--resume", tmp_path / "run", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "All 2 epochs were committed before the run stopped; saving its model and metrics." in result.output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["final_val_accuracy"] == state["history"]["val_accuracy"][-1]
+    assert (tmp_path / "run" / "teacher.keras").is_file() and not staging.exists()
+    assert not (tmp_path / "run" / runs.CHECKPOINT_DIR).exists()
+
+
+def test_a_run_killed_after_its_files_before_the_move_is_kept(tmp_path):
+    """Finished in its staging folder (model, metrics.json, preprocessing.json) but not moved: resume moves it, trains nothing."""
+    staging = _unfinished(tmp_path, epoch=3)
+    for name, text in (("teacher.keras", "model"), ("metrics.json", '{"final_val_accuracy": 0.5}'), ("preprocessing.json", "{}")):
+        (staging / name).write_text(text)
+    assert runs.describe_unfinished(staging) == "finished, not yet moved into place"
+    from stkd_keras import training
+
+    metrics = training.train(RunConfig(model="cnn8", epochs=3), staging, role="teacher", resume=True, log=lambda *_: None)
+    assert metrics == {"final_val_accuracy": 0.5} and not (staging / runs.CHECKPOINT_DIR).exists()
