@@ -13,6 +13,7 @@ finished run is compared (`stkd-keras compare`) into OUTPUT/results.md and
 OUTPUT/results.png, with OUTPUT/environment.json beside them.
 
 Usage: python benchmarks/accuracy.py --grid benchmarks/grids/fashion_mnist_methods.yaml --output benchmarks/results/fashion_mnist_methods
+       python benchmarks/accuracy.py ... --compare-only   # the table of the runs finished so far; runs nothing
 """
 
 from __future__ import annotations
@@ -72,8 +73,12 @@ def cli(*arguments: str) -> None:
     subprocess.run([sys.executable, "-m", "stkd_keras.cli.main", *arguments], check=True)
 
 
-def run_grid(grid: dict, output: Path, log=print) -> tuple[list[Path], Path]:
-    """Runs (or skips, or resumes) every run of the grid; returns the finished run folders and the teacher folder."""
+def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) -> tuple[list[Path], Path]:
+    """Runs (or skips, or resumes) every run of the grid; returns the finished run folders and the teacher folder.
+
+    With `compare_only`, runs nothing: the finished runs of the grid are returned (a grid stopped part-way, seed
+    by seed, still compares).
+    """
     output.mkdir(parents=True, exist_ok=True)
     common = dict(grid.get("common") or {})
     teacher_dir = output / "teacher"
@@ -82,8 +87,9 @@ def run_grid(grid: dict, output: Path, log=print) -> tuple[list[Path], Path]:
         teacher_dir = Path(grid["teacher_run"])
         if not (teacher_dir / "teacher.keras").is_file():
             raise SystemExit(f"teacher_run {teacher_dir} has no teacher.keras: run the grid that trains it first.")
-    elif teacher and not (teacher_dir / "teacher.keras").is_file():
-        teacher_options = {**common, **teacher}
+    elif teacher and not (teacher_dir / "teacher.keras").is_file() and not compare_only:
+        # The teacher trains with cross-entropy: the methods' hyperparameters in `common` are not its options.
+        teacher_options = {name: value for name, value in {**common, **teacher}.items() if name not in methods.hyperparameter_fields()}
         if list(output.glob(".teacher.partial-*")):
             log(f"Resuming the teacher in {teacher_dir}")
             cli("train-teacher", "--resume", str(teacher_dir), "--quiet")
@@ -98,6 +104,9 @@ def run_grid(grid: dict, output: Path, log=print) -> tuple[list[Path], Path]:
         if (folder / "metrics.json").is_file():
             log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: finished, skipped")
             finished.append(folder)
+            continue
+        if compare_only:
+            log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: not run yet, left out")
             continue
         started = time.perf_counter()
         if list(folder.parent.glob(f".{folder.name}.partial-*")):
@@ -141,9 +150,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grid", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--compare-only", action="store_true", help="Compare the runs finished so far; run nothing.")
     args = parser.parse_args()
     grid = load_grid(args.grid)
-    finished, teacher_dir = run_grid(grid, args.output)
+    finished, teacher_dir = run_grid(grid, args.output, compare_only=args.compare_only)
     baseline = grid.get("baseline", "kd")
     fields = [f"--baseline-setting={name}={json.dumps(value)}" for name, value in (grid.get("baseline_setting") or {}).items()]
     cli("compare", *map(str, finished), "--baseline", baseline, *fields, "--markdown", str(args.output / "results.md"), "--plot", str(args.output / "results.png"))
