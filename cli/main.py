@@ -272,6 +272,15 @@ class _BackendCommand(click.Command):
         return super().parse_args(ctx, args)
 
 
+def _check_backend(backend: str | None) -> None:
+    """A --backend whose package is missing, in one sentence, before anything else is checked or loaded."""
+    if backend is not None:
+        try:
+            backend_choice.check_backend(backend)
+        except ValueError as error:
+            raise click.ClickException(str(error)) from None
+
+
 def _use_backend(ctx: click.Context, backend: str | None, resume: str | None = None) -> str:
     """Makes sure the command runs on its backend; in a process whose Keras runs another, reruns it in a child and exits."""
     recorded = _recorded_backend(resume)
@@ -357,6 +366,7 @@ def _start_or_resume(ctx, backend, resume, output, quiet, options: dict, prepare
     if resume is None and output is None:
         raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
     run = {"verbose": 0 if quiet else "auto", "cluster": _cluster(options)}
+    _check_backend(backend)
     start = prepare() if resume is None else None
     _use_backend(ctx, backend, resume)
     training = _library()[3]
@@ -449,6 +459,7 @@ def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, su
     from stkd_keras import runs
 
     # Checked before the backend (and TensorFlow) loads, so a mistake is answered at once.
+    _check_backend(backend)
     if Path(model_path).suffix in (".tflite", ".onnx"):
         if not Path(model_path).is_file():
             raise click.ClickException(f"Model file {model_path} does not exist.")
