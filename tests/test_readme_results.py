@@ -73,3 +73,25 @@ def test_ablation_sentences_sort_changes_by_their_effect(tmp_path):
 def test_missing_markers_are_one_clear_error():
     with pytest.raises(SystemExit, match="lacks the markers"):
         readme_results.updated_readme("# a README without the markers\n")
+
+
+def test_study_sentences_give_the_gap_the_best_student_and_any_stkd_win():
+    setting = "fm | cnn16 <- resnet14 | 20 epochs | 5000 train images"
+    rows = [
+        row(setting, "ce", [0.84, 0.86]),
+        row(setting, "kd", [0.86], baseline=True),
+        row(setting, "dkd", [0.875], versus=(0.015, 0.005, 0.025)),
+        row(setting, "stkd", [0.85], versus=(-0.01, -0.02, 0.0)),
+        row(setting, "stkd mix_fraction=0.1", [0.87], versus=(0.01, 0.002, 0.018)),
+    ]
+    runs = [{"teacher": {"accuracy": 0.9033}}, {"teacher": None}]
+    # Teacher 90.33 against ce's mean 85.00: 5.33 points.
+    assert readme_results.gap_sentences(rows, runs) == [
+        "- 20 epochs: the teacher reaches 90.33, the student trained alone (ce) 85.00: a gap of 5.33 points for distillation to close."
+    ]
+    assert readme_results.best_sentences(rows, "kd") == [
+        "- 20 epochs: the best student is dkd (87.50), +1.50 points [95% CI +0.50, +2.50] against kd; "
+        "STKD settings that beat kd: stkd mix_fraction=0.1."
+    ]
+    rows[-1]["versus_baseline"]["low"] = -0.001
+    assert readme_results.best_sentences(rows, "kd")[0].endswith("no STKD setting beats kd.")
