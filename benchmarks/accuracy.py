@@ -52,6 +52,24 @@ def option_list(options: dict) -> list[str]:
     return arguments
 
 
+def method_entry(entry: str) -> tuple[str, dict]:
+    """A grid's method: a registered name, optionally with options, e.g. "stkd mix_fraction=0.1" (values read as YAML)."""
+    name, *options = str(entry).split()
+    values = {}
+    for option in options:
+        field, separator, value = option.partition("=")
+        if not separator:
+            raise SystemExit(f"Method entry {entry!r}: expected NAME FIELD=VALUE ..., got {option!r}.")
+        values[field] = yaml.safe_load(value)
+    return name, values
+
+
+def method_folder(entry: str) -> str:
+    """The run folder of a method entry: "stkd mix_fraction=0.1" -> "stkd_mix_fraction-0.1"."""
+    name, values = method_entry(entry)
+    return "_".join([name, *(f"{field}-{value}" for field, value in values.items())])
+
+
 def setting_label(setting: dict) -> str:
     return "_".join(f"{key}-{value}" for key, value in setting.items()) or "default"
 
@@ -66,6 +84,12 @@ def load_grid(path: Path) -> dict:
     for field in ("dataset", "student", "methods", "seeds"):
         if field not in grid:
             raise SystemExit(f"{path}: missing field `{field}`.")
+    for entry in grid["methods"]:
+        name, values = method_entry(entry)
+        try:
+            methods.get_method(name).make_hyperparameters(**values)
+        except ValueError as error:
+            raise SystemExit(f"{path}: method {entry!r}: {error}") from None
     return grid
 
 
@@ -100,7 +124,7 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
     # Seed by seed: a grid stopped part-way is a whole grid with fewer seeds, not one with settings missing.
     runs = [(setting, method, seed) for seed in grid["seeds"] for setting in grid.get("settings") or [{}] for method in grid["methods"]]
     for index, (setting, method, seed) in enumerate(runs, start=1):
-        folder = output / "runs" / setting_label(setting) / method / f"seed{seed}"
+        folder = output / "runs" / setting_label(setting) / method_folder(method) / f"seed{seed}"
         if (folder / "metrics.json").is_file():
             log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: finished, skipped")
             finished.append(folder)
@@ -115,13 +139,14 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
         else:
             log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: running")
             # A setting's hyperparameters go to the methods that have them (a temperature means nothing to ce).
-            unit = methods.get_method(method)
+            name, own = method_entry(method)
+            unit = methods.get_method(name)
             options = {
-                name: value for name, value in {**common, **setting, "seed": seed}.items()
-                if name not in methods.hyperparameter_fields() or name in unit.hyperparameter_names()
+                field: value for field, value in {**common, **setting, **own, "seed": seed}.items()
+                if field not in methods.hyperparameter_fields() or field in unit.hyperparameter_names()
             }
             teacher_option = ["--teacher", str(teacher_dir)] if unit.needs_teacher else []
-            cli("distill", "--dataset", grid["dataset"], "--student", grid["student"], "--method", method, *teacher_option,
+            cli("distill", "--dataset", grid["dataset"], "--student", grid["student"], "--method", name, *teacher_option,
                 *option_list(options), "--quiet", "--output", str(folder))
         log(f"    done in {time.perf_counter() - started:.0f} s")
         finished.append(folder)
