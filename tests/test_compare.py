@@ -160,7 +160,8 @@ def test_shipped_grids_are_valid(path):
     for options in [grid.get("common") or {}, grid.get("teacher") or {}, *settings]:
         assert set(options) <= fields, set(options) - fields
     assert grid.get("baseline", "kd") in grid["methods"]
-    assert set(grid["methods"]) <= set(methods.list_methods())
+    # An entry may carry options ("stkd mix_fraction=0.1"); load_grid has checked them against the method.
+    assert {accuracy.method_entry(entry)[0] for entry in grid["methods"]} <= set(methods.list_methods())
     if grid.get("baseline_setting"):
         baseline = methods.get_method(grid["baseline"])
         configs = [
@@ -186,3 +187,17 @@ def test_a_variant_is_named_by_its_own_options_and_compared_in_the_baselines_set
     # Within an ablation of stkd itself, its options stay settings, as before.
     ablation = compare.compare(compare.load_runs(folders[2:6]), baseline="stkd")
     assert {row["method"] for row in ablation} == {"stkd"} and len(ablation) == 2
+
+
+def test_a_grid_method_entry_carries_its_options(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import accuracy
+
+    assert accuracy.method_entry("stkd mix_fraction=0.1 soft_target=mixed_teacher") == ("stkd", {"mix_fraction": 0.1, "soft_target": "mixed_teacher"})
+    assert accuracy.method_folder("stkd mix_fraction=0.1") == "stkd_mix_fraction-0.1" and accuracy.method_folder("kd+ls") == "kd+ls"
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("dataset: fashion_mnist\nstudent: cnn8\nmethods: [kd, stkd mix_fraction=2]\nseeds: [0]\n")
+    with pytest.raises(SystemExit, match=r"method 'stkd mix_fraction=2': Expected `mix_fraction` to be a number in \(0, 1\]"):
+        accuracy.load_grid(grid)
