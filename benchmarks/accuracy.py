@@ -150,6 +150,14 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
                 *option_list(options), "--quiet", "--output", str(folder))
         log(f"    done in {time.perf_counter() - started:.0f} s")
         finished.append(folder)
+    if compare_only:
+        # Only whole seeds: a seed some arm has not finished would compare arms over different seeds.
+        arms = len(grid.get("settings") or [{}]) * len(grid["methods"])
+        whole = {seed for seed in grid["seeds"] if sum(folder.name == f"seed{seed}" for folder in finished) == arms}
+        left_out = sorted(set(grid["seeds"]) - whole)
+        if left_out:
+            log(f"Seeds {left_out} are not finished in every arm: left out of the comparison.")
+        finished = [folder for folder in finished if int(folder.name[len("seed"):]) in whole]
     return finished, teacher_dir
 
 
@@ -179,6 +187,8 @@ def main() -> None:
     args = parser.parse_args()
     grid = load_grid(args.grid)
     finished, teacher_dir = run_grid(grid, args.output, compare_only=args.compare_only)
+    if not finished:
+        raise SystemExit(f"No finished runs of {args.grid} in {args.output} to compare.")
     baseline = grid.get("baseline", "kd")
     fields = [f"--baseline-setting={name}={json.dumps(value)}" for name, value in (grid.get("baseline_setting") or {}).items()]
     cli("compare", *map(str, finished), "--baseline", baseline, *fields, "--markdown", str(args.output / "results.md"), "--plot", str(args.output / "results.png"))
