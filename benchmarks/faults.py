@@ -332,6 +332,21 @@ def teacher_inside_output(bench: Bench) -> None:
     bench.add(case)
 
 
+def one_refused(case, started, steps) -> tuple[int, int] | None:
+    """Of two commands started together, one finished and the other was refused, naming the holder's pid.
+
+    Returns (holder, loser) indices, or None when not exactly one finished (the case records why).
+    """
+    winners = [index for index, step in enumerate(steps) if step.exit_code == 0]
+    if not case.expect(len(winners) == 1, f"exit codes {[step.exit_code for step in steps]}, not one 0 and one 1"):
+        return None
+    holder, loser = winners[0], 1 - winners[0]
+    case.message_step = loser
+    pid = started[holder][0].pid
+    case.expect(steps[loser].exit_code == 1 and f"is in use by process {pid}" in steps[loser].message, "the second was not refused naming the holder's pid")
+    return holder, loser
+
+
 def concurrent_runs(bench: Bench) -> None:
     folder = bench.case_dir()
     output = folder / "run"
@@ -342,14 +357,9 @@ def concurrent_runs(bench: Bench) -> None:
     steps = Bench.finish_together(started, args)
     ended = [begun + step.seconds for (_, _, begun), step in zip(started, steps)]
     case.steps += steps
-    winners = [index for index, step in enumerate(steps) if step.exit_code == 0]
-    if case.expect(len(winners) == 1, f"exit codes {[step.exit_code for step in steps]}, not one 0 and one 1"):
-        holder, loser = winners[0], 1 - winners[0]
-        case.message_step = loser
-        pid = started[holder][0].pid
-        case.expect(
-            steps[loser].exit_code == 1 and f"is in use by process {pid}" in steps[loser].message, "the second was not refused naming the holder's pid"
-        )
+    roles = one_refused(case, started, steps)
+    if roles:
+        holder, loser = roles
         case.expect(ended[loser] < ended[holder], "the second was not refused before the first finished")
         case.notes.append(f"second refused after {steps[loser].seconds:.1f} s, first finished after {steps[holder].seconds:.1f} s")
         case.problems += run_problems(output, epochs=4)
@@ -544,12 +554,7 @@ def concurrent_exports(bench: Bench) -> None:
     started = [bench.start(args, folder) for _ in range(2)]
     steps = Bench.finish_together(started, args)
     case.steps += steps
-    winners = [index for index, step in enumerate(steps) if step.exit_code == 0]
-    if case.expect(len(winners) == 1, f"exit codes {[step.exit_code for step in steps]}, not one 0 and one 1"):
-        holder, loser = winners[0], 1 - winners[0]
-        case.message_step = loser
-        pid = started[holder][0].pid
-        case.expect(steps[loser].exit_code == 1 and f"is in use by process {pid}" in steps[loser].message, "the second was not refused naming the holder's pid")
+    if one_refused(case, started, steps):
         case.problems += export_listing_problems(output)
         if not case.problems:
             case.notes.append("the first wrote exactly the files its report lists")
