@@ -12,7 +12,7 @@ The names below are imported on first use: `stkd_keras.export.plan` (what an
 export will write) answers without TensorFlow, so the CLI checks options at once.
 """
 
-import importlib
+from stkd_keras.lazy import lazy_attributes
 
 _PLAN = ("DEFAULT_OPSET", "DEFAULT_QUANTIZATIONS", "FLOAT_BOUNDS", "FORMAT_QUANTIZATIONS", "FORMATS", "QUANTIZATIONS", "ExportError", "export_plan", "parse_quantizations")
 _CORE = ("ExportData", "convert_onnx", "convert_tflite", "export_model", "load_export_data")
@@ -26,13 +26,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'stkd_keras.export' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

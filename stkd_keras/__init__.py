@@ -7,8 +7,9 @@ The public names below are imported on first use, so that `stkd-keras --help`
 answers without loading Keras or its backend.
 """
 
-import importlib
 import os
+
+from stkd_keras.lazy import lazy_attributes
 
 # TensorFlow's C++ start-up messages (CUDA probing, CPU features) are noise for
 # users; an explicit TF_CPP_MIN_LOG_LEVEL still wins.
@@ -44,13 +45,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'stkd_keras' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_EXPORTS))
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
