@@ -113,6 +113,9 @@ def grid_section(folder: Path) -> list[str]:
     environment = json.loads((folder / "environment.json").read_text())
     grid = yaml.safe_load((ROOT / environment["grid"]).read_text())
     runs = compare.load_runs(sorted(path.parent for path in (folder / "runs").rglob("metrics.json")))
+    # Whole seeds only, as `accuracy.py --compare-only` compares: a grid stopped part-way through a seed reads as fewer seeds.
+    arms = len(grid.get("settings") or [{}]) * len(grid["methods"])
+    runs = [run for run in runs if sum(other.get("seed") == run.get("seed") for other in runs) == arms]
     baseline = grid.get("baseline", "kd")
     rows = compare.compare(runs, baseline, grid.get("baseline_setting"))
     minutes = environment["train_seconds_total"] / 60
