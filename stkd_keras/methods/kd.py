@@ -67,14 +67,19 @@ class KDHyperparameters(SoftenedLogitsHyperparameters):
             setattr(self, name, value)
 
 
-def kd_terms(context: BatchContext, hyperparameters: KDHyperparameters) -> dict:
-    """`ce_loss` (labels as given, mixed or not) and `kd_loss` (teacher and student logits as they saw their images)."""
+def kd_terms(context: BatchContext, hyperparameters: KDHyperparameters, kd_value=None) -> dict:
+    """`ce_loss` (labels as given, mixed or not) and `kd_loss` (teacher and student logits as they saw their images).
+
+    `kd_value`, where given, is the KD term's value (a method with another soft target), computed instead of KD's.
+    """
     from stkd_keras import losses
 
-    teacher, student = softened_logits(context.teacher_logits, context.student_logits, hyperparameters)
+    if kd_value is None:
+        teacher, student = softened_logits(context.teacher_logits, context.student_logits, hyperparameters)
+        kd_value = losses.kd_loss(teacher, student, hyperparameters.temperature, context.sample_weight)
     return {
         "ce_loss": LossTerm(cross_entropy(context), hyperparameters.ce_weight),
-        "kd_loss": LossTerm(losses.kd_loss(teacher, student, hyperparameters.temperature, context.sample_weight), hyperparameters.kd_weight),
+        "kd_loss": LossTerm(kd_value, hyperparameters.kd_weight),
     }
 
 

@@ -24,15 +24,15 @@ class MixupKDHyperparameters(MixupHyperparameters, KDHyperparameters):
         return {**super().loss_weights(), "clean_kd_weight": self.clean_kd_weight}
 
 
-def mixup_kd_terms(context: BatchContext, hyperparameters: MixupKDHyperparameters) -> dict:
+def mixup_kd_terms(context: BatchContext, hyperparameters: MixupKDHyperparameters, kd_value=None) -> dict:
     """KD's two terms on what each network saw, and `clean_kd_loss` when its weight is > 0.
 
     Both KD terms standardise the logits first when `logit_standardization` is on.
 
     In evaluation the batch is clean, so the clean term is the KD term: it is
-    reported, and not added a second time.
+    reported, and not added a second time. `kd_value`: as for `kd_terms`.
     """
-    terms = kd_terms(context, hyperparameters)
+    terms = kd_terms(context, hyperparameters, kd_value)
     if hyperparameters.clean_kd_weight > 0:
         if context.training:
             from stkd_keras import losses

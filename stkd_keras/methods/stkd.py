@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from stkd_keras.methods.base import LossTerm, register_method, register_preset
+from stkd_keras.methods.base import register_method, register_preset
 from stkd_keras.methods.kd import softened_logits
 from stkd_keras.methods.mixup_kd import MixupKD, MixupKDHyperparameters, mixup_kd_terms
 from stkd_keras.validation import unit_fraction
@@ -105,10 +105,8 @@ class STKD(MixupKD):
         return "clean" if hyperparameters.soft_target == "mixed_teacher" else self.teacher_sees
 
     def loss_terms(self, context, hyperparameters):
-        terms = mixup_kd_terms(context, hyperparameters)
-        if hyperparameters.soft_target == "mixed_teacher":
-            terms["kd_loss"] = LossTerm(mixed_teacher_kd_loss(context, hyperparameters), hyperparameters.kd_weight)
-        return terms
+        mixed_teacher = hyperparameters.soft_target == "mixed_teacher"
+        return mixup_kd_terms(context, hyperparameters, mixed_teacher_kd_loss(context, hyperparameters) if mixed_teacher else None)
 
 
 register_preset(
