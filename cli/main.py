@@ -114,7 +114,12 @@ def _training_options(function):
         click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(min=0), help="Decoupled weight decay."),
         click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, shuffling, augmentation and mixup."),
         click.option("--train-subset", default=None, type=click.IntRange(min=1), help="Train on a fixed subset of N training images."),
-        click.option("--val-subset", default=None, type=click.IntRange(min=1), help="Validate on the first N test images."),
+        click.option("--val-subset", default=None, type=click.IntRange(min=1), help="Validate on the first N test (or held-out) images."),
+        click.option(
+            "--validation-holdout", default=None, type=click.IntRange(min=1),
+            help="Validate on N training images set apart (never trained on; the last N of the training split's fixed shuffle) "
+            "instead of the test split, to choose settings without reading it. A given --teacher may have trained on them.",
+        ),
         click.option("--steps-per-epoch", default=None, type=click.IntRange(min=1), help="Steps per epoch (the data repeats)."),
         click.option("--jit-compile/--no-jit-compile", default=False, show_default=True, help="Compile the train step with XLA."),
         click.option("--mixed-precision/--no-mixed-precision", default=False, show_default=True, help="Train under the mixed_float16 policy."),

@@ -106,10 +106,11 @@ def method_label(run: dict, baseline: str | None = None) -> str:
 
 def _setting_fields(run: dict, baseline: str | None = None) -> dict:
     """The config fields that define a run's setting: all but _NOT_SETTING and the method's own options (`method_options`);
-    hyperparameters only where not the method's defaults."""
+    hyperparameters only where not the method's defaults. A field set to None is left out, so that a run written before
+    the field existed (`validation_holdout`) shares the setting of a newer run that leaves it unset."""
     config = run["config"]
     names = methods_lib.hyperparameter_fields()
-    fields = {k: v for k, v in config.items() if k not in _NOT_SETTING and k not in names}
+    fields = {k: v for k, v in config.items() if k not in _NOT_SETTING and k not in names and v is not None}
     own = method_options(run, baseline)
     fields.update({k: v for k, v in _non_default_hyperparameters(run).items() if k not in own})
     return fields
@@ -141,7 +142,7 @@ def setting_labels(runs: list[dict], reference: tuple | None = None, baseline: s
     names = {name for fields in resolved.values() for name in fields}
     varying = sorted(
         {name for name in names if len({json.dumps(fields.get(name)) for fields in resolved.values()}) > 1}
-        - {"dataset", "model", "epochs", "train_subset"}
+        - {"dataset", "model", "epochs", "train_subset", "validation_holdout"}
     )
     teachers = defaultdict(set)
     for run in runs:
@@ -153,6 +154,8 @@ def setting_labels(runs: list[dict], reference: tuple | None = None, baseline: s
         base = resolved.get(reference, {}) if reference is not None else None
         teacher = ",".join(sorted(teachers[key])) or "-"
         label = f"{config['dataset']} | {run['model']} <- {teacher} | {config['epochs']} epochs | {config.get('train_subset') or 'all'} train images"
+        if config.get("validation_holdout"):
+            label += f" | validated on {config['validation_holdout']} held-out train images"
         shown = [name for name in varying if name in fields and (base is None or fields[name] != base.get(name))]
         extra = ", ".join(f"{name}={fields[name]}" for name in shown)
         if reference is not None and not extra:

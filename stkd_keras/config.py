@@ -29,6 +29,10 @@ MODEL_NAMES = (
 class RunConfig:
     """Everything that determines a training run (saved in `metrics.json`).
 
+    `validation_holdout` validates on that many training images set apart
+    (never trained on) instead of the test split (`stkd_keras.data.load`'s
+    `holdout`), to choose settings without reading the test split.
+
     `method_options` holds the method's hyperparameters given for this run;
     the others take the method's defaults (`stkd_keras.methods`). Written out
     (`to_dict`, in metrics.json and run.json) the config is one flat mapping
@@ -49,6 +53,7 @@ class RunConfig:
     seed: int = 0
     train_subset: int | None = None
     val_subset: int | None = None
+    validation_holdout: int | None = None
     steps_per_epoch: int | None = None
     jit_compile: bool = False
     mixed_precision: bool = False
@@ -68,7 +73,7 @@ class RunConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Expected `{name}` to be an int >= 1. Received: {name}={value!r}")
-        for name in ("train_subset", "val_subset", "steps_per_epoch", "image_size"):
+        for name in ("train_subset", "val_subset", "validation_holdout", "steps_per_epoch", "image_size"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"Expected `{name}` to be an int >= 1 or unset. Received: {name}={value!r}")

@@ -30,8 +30,10 @@ Two pipelines build the batches; `load(..., pipeline=...)` chooses:
 Either way the same seed gives the same batches. Augmentation lives here,
 never inside a model, so exported models hold none of it. As in the KD
 literature, the test split (Tiny-ImageNet: the labelled validation split)
-serves for validation. This module imports TensorFlow only inside the
-functions that need it.
+serves for validation. To choose settings without reading it, `holdout=N`
+sets the last N examples of the training split (by a fixed shuffle) apart as
+the split "validation", and "train" no longer contains them. This module
+imports TensorFlow only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ if TYPE_CHECKING:
     import keras
     import tensorflow as tf
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test", "validation")
 FOLDER_PREFIX = "folder:"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 VALIDATION_FOLDER_NAMES = ("val", "validation", "test")
@@ -474,9 +476,15 @@ def _as_arrays(dataset, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
 # --- Building the batches ------------------------------------------------------------------------
 
 
-def _check_options(split, batch_size, subset, stream, start_step, shard) -> None:
+def _check_options(split, batch_size, subset, stream, start_step, shard, holdout=None) -> None:
     if split not in SPLITS:
         raise ValueError(f"Expected `split` to be one of {SPLITS}. Received: split={split!r}")
+    if holdout is not None and (not isinstance(holdout, (int, np.integer)) or holdout < 1):
+        raise ValueError(f"Expected `holdout` to be an int >= 1 or None. Received: holdout={holdout!r}")
+    if split == "validation" and holdout is None:
+        raise ValueError("The split 'validation' is the training examples set apart by `holdout`: pass holdout=N.")
+    if split == "test" and holdout is not None:
+        raise ValueError(f"Expected `holdout` only with the 'train' and 'validation' splits (it divides the training split). Received: split={split!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be an int >= 1. Received: batch_size={batch_size!r}")
     if subset is not None and (not isinstance(subset, int) or subset < 1):
@@ -510,6 +518,31 @@ def _classes_present(labels, spec: DatasetSpec, name: str, split: str, training:
     return classes_present
 
 
+def _held_out(num_examples: int, split: str, holdout: int | None) -> tuple[int, int]:
+    """(start, stop) of `split` in the training split's fixed order when `holdout` examples are set apart at its end."""
+    if split == "test" or holdout is None:
+        return 0, num_examples
+    if holdout >= num_examples:
+        raise ValueError(
+            f"Expected `holdout` below the {num_examples} examples of the training split, to leave some to train on. Received: holdout={holdout}"
+        )
+    return (num_examples - holdout, num_examples) if split == "validation" else (0, num_examples - holdout)
+
+
+def _chosen_examples(num_examples: int, split: str, subset: int | None, holdout: int | None) -> np.ndarray | None:
+    """Indices of the examples `split` reads from an array source (None: all, in file order).
+
+    A subset takes the first `subset` of the fixed shuffle
+    `np.random.default_rng(0).permutation(n)`; a holdout the last `holdout`
+    of the same shuffle, so a training subset is the same with or without
+    one, as long as the two do not overlap.
+    """
+    if subset is None and (split == "test" or holdout is None):
+        return None
+    start, stop = _held_out(num_examples, split, holdout)
+    return np.random.default_rng(0).permutation(num_examples)[start:stop][:subset]
+
+
 def _numpy_pipeline(images, labels, spec, mean, std, batch_size, augment, shuffle, seed, drop_remainder, stream, start_step, shard):
     from stkd_keras import array_pipeline
 
@@ -541,6 +574,7 @@ def load(
     start_step: int = 0,
     pipeline: str = "auto",
     shard: tuple[int, int] | None = None,
+    holdout: int | None = None,
 ) -> tuple[tf.data.Dataset | keras.utils.PyDataset, DatasetInfo]:
     """Loads one split as batches of (images, labels): a `tf.data.Dataset`, or a `keras.utils.PyDataset` of numpy arrays.
 
@@ -550,7 +584,9 @@ def load(
 
     Args:
         name: One of `list_datasets()`, or `folder:PATH`.
-        split: "train" or "test" (the split used for validation).
+        split: "train", "test" (the split used for validation unless a
+            holdout is set apart), or "validation" (the held-out training
+            examples; needs `holdout`).
         batch_size: Batch size (with `shard`: the global batch size).
         augment: Random crop (and flip); defaults to True for "train".
         shuffle: Shuffle each epoch; defaults to True for "train".
@@ -558,6 +594,7 @@ def load(
             folders, the first `subset` of the fixed shuffle
             `np.random.default_rng(0).permutation(n)` (the same examples for
             every seed, method and pipeline); from TFDS, the first `subset`.
+            With `holdout`, of the examples left to the split.
         data_dir: fashion_mnist: the folder with the four IDX files;
             mnist: the folder with its four IDX files, or else the TFDS data
             directory; cinic10 / tiny_imagenet: the folder holding the
@@ -582,6 +619,11 @@ def load(
         shard: With `stream`: (index, count) to take rows
             [index * b / count, (index + 1) * b / count) of every global
             batch of b, as one of `count` data-parallel processes does.
+        holdout: Set the last `holdout` training examples apart as the split
+            "validation" (from IDX files and image folders: the last of the
+            fixed shuffle above, so a training subset keeps its examples;
+            from TFDS: the last in TFDS's order); "train" then reads only
+            the others. Pass the same value for both splits.
 
     Returns:
         `(dataset, info)`: dataset a `tf.data.Dataset` ("tf_data") or a
@@ -594,9 +636,10 @@ def load(
             cannot be downloaded, or only TensorFlow could read it and it is
             not installed.
     """
-    _check_options(split, batch_size, subset, stream, start_step, shard)
+    _check_options(split, batch_size, subset, stream, start_step, shard, holdout)
     pipeline = resolve_pipeline(pipeline)
     training = split == "train"
+    source_split = "test" if split == "test" else "train"  # "validation" is part of the training split
     augment = training if augment is None else augment
     shuffle = training if shuffle is None else shuffle
     # The source gives either arrays (IDX files) or a tf.data.Dataset of raw pairs (TFDS, image folders).
@@ -612,9 +655,10 @@ def load(
             raise ValueError(f"Expected `image_size` = (height, width). Received: image_size={image_size!r}")
         folder = scan_image_folder(str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve()), image_size)
         spec = folder_spec(folder, image_size)
-        files, labels = folder.files[split], folder.labels[split]
-        if subset is not None:
-            order = np.sort(np.random.default_rng(0).permutation(len(labels))[:subset])
+        files, labels = folder.files[source_split], folder.labels[source_split]
+        chosen = _chosen_examples(len(labels), split, subset, holdout)
+        if chosen is not None:
+            order = np.sort(chosen)
             files, labels = [files[i] for i in order], labels[order]
         dataset = tf.data.Dataset.from_tensor_slices((files, labels)).map(
             lambda f, y: (_decode(f, image_size), y), num_parallel_calls=tf.data.AUTOTUNE
@@ -626,17 +670,20 @@ def load(
         if name == "fashion_mnist" and data_dir is not None and idx_dir is None:
             raise DatasetNotFoundError(f"Fashion-MNIST IDX files ({', '.join(idx_file_names())}) not found in {data_dir}.")
         if idx_dir is not None:
-            images, labels = read_idx(idx_dir, split, spec.num_classes, IDX_DATASETS[name])
-            if subset is not None:
-                order = np.random.default_rng(0).permutation(len(labels))[:subset]
-                images, labels = images[order], labels[order]
+            images, labels = read_idx(idx_dir, source_split, spec.num_classes, IDX_DATASETS[name])
+            chosen = _chosen_examples(len(labels), split, subset, holdout)
+            if chosen is not None:
+                images, labels = images[chosen], labels[chosen]
             num_examples, class_names, source = len(labels), spec.class_names, f"idx:{idx_dir}"
         else:
             if not tensorflow_available():
                 raise _tensorflow_missing(name, data_dir)
             manual_dir = data_dir if spec.manual else None
             tfds_data_dir = tfds_dir if spec.manual else (data_dir if name != "fashion_mnist" else None)
-            dataset, num_examples, class_names, source = _load_tfds(spec, split, tfds_data_dir, manual_dir, download)
+            dataset, num_examples, class_names, source = _load_tfds(spec, source_split, tfds_data_dir, manual_dir, download)
+            start, stop = _held_out(num_examples, split, holdout)
+            if (start, stop) != (0, num_examples):
+                dataset, num_examples = dataset.skip(start).take(stop - start), stop - start
             if subset is not None:
                 # tfds order is fixed (shuffle_files=False): the first examples are a fixed subset.
                 dataset = dataset.take(subset)

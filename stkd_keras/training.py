@@ -75,7 +75,7 @@ def _metrics_for_training():
     ]
 
 
-def _summarise_history(history: dict) -> dict:
+def _summarise_history(history: dict, holdout: int | None = None) -> dict:
     """Final-epoch and best-epoch validation figures, named apart."""
     val_accuracy = history.get("val_accuracy", [])
     if not val_accuracy:
@@ -93,7 +93,9 @@ def _summarise_history(history: dict) -> dict:
         "best_epoch": epoch_row(best),
         "final_val_accuracy": float(val_accuracy[-1]),
         "best_val_accuracy": float(val_accuracy[best]),
-        "note": "Validation is the test split. The saved model is the final-epoch model; best_epoch is reported for reference only.",
+        "note": (
+            f"Validation is {holdout} training images held out from training" if holdout else "Validation is the test split"
+        ) + ". The saved model is the final-epoch model; best_epoch is reported for reference only.",
     }
 
 
@@ -149,14 +151,19 @@ def train(
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         data_options = {"data_dir": config.data_dir, "download": config.download, "image_size": _image_size(config.image_size)}
+        holdout = config.validation_holdout
         # Read the data once to know its size; the step-indexed training stream is built below.
-        _, train_info = data_lib.load(config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, **data_options)
+        _, train_info = data_lib.load(
+            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, holdout=holdout, **data_options
+        )
         if train_info.classes_present is not None and train_info.classes_present < train_info.num_classes:
             log(
                 f"Warning: the training data holds examples of only {train_info.classes_present} of the "
                 f"{train_info.num_classes} classes the model predicts."
             )
-        val_data, val_info = data_lib.load(config.dataset, "test", max(config.batch_size, 256), subset=config.val_subset, **data_options)
+        val_data, val_info = data_lib.load(
+            config.dataset, "validation" if holdout else "test", max(config.batch_size, 256), subset=config.val_subset, holdout=holdout, **data_options
+        )
         # Variables (student, teacher, optimizer, metrics) are created in the distribution's scope. Under a
         # tf.distribute strategy Keras's fit splits each global batch over the replicas and the Distiller
         # divides its loss by the replica count; under keras.distribution the step sees the global batch.
@@ -177,7 +184,7 @@ def train(
             train_seconds = 0.0
         else:
             train_data, _ = data_lib.load(
-                config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed,
+                config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, holdout=holdout,
                 stream=True, start_step=initial_epoch * steps, **data_options, **_shard(setup),
             )
             log(
@@ -215,7 +222,7 @@ def train(
         "model": model.name,
         "parameters": int(model.count_params()),
         "method": method,
-        **_summarise_history(history),
+        **_summarise_history(history, config.validation_holdout),
         "teacher": teacher_summary,
         "train_seconds": round(train_seconds, 2),
         "resumed_at_epoch": initial_epoch or None,
@@ -383,7 +390,7 @@ def _run(command, config, teacher_config, output: Path, resume: bool, verbose, l
     if teacher_config is not None and not resume:
         # The teacher trains first: a dataset that cannot be read stops the run before it, not after.
         data_lib.load(
-            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed,
+            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, holdout=config.validation_holdout,
             data_dir=config.data_dir, download=config.download, image_size=_image_size(config.image_size),
         )
     if not setup.chief:  # The chief writes the run; the others train into a temporary folder.

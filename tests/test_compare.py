@@ -189,6 +189,21 @@ def test_a_variant_is_named_by_its_own_options_and_compared_in_the_baselines_set
     assert {row["method"] for row in ablation} == {"stkd"} and len(ablation) == 2
 
 
+def test_runs_validated_on_a_holdout_are_a_setting_of_their_own(tmp_path):
+    """A config written before `validation_holdout` existed (no field) and one with it unset (None) share a setting;
+    runs validated on held-out training images are compared only with each other, and the label says so."""
+    folders = [write_run(tmp_path, "kd0", "kd", 0, 0.80, 0.80), write_run(tmp_path, "kd1", "kd", 1, 0.82, 0.82, validation_holdout=None)]
+    folders += [write_run(tmp_path, f"stkd{s}", "stkd", s, v, v) for s, v in enumerate([0.81, 0.85])]
+    folders += [write_run(tmp_path, f"held{s}", "kd", s, v, v, validation_holdout=500) for s, v in enumerate([0.70, 0.72])]
+    rows = compare.compare(compare.load_runs(folders), baseline="kd")
+    assert len(rows) == 3
+    stkd = next(row for row in rows if row["method"] == "stkd")
+    assert stkd["versus_baseline"]["difference"] == pytest.approx(((0.81 - 0.80) + (0.85 - 0.82)) / 2)
+    held = next(row for row in rows if "held-out" in row["setting"])
+    assert held["method"] == "kd" and held["setting"].endswith("| validated on 500 held-out train images")
+    assert held["final"]["n"] == 2 and held["final"]["mean"] == pytest.approx(0.71)
+
+
 def test_a_grid_method_entry_carries_its_options(tmp_path):
     import sys
 

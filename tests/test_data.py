@@ -103,7 +103,15 @@ def test_invalid_arguments():
     with pytest.raises(ValueError, match="Unknown dataset 'imagenet'.*cifar10"):
         data_lib.load("imagenet")
     with pytest.raises(ValueError, match="split"):
+        data_lib.load("fashion_mnist", "val")
+    with pytest.raises(ValueError, match="The split 'validation' is the training examples set apart by `holdout`"):
         data_lib.load("fashion_mnist", "validation")
+    with pytest.raises(ValueError, match="`holdout` only with the 'train' and 'validation' splits"):
+        data_lib.load("fashion_mnist", "test", holdout=10)
+    with pytest.raises(ValueError, match=r"`holdout` below the 60000 examples of the training split"):
+        data_lib.load("fashion_mnist", "validation", holdout=60000)
+    with pytest.raises(ValueError, match="`holdout` to be an int >= 1"):
+        data_lib.load("fashion_mnist", "train", holdout=0)
     with pytest.raises(ValueError, match="batch_size"):
         data_lib.load("fashion_mnist", batch_size=0)
 
@@ -242,6 +250,46 @@ def test_numpy_pipeline_reads_the_same_subset_as_tf_data(split):
     np.testing.assert_array_equal(numpy_labels, tf_labels)
     np.testing.assert_allclose(numpy_images, (raw[order] / 255.0 - 0.2860) / 0.3530, atol=1e-5)
     np.testing.assert_allclose(numpy_images, tf_images, atol=1e-6)
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_holdout_sets_the_last_training_examples_of_the_fixed_shuffle_apart(pipeline):
+    options = {"batch_size": 500, "augment": False, "shuffle": False, "pipeline": pipeline}
+    raw, raw_labels = data_lib.read_fashion_mnist_idx(data_lib.find_fashion_mnist_idx(), "train")
+    permutation = np.random.default_rng(0).permutation(60000)
+    validation, validation_info = data_lib.load("fashion_mnist", "validation", holdout=1000, **options)
+    images, labels = (np.concatenate([np.asarray(part) for part in parts]) for parts in zip(*validation))
+    # "validation" is the last 1000 of the shuffle, never augmented, in that order.
+    assert validation_info.split == "validation" and validation_info.num_examples == 1000
+    np.testing.assert_array_equal(labels, raw_labels[permutation[-1000:]])
+    np.testing.assert_allclose(images, (raw[permutation[-1000:]] / 255.0 - 0.2860) / 0.3530, atol=1e-5)
+    # A training subset keeps the examples it has without a holdout (the first of the same shuffle) ...
+    with_holdout, info = data_lib.load("fashion_mnist", "train", subset=300, holdout=1000, **options)
+    without, _ = data_lib.load("fashion_mnist", "train", subset=300, **options)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in with_holdout]), raw_labels[permutation[:300]])
+    np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in without]), raw_labels[permutation[:300]])
+    assert info.num_examples == 300
+    # ... and the whole training split loses exactly the held-out 1000, with a subset of validation taking its first.
+    _, whole = data_lib.load("fashion_mnist", "train", holdout=1000, **options)
+    first, first_info = data_lib.load("fashion_mnist", "validation", subset=100, holdout=1000, **options)
+    assert whole.num_examples == 59000 and first_info.num_examples == 100
+    np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in first]), raw_labels[permutation[-1000:-900]])
+
+
+def test_holdout_from_tfds_and_image_folders(tmp_path):
+    with tfds.testing.mock_data(num_examples=24):
+        _, all_labels = collect(data_lib.load("cifar10", "train", 8, augment=False, shuffle=False)[0])
+        train, info = data_lib.load("cifar10", "train", 8, augment=False, shuffle=False, holdout=6)
+        validation, validation_info = data_lib.load("cifar10", "validation", 8, holdout=6)
+        # From TFDS the held-out examples are the last in TFDS's fixed order.
+        assert (info.num_examples, validation_info.num_examples) == (18, 6)
+        np.testing.assert_array_equal(collect(train)[1], all_labels[:18])
+        np.testing.assert_array_equal(collect(validation)[1], all_labels[18:])
+    root = make_folder(tmp_path / "fruit")  # 12 training images, 4 per class, in class order
+    order = np.sort(np.random.default_rng(0).permutation(12)[9:])
+    _, folder_labels = collect(data_lib.load(f"folder:{root}", "validation", 4, image_size=(8, 8), holdout=3)[0])
+    np.testing.assert_array_equal(folder_labels, np.repeat([0, 1, 2], 4)[order])
+    assert data_lib.load(f"folder:{root}", "train", 4, image_size=(8, 8), holdout=3)[1].num_examples == 9
 
 
 def test_numpy_stream_through_load_matches_its_definition():

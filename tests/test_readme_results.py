@@ -95,3 +95,9 @@ def test_study_sentences_give_the_gap_the_best_student_and_any_stkd_win():
     ]
     rows[-1]["versus_baseline"]["low"] = -0.001
     assert readme_results.best_sentences(rows, "kd")[0].endswith("no STKD setting beats kd.")
+
+
+def test_short_labels_leave_out_the_validation_split_that_the_grid_header_names():
+    setting = "fashion_mnist | cnn16 <- resnet14 | 8 epochs | 5000 train images | validated on 5000 held-out train images | mix_fraction=0.1"
+    assert readme_results._short(setting) == "8 epochs | mix_fraction=0.1"
+    assert readme_results._short("fashion_mnist | cnn16 <- resnet14 | 20 epochs | 5000 train images") == "20 epochs"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stkd_keras import checkpointing, methods, reporting, training
+from stkd_keras import checkpointing, idx, methods, reporting, training
 from stkd_keras.cli.main import cli
 from stkd_keras.recipes import RecipeError, load_recipe
 
@@ -144,6 +144,24 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint
     assert result.exit_code == 1
     assert "Training diverged: the loss became" in result.output and "at epoch 1, step" in result.output
     assert not output.exists()
+
+
+def test_validation_holdout_validates_on_training_images_never_trained_on(tmp_path):
+    output = tmp_path / "run"
+    result = run("train-teacher", "--model", "cnn8", "--epochs", 1, "--train-subset", 256, "--validation-holdout", 300, "--quiet", "--output", output)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["config"]["validation_holdout"] == 300
+    assert metrics["dataset"]["validation"]["split"] == "validation" and metrics["dataset"]["validation"]["num_examples"] == 300
+    assert metrics["dataset"]["train"]["num_examples"] == 256
+    assert metrics["note"].startswith("Validation is 300 training images held out from training.")
+    # The recorded accuracy is the saved model's on the last 300 of the training split's fixed shuffle, worked out here.
+    images, labels = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), "train")
+    held_out = np.random.default_rng(0).permutation(len(labels))[-300:]
+    normalised = (images[held_out].astype("float32") / 255.0 - idx.FASHION_MNIST_MEAN[0]) / idx.FASHION_MNIST_STD[0]
+    model = keras.saving.load_model(output / "teacher.keras")
+    accuracy = float(np.mean(np.argmax(model.predict(normalised, verbose=0), axis=-1) == labels[held_out]))
+    assert metrics["final_val_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
 
 def test_near_chance_teacher_is_warned_about(tmp_path):
