@@ -37,6 +37,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar, NamedTuple
 
+from stkd_keras.validation import validate_loss_weights
+
 TEACHER_INPUTS = ("clean", "mixed")
 # What `forward` reads from the hyperparameters of a method that mixes; `mix_fraction`, where they have it, too.
 MIXUP_FIELDS = frozenset({"mixup_alpha", "lambda_per_sample"})
@@ -54,8 +56,19 @@ class Hyperparameters:
     def __post_init__(self):
         self.validate()
 
+    def loss_weights(self) -> dict:
+        """The method's loss weights, by name (none here); where there are any, each is >= 0 and one is > 0."""
+        return {}
+
     def validate(self) -> None:
-        """Raises `ValueError` naming a field that no run can use; subclasses extend it (cooperatively)."""
+        """Raises `ValueError` naming a field that no run can use; subclasses extend it (cooperatively).
+
+        Here: the `loss_weights`, which become floats.
+        """
+        weights = self.loss_weights()
+        if weights:
+            for name, value in zip(weights, validate_loss_weights(**weights)):
+                setattr(self, name, value)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -26,7 +26,6 @@ import numbers
 from stkd_keras.methods.base import DistillationMethod, LossTerm, register_method, register_preset
 from stkd_keras.methods.ce import cross_entropy
 from stkd_keras.methods.kd import SoftenedLogitsHyperparameters, softened_logits
-from stkd_keras.validation import validate_loss_weights
 
 
 @dataclasses.dataclass
@@ -50,14 +49,10 @@ class DKDHyperparameters(SoftenedLogitsHyperparameters):
     )
 
     def loss_weights(self) -> dict:
-        """The loss weights, by name; at least one must be > 0."""
         return {"ce_weight": self.ce_weight, "tckd_weight": self.tckd_weight, "nckd_weight": self.nckd_weight}
 
     def validate(self) -> None:
         super().validate()
-        weights = self.loss_weights()
-        for name, value in zip(weights, validate_loss_weights(**weights)):
-            setattr(self, name, value)
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, numbers.Integral) or self.warmup_epochs < 1:
             raise ValueError(f"Expected `warmup_epochs` to be an int >= 1. Received: warmup_epochs={self.warmup_epochs!r}")
         self.warmup_epochs = int(self.warmup_epochs)

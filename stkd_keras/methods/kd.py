@@ -14,7 +14,7 @@ import dataclasses
 
 from stkd_keras.methods.base import BatchContext, DistillationMethod, Hyperparameters, LossTerm, register_method, register_preset
 from stkd_keras.methods.ce import cross_entropy
-from stkd_keras.validation import positive_finite, validate_loss_weights
+from stkd_keras.validation import positive_finite
 
 
 @dataclasses.dataclass
@@ -57,14 +57,7 @@ class KDHyperparameters(SoftenedLogitsHyperparameters):
     kd_weight: float = dataclasses.field(default=0.9, metadata={"help": "Weight w_kd >= 0 of the KD term."})
 
     def loss_weights(self) -> dict:
-        """The loss weights, by name; at least one must be > 0."""
         return {"ce_weight": self.ce_weight, "kd_weight": self.kd_weight}
-
-    def validate(self) -> None:
-        super().validate()
-        weights = self.loss_weights()
-        for name, value in zip(weights, validate_loss_weights(**weights)):
-            setattr(self, name, value)
 
 
 def kd_terms(context: BatchContext, hyperparameters: KDHyperparameters, kd_value=None) -> dict:
