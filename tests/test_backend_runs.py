@@ -115,6 +115,8 @@ def test_distill_runs_end_to_end_without_tensorflow(backend, tmp_path):
     from stkd_keras import training
 
     here = training.evaluate(output, "fashion_mnist", subset=256)
+    # One image of slack for another backend's arithmetic. Seen on AMD EPYC (AVX2), oneDNN on and off: the same
+    # 9 of 256 images right in both processes, the loss equal to 7 digits.
     assert here["accuracy"] == pytest.approx(evaluation["accuracy"], abs=1 / 256 + 1e-9)
     assert model.count_params() == metrics["parameters"]
 
@@ -133,6 +135,7 @@ def test_a_command_on_another_backend_runs_in_a_child_process_and_export_takes_a
     assert mine.exit_code == 0 and theirs.exit_code == 0, mine.output + theirs.output
     here, there = (json.loads((tmp_path / name).read_text()) for name in ("here.json", "there.json"))
     assert (here["environment"]["backend"], there["environment"]["backend"]) == (keras.backend.backend(), other)
+    # Seen on AMD EPYC (AVX2), oneDNN on and off, PyTorch's avx2 and portable kernels: 16 of 128 in both, losses 1e-7 apart.
     assert here["accuracy"] == pytest.approx(there["accuracy"], abs=1 / 128 + 1e-9)
     assert here["loss"] == pytest.approx(there["loss"], rel=1e-4)
 

@@ -15,6 +15,8 @@ import keras
 import numpy as np
 import pytest
 
+import learning
+
 ROOT = Path(__file__).resolve().parents[1]
 # The tests of the backend-neutral core: each runs as is on TensorFlow, JAX and PyTorch.
 CORE_TESTS = ("tests/test_losses.py", "tests/test_mixup.py", "tests/test_methods.py", "tests/test_distiller.py", "tests/test_reference_run.py")
@@ -33,10 +35,13 @@ def _run(arguments, backend: str, timeout: int, **kwargs):
     return subprocess.run(arguments, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
+# Holds the learning tests of the core files; under `pytest -m learning` it runs just those on each backend.
+@pytest.mark.learning
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_core_tests_pass_on(backend):
+def test_core_tests_pass_on(backend, request):
     _require(backend)
-    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CORE_TESTS], backend, timeout=1200)
+    selection = ["-m", request.config.option.markexpr] if request.config.option.markexpr else []
+    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection, *CORE_TESTS], backend, timeout=1200)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     print(f"{backend}: {summary}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
@@ -70,6 +75,7 @@ trainer.compile(optimizer=keras.optimizers.Adam(3e-3))
 trainer.fit(x, y, batch_size=64, epochs=2, verbose=0)
 
 student = small_cnn(8, (28, 28, 1), 10, name="student")
+untrained = float(np.mean(keras.ops.convert_to_numpy(student(x_test, training=False)).argmax(-1) == y_test))
 distiller = Distiller(student, teacher, method="stkd", seed=0)
 distiller.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"], jit_compile=keras.backend.backend() == "jax")
 history = distiller.fit(x, y, batch_size=64, epochs=3, validation_data=(x_test, y_test), verbose=0).history
@@ -80,10 +86,14 @@ np.save(output / "logits.npy", keras.ops.convert_to_numpy(student(x_test[:16], t
     "std": list(idx.FASHION_MNIST_STD), "class_names": list(idx.FASHION_MNIST_CLASSES),
 }))
 tensorflow_loaded = [name for name, module in sys.modules.items() if name.split(".")[0] == "tensorflow" and module is not None]
-print(json.dumps({"backend": keras.backend.backend(), "val_accuracy": history["val_accuracy"][-1], "tensorflow_loaded": tensorflow_loaded}))
+print(json.dumps({
+    "backend": keras.backend.backend(), "untrained_accuracy": untrained, "val_accuracy": history["val_accuracy"][-1],
+    "validation_images": len(y_test), "tensorflow_loaded": tensorflow_loaded,
+}))
 """
 
 
+@pytest.mark.learning
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(backend, tmp_path, fashion_arrays):
     _require(backend)
@@ -91,9 +101,9 @@ def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(back
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == backend and report["tensorflow_loaded"] == []
-    # Chance is 0.1 (standard error 0.013 on 500 images): the student distilled for real. Seen: 0.4-0.6 (STKD's
-    # w_ce = 0.1 starts slowly), while the teacher it learns from reaches about 0.75.
-    assert report["val_accuracy"] > 0.3
+    # The student distilled for real: 0.134 above itself untrained (tests/learning.py). Seen on AMD EPYC (AVX2):
+    # JAX 0.130 -> 0.632; PyTorch 0.150 -> 0.532 (avx2 kernels) and 0.506 (portable kernels): least margin left 0.22.
+    learning.assert_learned(f"stkd on {backend} without TensorFlow", report["untrained_accuracy"], report["val_accuracy"], report["validation_images"])
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the export half runs the TensorFlow converters: run the tests on the TensorFlow backend")
@@ -114,4 +124,6 @@ def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(back
     assert set(rows) == {"student_float32.tflite", "student_float32.onnx"}
     for row in rows.values():
         assert row["max_abs_logit_diff"] <= 1e-4 and row["top1_agreement"] == 1.0
-    assert report["keras_top1_accuracy"] > 0.3
+    # The report scores the student it exported: its accuracy on the verification images, computed here.
+    logits = keras.ops.convert_to_numpy(model.predict(data.images, verbose=0))
+    assert report["keras_top1_accuracy"] == pytest.approx(float(np.mean(logits.argmax(-1) == data.labels)), abs=1e-6)
