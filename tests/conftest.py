@@ -5,8 +5,15 @@ Nothing here imports TensorFlow: the core tests also run on JAX and PyTorch
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# torch.compile's C++ cache does not key its kernels on ATEN_CPU_CAPABILITY: a kernel compiled with AVX2 vectors is
+# reused under `ATEN_CPU_CAPABILITY=default` (the second arithmetic of .ci/run), whose headers lack them, and g++
+# fails ("'at::vec' has not been declared"). One cache per capability keeps each run's kernels its own.
+os.environ.setdefault(
+    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}-{os.getuid()}")
+)
 
 import keras
 import numpy as np
