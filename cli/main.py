@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import importlib.util
 import json
@@ -214,6 +215,8 @@ def _user_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
+        except OSError as error:
+            raise click.ClickException(_os_error_sentence(error)) from None
         except (ValueError, RuntimeError) as error:
             from stkd_keras.data import DatasetNotFoundError
             from stkd_keras.runs import RunError
@@ -225,6 +228,25 @@ def _user_errors(function):
             raise
 
     return wrapper
+
+
+# What to do about an operating-system error, by its errno; the sentence names the path and the error first.
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space and run the command again (a training run continues from its last completed epoch with --resume)",
+    errno.EDQUOT: "free some space and run the command again (a training run continues from its last completed epoch with --resume)",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.EACCES: "check its permissions or choose another folder",
+    errno.EPERM: "check its permissions or choose another folder",
+    errno.ENAMETOOLONG: "choose a shorter name",
+}
+
+
+def _os_error_sentence(error: OSError) -> str:
+    """One sentence for an operating-system error: what happened, to which path, and what to do."""
+    what = error.strerror or type(error).__name__
+    where = f" ({error.filename})" if error.filename else ""
+    advice = _OS_ADVICE.get(error.errno, "check the path and run the command again")
+    return f"{what}{where}: {advice}."
 
 
 def _option_value(args: list[str], flag: str) -> str | None:
@@ -370,14 +392,34 @@ def _start_or_resume(ctx, backend, resume, output, quiet, options: dict, prepare
     """
     if resume is None and output is None:
         raise click.UsageError("Missing option '--output' (or --resume to continue an unfinished run).")
+    if resume is not None:
+        _refuse_options_with_resume(ctx)
     run = {"verbose": 0 if quiet else "auto", "cluster": _cluster(options)}
     _check_backend(backend)
     start = prepare() if resume is None else None
     _use_backend(ctx, backend, resume)
     training = _library()[3]
     if resume is not None:
-        return training.resume(resume, log=click.echo, **run)
+        return training.resume(resume, log=click.echo, command=ctx.info_name, **run)
     return start(training, **run)
+
+
+# A resumed run continues with the options its run.json records; only how it shows and where it runs may be given.
+_OPTIONS_WITH_RESUME = {"resume", "quiet", "backend", "coordinator_address", "num_processes", "process_id"}
+
+
+def _refuse_options_with_resume(ctx: click.Context) -> None:
+    """Refuses, naming them, the options given with --resume that the resumed run would ignore."""
+    given = [
+        param.opts[0] for param in ctx.command.params
+        if param.name not in _OPTIONS_WITH_RESUME and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        given.sort()
+        raise click.UsageError(
+            f"{', '.join(given)} cannot change a resumed run, which continues with the options recorded in its run.json; "
+            f"drop {'them' if len(given) > 1 else 'it'}, or start a new run with --overwrite."
+        )
 
 
 def _cluster(options: dict) -> dict | None:
@@ -672,7 +714,8 @@ def report(run_dir, plot_path):
     if unfinished:
         click.echo(f"{len(unfinished)} unfinished run(s):")
         for run in unfinished:
-            click.echo(f"  {run['output']}: {run['progress']}; continue it with stkd-keras {run['command']} --resume {run['output']}")
+            action = f"continue it with stkd-keras {run['command']} --resume {run['output']}" if run["resumable"] else "start it over with --overwrite"
+            click.echo(f"  {run['output']}: {run['progress']}; {action}")
 
 
 @cli.command("compare")

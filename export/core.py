@@ -48,7 +48,8 @@ from stkd_keras.export.plan import (  # noqa: F401  (re-exported)
     planned_files,
 )
 from stkd_keras.export.runtime import METADATA_NAME, embed_tflite_metadata, runner_for
-from stkd_keras.runs import output_lock
+from stkd_keras.files import file_sha256
+from stkd_keras.runs import output_lock, output_path
 
 @dataclasses.dataclass
 class ExportData:
@@ -199,9 +200,11 @@ def _recover_interrupted_export(output_dir: Path, log) -> None:
 
     Its staging folders go. If it was killed while moving its files into
     place (its journal, PENDING_FILE, is there), the files it named (its
-    own, and the earlier export's it was replacing) are removed with
-    metadata.json and export_report.json: the folder then holds no mix of
-    two exports, and the same command can run again.
+    own, and the earlier export's it was replacing, metadata.json and
+    export_report.json among them) are removed: the folder then holds no mix
+    of two exports, and the same command can run again. A file goes only
+    when its sha256 is one the journal recorded for it, so a file edited
+    since, or one a hand-edited journal names, stays.
     """
     for stale in output_dir.glob(STAGING_PREFIX + "*"):
         shutil.rmtree(stale, ignore_errors=True)
@@ -210,27 +213,61 @@ def _recover_interrupted_export(output_dir: Path, log) -> None:
         return
     try:
         pending = json.loads(journal.read_text())
-    except ValueError:
+    except (ValueError, UnicodeDecodeError):
         pending = {}
-    names = {*pending.get("write", []), *pending.get("remove", []), "metadata.json", "export_report.json"}
-    for name in sorted(name for name in names if isinstance(name, str) and name and Path(name).name == name):
-        (output_dir / name).unlink(missing_ok=True)
+    recorded: dict[str, set[str]] = {}
+    for part in ("write", "remove"):
+        entries = pending.get(part) if isinstance(pending, dict) else None
+        for name, digest in (entries.items() if isinstance(entries, dict) else ()):
+            recorded.setdefault(str(name), set()).add(str(digest))
+    kept = [name for name, digests in sorted(recorded.items()) if not _remove_if_unchanged(output_dir, name, digests)]
     journal.unlink()
-    log(f"An earlier export into {output_dir} was stopped while moving its files into place; its files were removed.")
+    log(
+        f"An earlier export into {output_dir} was stopped while moving its files into place; its files were removed"
+        + (f", except {', '.join(kept)}, changed since it wrote them." if kept else ".")
+    )
 
 
-def _previous_files(output_dir: Path) -> set[str]:
-    """The files an earlier export into `output_dir` listed (in its metadata.json and export_report.json)."""
-    listed = set()
-    for name, key in (("metadata.json", "files"), ("export_report.json", "files")):
-        try:
-            entries = json.loads((output_dir / name).read_text()).get(key) or []
-        except (OSError, ValueError, AttributeError):
+def _remove_if_unchanged(folder: Path, name: str, digests: set[str]) -> bool:
+    """Removes `folder/name` when it is a plain file of the folder whose sha256 is one of `digests`; False when it stays."""
+    path = folder / name
+    if not name or Path(name).name != name or path.is_symlink() or not path.is_file():
+        return not path.exists()
+    if file_sha256(path) not in digests:
+        return False
+    path.unlink()
+    return True
+
+
+def _earlier_export(output_dir: Path) -> dict[str, str]:
+    """The files of the earlier export in `output_dir` with the sha256 it recorded for each (its metadata.json).
+
+    metadata.json and export_report.json are the export's own: either one
+    present but not written by an export refuses the folder. An export
+    written before checksums were recorded lists its files without them:
+    those files are kept, never removed unverified.
+
+    Raises:
+        ExportError: When metadata.json or export_report.json is not an export's.
+    """
+    owned: dict[str, str] = {}
+    for name, keys in (("metadata.json", ("files", "preprocessing")), ("export_report.json", ("files", "keras_top1_accuracy"))):
+        path = output_dir / name
+        if not path.exists():
             continue
-        for entry in entries:
-            listed.add(entry["file"] if isinstance(entry, dict) else str(entry))
-    # Only plain names inside the folder: a hand-edited list cannot point elsewhere.
-    return {name for name in listed if name and Path(name).name == name}
+        try:
+            payload = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+        except (ValueError, UnicodeDecodeError):
+            payload = None
+        if not isinstance(payload, dict) or not all(key in payload for key in keys):
+            raise ExportError(f"{path} was not written by stkd-keras export, so this folder is not an export's; choose another --output.")
+        owned[name] = file_sha256(path)
+        if name == "metadata.json":
+            digests = payload.get("sha256") if isinstance(payload.get("sha256"), dict) else {}
+            listed = payload["files"] if isinstance(payload["files"], (dict, list)) else ()
+            owned.update({str(file): "" for file in listed if str(file) not in owned})  # no checksum: never removed
+            owned.update({str(file): str(digest) for file, digest in digests.items()})
+    return owned
 
 
 def export_model(
@@ -308,13 +345,13 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
     """`export_model` with its output folder locked."""
     plan = export_plan(formats, quantize)
     bridge_args = bridge_args or {}
-    output_dir = Path(output_dir)
+    output_dir = output_path(output_dir)
     _recover_interrupted_export(output_dir, log)
     names = planned_files(stem, plan, bridge_args.get("qat_epochs"), bridge_args.get("prune_sparsity"))
     existing = [name for name in names if (output_dir / name).exists()]
     if existing and not overwrite:
         raise ExportError(f"{output_dir / existing[0]} already exists; pass --overwrite to replace it or choose another --output.")
-    previous = _previous_files(output_dir) if overwrite else set()
+    previous = _earlier_export(output_dir) if output_dir.is_dir() else {}
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
     try:
@@ -379,7 +416,8 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
             row["file"]: {key: row[key] for key in ("format", "quantization", "input_dtype", "output_dtype", "quantization_parameters")}
             for row in rows
         }
-        metadata = {**shared, "files": files}
+        # The checksums let a later `--overwrite` remove exactly these files, and only while they are unchanged.
+        metadata = {**shared, "files": files, "sha256": {name: file_sha256(staging / name) for name in files}}
         report = {
             "model": model.name,
             "keras_top1_accuracy": keras_accuracy,
@@ -391,18 +429,21 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
         }
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        written = [row["file"] for row in rows] + ["metadata.json", "export_report.json"]
-        # The earlier export's files this one does not replace go, so the folder holds what the JSON files list.
-        removed = sorted(previous - set(written))
+        written = {name: file_sha256(staging / name) for name in [row["file"] for row in rows] + ["metadata.json", "export_report.json"]}
+        # The earlier export's files this one does not replace go, so the folder holds what the JSON files list;
+        # only those it recorded a checksum for and that are unchanged since (a file edited since stays).
+        removed = {name: digest for name, digest in previous.items() if name not in written}
         # Each move is atomic, the set is not: a journal names the set first, so that an export killed part-way
         # through is cleaned up by the next one (`_recover_interrupted_export`) instead of leaving a mixed folder.
-        (staging / PENDING_FILE).write_text(json.dumps({"write": written, "remove": removed}))
+        replaced = {name: previous[name] for name in written if name in previous}
+        (staging / PENDING_FILE).write_text(json.dumps({"write": written, "remove": {**removed, **replaced}}))
         os.replace(staging / PENDING_FILE, output_dir / PENDING_FILE)
         for name in written:
             os.replace(staging / name, output_dir / name)
-        for name in removed:
-            (output_dir / name).unlink(missing_ok=True)
+        kept = [name for name, digest in sorted(removed.items()) if not _remove_if_unchanged(output_dir, name, {digest})]
         (output_dir / PENDING_FILE).unlink()
+        if kept:
+            log(f"Kept {', '.join(kept)} from the earlier export in {output_dir}: changed since it wrote them, or written without a checksum.")
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)

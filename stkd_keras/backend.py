@@ -11,6 +11,11 @@ alike. What is left:
   Beta draw inverts the CDF: u ~ Uniform(0, 1), lambda = I_u^{-1}(a, a), with
   I the regularised incomplete beta function (`tf.math.betainc`, which XLA
   compiles) and the inverse found by bisection; exact up to float32 rounding.
+  On PyTorch, `keras.random.beta` divides two Gamma(a) draws that both
+  underflow to 0 for a <= 1e-3 and returns 0.5 there, where the true draws
+  (and TensorFlow's and JAX's) sit at 0 or 1; so it draws in log space:
+  Beta(a, a) = sigmoid(log X - log Y) for X, Y ~ Gamma(a), with
+  log Gamma(a) = log Gamma(a + 1) + log(U) / a (Marsaglia and Tsang's boost).
 - The loss under a `tf.distribute` strategy: TensorFlow sums the gradients of
   the replicas, so a loss that is a mean over one replica's batch is divided
   by the number of replicas (as Keras's own `Loss` objects do). JAX's
@@ -41,10 +46,22 @@ def sample_beta(shape, alpha: float, seed=None):
     if name() == "torch":
         import torch
 
-        # Keras's torch `beta` seeds torch from the SeedGenerator's state with int(...), which torch.compile
+        # Keras's torch samplers seed torch from the SeedGenerator's state with int(...), which torch.compile
         # guards on: compiled, every step would recompile. Run eagerly, the draw is one graph break.
-        return torch.compiler.disable(keras.random.beta)(shape, alpha, alpha, dtype="float32", seed=seed)
+        return torch.compiler.disable(_log_space_beta)(shape, alpha, seed)
     return keras.random.beta(shape, alpha, alpha, dtype="float32", seed=seed)
+
+
+def _log_space_beta(shape, alpha: float, seed):
+    """Beta(alpha, alpha) as sigmoid(log X - log Y), X and Y ~ Gamma(alpha) drawn in log space (no underflow for small alpha)."""
+
+    def log_gamma_draw():
+        boosted = keras.random.gamma(shape, alpha + 1.0, dtype="float32", seed=seed)
+        # The smallest normal float32 keeps log(u) finite: u = 0 would give -inf on both sides, and nan.
+        uniform = keras.random.uniform(shape, minval=1.1754944e-38, maxval=1.0, dtype="float32", seed=seed)
+        return keras.ops.log(boosted) + keras.ops.log(uniform) / alpha
+
+    return keras.ops.sigmoid(log_gamma_draw() - log_gamma_draw())
 
 
 def _tensorflow_sample_beta(shape, alpha: float, seed):

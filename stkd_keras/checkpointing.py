@@ -28,7 +28,7 @@ import numpy as np
 
 from stkd_keras.backend_choice import tensorflow_available
 from stkd_keras.files import atomic_write
-from stkd_keras.runs import CHECKPOINT_DIR, STATE_FILE
+from stkd_keras.runs import CHECKPOINT_DIR, STATE_FILE, RunError
 
 
 class TrainingDiverged(RuntimeError):
@@ -45,15 +45,18 @@ class RunCheckpoint(keras.callbacks.Callback):
     Args:
         directory: The run folder; checkpoints go to `directory/checkpoints/`.
         history: History of the epochs before this `fit` (when resuming).
+        guard: The run's `StopOnNonFinite`, placed before this callback: an
+            epoch it found diverged is never committed.
     """
 
-    def __init__(self, directory: str | os.PathLike, history: dict | None = None):
+    def __init__(self, directory: str | os.PathLike, history: dict | None = None, guard: StopOnNonFinite | None = None):
         super().__init__()
         self.folder = Path(directory) / CHECKPOINT_DIR
         self.history = {key: list(values) for key, values in (history or {}).items()}
+        self.guard = guard
 
     def on_epoch_end(self, epoch, logs=None):
-        if not math.isfinite(float((logs or {}).get("loss", 0.0))):
+        if not math.isfinite(float((logs or {}).get("loss", 0.0))) or (self.guard is not None and self.guard.failure):
             return  # Never commit a diverged state: the last good checkpoint stays the latest.
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
@@ -81,14 +84,44 @@ def _seed_state(model):
 
 
 def read_state(directory: str | os.PathLike) -> dict | None:
-    """The committed checkpoint state of a run folder, or None."""
+    """The committed checkpoint state of a run folder, or None when it has none.
+
+    Raises:
+        RunError: When the state file exists but is damaged (truncated, edited
+            into another shape): a run never restarts silently over its checkpoints.
+    """
     path = Path(directory) / CHECKPOINT_DIR / STATE_FILE
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
+        state = json.loads(path.read_text())
+        problem = _state_problem(state)
+    except (ValueError, UnicodeDecodeError) as error:
+        problem = f"it is not JSON: {error}"
+    if problem:
+        raise RunError(
+            f"The checkpoint state {path} is damaged ({problem}); its checkpoints are kept. Restore the file, "
+            "or start the run over with --overwrite."
+        )
+    return state
+
+
+def _state_problem(state) -> str | None:
+    """What is wrong with a parsed state.json, or None (the fields `RunCheckpoint` writes, with their types)."""
+    if not isinstance(state, dict):
+        return f"expected a JSON object, found {type(state).__name__}"
+    for field in ("epoch", "history"):
+        if field not in state:
+            return f"the field {field!r} is missing"
+    if not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool) or state["epoch"] < 1:
+        return f"the epoch is {state['epoch']!r}, not a whole number >= 1"
+    previous = state.get("previous_epoch")
+    if previous is not None and (not isinstance(previous, int) or isinstance(previous, bool) or not 0 <= previous < state["epoch"]):
+        return f"the previous epoch is {previous!r}"
+    history = state["history"]
+    if not isinstance(history, dict) or not all(isinstance(values, list) for values in history.values()):
+        return "the history is not a mapping of lists"
+    return None
 
 
 def restore(model, directory: str | os.PathLike, log=print) -> tuple[int, dict]:
@@ -122,7 +155,7 @@ def restore(model, directory: str | os.PathLike, log=print) -> tuple[int, dict]:
             model._seed_generator.state.assign(np.asarray(state["seed_state"], dtype=model._seed_generator.state.dtype))
         log(f"Resuming after epoch {epoch} from {folder}.")
         return epoch, history
-    raise RuntimeError(f"No checkpoint in {folder} can be loaded; the run cannot be resumed.")
+    raise RunError(f"No checkpoint in {folder} can be loaded (both are damaged); the run cannot be resumed: start it over with --overwrite.")
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -197,21 +230,50 @@ def _write_csv_atomically(path: str | os.PathLike, rows: list[list[str]]) -> Non
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
-    """Stops at the first non-finite training loss and remembers where it happened."""
+    """Stops at the first non-finite training loss, or at an epoch's end that left a non-finite weight, and says where.
+
+    A loss can stay finite while a run explodes (a BatchNorm moving variance
+    overflowing to inf, say): so every weight and non-trainable variable of
+    the model is checked at each epoch's end too, before `RunCheckpoint`
+    (placed after this callback) would commit it.
+    """
 
     def __init__(self):
         super().__init__()
         self.epoch = 0
         self.failure: str | None = None
+        self.before_any_update = False
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
+        if self.failure is None and loss is not None and not math.isfinite(float(loss)):
+            # Keras reports a step's loss from the weights before its update: at the first step of a new run no
+            # update has happened yet, so the learning rate cannot be the cause.
+            self.before_any_update = self.epoch == 0 and batch == 0
             self.failure = f"the loss became {float(loss)} at epoch {self.epoch + 1}, step {batch + 1}"
             self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.failure is not None:
+            return
+        student = getattr(self.model, "student", None)
+        for variable in (student if student is not None else self.model).weights:
+            if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
+                self.failure = f"{variable.path} holds NaN or inf after epoch {epoch + 1} (the loss stayed finite)"
+                self.model.stop_training = True
+                return
+
+    def advice(self) -> str:
+        """What to do about the failure: the cause it points to, and a command that can work."""
+        if self.before_any_update:
+            return (
+                "It was already non-finite before any weight changed, so the inputs or the hyperparameters (a temperature or "
+                "loss weight too large for float32) are the cause, not the learning rate: fix them and start over with --overwrite."
+            )
+        return "Start over with a lower --learning-rate and --overwrite (a resumed run keeps its recorded learning rate)."
 
 
 def tensorboard_callback(folder: str | os.PathLike, log=print) -> keras.callbacks.Callback | None:

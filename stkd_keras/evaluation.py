@@ -38,9 +38,24 @@ def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
     """Loads a `.keras` model, or a run folder's model; one clear error when it cannot."""
     path = model_file(path, role)
     try:
-        return keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a corrupt archive.
         raise RunError(f"Cannot load Keras model {path}: {type(error).__name__}: {error}") from None
+    broken = non_finite_variable(model)
+    if broken is not None:
+        raise RunError(
+            f"Model {path} holds non-finite values (in {broken}), as a diverged run leaves them; it cannot be evaluated, "
+            "exported or distilled from: train it again."
+        )
+    return model
+
+
+def non_finite_variable(model: keras.Model) -> str | None:
+    """The path of the first weight or non-trainable variable (e.g. a BatchNorm moving variance) of `model` holding NaN or inf, or None."""
+    for variable in model.weights:
+        if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
+            return variable.path
+    return None
 
 
 def check_model_fits_dataset(model: keras.Model, info: data_lib.DatasetInfo, what: str) -> None:

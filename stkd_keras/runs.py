@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -31,6 +32,11 @@ RUN_FILE = "run.json"
 # Where `stkd_keras.checkpointing` commits a run's state.
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
+# The hidden folders beside an output: `.NAME.partial-PID` (a run being written), `.NAME.replaced-PID` (the run it
+# replaces, for the moment of the swap). Matched by exact name, never as a glob pattern built from a user's name.
+_STAGING = re.compile(r"\.(?P<output>.+)\.partial-(?P<pid>[0-9]+)", re.DOTALL)
+# The longest sibling name is `.NAME.replaced-PID`, a PID having at most 7 digits on Linux (pid_max <= 2**22).
+_SIBLING_OVERHEAD = len(".") + len(".replaced-") + 7
 
 
 def model_file(path: str | os.PathLike, role: str = "student") -> Path:
@@ -62,6 +68,79 @@ class RunError(RuntimeError):
     """A run cannot start or finish; the message is meant for the user as it is."""
 
 
+def output_path(output: str | os.PathLike) -> Path:
+    """The folder a run or export writes: `output` made absolute, with `..` and symbolic links resolved.
+
+    Every command resolves its output once, here, so a symlink (dangling or
+    not) or a path through `..` names the same folder for the lock, the
+    staging folder, the refusal to overwrite and `--resume`; the run is written
+    where the link points.
+
+    Raises:
+        RunError: When the folder's name leaves no room for the hidden names
+            beside it (`.NAME.partial-PID`) within the file system's limit.
+    """
+    resolved = Path(os.path.realpath(os.path.abspath(output)))
+    limit = _name_max(resolved.parent) - _SIBLING_OVERHEAD
+    size = len(os.fsencode(resolved.name))
+    if size > limit:
+        raise RunError(
+            f"The output name {resolved.name[:40]}... is {size} bytes long; at most {limit} fit beside the hidden folders a run "
+            "keeps next to it (.NAME.partial-PID): choose a shorter --output."
+        )
+    return resolved
+
+
+def _name_max(folder: Path) -> int:
+    """The file system's longest file name under `folder` (its nearest existing ancestor), 255 where it cannot say."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            try:
+                return os.pathconf(candidate, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def staging_folders(output: Path) -> list[Path]:
+    """The staging folders (`.NAME.partial-PID`) of `output`, oldest first, matched by exact name."""
+    try:
+        entries = list(output.parent.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for entry in entries:
+        match = _STAGING.fullmatch(entry.name)
+        if match and match["output"] == output.name and entry.is_dir() and not entry.is_symlink():
+            found.append(entry)
+    return sorted(found, key=lambda path: (path.stat().st_mtime, path.name))
+
+
+def check_teacher_outside(teacher: str | os.PathLike, output: str | os.PathLike) -> Path:
+    """The teacher's path resolved (`..` and symbolic links followed), refused when its model file lies inside `output`.
+
+    Replacing the output would delete the teacher the run reads, and the run's
+    metrics.json would name a missing file. The resolved path is the one a
+    run records, so no spelling of the path slips past the comparison.
+
+    Raises:
+        RunError: When the teacher's model file lies inside `output`, or is missing.
+    """
+    resolved = Path(os.path.realpath(teacher))
+    folder = output_path(output)
+    if model_file(resolved, "teacher").is_relative_to(folder):
+        raise RunError(
+            f"The teacher {resolved} lies inside {folder}, which this run would replace; copy the teacher elsewhere and pass "
+            "that copy as --teacher, or choose another --output."
+        )
+    return resolved
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether `folder` is a stkd-keras run: it holds the run's own record, run.json."""
+    return (folder / RUN_FILE).is_file()
+
+
 class OutputInUse(RunError):
     """Another process holds the lock of an output folder."""
 
@@ -78,7 +157,7 @@ def output_lock(output: str | os.PathLike):
     Raises:
         OutputInUse: When another process holds the lock.
     """
-    output = Path(output).absolute()
+    output = output_path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     path = output.parent / f".{output.name}.lock"
     while True:
@@ -109,12 +188,22 @@ def output_lock(output: str | os.PathLike):
 
 
 def check_output_free(output: str | os.PathLike, overwrite: bool) -> Path:
-    """Refuses an output folder that already holds something, unless `overwrite`."""
-    output = Path(output)
+    """Refuses an output folder that already holds something, unless `overwrite` and it is a run (or empty).
+
+    `--overwrite` replaces a stkd-keras run folder (`is_run_folder`), never a
+    folder of other files.
+    """
+    output = output_path(output)
     if output.exists() and not output.is_dir():
         raise RunError(f"Output {output} exists and is not a folder; choose another --output.")
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise RunError(f"Output folder {output} already holds a run; pass --overwrite to replace it or choose another --output.")
+    if output.is_dir() and any(output.iterdir()):
+        if not is_run_folder(output):
+            raise RunError(
+                f"Output folder {output} holds files that are not a stkd-keras run (it has no {RUN_FILE}); "
+                "--overwrite replaces only a run folder, so choose another --output."
+            )
+        if not overwrite:
+            raise RunError(f"Output folder {output} already holds a run; pass --overwrite to replace it or choose another --output.")
     return output
 
 
@@ -129,19 +218,26 @@ def run_directory(output: str | os.PathLike, overwrite: bool = False, resume: bo
     leaves nothing behind. A new run refuses to start beside an unfinished
     one, unless `overwrite`, which discards it.
     """
-    output = Path(output).absolute()
+    output = output_path(output)
     with output_lock(output):
         if resume:
             staging = find_unfinished_run(output)
-            if output.exists() and any(output.iterdir()) and not overwrite:
-                raise RunError(f"Output folder {output} already holds a finished run; nothing to resume.")
+            if output.exists() and any(output.iterdir()):
+                if not (read_run_file(staging) or {}).get("replaces_finished_run"):
+                    raise RunError(f"Output folder {output} already holds a finished run; nothing to resume.")
+                log(
+                    f"Resuming the unfinished run started with --overwrite ({describe_unfinished(staging)}); the finished run in "
+                    f"{output} stays until this one finishes and replaces it."
+                )
         else:
             check_output_free(output, overwrite)
-            for stale in output.parent.glob(f".{output.name}.partial-*"):
+            for stale in staging_folders(output):
                 if _resumable(stale) and not overwrite:
+                    resumable = (stale / RUN_FILE).is_file()
                     raise RunError(
-                        f"An unfinished run of {output} exists ({describe_unfinished(stale)}); continue it with --resume {output}, "
-                        "or start over with --overwrite."
+                        f"An unfinished run of {output} exists ({describe_unfinished(stale)}); "
+                        + (f"continue it with --resume {output}, or start over with --overwrite." if resumable else
+                           f"it cannot be resumed (its {RUN_FILE} is missing), so start over with --overwrite, which discards it.")
                     )
                 shutil.rmtree(stale, ignore_errors=True)
             staging = output.parent / f".{output.name}.partial-{os.getpid()}"
@@ -165,7 +261,10 @@ def run_directory(output: str | os.PathLike, overwrite: bool = False, resume: bo
 
 def describe_unfinished(staging: Path) -> str:
     """How far an unfinished run got, e.g. "epoch 2 of 30" (or where its teacher, trained first, stands)."""
-    saved = read_run_file(staging) or {}
+    try:
+        saved = read_run_file(staging) or {}
+    except RunError:
+        saved = {}  # a damaged run.json: the epochs still show, without their total
 
     def of(config) -> str:
         return f" of {config.epochs}" if config is not None else ""
@@ -204,28 +303,36 @@ def unfinished_runs(folder: str | os.PathLike) -> list[dict]:
         started with), `progress` (e.g. "epoch 2 of 30"), `command`
         (train-teacher or distill) and `staging` (its hidden folder).
     """
-    folder = Path(folder).absolute()
-    candidates = {*folder.parent.glob(f".{folder.name}.partial-*")}
+    folder = output_path(folder)
+    candidates = {*staging_folders(folder)}
     if folder.is_dir():
-        candidates |= {path for path in folder.rglob(".*.partial-*") if ".partial-" in path.name}
+        candidates |= {path for path in folder.rglob(".*.partial-*") if _STAGING.fullmatch(path.name)}
     found = []
     for staging in candidates:
-        if not staging.is_dir() or not _resumable(staging) or any(".partial-" in parent.name for parent in staging.relative_to(folder.parent).parents):
+        if not staging.is_dir() or not _resumable(staging) or any(_STAGING.fullmatch(parent.name) for parent in staging.relative_to(folder.parent).parents):
             continue
-        output = staging.parent / staging.name[1 : staging.name.rindex(".partial-")]
-        saved = read_run_file(staging) or {}
-        found.append({"output": output, "progress": describe_unfinished(staging), "command": saved.get("command", "distill"), "staging": staging})
+        output = staging.parent / _STAGING.fullmatch(staging.name)["output"]
+        try:
+            saved, damaged = read_run_file(staging) or {}, None
+        except RunError as error:
+            saved, damaged = {}, str(error)
+        progress = describe_unfinished(staging)
+        if damaged or not (staging / RUN_FILE).is_file():
+            progress += f"; it cannot be resumed ({damaged or f'its {RUN_FILE} is missing'})"
+        found.append({
+            "output": output, "progress": progress, "command": saved.get("command", "distill"), "staging": staging,
+            "resumable": damaged is None and (staging / RUN_FILE).is_file(),
+        })
     return sorted(found, key=lambda run: str(run["output"]))
 
 
 def find_unfinished_run(output: str | os.PathLike) -> Path:
     """The staging folder of an unfinished run of `output` (the newest, if several)."""
-    output = Path(output).absolute()
-    candidates = sorted(output.parent.glob(f".{output.name}.partial-*"), key=lambda p: p.stat().st_mtime)
+    output = output_path(output)
+    candidates = staging_folders(output)
     if not candidates:
-        raise RunError(f"No unfinished run of {output} to resume (looked for {output.parent}/.{output.name}.partial-*).")
+        raise RunError(f"No unfinished run of {output} to resume (looked for {output.parent}/.{output.name}.partial-PID).")
     return candidates[-1]
-
 
 
 def write_run_file(directory: Path, payload: dict) -> None:
@@ -241,10 +348,15 @@ def read_run_file(directory: Path) -> dict | None:
     path = Path(directory) / RUN_FILE
     if not path.is_file():
         return None
-    payload = json.loads(path.read_text())
-    for key in ("config", "teacher_config"):
-        if payload.get(key) is not None:
-            payload[key] = RunConfig.from_dict(payload[key])
+    try:
+        payload = json.loads(path.read_text())
+        if not isinstance(payload, dict) or not isinstance(payload.get("command"), str):
+            raise ValueError("it is not a run record")
+        for key in ("config", "teacher_config"):
+            if payload.get(key) is not None:
+                payload[key] = RunConfig.from_dict(payload[key])
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as error:
+        raise RunError(f"{path} is damaged ({error}); the run it describes cannot be read.") from None
     return payload
 
 

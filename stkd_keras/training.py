@@ -50,7 +50,7 @@ from stkd_keras.evaluation import (  # noqa: F401  (evaluation's names stay impo
     evaluate_model,
     load_model,
 )
-from stkd_keras.files import atomic_write
+from stkd_keras.files import atomic_write, file_sha256
 from stkd_keras.models import get_model
 from stkd_keras.runs import (  # noqa: F401  (run-folder names stay importable from here)
     METRICS_FILE,
@@ -59,7 +59,10 @@ from stkd_keras.runs import (  # noqa: F401  (run-folder names stay importable f
     RUN_FILE,
     RunError,
     check_output_free,
+    check_teacher_outside,
     find_unfinished_run,
+    model_file,
+    output_path,
     read_preprocessing,
     read_run_file,
     run_directory,
@@ -209,7 +212,7 @@ def train(
             if guard.failure:
                 state = checkpointing.read_state(directory)
                 kept = f"the last good checkpoint (epoch {state['epoch']}) is kept" if state else "no epoch completed"
-                raise RunError(f"Training diverged: {guard.failure}; {kept}. Lower --learning-rate and resume or restart.")
+                raise RunError(f"Training diverged: {guard.failure}; {kept}. {guard.advice()}")
         history = checkpointing.read_state(directory)["history"]
         model_path = directory / MODEL_FILES[role]
         atomic_write(model_path, model.save)
@@ -276,7 +279,7 @@ def _run_callbacks(directory: Path, guard, initial_epoch: int, past_history: dic
         guard,
         checkpointing.LearningRateLogger(),
         checkpointing.HistoryLogger(directory / "history.csv", append=initial_epoch > 0, committed_epochs=initial_epoch),
-        checkpointing.RunCheckpoint(directory, past_history),
+        checkpointing.RunCheckpoint(directory, past_history, guard),
         *([tensorboard] if tensorboard else []),
     ]
 
@@ -351,39 +354,62 @@ def distill(
         raise RunError(f"Method {config.method!r} needs a teacher; pass --teacher.")
     if not needs_teacher or config.teacher is not None:
         teacher_config = None
-    if config.teacher is not None and Path(config.teacher).absolute().is_relative_to(Path(output).absolute()):
-        # Replacing the output would delete the teacher this run reads, and its metrics.json would name a missing file.
-        raise RunError(
-            f"The teacher {config.teacher} lies inside {output}, which this run would replace; copy the teacher elsewhere "
-            "and pass that copy as --teacher, or choose another --output."
-        )
+    if config.teacher is not None:
+        config = dataclasses.replace(config, teacher=str(check_teacher_outside(config.teacher, output)))
     if teacher_config is not None:
         teacher_config.validate()
     return _run("distill", config, teacher_config, Path(output), resume=False, verbose=verbose, log=log, cluster=cluster, overwrite=overwrite)
 
 
-def resume(output: str | os.PathLike, verbose: int | str = "auto", log=print, cluster: dict | None = None) -> RunResult:
+def resume(
+    output: str | os.PathLike, verbose: int | str = "auto", log=print, cluster: dict | None = None, command: str | None = None
+) -> RunResult:
     """Continues the unfinished run of `output` from its last committed epoch, with the configs in its run.json.
 
+    `command` ("distill" or "train-teacher"), when given, must be the one that started the run.
+
     Raises:
-        RunError: When there is no unfinished run of `output`, or it started on
-            another Keras backend than this process runs.
+        RunError: When there is no unfinished run of `output`, it started on
+            another Keras backend than this process runs or with another
+            command, or its teacher file changed since.
     """
     staging = find_unfinished_run(output)
     saved = read_run_file(staging)
     if saved is None:
-        raise RunError(f"The unfinished run in {staging} recorded no run.json; it cannot be resumed, restart it.")
+        raise RunError(
+            f"The unfinished run in {staging} recorded no run.json, so it cannot be resumed; start over with --overwrite, which discards it."
+        )
+    if command is not None and saved["command"] != command:
+        raise RunError(
+            f"The unfinished run of {output_path(output)} was started by `stkd-keras {saved['command']}`; continue it with "
+            f"stkd-keras {saved['command']} --resume {output}."
+        )
     recorded = saved.get("backend", "tensorflow")
     if recorded != backend.name():
         raise RunError(
             f"The run of {output} started on the {recorded} backend and must continue on it; this process runs Keras on "
             f"{backend.name()} (the command line switches by itself: stkd-keras distill --resume {output})."
         )
+    recorded_teacher = saved.get("teacher_sha256")
+    if recorded_teacher is not None and teacher_checksum(saved["config"].teacher) != recorded_teacher:
+        raise RunError(
+            f"The teacher {saved['config'].teacher} changed since this run started (its sha256 differs from the one in "
+            f"{staging / RUN_FILE}); put the original back to resume, or start over with --overwrite."
+        )
     return _run(saved["command"], saved["config"], saved.get("teacher_config"), Path(output), resume=True, verbose=verbose, log=log, cluster=cluster)
+
+
+def teacher_checksum(teacher: str | os.PathLike) -> str | None:
+    """The sha256 of the teacher's .keras file (a run folder: its model file), or None when it is gone."""
+    try:
+        return file_sha256(model_file(teacher, "teacher"))
+    except (RunError, OSError):
+        return None
 
 
 def _run(command, config, teacher_config, output: Path, resume: bool, verbose, log, cluster, overwrite: bool = False) -> RunResult:
     """Runs (or resumes) a whole run: staging folder, run.json, the teacher first when asked, then the model."""
+    output = output_path(output)
     setup = distribute.setup(config.strategy, backend.name(), cluster)
     if resume and setup.process_count > 1:
         raise RunError("--resume is not supported for a run of several processes: only process 0 holds the checkpoint; restart the run.")
@@ -400,9 +426,14 @@ def _run(command, config, teacher_config, output: Path, resume: bool, verbose, l
     with directory as staging:
         staging = Path(staging)
         if not resume:
+            record = {"command": command, "backend": backend.name()}
             if teacher_config is not None:
                 config = dataclasses.replace(config, teacher=str((final or staging).absolute() / "teacher"))
-            write_run_file(staging, {"command": command, "backend": backend.name(), "config": config, "teacher_config": teacher_config})
+            elif config.teacher is not None:
+                record["teacher_sha256"] = teacher_checksum(config.teacher)  # a teacher swapped before --resume is refused
+            if final is not None and final.is_dir() and any(final.iterdir()):
+                record["replaces_finished_run"] = True  # started with --overwrite: --resume may continue it over the old run
+            write_run_file(staging, {**record, "config": config, "teacher_config": teacher_config})
         if command == "train-teacher":
             metrics = train(config, staging, role="teacher", verbose=verbose, log=log, resume=resume, setup=setup)
         else:

@@ -323,3 +323,43 @@ def test_qat_fine_tuning_method_is_checked_before_any_work(student_run, tmp_path
     )
     assert result.exit_code == 1 and "Expected `temperature` to be a finite number > 0. Received: temperature=-1" in result.output
     assert not output.exists()
+
+
+def test_overwrite_removes_only_files_an_export_wrote_and_that_are_unchanged(student_run, export_data, tmp_path):
+    """`export --overwrite` deleted whatever a metadata.json listed: {"files": ["important.txt", "photo.jpg"]} took both."""
+    data, preprocessing = export_data
+    model = keras.saving.load_model(student_run / "student.keras")
+    quiet = {"formats": ("tflite",), "log": lambda *_: None}
+    # A folder whose metadata.json no export wrote is refused, even with --overwrite, and nothing in it changes.
+    hostile = tmp_path / "hostile"
+    hostile.mkdir()
+    for name, text in (("important.txt", "mine"), ("photo.jpg", "jpeg"), ("metadata.json", '{"files": ["important.txt", "photo.jpg"]}')):
+        (hostile / name).write_text(text)
+    with pytest.raises(export_lib.ExportError, match="metadata.json was not written by stkd-keras export"):
+        export_lib.export_model(model, hostile, data, preprocessing, quantize="float32", overwrite=True, **quiet)
+    assert sorted(p.name for p in hostile.iterdir()) == ["important.txt", "metadata.json", "photo.jpg"]
+    assert (hostile / "important.txt").read_text() == "mine"
+    # A real export whose file was edited since: --overwrite keeps the edited file and says so.
+    folder = tmp_path / "export"
+    export_lib.export_model(model, folder, data, preprocessing, quantize="float32,dynamic", **quiet)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert set(metadata["sha256"]) == {"student_float32.tflite", "student_dynamic.tflite"}
+    with open(folder / "student_dynamic.tflite", "ab") as edited:
+        edited.write(b"edited by hand")
+    messages = []
+    export_lib.export_model(model, folder, data, preprocessing, quantize="float16", overwrite=True, formats=("tflite",), log=messages.append)
+    assert sorted(p.name for p in folder.iterdir()) == ["export_report.json", "metadata.json", "student_dynamic.tflite", "student_float16.tflite"]
+    assert any(m.startswith("Kept student_dynamic.tflite from the earlier export") for m in messages)
+
+
+def test_an_interrupted_export_journal_removes_only_the_files_it_recorded(student_run, export_data, tmp_path):
+    """The journal of a killed export named files to delete; a hand-written one could name any file of the folder."""
+    data, preprocessing = export_data
+    model = keras.saving.load_model(student_run / "student.keras")
+    (tmp_path / "important.txt").write_text("mine")
+    (tmp_path / ".export-pending.json").write_text(json.dumps({"write": {"important.txt": "0" * 64}, "remove": ["photo.jpg"]}))
+    (tmp_path / "photo.jpg").write_text("jpeg")
+    messages = []
+    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=messages.append)
+    assert (tmp_path / "important.txt").read_text() == "mine" and (tmp_path / "photo.jpg").read_text() == "jpeg"
+    assert any("except important.txt, changed since it wrote them" in m for m in messages)

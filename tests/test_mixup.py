@@ -80,6 +80,19 @@ def test_lambda_follows_beta(alpha):
     np.testing.assert_allclose(np.quantile(draws, quantiles), np.quantile(reference, quantiles), atol=0.01)
 
 
+@pytest.mark.parametrize("alpha", [1e-4, 1e-3, 2e-3])
+def test_a_tiny_alpha_gives_the_same_lambdas_on_every_backend(alpha):
+    """Beta(a, a) for a tiny a puts its mass at 0 and 1. PyTorch's sampler returned 0.5 there (both gammas underflowed),
+    where TensorFlow and JAX give 0 or 1: one run meant pure images on two backends and half-half mixes on the third."""
+    draws = to_numpy(mixup_lib.sample_beta((20_000,), alpha, seed=keras.random.SeedGenerator(3)))
+    # P(0.01 < lambda < 0.99) for Beta(a, a) is about 2 a ln(99) (the density is ~a / lambda near 0): 0.09% at a = 1e-4,
+    # 1.8% at 2e-3. Seen before the fix on PyTorch: 88%, 25% and 7%, nearly all of it at 0.5.
+    inside = np.mean((draws > 0.01) & (draws < 0.99))
+    assert inside <= 3 * 2 * alpha * np.log(99) + 0.002
+    assert np.mean(np.abs(draws - 0.5) < 0.01) < 0.001
+    assert np.mean(draws < 0.5) == pytest.approx(0.5, abs=0.02)
+
+
 def test_per_batch_lambda_statistics_over_many_batches():
     images, labels = batch(size=4)
     generator = keras.random.SeedGenerator(11)

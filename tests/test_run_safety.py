@@ -169,3 +169,301 @@ def test_a_run_killed_after_its_files_before_the_move_is_kept(tmp_path):
 
     metrics = training.train(RunConfig(model="cnn8", epochs=3), staging, role="teacher", resume=True, log=lambda *_: None)
     assert metrics == {"final_val_accuracy": 0.5} and not (staging / runs.CHECKPOINT_DIR).exists()
+
+
+# Issue 20: hostile paths, damaged state and options that cannot apply. Each test failed on the code before it.
+
+
+def _finished(folder: Path, command: str = "train-teacher") -> Path:
+    """A finished run folder as a run leaves it (its files stand in for the real ones; nothing here loads them)."""
+    folder.mkdir(parents=True)
+    runs.write_run_file(folder, {"command": command, "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    for name in ("teacher.keras", "metrics.json", "history.csv", "preprocessing.json"):
+        (folder / name).write_text(name)
+    return folder
+
+
+def test_glob_characters_in_an_output_name_never_reach_a_sibling_run(tmp_path):
+    """`exp[1]` was turned into a glob pattern that matches `exp1`: its unfinished run was reported, resumed and deleted."""
+    sibling = tmp_path / ".exp1.partial-4242"
+    (sibling / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (sibling / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 1, "history": {}}))
+    runs.write_run_file(sibling, {"command": "train-teacher", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    before = checksums(sibling)
+    for name in ("exp[1]", "exp?", "exp*", "e[x]p1"):
+        output = tmp_path / name
+        assert runs.unfinished_runs(output) == []
+        with pytest.raises(runs.RunError, match="No unfinished run of"):
+            runs.find_unfinished_run(output)
+        with runs.run_directory(output, overwrite=True) as staging:
+            (staging / "run.json").write_text("{}")
+        assert checksums(sibling) == before and (output / "run.json").is_file()
+    # A run killed inside `exp[1]` is found again, and only it.
+    own = tmp_path / ".exp[1].partial-77"
+    (own / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (own / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 2, "history": {}}))
+    assert runs.find_unfinished_run(tmp_path / "exp[1]") == own
+    assert [run["staging"] for run in runs.unfinished_runs(tmp_path / "exp[1]")] == [own]
+    assert [run["staging"] for run in runs.unfinished_runs(tmp_path / "exp1")] == [sibling]
+
+
+@pytest.mark.parametrize("spelling", ["dotdot", "symlink"])
+def test_the_teacher_guard_follows_dotdot_and_symlinks(tmp_path, spelling):
+    """`W/other/../run/teacher.keras`, or a link to it, passed the guard and --overwrite deleted the teacher."""
+    from stkd_keras import training
+
+    run = _finished(tmp_path / "run", command="distill")
+    (run / "teacher").mkdir()
+    (run / "teacher" / "teacher.keras").write_bytes(_empty_zip())
+    (tmp_path / "other").mkdir()
+    if spelling == "dotdot":
+        teacher = tmp_path / "other" / ".." / "run" / "teacher" / "teacher.keras"
+    else:
+        teacher = tmp_path / "t.keras"
+        teacher.symlink_to(run / "teacher" / "teacher.keras")
+    before = checksums(run)
+    config = RunConfig(model="cnn8", method="kd", teacher=str(teacher), epochs=1)
+    with pytest.raises(runs.RunError, match=f"The teacher {run / 'teacher' / 'teacher.keras'} lies inside {run}, which this run would replace"):
+        training.distill(config, run, overwrite=True, log=lambda *_: None)
+    assert checksums(run) == before
+
+
+def _empty_zip() -> bytes:
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("config.json", "{}")
+    return buffer.getvalue()
+
+
+def test_overwrite_replaces_only_a_run_folder(tmp_path):
+    """`--overwrite` into a folder of other files deleted all of them."""
+    docs = tmp_path / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "important.txt").write_text("x")
+    before = checksums(docs)
+    for overwrite in (False, True):
+        with pytest.raises(runs.RunError, match=r"holds files that are not a stkd-keras run \(it has no run.json\); --overwrite replaces only a run folder"):
+            with runs.run_directory(docs, overwrite=overwrite):
+                pass
+    assert checksums(docs) == before and sorted(p.name for p in tmp_path.iterdir()) == ["docs"]
+    result = invoke("train-teacher", *TINY, "--output", docs, "--overwrite")
+    assert result.exit_code == 1 and "holds files that are not a stkd-keras run" in result.output and checksums(docs) == before
+    # A run folder and an empty folder are replaced.
+    run = _finished(tmp_path / "run")
+    (tmp_path / "empty").mkdir()
+    for folder in (run, tmp_path / "empty"):
+        with runs.run_directory(folder, overwrite=True) as staging:
+            (staging / "run.json").write_text("{}")
+        assert sorted(p.name for p in folder.iterdir()) == ["run.json"]
+
+
+class _Killed(Exception):
+    """Stands for a kill (an Exception, so that CliRunner catches it where a KeyboardInterrupt would stop pytest)."""
+
+
+def test_a_killed_overwrite_run_is_resumable_and_says_what_it_replaces(tmp_path, monkeypatch):
+    """A run started with --overwrite over a finished run, killed after epoch 1: --resume answered "nothing to resume"."""
+    from stkd_keras import checkpointing
+
+    output = tmp_path / "run"
+    assert invoke("train-teacher", *TINY, "--output", output).exit_code == 0
+    finished = checksums(output)
+    original = checkpointing.RunCheckpoint.on_epoch_end
+
+    def commit_then_die(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise _Killed("killed after epoch 1")
+
+    monkeypatch.setattr(checkpointing.RunCheckpoint, "on_epoch_end", commit_then_die)
+    result = invoke("train-teacher", *TINY[:2], "--epochs", "2", *TINY[4:], "--output", output, "--overwrite")
+    assert isinstance(result.exception, _Killed)
+    monkeypatch.undo()
+    assert checksums(output) == finished  # the finished run stays until the replacement finishes
+    [unfinished] = runs.unfinished_runs(tmp_path)
+    assert unfinished["progress"] == "epoch 1 of 2" and unfinished["resumable"]
+    result = invoke("train-teacher", "--resume", output, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert f"Resuming the unfinished run started with --overwrite (epoch 1 of 2); the finished run in {output} stays" in result.output
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["resumed_at_epoch"] == 1 and metrics["config"]["epochs"] == 2
+    assert runs.unfinished_runs(tmp_path) == []
+
+
+def test_a_symlink_as_output_is_written_where_it_points(tmp_path):
+    """A dangling link failed after training (NotADirectoryError); a link to an empty folder was replaced by a real folder."""
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "target")
+    with runs.run_directory(dangling) as staging:
+        (staging / "run.json").write_text("{}")
+    assert dangling.is_symlink() and (tmp_path / "target" / "run.json").is_file()
+    (tmp_path / "empty").mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "empty")
+    with runs.run_directory(link) as staging:
+        (staging / "run.json").write_text("{}")
+    assert link.is_symlink() and (tmp_path / "empty" / "run.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "empty", "link", "target"]  # no .replaced-PID left
+
+
+def test_an_output_name_too_long_for_the_file_system_is_refused_in_one_sentence(tmp_path):
+    output = tmp_path / ("r" * 245)
+    with pytest.raises(runs.RunError, match="is 245 bytes long; at most 237 fit beside the hidden folders"):
+        runs.output_path(output)
+    result = invoke("train-teacher", *TINY, "--output", output)
+    assert result.exit_code == 1 and "choose a shorter --output" in result.output and list(tmp_path.iterdir()) == []
+    assert runs.output_path(tmp_path / ("r" * 237)).name == "r" * 237
+
+
+def test_options_given_with_resume_are_refused_naming_them(tmp_path):
+    """They were silently ignored: the run went on with its recorded epochs, learning rate and method."""
+    _unfinished(tmp_path, epoch=1)
+    before = checksums(tmp_path)
+    result = invoke("distill", "--resume", tmp_path / "run", "--epochs", "6", "--learning-rate", "0.001", "--method", "kd")
+    assert result.exit_code == 2
+    assert ("--epochs, --learning-rate, --method cannot change a resumed run, which continues with the options recorded in its "
+            "run.json; drop them, or start a new run with --overwrite.") in result.output
+    assert checksums(tmp_path) == before
+
+
+def test_resume_with_the_other_command_is_refused(tmp_path):
+    """`train-teacher --resume` on a distill run reported "Saved .../teacher.keras", a file it never wrote."""
+    staging = _unfinished(tmp_path, epoch=1)
+    runs.write_run_file(staging, {"command": "distill", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    result = invoke("train-teacher", "--resume", tmp_path / "run")
+    assert result.exit_code == 1
+    assert f"was started by `stkd-keras distill`; continue it with stkd-keras distill --resume {tmp_path / 'run'}." in result.output
+
+
+def test_a_swapped_teacher_is_refused_on_resume(tmp_path):
+    """The run continued with the checkpoint's teacher while metrics.json recorded the new file's accuracy."""
+    from stkd_keras import training
+
+    teacher = tmp_path / "teacher.keras"
+    teacher.write_bytes(_empty_zip())
+    staging = _unfinished(tmp_path, epoch=1)
+    config = RunConfig(model="cnn8", method="kd", teacher=str(teacher), epochs=3)
+    runs.write_run_file(staging, {"command": "distill", "backend": "tensorflow", "config": config, "teacher_sha256": training.teacher_checksum(teacher)})
+    teacher.write_bytes(_empty_zip() + b"changed")
+    result = invoke("distill", "--resume", tmp_path / "run")
+    assert result.exit_code == 1 and f"The teacher {teacher} changed since this run started" in result.output
+
+
+def test_damaged_run_records_are_named_and_report_lists_the_rest(tmp_path):
+    """A truncated run.json gave a JSON error naming no file, and `report` on the parent failed entirely."""
+    damaged = _unfinished(tmp_path, epoch=1)
+    text = (damaged / runs.RUN_FILE).read_text()
+    (damaged / runs.RUN_FILE).write_text(text[: len(text) // 2])
+    grid = tmp_path / "grid"
+    grid.mkdir()
+    good = grid / ".seed0.partial-5"
+    (good / runs.CHECKPOINT_DIR).mkdir(parents=True)
+    (good / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 2, "history": {}}))
+    runs.write_run_file(good, {"command": "distill", "config": RunConfig(epochs=4)})
+    with pytest.raises(runs.RunError, match=f"{damaged / runs.RUN_FILE} is damaged"):
+        runs.read_run_file(damaged)
+    result = invoke("report", tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "2 unfinished run(s):" and lines[1].startswith(f"  {grid / 'seed0'}: epoch 2 of 4; continue it with")
+    assert lines[2].startswith(f"  {tmp_path / 'run'}: epoch 1; it cannot be resumed ({damaged / runs.RUN_FILE} is damaged")
+    assert lines[2].endswith("; start it over with --overwrite")
+    result = invoke("train-teacher", "--resume", tmp_path / "run")
+    assert result.exit_code == 1 and f"{damaged / runs.RUN_FILE} is damaged" in result.output
+
+
+def test_a_staging_folder_without_run_json_gives_one_way_out(tmp_path):
+    """--resume said "restart it" and restarting said "continue it with --resume"."""
+    staging = _unfinished(tmp_path, epoch=1)
+    (staging / runs.RUN_FILE).unlink()
+    resumed = invoke("train-teacher", "--resume", tmp_path / "run")
+    restarted = invoke("train-teacher", *TINY, "--output", tmp_path / "run")
+    assert resumed.exit_code == restarted.exit_code == 1
+    assert "recorded no run.json, so it cannot be resumed; start over with --overwrite, which discards it." in resumed.output
+    assert "it cannot be resumed (its run.json is missing), so start over with --overwrite, which discards it." in restarted.output
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """Mounts a tmpfs of the given size (read-only if asked) under tmp_path; unmounts it afterwards."""
+    mounted = []
+
+    def mount(name: str, size: str = "16m", read_only: bool = False) -> Path:
+        point = tmp_path / name
+        point.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        if result.returncode != 0:
+            pytest.skip(f"mounting a tmpfs is not permitted here ({result.stderr.strip() or result.returncode}); benchmarks/faults.py says so too")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_read_only_file_system_is_one_sentence_for_every_command(tmp_path, small_filesystem):
+    read_only = small_filesystem("ro", read_only=True)
+    model = tmp_path / "model"
+    assert invoke("train-teacher", *TINY, "--output", model).exit_code == 0
+    for args in (
+        ["train-teacher", *TINY, "--output", read_only / "run"],
+        ["evaluate", "--model", model, "--subset", "64", "--json", read_only / "evaluation.json"],
+        ["export", "--model", model, "--format", "tflite", "--quantize", "float32", "--verify-images", "50", "--output", read_only / "export"],
+    ):
+        result = invoke(*args)
+        assert result.exit_code == 1, result.output
+        last = result.output.strip().splitlines()[-1]
+        assert last.startswith("Error: Read-only file system (") and last.endswith("): choose a folder on a writable file system."), last
+        assert "Traceback" not in result.output
+    assert list(read_only.iterdir()) == []
+
+
+# Runs the CLI with the file system made full right after epoch 1's checkpoint is committed.
+FILL_AFTER_THE_FIRST_EPOCH = r"""
+import sys
+from stkd_keras import checkpointing
+from stkd_keras.cli.main import cli
+
+filler, arguments = sys.argv[1], sys.argv[2:]
+commit = checkpointing.RunCheckpoint.on_epoch_end
+
+
+def commit_then_fill(self, epoch, logs=None):
+    commit(self, epoch, logs)
+    if epoch == 0:
+        with open(filler, "wb") as f:
+            for block in (1 << 16, 1 << 10, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * block)
+                        f.flush()
+                except OSError:
+                    pass
+
+
+checkpointing.RunCheckpoint.on_epoch_end = commit_then_fill
+cli.main(arguments, prog_name="stkd-keras")
+"""
+
+
+def test_a_full_disk_stops_the_run_in_one_sentence_and_resume_finishes_it(small_filesystem):
+    """It printed 23 tracebacks, then the process died of a segmentation fault."""
+    disk = small_filesystem("disk", size="16m")
+    output, filler = disk / "run", disk / "filler"
+    arguments = ["train-teacher", "--model", "cnn8", "--epochs", "2", "--train-subset", "128", "--val-subset", "64", "--quiet", "--output", str(output)]
+    result = subprocess.run([sys.executable, "-c", FILL_AFTER_THE_FIRST_EPOCH, str(filler), *arguments], capture_output=True, text=True, timeout=600)
+    combined = result.stdout + result.stderr
+    assert result.returncode == 1, combined[-3000:]
+    assert "Traceback" not in combined, combined[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: No space left on device (") and "free some space and run the command again" in last, last
+    [unfinished] = runs.unfinished_runs(disk)
+    assert unfinished["progress"] == "epoch 1 of 2" and unfinished["resumable"]
+    filler.unlink()
+    result = invoke("train-teacher", "--resume", output, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((output / "metrics.json").read_text())["resumed_at_epoch"] == 1

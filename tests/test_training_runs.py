@@ -235,3 +235,94 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, fashio
     assert epoch == 1 and len(history["loss"]) == 1
     assert any("epoch-2.weights.h5 cannot be loaded" in m for m in messages) and any("Resuming after epoch 1" in m for m in messages)
     assert int(restored.optimizer.iterations.numpy()) == 2  # 128 images / 64 per step, one epoch
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (None, "it is not JSON"),  # truncated: the first 100 bytes of the real file
+        ("[1, 2]", "expected a JSON object, found list"),
+        ('{"epoch": 1}', "the field 'history' is missing"),
+        ('{"epoch": "2", "history": {}}', "the epoch is '2', not a whole number >= 1"),
+        ('{"epoch": 2, "history": {"loss": 1.0}}', "the history is not a mapping of lists"),
+    ],
+)
+def test_a_damaged_checkpoint_state_is_refused_naming_the_file(tmp_path, text, problem):
+    """A truncated state.json restarted the run from epoch 0 over its checkpoints; other shapes gave a traceback."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    state = folder / "state.json"
+    good = json.dumps({"epoch": 2, "previous_epoch": 1, "seed_state": None, "history": {"loss": [2.0, 1.5] * 30}})
+    state.write_text(good[:100] if text is None else text)
+    with pytest.raises(training.RunError, match=rf"The checkpoint state {state} is damaged \({problem}.*its checkpoints are kept"):
+        checkpointing.read_state(tmp_path)
+
+
+def test_resume_refuses_a_truncated_state_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+    from stkd_keras import runs
+
+    original = checkpointing.RunCheckpoint.on_epoch_end
+
+    def commit_then_fail(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise RuntimeError("stopped after epoch 1")
+
+    monkeypatch.setattr(checkpointing.RunCheckpoint, "on_epoch_end", commit_then_fail)
+    output = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train-teacher", "--model", "cnn8", "--epochs", "2", "--train-subset", "128", "--val-subset", "64", "--quiet", "--output", str(output)])
+    assert result.exit_code == 1 and "continue it with --resume" in result.output, result.output
+    monkeypatch.undo()
+    [staging] = [run["staging"] for run in runs.unfinished_runs(tmp_path)]
+    state = staging / "checkpoints" / "state.json"
+    state.write_bytes(state.read_bytes()[:100])
+    before = {p.name: p.read_bytes() for p in (staging / "checkpoints").iterdir()}
+    result = run("train-teacher", "--resume", output, "--quiet")
+    assert result.exit_code == 1 and f"The checkpoint state {state} is damaged" in result.output
+    assert "Resuming" not in result.output and "Training" not in result.output
+    assert {p.name: p.read_bytes() for p in (staging / "checkpoints").iterdir()} == before
+
+
+def test_both_checkpoints_damaged_is_one_sentence(tmp_path, fashion_arrays):
+    from stkd_keras import Distiller
+    from stkd_keras.models import get_model
+
+    (x, y), _ = fashion_arrays
+    model = Distiller(get_model("cnn8", 10, (28, 28, 1)), method="ce")
+    model.compile(optimizer="sgd")
+    model.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0, callbacks=[checkpointing.RunCheckpoint(tmp_path)])
+    for path in (tmp_path / "checkpoints").glob("epoch-*.weights.h5"):
+        path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(training.RunError, match="No checkpoint in .* can be loaded \\(both are damaged\\); the run cannot be resumed"):
+        checkpointing.restore(model, tmp_path, log=lambda *_: None)
+
+
+def test_an_exploding_run_with_a_finite_loss_stops_and_its_model_is_refused(tmp_path):
+    """--learning-rate 1000 overflowed BatchNorm's moving variance to inf while the loss stayed finite: the run "succeeded"."""
+    output = tmp_path / "run"
+    result = run("train-teacher", "--model", "cnn8", "--epochs", 3, "--train-subset", 512, "--val-subset", 64, "--optimizer", "sgd",
+                 "--learning-rate", 1000, "--lr-schedule", "constant", "--quiet", "--output", output)
+    assert result.exit_code == 1, result.output
+    assert "Training diverged:" in result.output and not output.exists()
+    assert "Start over with a lower --learning-rate and --overwrite" in result.output
+
+    from stkd_keras.models import small_cnn
+
+    broken = small_cnn(8, (28, 28, 1), 10, name="broken")
+    variance = next(v for v in broken.weights if "moving_variance" in v.path)
+    variance.assign(np.full(variance.shape, np.inf, "float32"))
+    broken.save(tmp_path / "broken.keras")
+    result = run_user("evaluate", "--model", tmp_path / "broken.keras", "--subset", 64)
+    assert result.exit_code == 1 and f"Model {tmp_path / 'broken.keras'} holds non-finite values (in {variance.path})" in result.output
+
+
+def test_a_loss_non_finite_before_any_update_is_not_blamed_on_the_learning_rate(tmp_path):
+    result = run_user("distill", "--student", "cnn8", "--teacher-model", "cnn8", "--teacher-epochs", 1, "--epochs", 1, "--temperature", 1e30,
+                      "--train-subset", 128, "--val-subset", 64, "--quiet", "--output", tmp_path / "run")
+    assert result.exit_code == 1
+    assert "at epoch 1, step 1" in result.output and "not the learning rate" in result.output
+    assert "lower --learning-rate" not in result.output
+
+
+def run_user(*args):
+    """A command as a user runs it: errors end the command with their one sentence (no exception reaches the test)."""
+    return CliRunner().invoke(cli, [str(a) for a in args])
