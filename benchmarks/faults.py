@@ -19,12 +19,19 @@ moments of a run and of an export (uniform over the length of an
 uninterrupted reference, drawn with --seed), each followed by `--resume` or a
 rerun; and three kills aimed at narrow moments (right after the last epoch's
 checkpoint, between an epoch's history.csv row and its checkpoint, while an
-export's staging folder holds files).
+export's staging folder holds files). And the hostile cases of issue 20
+(`benchmarks/hostile_cases.py`): glob characters, `..` and symbolic links in
+output and teacher paths, `--overwrite` of a folder that is not a run or of an
+export whose files were edited, a killed `--overwrite` run, damaged
+checkpoint state and run.json, options given with `--resume`, an exploding
+run, a swapped teacher, a read-only file system, a disk that fills mid-run,
+a name too long for the file system, and messages that used to mislead.
 
-Runs are tiny (cnn8 on 256 Fashion-MNIST images, 3 epochs, --deterministic):
-about 6 minutes on two CPU cores shared with other jobs. Prints the table and "N cases, M with
-nothing lost", writes both to --output (and the raw records beside it as
-JSON), and exits 1 when a case lost something.
+Runs are tiny (cnn8 on 256 Fashion-MNIST images, 3 epochs, --deterministic).
+Prints the table and "N cases, M with nothing lost, K tracebacks" (a case
+whose command printed a Python traceback counts as lost too), writes both to
+--output (and the raw records beside it as JSON), and exits 1 when a case lost
+something.
 
 Usage: python benchmarks/faults.py [--seed 0] [--output benchmarks/results/faults.md] [--keep]
 """
@@ -96,6 +103,11 @@ class Case:
     def message(self) -> str:
         return self.steps[self.message_step].message if self.steps else ""
 
+    @property
+    def traceback(self) -> bool:
+        """Whether a command of the case printed a Python traceback (a killed one's output is not counted)."""
+        return any("Traceback (most recent call last)" in step.output for step in self.steps if step.exit_code != -signal.SIGKILL)
+
     def expect(self, condition: bool, problem: str) -> bool:
         if not condition:
             self.problems.append(problem)
@@ -125,10 +137,13 @@ class Bench:
             text = text.replace(str(path), name)
         return text.replace(" ".join(TINY), "TINY").replace(" ".join(EXPORT_OPTIONS), "SMALL")
 
-    def run(self, args: list, cwd: Path) -> Step:
+    def run(self, args: list, cwd: Path, command: list | None = None) -> Step:
+        """Runs the CLI (or `command`, e.g. a Python hook around it) with `args` in `cwd`."""
         args = [str(arg) for arg in args]
         started = time.monotonic()
-        completed = subprocess.run(CLI + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT, check=False)
+        completed = subprocess.run(
+            (command or CLI) + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT, check=False
+        )
         return Step(args, completed.returncode, completed.stdout, time.monotonic() - started)
 
     def start(self, args: list, cwd: Path) -> tuple[subprocess.Popen, Path, float]:
@@ -164,6 +179,8 @@ class Bench:
         return folder
 
     def add(self, case: Case) -> Case:
+        if case.traceback:
+            case.problems.append("a Python traceback reached the user")
         self.cases.append(case)
         mark = "yes" if case.nothing_lost else "NO"
         print(f"[{len(self.cases):2d}] {mark:3s} {case.name}: {self.short(case.message)[:140]}", flush=True)
@@ -219,12 +236,17 @@ def checksums(*folders: Path) -> dict[str, str]:
     for folder in folders:
         if not folder.exists():
             continue
-        for path in sorted(folder.rglob("*")):
-            key = f"{folder.name}/{path.relative_to(folder)}"
-            if path.is_dir():
-                sums[key + "/"] = "folder"
-            elif not (path.name.startswith(".") and path.name.endswith(".lock")):
-                sums[key] = hashlib.sha256(path.read_bytes()).hexdigest()
+        # os.walk does not descend into symbolic links: a link is recorded by its target, never read through.
+        for parent, directories, files in os.walk(folder):
+            for name in sorted(directories + files):
+                path = Path(parent) / name
+                key = f"{folder.name}/{path.relative_to(folder)}"
+                if path.is_symlink():
+                    sums[key] = "link to " + os.readlink(path)
+                elif path.is_dir():
+                    sums[key + "/"] = "folder"
+                elif not (path.name.startswith(".") and path.name.endswith(".lock")):
+                    sums[key] = hashlib.sha256(path.read_bytes()).hexdigest()
     return sums
 
 
@@ -706,11 +728,37 @@ def machine_facts() -> dict:
     }
 
 
+def earlier_cases(bench: Bench, run_moments: list[float], export_moments: list[float]) -> None:
+    """The cases of issue 13: concurrent runs and exports, kills at random and narrow moments, bad inputs."""
+    teacher_inside_output(bench)
+    concurrent_runs(bench)
+    killed_after_first_epoch(bench)
+    killed_at_a_narrow_moment(
+        bench, "run killed right after its last epoch's checkpoint, rerun / --resume",
+        "SIGKILL distill TINY --output RUN once epoch 3 is committed; same command; distill --resume RUN",
+        lambda folder, output: committed_epoch(folder, output) == EPOCHS, f"with epoch {EPOCHS} of {EPOCHS} committed, before student.keras",
+    )
+    killed_at_a_narrow_moment(
+        bench, "run killed between an epoch's history.csv row and its checkpoint, rerun / --resume",
+        "SIGKILL distill TINY --output RUN once history.csv has epoch 2; same command; distill --resume RUN",
+        lambda folder, output: history_rows(folder, output) >= 2 and committed_epoch(folder, output) == 1,
+        "with epoch 2 in history.csv and epoch 1 committed",
+    )
+    random_run_kills(bench, run_moments)
+    export_twice(bench)
+    concurrent_exports(bench)
+    export_kill(bench, "export killed while its staging folder holds files, rerun", None)
+    for moment in export_moments:
+        export_kill(bench, f"export: SIGKILL at {moment:.2f} s of {bench.export_seconds:.2f} s, then rerun", moment)
+    bad_inputs(bench)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random kill moments.")
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "faults.md", help="Markdown file to write.")
     parser.add_argument("--keep", action="store_true", help="Keep the temporary folder of the cases (its path is printed).")
+    parser.add_argument("--hostile-only", action="store_true", help="Run only the hostile cases (benchmarks/hostile_cases.py).")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     began = time.monotonic()
@@ -721,27 +769,11 @@ def main() -> int:
         draw = random.Random(args.seed)
         run_moments = [draw.uniform(0, bench.run_seconds) for _ in range(KILLS)]
         export_moments = [draw.uniform(0, bench.export_seconds) for _ in range(KILLS)]
-        teacher_inside_output(bench)
-        concurrent_runs(bench)
-        killed_after_first_epoch(bench)
-        killed_at_a_narrow_moment(
-            bench, "run killed right after its last epoch's checkpoint, rerun / --resume",
-            "SIGKILL distill TINY --output RUN once epoch 3 is committed; same command; distill --resume RUN",
-            lambda folder, output: committed_epoch(folder, output) == EPOCHS, f"with epoch {EPOCHS} of {EPOCHS} committed, before student.keras",
-        )
-        killed_at_a_narrow_moment(
-            bench, "run killed between an epoch's history.csv row and its checkpoint, rerun / --resume",
-            "SIGKILL distill TINY --output RUN once history.csv has epoch 2; same command; distill --resume RUN",
-            lambda folder, output: history_rows(folder, output) >= 2 and committed_epoch(folder, output) == 1,
-            "with epoch 2 in history.csv and epoch 1 committed",
-        )
-        random_run_kills(bench, run_moments)
-        export_twice(bench)
-        concurrent_exports(bench)
-        export_kill(bench, "export killed while its staging folder holds files, rerun", None)
-        for moment in export_moments:
-            export_kill(bench, f"export: SIGKILL at {moment:.2f} s of {bench.export_seconds:.2f} s, then rerun", moment)
-        bad_inputs(bench)
+        if not args.hostile_only:
+            earlier_cases(bench, run_moments, export_moments)
+        import hostile_cases  # beside this file; it uses this module's helpers
+
+        hostile_cases.add_cases(bench, sys.modules[__name__])
     finally:
         if args.keep:
             print(f"Cases kept in {root}.")
@@ -749,7 +781,8 @@ def main() -> int:
             shutil.rmtree(root, ignore_errors=True)
     seconds = time.monotonic() - began
     lost = [case for case in bench.cases if not case.nothing_lost]
-    summary = f"{len(bench.cases)} cases, {len(bench.cases) - len(lost)} with nothing lost"
+    tracebacks = sum(case.traceback for case in bench.cases)
+    summary = f"{len(bench.cases)} cases, {len(bench.cases) - len(lost)} with nothing lost, {tracebacks} tracebacks"
     rendered = table(bench)
     print()
     print(rendered)

@@ -161,7 +161,11 @@ def output_lock(output: str | os.PathLike):
     output.parent.mkdir(parents=True, exist_ok=True)
     path = output.parent / f".{output.name}.lock"
     while True:
-        handle = open(path, "a+")
+        try:
+            handle = open(path, "a+")
+        except OSError as error:
+            error.filename = str(output)  # e.g. a read-only file system: name the folder asked for, not the lock file
+            raise
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -244,7 +248,9 @@ def run_directory(output: str | os.PathLike, overwrite: bool = False, resume: bo
             staging.mkdir()
         try:
             yield staging
-        except BaseException:
+        except BaseException as error:
+            if isinstance(error, OSError) and error.filename is None:
+                error.filename = str(staging)  # e.g. a full disk met inside a writer that does not say where
             if _resumable(staging):
                 log(f"The unfinished run is kept in {staging}; continue it with --resume {output}.")
             else:

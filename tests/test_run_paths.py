@@ -37,7 +37,7 @@ NAMES = st.one_of(
 ).filter(lambda name: name not in (".", "..") and "/" not in name and len(name.encode()) <= NAME_MAX)
 SPELLINGS = st.sampled_from(["plain", "dotdot", "symlink", "dangling", "link_to_docs", "link_to_done"])
 ACTIONS = st.sampled_from(["new", "overwrite", "resume", "report"])
-EXAMPLES = 40
+EXAMPLES = 100
 SETTINGS = {"deadline": None, "suppress_health_check": [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]}
 
 

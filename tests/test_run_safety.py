@@ -417,7 +417,7 @@ def test_a_read_only_file_system_is_one_sentence_for_every_command(tmp_path, sma
         result = invoke(*args)
         assert result.exit_code == 1, result.output
         last = result.output.strip().splitlines()[-1]
-        assert last.startswith("Error: Read-only file system (") and last.endswith("): choose a folder on a writable file system."), last
+        assert last == f"Error: Read-only file system ({args[-1]}): choose a folder on a writable file system.", last
         assert "Traceback" not in result.output
     assert list(read_only.iterdir()) == []
 
