@@ -260,11 +260,10 @@ class StopOnNonFinite(keras.callbacks.Callback):
         if self.failure is not None:
             return
         student = getattr(self.model, "student", None)
-        for variable in (student if student is not None else self.model).weights:
-            if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
-                self.failure = f"{variable.path} holds NaN or inf after epoch {epoch + 1} (the loss stayed finite)"
-                self.model.stop_training = True
-                return
+        broken = non_finite_variable(student if student is not None else self.model)
+        if broken is not None:
+            self.failure = f"{broken} holds NaN or inf after epoch {epoch + 1} (the loss stayed finite)"
+            self.model.stop_training = True
 
     def advice(self) -> str:
         """What to do about the failure: the cause it points to, and a command that can work."""
@@ -274,6 +273,14 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 "loss weight too large for float32) are the cause, not the learning rate: fix them and start over with --overwrite."
             )
         return "Start over with a lower --learning-rate and --overwrite (a resumed run keeps its recorded learning rate)."
+
+
+def non_finite_variable(model: keras.Model) -> str | None:
+    """The path of the first weight or non-trainable variable (e.g. a BatchNorm moving variance) of `model` holding NaN or inf, or None."""
+    for variable in model.weights:
+        if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
+            return variable.path
+    return None
 
 
 def tensorboard_callback(folder: str | os.PathLike, log=print) -> keras.callbacks.Callback | None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from stkd_keras import backend
 from stkd_keras import data as data_lib
+from stkd_keras.checkpointing import non_finite_variable
 from stkd_keras.runs import RunError, check_preprocessing_fits, model_file, read_preprocessing
 
 
@@ -48,14 +49,6 @@ def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
             "exported or distilled from: train it again."
         )
     return model
-
-
-def non_finite_variable(model: keras.Model) -> str | None:
-    """The path of the first weight or non-trainable variable (e.g. a BatchNorm moving variance) of `model` holding NaN or inf, or None."""
-    for variable in model.weights:
-        if not np.isfinite(keras.ops.convert_to_numpy(variable)).all():
-            return variable.path
-    return None
 
 
 def check_model_fits_dataset(model: keras.Model, info: data_lib.DatasetInfo, what: str) -> None:

@@ -174,6 +174,7 @@ def test_refuses_to_overwrite_a_run(teacher_run):
 def test_overwrite_replaces_a_run(tmp_path):
     output = tmp_path / "run"
     output.mkdir()
+    (output / "run.json").write_text('{"command": "train-teacher"}')  # an earlier run's marker: --overwrite replaces only runs
     (output / "old.txt").write_text("old")
     result = run("train-teacher", "--model", "cnn8", "--output", output, "--overwrite", *TINY)
     assert result.exit_code == 0, result.output
