@@ -28,6 +28,8 @@ and JAX or PyTorch alone runs the library without it.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 # 2^-40 is far below float32 resolution around 0.5, so more bisection steps change nothing.
@@ -89,20 +91,40 @@ def scale_loss_for_distribution(loss):
     return loss / replicas if replicas > 1 else loss
 
 
-def enable_determinism() -> None:
-    """Bit-identical reruns on CPU: TensorFlow's op determinism, PyTorch's deterministic algorithms.
+@contextlib.contextmanager
+def determinism():
+    """Bit-identical reruns on CPU while the block runs: TensorFlow's op determinism, PyTorch's deterministic algorithms.
 
-    JAX on CPU is deterministic as it is (on GPUs, XLA needs
+    The process's earlier setting comes back afterwards: left on, TensorFlow's
+    op determinism would silently turn off XLA (`jit_compile=True`) for every
+    model the process compiles later. TensorFlow exposes only the switch-on
+    (`tf.config.experimental.enable_op_determinism`); its query and switch-off
+    live in `tensorflow.python.framework.config`, which Keras's trainer reads
+    too. JAX on CPU is deterministic as it is (on GPUs, XLA needs
     `XLA_FLAGS=--xla_gpu_deterministic_ops=true` before JAX starts).
     """
     if name() == "tensorflow":
         import tensorflow as tf
+        from tensorflow.python.framework import config as tf_config
 
+        was_on = tf_config.is_op_determinism_enabled()
         tf.config.experimental.enable_op_determinism()
+        try:
+            yield
+        finally:
+            if not was_on:
+                tf_config.disable_op_determinism()
     elif name() == "torch":
         import torch
 
+        was_on = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_on)
+    else:
+        yield
 
 
 def describe() -> dict:

@@ -147,10 +147,10 @@ def train(
     setup = setup or distribute.setup(config.strategy, backend.name())
     previous_policy = keras.mixed_precision.global_policy()
     keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        backend.enable_determinism()
     exit_stack = contextlib.ExitStack()
     try:
+        if config.deterministic:
+            exit_stack.enter_context(backend.determinism())  # and the process's own setting back afterwards
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
         data_options = {"data_dir": config.data_dir, "download": config.download, "image_size": _image_size(config.image_size)}
