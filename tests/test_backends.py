@@ -41,7 +41,7 @@ def _run(arguments, backend: str, timeout: int, **kwargs):
 def test_core_tests_pass_on(backend, request):
     _require(backend)
     selection = ["-m", request.config.option.markexpr] if request.config.option.markexpr else []
-    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *selection, *CORE_TESTS], backend, timeout=1200)
+    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *selection, *CORE_TESTS], backend, timeout=1200)
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     print(f"{backend}: {summary}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]

@@ -117,6 +117,8 @@ def test_missing_and_malformed_files_are_named(tmp_path):
     assert result.exit_code == 1 and "bad/metrics.json is malformed" in result.output
 
 
+# About 55 s (two real runs, then the grid again): `pytest -m slow`, which .ci/run also runs.
+@pytest.mark.slow
 def test_two_run_grid_completes_and_skips_finished_runs(tmp_path):
     import subprocess
     import sys

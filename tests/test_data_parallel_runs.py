@@ -74,6 +74,9 @@ def test_two_devices_in_one_process_match_one_device(tmp_path, one_device):
     _assert_same_run(output, one_device)
 
 
+# About 70 s: `pytest -m slow`, which .ci/run also runs. By default tests/test_jax_distribution.py joins two
+# processes on localhost through the same keras.distribution calls, and two devices in one process.
+@pytest.mark.slow
 def test_two_processes_on_localhost_match_one_device(tmp_path, one_device):
     with socket.socket() as probe:
         probe.bind(("localhost", 0))

@@ -262,6 +262,9 @@ def test_cli_export_verifies_on_the_whole_split(student_run, tmp_path):
     assert f"Keras top-1 on the whole fashion_mnist test split (10,000 images): {whole['accuracy']:.4f}" in result.output
 
 
+# About 80 s (a distillation under tfmot in a child process): `pytest -m slow`, which .ci/run also runs. By default
+# tests/test_tfmot_bridge.py covers QAT and pruning through the Python API, the same calls this command makes.
+@pytest.mark.slow
 def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_run, tmp_path):
     """export --qat/--prune end to end: the bridge subprocess, the run's teacher/ folder and method, verification and the report."""
     # The run was distilled with KD at T = 2 (its metrics.json says so): the fine-tuning uses the same.
