@@ -21,33 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Runs the CLI with the file system made full right after epoch 1's checkpoint is committed (the same hook as
-# tests/test_run_safety.py): the moment a real disk fills mid-run.
-FILL_AFTER_THE_FIRST_EPOCH = r"""
-import sys
-from stkd_keras import checkpointing
-from stkd_keras.cli.main import cli
-
-filler, arguments = sys.argv[1], sys.argv[2:]
-commit = checkpointing.RunCheckpoint.on_epoch_end
-
-
-def commit_then_fill(self, epoch, logs=None):
-    commit(self, epoch, logs)
-    if epoch == 0:
-        with open(filler, "wb") as f:
-            for block in (1 << 16, 1 << 10, 1):
-                try:
-                    while True:
-                        f.write(b"\0" * block)
-                        f.flush()
-                except OSError:
-                    pass
-
-
-checkpointing.RunCheckpoint.on_epoch_end = commit_then_fill
-cli.main(arguments, prog_name="stkd-keras")
-"""
+# Runs the CLI with the file system made full right after epoch 1's checkpoint is committed: the moment a real disk fills.
+FILL_AFTER_THE_FIRST_EPOCH = Path(__file__).resolve().parents[1] / "tests" / "fill_disk_after_first_epoch.py"
 
 
 class Hostile:
@@ -347,7 +322,7 @@ class Hostile:
             output, filler = folder / "disk" / "run", folder / "disk" / "filler"
             args = ["train-teacher", "--model", "cnn8", *self.kit.TINY[2:], "--output", output]
             case = self.kit.Case("the disk fills after epoch 1, then space is freed and --resume", "train-teacher TINY --output DISK/run; rm filler; --resume")
-            step = self.bench.run([str(filler), *args], folder, command=[sys.executable, "-c", FILL_AFTER_THE_FIRST_EPOCH])
+            step = self.bench.run([str(filler), *args], folder, command=[sys.executable, str(FILL_AFTER_THE_FIRST_EPOCH)])
             case.steps.append(step)
             case.expect(step.exit_code == 1 and step.message.startswith("Error: No space left on device"), f"exit {step.exit_code}: {step.message}")
             filler.unlink(missing_ok=True)

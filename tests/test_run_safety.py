@@ -423,31 +423,7 @@ def test_a_read_only_file_system_is_one_sentence_for_every_command(tmp_path, sma
 
 
 # Runs the CLI with the file system made full right after epoch 1's checkpoint is committed.
-FILL_AFTER_THE_FIRST_EPOCH = r"""
-import sys
-from stkd_keras import checkpointing
-from stkd_keras.cli.main import cli
-
-filler, arguments = sys.argv[1], sys.argv[2:]
-commit = checkpointing.RunCheckpoint.on_epoch_end
-
-
-def commit_then_fill(self, epoch, logs=None):
-    commit(self, epoch, logs)
-    if epoch == 0:
-        with open(filler, "wb") as f:
-            for block in (1 << 16, 1 << 10, 1):
-                try:
-                    while True:
-                        f.write(b"\0" * block)
-                        f.flush()
-                except OSError:
-                    pass
-
-
-checkpointing.RunCheckpoint.on_epoch_end = commit_then_fill
-cli.main(arguments, prog_name="stkd-keras")
-"""
+FILL_AFTER_THE_FIRST_EPOCH = Path(__file__).resolve().parent / "fill_disk_after_first_epoch.py"
 
 
 def test_a_full_disk_stops_the_run_in_one_sentence_and_resume_finishes_it(small_filesystem):
@@ -455,7 +431,7 @@ def test_a_full_disk_stops_the_run_in_one_sentence_and_resume_finishes_it(small_
     disk = small_filesystem("disk", size="16m")
     output, filler = disk / "run", disk / "filler"
     arguments = ["train-teacher", "--model", "cnn8", "--epochs", "2", "--train-subset", "128", "--val-subset", "64", "--quiet", "--output", str(output)]
-    result = subprocess.run([sys.executable, "-c", FILL_AFTER_THE_FIRST_EPOCH, str(filler), *arguments], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, str(FILL_AFTER_THE_FIRST_EPOCH), str(filler), *arguments], capture_output=True, text=True, timeout=600)
     combined = result.stdout + result.stderr
     assert result.returncode == 1, combined[-3000:]
     assert "Traceback" not in combined, combined[-3000:]
