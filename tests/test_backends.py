@@ -102,7 +102,7 @@ def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(back
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == backend and report["tensorflow_loaded"] == []
     # The student distilled for real: 0.134 above itself untrained (tests/learning.py). Seen on AMD EPYC (AVX2):
-    # JAX 0.130 -> 0.632; PyTorch 0.150 -> 0.532 (avx2 kernels) and 0.506 (portable kernels): least margin left 0.22.
+    # JAX 0.130 -> 0.632; PyTorch 0.150 -> 0.532 (avx2 kernels) and 0.482-0.506 (portable kernels): least margin left 0.198.
     learning.assert_learned(f"stkd on {backend} without TensorFlow", report["untrained_accuracy"], report["val_accuracy"], report["validation_images"])
 
     if keras.backend.backend() != "tensorflow":
