@@ -358,7 +358,27 @@ def distill(
         config = dataclasses.replace(config, teacher=str(check_teacher_outside(config.teacher, output)))
     if teacher_config is not None:
         teacher_config.validate()
+    warning = warmup_warning(config)
+    if warning:
+        log(warning)
     return _run("distill", config, teacher_config, Path(output), resume=False, verbose=verbose, log=log, cluster=cluster, overwrite=overwrite)
+
+
+def warmup_warning(config: RunConfig) -> str | None:
+    """A warning when the method's warm-up (`warmup_epochs`, e.g. DKD's 20) outlasts the run, else None.
+
+    The distillation terms grow as min(1, epoch / warmup_epochs): a 1-epoch
+    DKD run with the default 20 never gives them more than 1/20 of their weight.
+    """
+    warmup = getattr(config.hyperparameters(), "warmup_epochs", None)
+    if warmup is None or warmup <= config.epochs:
+        return None
+    suggested = max(1, round(config.epochs / 12))
+    return (
+        f"Warning: {config.method}'s warm-up lasts {warmup} epochs, longer than this run's {config.epochs}: its distillation terms "
+        f"never reach full weight (they end at {config.epochs}/{warmup} of it). mdistiller warms up over 1/12 of its run; for "
+        f"this one, warmup_epochs={suggested} (--warmup-epochs {suggested})."
+    )
 
 
 def resume(

@@ -332,3 +332,19 @@ def test_a_loss_non_finite_before_any_update_is_not_blamed_on_the_learning_rate(
 def run_user(*args):
     """A command as a user runs it: errors end the command with their one sentence (no exception reaches the test)."""
     return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.mark.parametrize(
+    "method, epochs, options, expected",
+    [
+        ("dkd", 1, {}, "dkd's warm-up lasts 20 epochs, longer than this run's 1: its distillation terms never reach full weight "
+                       "(they end at 1/20 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=1"),
+        # 30 epochs: 1/12 of them is 2.5, rounded to 2.
+        ("dkd", 30, {"warmup_epochs": 40}, "(they end at 30/40 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=2"),
+        ("dkd", 20, {}, None),  # the warm-up ends with the run's last epoch: full weight there
+        ("kd", 1, {}, None),  # no warm-up at all
+    ],
+)
+def test_a_warm_up_longer_than_the_run_is_warned_about(method, epochs, options, expected):
+    warning = training.warmup_warning(training.RunConfig(model="cnn8", method=method, epochs=epochs, method_options=options))
+    assert warning is None if expected is None else expected in warning
