@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from stkd_keras import backend_choice
+from stkd_keras.markdown import markdown_row
 
 DEFAULT_TEACHER_MODEL = "resnet14"
 
@@ -641,10 +642,10 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
     click.echo("| file | input | size | max abs logit diff | top-1 agreement | top-1 | ms/image |")
     click.echo("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in report["files"]:
-        click.echo(
-            f"| {row['file']} | {row['input_dtype']} | {row['size_bytes'] / 1024:,.0f} KiB | {row['max_abs_logit_diff']:.2e} | "
-            f"{row['top1_agreement']:.4f} | {row['top1_accuracy']:.4f} | {row['ms_per_image']:.2f} |"
-        )
+        click.echo(markdown_row([
+            row["file"], row["input_dtype"], f"{row['size_bytes'] / 1024:,.0f} KiB", f"{row['max_abs_logit_diff']:.2e}",
+            f"{row['top1_agreement']:.4f}", f"{row['top1_accuracy']:.4f}", f"{row['ms_per_image']:.2f}",
+        ]))
     click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
 
 
@@ -754,12 +755,12 @@ def list_datasets(data_dir):
     click.echo("| --- | ---: | --- | --- | --- |")
     for name in data.list_datasets():
         if name.startswith(data.FOLDER_PREFIX):
-            click.echo(f"| {name} | from PATH | --image-size | yes, if PATH holds class folders | PATH/<class>/*.jpg|png (or PATH/train, PATH/val) |")
+            click.echo(markdown_row([name, "from PATH", "--image-size", "yes, if PATH holds class folders", "PATH/<class>/*.jpg, *.png, ... (or PATH/train, PATH/val)"]))
             continue
         spec = data.get_spec(name)
         where = data.describe(name, data_dir)
         shape = "x".join(str(d) for d in spec.input_shape)
-        click.echo(f"| {name} | {spec.num_classes} | {shape} | {'yes' if where['available'] else 'no'} | {where['source']} |")
+        click.echo(markdown_row([name, spec.num_classes, shape, "yes" if where["available"] else "no", where["source"]]))
 
 
 @cli.command("methods")
@@ -774,7 +775,7 @@ def list_method_table():
         teacher = method.teacher_input(method.make_hyperparameters()) + " images" if method.needs_teacher else "no teacher"
         student = "mixup samples" if method.mixes else "clean images"
         defaults = ", ".join(f"{key}={value}" for key, value in method.defaults().items()) or "-"
-        click.echo(f"| {name} | {teacher} | {student} | {defaults} | {method.description} |")
+        click.echo(markdown_row([name, teacher, student, defaults, method.description]))
 
 
 @cli.command("models")
@@ -791,9 +792,9 @@ def list_zoo(input_size, channels, num_classes):
         try:
             model = models.get_model(name, num_classes, (input_size, input_size, channels))
         except ValueError as error:
-            click.echo(f"| {name} | - | {error} |")
+            click.echo(markdown_row([name, "-", error]))
             continue
-        click.echo(f"| {name} | {models.count_trainable_parameters(model):,} | {models.count_macs(model) / 1e6:,.1f}M |")
+        click.echo(markdown_row([name, f"{models.count_trainable_parameters(model):,}", f"{models.count_macs(model) / 1e6:,.1f}M"]))
 
 
 if __name__ == "__main__":

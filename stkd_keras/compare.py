@@ -21,6 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from stkd_keras import methods as methods_lib
+from stkd_keras.markdown import markdown_row
 from stkd_keras.reporting import read_history, save_figure
 
 # Two-sided 95% quantiles of Student's t (t_{0.975, df}), df = 1..30; beyond, the normal 1.96 is within 1.5%.
@@ -113,6 +114,9 @@ def _setting_fields(run: dict, baseline: str | None = None) -> dict:
     fields = {k: v for k, v in config.items() if k not in _NOT_SETTING and k not in names and v is not None}
     own = method_options(run, baseline)
     fields.update({k: v for k, v in _non_default_hyperparameters(run).items() if k not in own})
+    # Runs on two backends are two settings, never seeds of one: their seeds draw different numbers. A metrics.json
+    # written before the backend was recorded comes from TensorFlow, the only backend runs had then.
+    fields["backend"] = run.get("backend") or "tensorflow"
     return fields
 
 
@@ -249,7 +253,11 @@ def compare(runs: list[dict], baseline: str = "kd", baseline_setting: dict | Non
 
 
 def markdown(rows: list[dict], baseline: str = "kd") -> str:
-    """The comparison as a markdown table (accuracies in percent)."""
+    """The comparison as a markdown table (accuracies in percent).
+
+    A setting label holds ` | ` between its parts: `markdown_row` escapes
+    them, so a renderer keeps the label in its one cell.
+    """
     lines = [
         f"| setting | method | n | final top-1 mean ± std | final min / max | best-epoch top-1 mean ± std | final - {baseline} [95% CI] |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
@@ -257,15 +265,26 @@ def markdown(rows: list[dict], baseline: str = "kd") -> str:
     for row in rows:
         final, best = row["final"], row["best"]
         versus = row.get("versus_baseline")
-        if versus:
+        if versus and math.isnan(versus["low"]):
+            interval = f"{100 * versus['difference']:+.2f} ({versus['kind']})"
+        elif versus:
             interval = f"{100 * versus['difference']:+.2f} [{100 * versus['low']:+.2f}, {100 * versus['high']:+.2f}] ({versus['kind']})"
+        elif row.get("is_baseline", row["method"] == baseline):
+            interval = "baseline"
         else:
-            interval = "baseline" if row.get("is_baseline", row["method"] == baseline) else "-"
-        lines.append(
-            f"| {row['setting']} | {row['method']} | {final['n']} | {100 * final['mean']:.2f} ± {100 * final['std']:.2f} | "
-            f"{100 * final['min']:.2f} / {100 * final['max']:.2f} | {100 * best['mean']:.2f} ± {100 * best['std']:.2f} | {interval} |"
-        )
+            interval = f"- (no {baseline} run in this setting)"
+        lines.append(markdown_row([
+            row["setting"], row["method"], final["n"], _mean_std(final), f"{100 * final['min']:.2f} / {100 * final['max']:.2f}", _mean_std(best), interval,
+        ]))
     return "\n".join(lines) + "\n"
+
+
+def _mean_std(values: dict) -> str:
+    """`mean ± std` in percent; one run has no spread to show, and says so."""
+    if values["n"] < 2:
+        return f"{100 * values['mean']:.2f} ± - (one run)"
+    return f"{100 * values['mean']:.2f} ± {100 * values['std']:.2f}"
+
 
 
 def plot(rows: list[dict], path: str | os.PathLike) -> Path:

@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from stkd_keras.cli.main import cli
 from stkd_keras.config import MODEL_NAMES
 
+import markdown_tables
+
 TINY = ["--epochs", "1", "--train-subset", "256", "--val-subset", "256", "--batch-size", "64", "--quiet"]
 
 
@@ -48,6 +50,15 @@ def test_methods_lists_the_registry_with_defaults():
     assert "| ce | no teacher | clean images | - |" in rows["ce"]
     assert "clean_kd_weight=0.5" in rows["stkd_clean_kd"]
     assert "mix_fraction=1.0, soft_target=teacher_on_mix |" in rows["stkd"]
+    assert_renders_whole(result.output, "method", methods.list_methods())
+
+
+def assert_renders_whole(output: str, first_header: str, names) -> None:
+    """A listing's table as a GFM renderer reads it: every row has the header's cells, and the names sit under the first."""
+    (table,) = markdown_tables.tables(output)
+    assert table.header[0] == first_header
+    assert table.source_cells == [len(table.header)] * len(table.rows), table.source_cells
+    assert table.column(first_header) == list(names)
 
 
 def test_methods_table_says_what_the_teacher_sees_with_the_defaults(monkeypatch):
@@ -117,6 +128,11 @@ def test_a_preset_named_with_a_plus_and_the_logit_standardization_flags(teacher_
     config = metrics["config"]
     assert metrics["method"] == config["method"] == "dkd+ls"
     assert (config["logit_standardization"], config["warmup_epochs"], config["temperature"], config["nckd_weight"]) == (False, 2, 2.0, 72.0)
+    # A warm-up of 2 epochs in a 1-epoch run: the distillation terms end at half their weight, and the run says so.
+    assert (
+        "Warning: dkd+ls's warm-up lasts 2 epochs, longer than this run's 1: its distillation terms never reach full weight "
+        "(they end at 1/2 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=1 (--warmup-epochs 1)."
+    ) in result.output
     with open(output / "history.csv") as f:
         assert {"ce_loss", "tckd_loss", "nckd_loss"} <= set(next(csv.DictReader(f)))
 
@@ -313,6 +329,10 @@ def test_models_lists_the_zoo_with_counts():
     assert "| resnet8 | 83,892 | 12.5M |" in result.output
     small = run("models", "--input-size", 8)
     assert "| MobileNetV2 | - | MobileNetV2 downsamples its input 16x" in small.output
+    from stkd_keras import models
+
+    for output in (result.output, small.output):
+        assert_renders_whole(output, "model", models.list_models())
 
 
 def test_datasets_lists_sources_and_availability():
@@ -322,6 +342,10 @@ def test_datasets_lists_sources_and_availability():
     # No network here: CIFAR-10 is neither prepared nor downloadable, and the table says so.
     assert "| cifar10 | 10 | 32x32x3 | no |" in result.output
     assert "| tiny_imagenet | 200 | 64x64x3 |" in result.output and "folder:PATH" in result.output
+    # The folder row's "*.jpg|png" split its last cell in two under a GFM renderer.
+    from stkd_keras import data
+
+    assert_renders_whole(result.output, "dataset", data.list_datasets())
 
 
 def test_folder_dataset_run_stores_and_reuses_its_normalisation(tmp_path):

@@ -9,6 +9,8 @@ from click.testing import CliRunner
 from stkd_keras import compare
 from stkd_keras.cli.main import cli
 
+import markdown_tables
+
 
 def write_run(root, name, method, seed, final, best, epochs=5, **config):
     folder = root / name
@@ -90,6 +92,56 @@ def test_ablation_rows_are_compared_with_the_baseline_setting(tmp_path):
         cli, ["compare", *map(str, folders), "--baseline", "stkd", "--baseline-setting", "temperature=8", "--baseline-setting", "mixup_alpha=0.2"]
     )
     assert result.exit_code == 0 and "-1.00 [" not in result.output and "+1.00 [" in result.output
+
+
+def test_the_markdown_table_keeps_every_figure_under_its_header_when_rendered(runs, tmp_path):
+    """The setting label's ` | ` split its cell under a GFM renderer: 10 cells under 7 headers, the figures dropped."""
+    folders, kd, stkd = runs
+    rows = compare.compare(compare.load_runs(folders), baseline="kd")
+    assert " | " in rows[0]["setting"]  # "fashion_mnist | resnet8 <- resnet14 | 5 epochs | 1000 train images"
+    result = CliRunner().invoke(cli, ["compare", *map(str, folders), "--markdown", str(tmp_path / "t.md")])
+    assert result.exit_code == 0, result.output
+    for text in (compare.markdown(rows, "kd"), (tmp_path / "t.md").read_text()):
+        (table,) = markdown_tables.tables(text)
+        assert table.source_cells == [7, 7]
+        assert table.column("setting") == ["fashion_mnist | resnet8 <- resnet14 | 5 epochs | 1000 train images"] * 2
+        assert table.column("method") == ["kd", "stkd"] and table.column("n") == ["3", "3"]
+        # By hand: kd 0.80, 0.82, 0.81 (mean 81.00, sd 1.00); stkd 0.83, 0.82, 0.85 (mean 83.33, sd 1.53); best = final + 1 / 2 points.
+        assert table.column("final top-1 mean ± std") == ["81.00 ± 1.00", "83.33 ± 1.53"]
+        assert table.column("final min / max") == ["80.00 / 82.00", "82.00 / 85.00"]
+        assert table.column("best-epoch top-1 mean ± std") == ["82.00 ± 1.00", "85.33 ± 1.53"]
+        assert table.column("final - kd [95% CI]")[0] == "baseline"
+        assert table.column("final - kd [95% CI]")[1].startswith("+2.33 [")
+
+
+def test_runs_on_two_backends_are_two_settings_and_one_run_rows_say_why_they_have_no_spread(tmp_path):
+    """A JAX and a PyTorch run, both seed 0, were "paired over 2 seeds"; one-run rows printed `± nan` and `[+nan, +nan]`."""
+    folders = []
+    for backend, method, final in (("jax", "kd", 0.80), ("jax", "stkd", 0.83), ("torch", "kd", 0.70), ("torch", "stkd", 0.75)):
+        folder = write_run(tmp_path, f"{backend}_{method}", method, 0, final, final)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        (folder / "metrics.json").write_text(json.dumps({**metrics, "backend": backend}))
+        folders.append(folder)
+    rows = compare.compare(compare.load_runs(folders), baseline="kd")
+    assert [(row["setting"].rsplit(" | ", 1)[-1], row["method"], row["final"]["n"]) for row in rows] == [
+        ("backend=jax", "kd", 1), ("backend=jax", "stkd", 1), ("backend=torch", "kd", 1), ("backend=torch", "stkd", 1),
+    ]
+    # One run against one run: the difference stands, its interval cannot.
+    assert rows[1]["versus_baseline"]["difference"] == pytest.approx(0.03) and rows[3]["versus_baseline"]["difference"] == pytest.approx(0.05)
+    (table,) = markdown_tables.tables(compare.markdown(rows, "kd"))
+    assert "nan" not in compare.markdown(rows, "kd")
+    assert table.column("final top-1 mean ± std") == ["80.00 ± - (one run)", "83.00 ± - (one run)", "70.00 ± - (one run)", "75.00 ± - (one run)"]
+    assert table.column("final - kd [95% CI]") == [
+        "baseline", "+3.00 (too few runs for an interval)", "baseline", "+5.00 (too few runs for an interval)",
+    ]
+    # Without its baseline method a row says so, instead of a bare "-".
+    (table,) = markdown_tables.tables(compare.markdown(compare.compare(compare.load_runs(folders[1:2]), baseline="kd"), "kd"))
+    assert table.column("final - kd [95% CI]") == ["- (no kd run in this setting)"]
+    # A metrics.json from before the backend was recorded reads as TensorFlow's, beside a new TensorFlow run.
+    old, new = write_run(tmp_path, "old", "kd", 1, 0.8, 0.8), write_run(tmp_path, "new", "kd", 2, 0.8, 0.8)
+    (new / "metrics.json").write_text(json.dumps({**json.loads((new / "metrics.json").read_text()), "backend": "tensorflow"}))
+    (row,) = compare.compare(compare.load_runs([old, new]), baseline="kd")
+    assert row["final"]["n"] == 2 and "backend" not in row["setting"]
 
 
 def test_t_quantiles():

@@ -1,5 +1,6 @@
 """The README's accuracy section is generated from benchmarks/results/ and must match it."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import readme_results  # noqa: E402
+
+import markdown_tables  # noqa: E402
 
 from stkd_keras import compare  # noqa: E402
 
@@ -25,6 +28,17 @@ def row(setting, method, finals, versus=None, baseline=False):
 def test_readme_section_matches_the_committed_results():
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_results.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("path", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks" / "results").rglob("*.md"))])
+def test_every_table_renders_with_its_figures_under_their_headers(path):
+    """The result tables' setting cells held ` | `: 10 to 12 cells under 7 headers, the accuracy columns dropped on GitHub."""
+    text = (ROOT / path).read_text()
+    for table in markdown_tables.tables(text):
+        assert table.source_cells == [len(table.header)] * len(table.rows), f"{path}, the table at line {table.line}: {table.source_cells}"
+        if "final top-1 mean ± std" in table.header:
+            for mean in table.column("final top-1 mean ± std"):
+                assert re.fullmatch(r"\d+\.\d\d ± (\d+\.\d\d|nan)", mean), (path, mean)
 
 
 def test_verdict_needs_an_interval_that_excludes_zero():
