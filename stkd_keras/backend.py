@@ -103,28 +103,25 @@ def determinism():
     too. JAX on CPU is deterministic as it is (on GPUs, XLA needs
     `XLA_FLAGS=--xla_gpu_deterministic_ops=true` before JAX starts).
     """
+    restore = None
     if name() == "tensorflow":
         import tensorflow as tf
         from tensorflow.python.framework import config as tf_config
 
-        was_on = tf_config.is_op_determinism_enabled()
+        if not tf_config.is_op_determinism_enabled():
+            restore = tf_config.disable_op_determinism
         tf.config.experimental.enable_op_determinism()
-        try:
-            yield
-        finally:
-            if not was_on:
-                tf_config.disable_op_determinism()
     elif name() == "torch":
         import torch
 
         was_on = torch.are_deterministic_algorithms_enabled()
+        restore = lambda: torch.use_deterministic_algorithms(was_on)  # noqa: E731
         torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(was_on)
-    else:
+    try:
         yield
+    finally:
+        if restore is not None:
+            restore()
 
 
 def describe() -> dict:

@@ -286,7 +286,6 @@ def _mean_std(values: dict) -> str:
     return f"{100 * values['mean']:.2f} ± {100 * values['std']:.2f}"
 
 
-
 def plot(rows: list[dict], path: str | os.PathLike) -> Path:
     """Accuracy per method with every seed shown (one panel per setting), and one seed's curves per method."""
     import matplotlib
