@@ -698,25 +698,26 @@ def _run_teacher(run_folder: Path, run_metrics: dict) -> Path | None:
 @click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Where to draw the training curves (default: RUN_DIR/curves.png).")
 @_user_errors
 def report(run_dir, plot_path):
-    """Print a finished run's summary and draw its training curves to a PNG; list the unfinished runs in RUN_DIR.
+    """Summarise a finished run and draw its training curves to a PNG, or list the runs in a folder.
 
-    On a folder of runs, it lists those a kill or crash left unfinished, with
-    the epoch each reached and the command that continues it.
+    On a run folder (one holding metrics.json) it prints the run's summary and
+    writes curves.png. On any other folder it lists every run below it:
+    finished runs (method, backend, epochs, final top-1), unfinished ones (the
+    epoch each reached and the command that continues it) and damaged ones,
+    named and skipped.
     """
     from stkd_keras import reporting, runs
 
     run_dir = Path(run_dir)
-    unfinished = runs.unfinished_runs(run_dir)
-    finished = (run_dir / runs.METRICS_FILE).is_file()
-    if finished or not unfinished:
-        click.echo(reporting.summary(run_dir))  # without a run, its one sentence says what is missing
+    if (run_dir / runs.METRICS_FILE).is_file():
+        click.echo(reporting.summary(run_dir))
         path = reporting.plot_curves(run_dir, Path(plot_path) if plot_path else run_dir / "curves.png")
         click.echo(f"Wrote {path}.")
-    if unfinished:
-        click.echo(f"{len(unfinished)} unfinished run(s):")
-        for run in unfinished:
-            action = f"continue it with stkd-keras {run['command']} --resume {run['output']}" if run["resumable"] else "start it over with --overwrite"
-            click.echo(f"  {run['output']}: {run['progress']}; {action}")
+        unfinished = runs.unfinished_runs(run_dir)
+        if unfinished:
+            click.echo("\n".join(reporting.unfinished_lines(unfinished)))
+        return
+    click.echo("\n".join(reporting.listing(run_dir)))
 
 
 @cli.command("compare")

@@ -9,8 +9,11 @@ delegates) is run one image at a time.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ METADATA_NAME = "stkd_keras_metadata"
 
 def _quantize(images: np.ndarray, detail: dict) -> np.ndarray:
     if detail["dtype"] == np.float32:
-        return images.astype(np.float32)
+        return np.asarray(images, dtype=np.float32)
     scale, zero_point = detail["quantization"]
     info = np.iinfo(detail["dtype"])
     return np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(detail["dtype"])
@@ -28,9 +31,46 @@ def _quantize(images: np.ndarray, detail: dict) -> np.ndarray:
 
 def _dequantize(values: np.ndarray, detail: dict) -> np.ndarray:
     if detail["dtype"] == np.float32:
-        return values.astype(np.float32)
+        return values
     scale, zero_point = detail["quantization"]
     return ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+
+
+def median_ms(call, repeats: int = 200, warmup: int = 20) -> float:
+    """Median wall time of `call()` in milliseconds over `repeats` calls, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        call()
+    return 1e3 * statistics.median(_times(call, repeats))
+
+
+def measure_latency(runner, image: np.ndarray, repeats: int = 200, warmup: int = 20, rounds: int = 5) -> dict:
+    """Single-input latency of an exported file, the runtime's own call apart from the runner around it.
+
+    `runtime_ms` times only the runtime's call on an input already in place
+    (LiteRT's `Interpreter.invoke`, onnxruntime's `InferenceSession.run`);
+    `end_to_end_ms` times `runner.predict(image)`: the same call plus putting
+    the normalised float32 image in (quantising it for an int8 input) and
+    reading the logits out (dequantising them). Both are medians in ms over
+    `repeats` calls, taken in `rounds` alternating blocks so that a slow spell
+    of the machine weighs on both alike.
+    """
+    block = max(1, repeats // rounds)
+    runtime, end_to_end = [], []
+    median_ms(lambda: runner.predict(image), 1, warmup)
+    for _ in range(rounds):
+        call = runner.invoke_call(image)
+        runtime += _times(call, block)
+        end_to_end += _times(lambda: runner.predict(image), block)
+    return {"runtime_ms": 1e3 * statistics.median(runtime), "end_to_end_ms": 1e3 * statistics.median(end_to_end)}
+
+
+def _times(call, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - started)
+    return times
 
 
 class TFLiteRunner:
@@ -54,7 +94,7 @@ class TFLiteRunner:
     def output_dtype(self) -> str:
         return np.dtype(self.output_detail["dtype"]).name
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
+    def _set_input(self, images: np.ndarray) -> None:
         if self._batch != len(images):
             self.interpreter.resize_tensor_input(self.input_detail["index"], (len(images), *images.shape[1:]))
             self.interpreter.allocate_tensors()
@@ -62,11 +102,21 @@ class TFLiteRunner:
             self.output_detail = self.interpreter.get_output_details()[0]
             self._batch = len(images)
         self.interpreter.set_tensor(self.input_detail["index"], _quantize(images, self.input_detail))
+
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        self._set_input(images)
         self.interpreter.invoke()
         return _dequantize(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail)
 
+    def invoke_call(self, images: np.ndarray):
+        """Puts `images` in the input tensor and returns the interpreter's own `invoke`, for timing the runtime alone."""
+        self._set_input(images)
+        return self.interpreter.invoke
+
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         step = self.fixed_batch or batch_size
+        if len(images) <= step:
+            return self._run(images)
         return np.concatenate([self._run(images[i : i + step]) for i in range(0, len(images), step)])
 
 
@@ -88,12 +138,18 @@ class ONNXRunner:
     input_dtype = "float32"
     output_dtype = "float32"
 
+    def _run(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input.name: np.asarray(images, dtype=np.float32)})[0]
+
+    def invoke_call(self, images: np.ndarray):
+        """Returns a call of the session's own `run` on `images` (already float32), for timing the runtime alone."""
+        return functools.partial(self.session.run, None, {self.input.name: np.ascontiguousarray(images, dtype=np.float32)})
+
     def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         step = self.fixed_batch or batch_size
-        outputs = [
-            self.session.run(None, {self.input.name: images[i : i + step].astype(np.float32)})[0] for i in range(0, len(images), step)
-        ]
-        return np.concatenate(outputs).astype(np.float32)
+        if len(images) <= step:
+            return self._run(images)
+        return np.concatenate([self._run(images[i : i + step]) for i in range(0, len(images), step)])
 
 
 def runner_for(path: str | os.PathLike, num_threads: int = 1):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from stkd_keras import methods as methods_lib
 from stkd_keras.markdown import markdown_row
-from stkd_keras.reporting import read_history, save_figure
+from stkd_keras.reporting import curve_style, epoch_axis, read_history, save_figure
 
 # Two-sided 95% quantiles of Student's t (t_{0.975, df}), df = 1..30; beyond, the normal 1.96 is within 1.5%.
 _T_975 = (
@@ -287,30 +287,44 @@ def _mean_std(values: dict) -> str:
 
 
 def plot(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Accuracy per method with every seed shown (one panel per setting), and one seed's curves per method."""
+    """Accuracy per method with every seed shown (one panel per setting), and one seed's curves per method, as a PNG."""
+    return save_figure(plot_figure(rows), path, dpi=90)
+
+
+def plot_figure(rows: list[dict]):
+    """The figure `plot` writes: per setting, each seed's final top-1 and their mean ± std per method, and val top-1 curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     settings = sorted({row["setting"] for row in rows})
-    figure, axes = plt.subplots(len(settings), 2, figsize=(14, 4 * len(settings)), squeeze=False)
+    widest = max(len([row for row in rows if row["setting"] == setting]) for setting in settings)
+    figure, axes = plt.subplots(len(settings), 2, figsize=(max(14, 2 * widest + 7), 4.8 * len(settings)), squeeze=False)
     for index, setting in enumerate(settings):
         members = [row for row in rows if row["setting"] == setting]
         left, right = axes[index]
+        epochs = []
         for position, row in enumerate(members):
             values = [100 * v for _, v in row["final_by_seed"]]
-            left.scatter([position] * len(values), values, alpha=0.7)
-            left.errorbar(position + 0.15, 100 * row["final"]["mean"], yerr=100 * (row["final"]["std"] if row["final"]["n"] > 1 else 0), fmt="o", color="black")
+            left.scatter([position] * len(values), values, alpha=0.7, label="one seed" if position == 0 else None)
+            spread = 100 * row["final"]["std"] if row["final"]["n"] > 1 else 0
+            left.errorbar(position + 0.15, 100 * row["final"]["mean"], yerr=spread, fmt="o", color="black",
+                          label="mean ± std over seeds" if position == 0 else None)
             history_path = Path(row["run_dirs"][0]) / "history.csv"
             if history_path.is_file():
                 history = read_history(history_path, row["method"])  # epochs from 1, in old files (from 0) too
-                right.plot(history["epoch"], [100 * value for value in history["val_accuracy"]], label=row["method"])
-        left.set_xticks(range(len(members)), [row["method"] for row in members])
+                right.plot(history["epoch"], [100 * value for value in history["val_accuracy"]], label=row["method"], **curve_style(history["epoch"]))
+                epochs += history["epoch"]
+        # Method names with their options are long: one option per line, so neighbouring labels never overlap.
+        left.set_xticks(range(len(members)), [row["method"].replace(" ", "\n") for row in members], fontsize=8)
+        left.set_xlim(-0.5, len(members) - 0.5)
         left.set_ylabel("final-epoch val top-1 (%)")
         left.set_title(setting, fontsize=9)
-        right.set_xlabel("epoch")
+        left.legend(fontsize=8)
+        epoch_axis(right, epochs)
         right.set_ylabel("val top-1 (%)")
         right.set_title("training curves, one seed per method", fontsize=9)
-        right.legend(fontsize=8)
-    return save_figure(figure, path, dpi=90)
+        if epochs:
+            right.legend(fontsize=8)
+    return figure

@@ -1,4 +1,4 @@
-"""Summaries and training curves of finished runs (`stkd-keras report`)."""
+"""Summaries and training curves of finished runs, and the listing of a folder of runs (`stkd-keras report`)."""
 
 from __future__ import annotations
 
@@ -83,9 +83,124 @@ def summary(run_dir: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+def _finished_run(run_dir: Path) -> dict:
+    """The facts a listing shows of a finished run; ValueError naming what is damaged."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    if not isinstance(metrics, dict):
+        raise ValueError("metrics.json does not hold a run's metrics")
+    config = metrics.get("config") or {}
+    return {
+        "run_dir": run_dir,
+        "role": metrics["role"],
+        "model": metrics["model"],
+        "method": metrics["method"],
+        "backend": metrics.get("backend") or "tensorflow",  # runs written before the backend was recorded ran on TensorFlow
+        "epoch": metrics["final_epoch"]["epoch"],
+        "epochs": config.get("epochs", metrics["final_epoch"]["epoch"]),
+        "final_val_accuracy": float(metrics["final_val_accuracy"]),
+    }
+
+
+def find_runs(folder: str | os.PathLike) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """The finished runs at any depth below `folder` (`folder` itself included), and the damaged ones.
+
+    A finished run is a folder holding metrics.json; a damaged one holds a
+    metrics.json that cannot be read, or a run's record (run.json) without
+    metrics.json outside a staging folder. Hidden folders (the staging folders
+    of unfinished runs, which `stkd_keras.runs.unfinished_runs` lists) and
+    symbolic links are not entered.
+
+    Returns:
+        (finished, damaged): dicts with run_dir, role, model, method, backend,
+        epoch, epochs and final_val_accuracy; (path, reason) pairs. Both sorted by path.
+    """
+    finished, damaged = [], []
+    for root, folders, files in os.walk(folder):
+        folders[:] = sorted(name for name in folders if not name.startswith("."))
+        root = Path(root)
+        if "metrics.json" in files:
+            try:
+                finished.append(_finished_run(root))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+                reason = f"not valid JSON ({error})" if isinstance(error, json.JSONDecodeError) else f"{type(error).__name__}: {error}"
+                damaged.append((root, f"its metrics.json cannot be read: {reason}"))
+        elif "run.json" in files:
+            damaged.append((root, "it holds run.json but no metrics.json (a finished run whose metrics.json was removed?)"))
+    return sorted(finished, key=lambda run: str(run["run_dir"])), sorted(damaged)
+
+
+def unfinished_lines(unfinished: list[dict]) -> list[str]:
+    """Lines naming each unfinished run (`stkd_keras.runs.unfinished_runs`), how far it got and the command that continues it."""
+    if not unfinished:
+        return []
+    lines = [f"{len(unfinished)} unfinished run(s):"]
+    for run in unfinished:
+        action = f"continue it with stkd-keras {run['command']} --resume {run['output']}" if run["resumable"] else "start it over with --overwrite"
+        lines.append(f"  {run['output']}: {run['progress']}; {action}")
+    return lines
+
+
+def listing(folder: str | os.PathLike) -> list[str]:
+    """The lines `stkd-keras report FOLDER` prints for a folder of runs: finished, unfinished and damaged runs.
+
+    Raises:
+        ValueError: When the folder holds no run of any kind.
+    """
+    from stkd_keras import runs
+
+    folder = Path(folder)
+    finished, damaged = find_runs(folder) if folder.is_dir() else ([], [])
+    unfinished = runs.unfinished_runs(folder)
+    if not (finished or damaged or unfinished):
+        raise ValueError(
+            f"No stkd-keras run in {folder}: no metrics.json (a finished run) at any depth and no unfinished run to resume."
+        )
+    lines = []
+    if finished:
+        lines.append(f"{len(finished)} finished run(s):")
+        for run in finished:
+            lines.append(
+                f"  {run['run_dir']}: {run['role']} {run['model']}, method {run['method']}, {run['backend']}, "
+                f"epoch {run['epoch']} of {run['epochs']}, final val top-1 {run['final_val_accuracy']:.4f}"
+            )
+    lines += unfinished_lines(unfinished)
+    if damaged:
+        lines.append(f"{len(damaged)} damaged run(s), skipped:")
+        lines += [f"  {path}: {reason}" for path, reason in damaged]
+    return lines
+
+
 def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Draws loss parts, accuracy and learning rate per epoch into a PNG; returns its path."""
     return save_figure(curves_figure(run_dir), path, dpi=100)
+
+
+# Up to this many epochs a curve also marks each epoch with a dot, so a short run's one or two points show.
+MARKED_EPOCHS = 12
+
+
+def epoch_axis(axis, epochs) -> None:
+    """Whole epochs on `axis`'s x axis: every epoch ticked for a short run (with half an epoch of room either side), else integer ticks."""
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = sorted({int(epoch) for epoch in epochs})
+    axis.set_xlabel("epoch")
+    if epochs and len(epochs) <= MARKED_EPOCHS:
+        axis.set_xticks(epochs)
+        axis.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    else:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def curve_style(epochs) -> dict:
+    """Line options for a curve over `epochs`: a dot on every epoch of a short run."""
+    return {"marker": "o", "markersize": 4} if len(epochs) <= MARKED_EPOCHS else {}
+
+
+def loss_terms(history: dict) -> list[str]:
+    """The loss columns a run reported, whatever its method (dkd's tckd_loss and nckd_loss too): the total first, training before validation."""
+    names = [key for key in history if key == "loss" or key.endswith("_loss")]
+    return sorted(names, key=lambda key: (key.startswith("val_"), key.removeprefix("val_") != "loss", key.removeprefix("val_")))
 
 
 def curves_figure(run_dir: str | os.PathLike):
@@ -94,28 +209,31 @@ def curves_figure(run_dir: str | os.PathLike):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
     metrics, history = read_run(run_dir)
     epochs = history.get("epoch") or list(range(1, len(history.get("loss", [])) + 1))
+    style = curve_style(epochs)
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for key in ("loss", "ce_loss", "kd_loss", "val_loss", "val_ce_loss", "val_kd_loss"):
-        if key in history:
-            axes[0].plot(epochs, history[key], label=key, linestyle="--" if key.startswith("val_") else "-")
-    axes[0].set_title("loss terms")
+    colors = {}
+    for key in loss_terms(history):
+        term = key.removeprefix("val_")
+        validation = key.startswith("val_")
+        marks = {**style, "markerfacecolor": "none"} if validation and style else style  # hollow dots: validation
+        line, = axes[0].plot(epochs, history[key], label=key, linestyle="--" if validation else "-", color=colors.get(term), **marks)
+        colors[term] = line.get_color()  # a term and its validation twin share a colour
+    axes[0].set_title("loss terms (dashed, hollow: validation)" if style else "loss terms (dashed: validation)")
     axes[0].set_ylabel("loss")
     for key in ("accuracy", "mixed_accuracy", "val_accuracy"):  # mixed_accuracy: on mixup's mixed labels, so lower
         if key in history:
-            axes[1].plot(epochs, history[key], label=key)
+            axes[1].plot(epochs, history[key], label=key, **style)
     axes[1].set_title(f"top-1 (final {metrics['final_val_accuracy']:.4f}, best {metrics['best_val_accuracy']:.4f})")
     axes[1].set_ylabel("top-1 accuracy")
     if "learning_rate" in history:
-        axes[2].plot(epochs, history["learning_rate"], label="learning_rate")
+        axes[2].plot(epochs, history["learning_rate"], label="learning_rate", **style)
     axes[2].set_title("learning rate (end of epoch)")
     axes[2].set_ylabel("learning rate")
     for axis in axes:
-        axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        epoch_axis(axis, epochs)
         axis.legend(fontsize=8)
     figure.suptitle(f"{metrics['model']} ({metrics['method']}) on {metrics.get('config', {}).get('dataset')}")
     return figure

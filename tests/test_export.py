@@ -119,6 +119,21 @@ def test_metadata_travels_with_the_files(exported, export_data):
     assert "input_dtype" not in metadata
     assert {name: entry["input_dtype"] for name, entry in metadata["files"].items()} == expected_input
     assert metadata["files"]["student_int8.tflite"]["quantization_parameters"]["input"]["dtype"] == "int8"
+    # The int8 ONNX file is written as benchmarks/export.py found fastest on x86 with top-1 held: QDQ, uint8
+    # activations, int8 per-channel weights in 7 bits (reduce_range), and says so.
+    config = {"quant_format": "QDQ", "activations": "uint8", "per_channel": True, "reduce_range": True}
+    assert metadata["files"]["student_int8.onnx"]["onnx_int8"] == config == export_lib.read_metadata(output / "student_int8.onnx")["onnx_int8"]
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(output / "student_int8.onnx")).graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    quantize = [node for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert quantize and {initializers[node.input[2]].data_type for node in quantize if node.input[2] in initializers} == {onnx.TensorProto.UINT8}
+    weights = [numpy_helper.to_array(tensor) for tensor in graph.initializer if tensor.data_type == onnx.TensorProto.INT8 and len(tensor.dims) == 4]
+    assert weights and all(np.abs(weight).max() <= 64 for weight in weights)  # 7-bit: [-64, 64], not [-127, 127]
+    per_channel = [node for node in graph.node if node.op_type == "DequantizeLinear" and node.input[0] in initializers and len(initializers[node.input[0]].dims) == 4]
+    assert per_channel and all(len(initializers[node.input[1]].dims) == 1 and initializers[node.input[1]].dims[0] > 1 for node in per_channel)
 
 
 def test_overwrite_replaces_the_earlier_export_as_a_whole(student_run, export_data, tmp_path):
@@ -145,6 +160,37 @@ def test_batch_dimension(exported, student_run, export_data, tmp_path):
     export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), quantize="float32", dynamic_batch=True, log=lambda *_: None)
     assert export_lib.TFLiteRunner(tmp_path / "student_float32.tflite").fixed_batch is None
     assert export_lib.ONNXRunner(tmp_path / "student_float32.onnx").fixed_batch is None
+
+
+def test_latency_times_the_runtime_call_apart_from_the_runner(exported, export_data, monkeypatch):
+    """`runtime_ms` is the runtime's own call on the input in place; `end_to_end_ms` adds the runner's quantising and dequantising."""
+    import time
+
+    from stkd_keras.export import runtime
+
+    output, _ = exported
+    data, _ = export_data
+    image = data.images[:1]
+    for name in ("student_int8.tflite", "student_float32.tflite", "student_int8.onnx"):
+        runner = export_lib.runner_for(output / name)
+        expected = runner.predict(image)
+        call = runner.invoke_call(image)
+        call()  # the timed call runs the model on that image: its output is the runner's
+        if name.endswith(".tflite"):
+            raw = runner.interpreter.get_tensor(runner.output_detail["index"])
+            np.testing.assert_allclose(runtime._dequantize(raw, runner.output_detail), expected)
+        else:
+            np.testing.assert_allclose(call()[0], expected)
+    # A runner whose input handling costs 5 ms: the runtime figure leaves it out, the end-to-end one holds it.
+    real_quantize = runtime._quantize
+
+    def slow_quantize(images, detail):
+        time.sleep(0.005)
+        return real_quantize(images, detail)
+
+    monkeypatch.setattr(runtime, "_quantize", slow_quantize)
+    measured = export_lib.measure_latency(export_lib.runner_for(output / "student_int8.tflite"), image, repeats=5, warmup=1)
+    assert measured["runtime_ms"] < 4 < 5 <= measured["end_to_end_ms"]
 
 
 def test_failed_export_leaves_nothing_and_never_overwrites(student_run, export_data, tmp_path, monkeypatch):

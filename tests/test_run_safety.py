@@ -92,7 +92,50 @@ def test_report_lists_the_unfinished_runs_of_a_folder(tmp_path):
     result = invoke("report", tmp_path / "run")
     assert result.exit_code == 0 and result.output.splitlines()[1].startswith(f"  {tmp_path / 'run'}: epoch 2 of 3;")
     result = invoke("report", tmp_path / "grid" / ".seed2.partial-78")
-    assert result.exit_code == 1 and "metrics.json is missing" in result.output
+    assert result.exit_code == 1 and f"No stkd-keras run in {tmp_path / 'grid' / '.seed2.partial-78'}: no metrics.json" in result.output
+
+
+def _finished_run(folder: Path, role: str, model: str, method: str, backend, epoch: int, epochs: int, accuracy: float) -> None:
+    folder.mkdir(parents=True)
+    metrics = {"role": role, "model": model, "method": method, "final_epoch": {"epoch": epoch}, "final_val_accuracy": accuracy,
+               "best_val_accuracy": accuracy, "config": {"epochs": epochs}}
+    if backend:
+        metrics["backend"] = backend
+    (folder / runs.METRICS_FILE).write_text(json.dumps(metrics))
+    runs.write_run_file(folder, {"command": "distill"})
+
+
+def test_report_lists_every_run_below_a_folder(tmp_path):
+    """Finished runs with method, backend, epochs and final top-1; unfinished ones with the line that continues them;
+    damaged ones named and skipped. The report once refused a folder of finished runs ("runs/metrics.json is missing")."""
+    _finished_run(tmp_path / "kd" / "seed0", "student", "resnet8", "kd", "jax", 3, 3, 0.77571)
+    _finished_run(tmp_path / "kd" / "seed0" / "teacher", "teacher", "resnet14", "ce", None, 3, 3, 0.8279)  # written before backends were recorded
+    _finished_run(tmp_path / "stkd", "student", "resnet8", "stkd", "torch", 5, 5, 0.1)
+    _unfinished(tmp_path, epoch=2)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / runs.METRICS_FILE).write_text('{"role": "student", "mo')  # truncated
+    _finished_run(tmp_path / "gone", "student", "cnn8", "ce", "tensorflow", 1, 1, 0.5)
+    (tmp_path / "gone" / runs.METRICS_FILE).unlink()
+    (tmp_path / ".hidden").mkdir()  # hidden folders are not entered
+    (tmp_path / ".hidden" / runs.METRICS_FILE).write_text("{}")
+    result = invoke("report", tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[:5] == [
+        "3 finished run(s):",
+        f"  {tmp_path / 'kd' / 'seed0'}: student resnet8, method kd, jax, epoch 3 of 3, final val top-1 0.7757",
+        f"  {tmp_path / 'kd' / 'seed0' / 'teacher'}: teacher resnet14, method ce, tensorflow, epoch 3 of 3, final val top-1 0.8279",
+        f"  {tmp_path / 'stkd'}: student resnet8, method stkd, torch, epoch 5 of 5, final val top-1 0.1000",
+        "1 unfinished run(s):",
+    ]
+    assert lines[5] == f"  {tmp_path / 'run'}: epoch 2 of 3; continue it with stkd-keras train-teacher --resume {tmp_path / 'run'}"
+    assert lines[6] == "2 damaged run(s), skipped:"
+    assert lines[7].startswith(f"  {tmp_path / 'broken'}: its metrics.json cannot be read: not valid JSON")
+    assert lines[8] == f"  {tmp_path / 'gone'}: it holds run.json but no metrics.json (a finished run whose metrics.json was removed?)"
+    assert len(lines) == 9
+    # One run folder: its summary and curves, as before.
+    result = invoke("report", tmp_path / "stkd")
+    assert result.exit_code == 1 and "history.csv is missing" in result.output  # these hand-made runs have no history
 
 
 def test_describe_unfinished_names_the_stage(tmp_path):

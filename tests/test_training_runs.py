@@ -204,8 +204,10 @@ def test_report_prints_summary_and_draws_curves(tmp_path):
     events.Reload()
     recorded = events.Scalars("epoch_accuracy") if "epoch_accuracy" in events.Tags()["scalars"] else events.Tensors("epoch_accuracy")
     assert [event.step for event in recorded] == [1, 2]
-    missing = run("report", tmp_path)
-    assert missing.exit_code == 1 and "metrics.json is missing" in missing.output
+    listed = run("report", tmp_path)  # the folder above the run: a listing of the runs in it
+    assert listed.exit_code == 0 and listed.output.splitlines() == [
+        "1 finished run(s):", f"  {output}: teacher cnn8, method ce, tensorflow, epoch 2 of 2, final val top-1 {metrics['final_val_accuracy']:.4f}"
+    ]
     # Whole epochs on every x axis (a 2-epoch run once drew 1.0, 1.2, ... 2.0), and every y axis says what it shows.
     from stkd_keras.reporting import curves_figure
 
