@@ -678,7 +678,7 @@ def bad_inputs(bench: Bench) -> None:
         case.expect(step.exit_code in (1, 2), f"exit code {step.exit_code}")
         case.expect(step.message.startswith("Error:") and fragment in step.message, "not the expected one-sentence error")
         case.expect("Traceback" not in step.output, "a traceback reached the user")
-        if "No --teacher given" in step.output:
+        if "No trained teacher given" in step.output:
             case.problems.append("a teacher was announced before the data was checked")
         case.changed += compare(before, checksums(folder))
         case.problems += [f"left {name}" for name in leftovers(folder / "out")]

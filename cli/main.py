@@ -500,9 +500,10 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
     "--backend", default=None, type=click.Choice(backend_choice.BACKENDS),
     help="Keras backend to run a .keras model on (it may have been trained on any) [default: KERAS_BACKEND if set, else tensorflow].",
 )
+@click.option("--quiet", is_flag=True, help="No progress while evaluating; only the result.")
 @_user_errors
 @click.pass_context
-def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite, backend):
+def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite, backend, quiet):
     """Print top-1 / top-5 accuracy of a saved model and write them to JSON."""
     from stkd_keras import runs
 
@@ -527,7 +528,9 @@ def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, su
     json_path = Path(json_path)
     if json_path.exists() and not overwrite:
         raise click.ClickException(f"Results file {json_path} already exists; pass --overwrite to replace it or choose --json.")
-    results = training.evaluate(model_path, dataset, split=split, batch_size=batch_size, subset=subset, data_dir=data_dir, download=download)
+    results = training.evaluate(
+        model_path, dataset, split=split, batch_size=batch_size, subset=subset, data_dir=data_dir, download=download, log=None if quiet else click.echo
+    )
     training.write_json(json_path, results)
     click.echo(
         f"{model_path} on {dataset}/{split} ({results['num_examples']} images): "
@@ -751,6 +754,7 @@ def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Look here as `--data-dir` would for each dataset.")
 def list_datasets(data_dir):
     """List the datasets, where each would be read from, and whether it is available on this machine."""
+    backend_choice.import_tensorflow_quietly()  # its start-up lines are not the listing's
     data = _library()[0]
     click.echo("| dataset | classes | input | available | read from |")
     click.echo("| --- | ---: | --- | --- | --- |")

@@ -14,8 +14,11 @@ export will write) answers without TensorFlow, so the CLI checks options at once
 
 from stkd_keras.lazy import lazy_attributes
 
-_PLAN = ("DEFAULT_OPSET", "DEFAULT_QUANTIZATIONS", "FLOAT_BOUNDS", "FORMAT_QUANTIZATIONS", "FORMATS", "QUANTIZATIONS", "ExportError", "export_plan", "parse_quantizations")
-_CORE = ("ExportData", "OnnxInt8Config", "convert_onnx", "convert_tflite", "export_model", "load_export_data")
+_PLAN = (
+    "DEFAULT_OPSET", "DEFAULT_QUANTIZATIONS", "FLOAT_BOUNDS", "FORMAT_QUANTIZATIONS", "FORMATS", "QUANTIZATIONS", "ExportError", "OnnxInt8Config", "export_plan",
+    "parse_quantizations",
+)
+_CORE = ("ExportData", "convert_onnx", "convert_tflite", "export_model", "load_export_data")
 _RUNTIME = ("ONNXRunner", "TFLiteRunner", "measure_latency", "median_ms", "read_metadata", "runner_for")
 _EXPORTS = {
     **{name: "stkd_keras.export.plan" for name in _PLAN},

@@ -36,6 +36,7 @@ import tensorflow as tf
 from stkd_keras.backend_choice import filtered_stderr
 from stkd_keras.export.plan import (  # noqa: F401  (re-exported)
     DEFAULT_OPSET,
+    OnnxInt8Config,
     DEFAULT_QUANTIZATIONS,
     FLOAT_BOUNDS,
     FORMAT_QUANTIZATIONS,
@@ -114,41 +115,6 @@ def convert_onnx(model, path: Path, opset: int = DEFAULT_OPSET, dynamic_batch: b
     except Exception as error:
         raise ExportError(f"{model.name} cannot be converted to ONNX opset {opset}: {type(error).__name__}: {error}") from None
     onnx.checker.check_model(str(path))
-
-
-@dataclasses.dataclass(frozen=True)
-class OnnxInt8Config:
-    """How onnxruntime's static quantization writes an int8 ONNX file (`onnxruntime.quantization.quantize_static`).
-
-    quant_format: "QDQ" (QuantizeLinear/DequantizeLinear pairs around float ops,
-        fused by the runtime) or "QOperator" (QLinearConv, QLinearMatMul, ...).
-    activations: "int8" or "uint8" (weights are always int8: S8S8 or U8S8).
-    per_channel: one scale per output channel of each weight instead of one per tensor.
-    reduce_range: 7-bit weights, for CPUs whose int8 dot products overflow (pre-VNNI x86).
-
-    The default is the fastest configuration on x86 whose top-1 held in
-    `benchmarks/export.py` (benchmarks/results/export/): U8S8 ran the README's
-    student in about half the time of S8S8 on an AVX2 CPU, whichever format,
-    and U8S8 with 8-bit per-channel weights lost 0.5 points of top-1, which
-    reduce_range won back (the AVX2 u8*s8 instruction saturates its 16-bit
-    sums). Among configurations equally fast, QDQ and per-channel weights: the
-    format every onnxruntime execution provider reads, and the granularity
-    depthwise convolutions need. On ARM, S8S8 is onnxruntime's advice.
-    """
-
-    quant_format: str = "QDQ"
-    activations: str = "uint8"
-    per_channel: bool = True
-    reduce_range: bool = True
-
-    def __post_init__(self):
-        if self.quant_format not in ("QDQ", "QOperator") or self.activations not in ("int8", "uint8"):
-            raise ValueError(f"quant_format takes QDQ or QOperator, activations int8 or uint8. Received: {self}")
-
-    @property
-    def name(self) -> str:
-        return (f"{self.quant_format} {'S8S8' if self.activations == 'int8' else 'U8S8'} "
-                f"{'per-channel' if self.per_channel else 'per-tensor'}{' reduce_range' if self.reduce_range else ''}")
 
 
 def quantize_onnx_int8(float_path: Path, output_path: Path, representative: np.ndarray, config: OnnxInt8Config = OnnxInt8Config()) -> None:

@@ -38,8 +38,10 @@ imports TensorFlow only inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import socket
 import warnings
@@ -811,6 +813,18 @@ def load_arrays(
     return batches, info
 
 
+@contextlib.contextmanager
+def _absl_warnings_off():
+    """Raises absl's Python logger (the one tfds writes to) to errors only while the block runs."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None) -> dict:
     """Where a named dataset would be read from and whether it is available here, without reading it."""
     spec = get_spec(name)
@@ -823,12 +837,14 @@ def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None
 
     if spec.manual:
         import stkd_keras.tfds_builders  # noqa: F401
-    builder = tfds.builder(name, data_dir=tfds_dir if spec.manual else data_dir)
-    if builder.is_prepared():
-        return {"name": name, "source": f"TFDS data in {builder.data_dir}", "available": True}
+    with _absl_warnings_off():  # tfds warns of each folder without a dataset_info.json it looks into
+        builder = tfds.builder(name, data_dir=tfds_dir if spec.manual else data_dir)
+        prepared, folder = builder.is_prepared(), builder.data_dir
+    if prepared:
+        return {"name": name, "source": f"TFDS data in {folder}", "available": True}
     if spec.manual and _has_files(data_dir):
-        return {"name": name, "source": f"official files in {data_dir} (prepared into {builder.data_dir} on first use)", "available": True}
-    where = f"TFDS data in {builder.data_dir}" + (", or the official files in --data-dir" if spec.manual else "")
+        return {"name": name, "source": f"official files in {data_dir} (prepared into {folder} on first use)", "available": True}
+    where = f"TFDS data in {folder}" + (", or the official files in --data-dir" if spec.manual else "")
     downloadable = _host_resolves(spec.download_host)
     return {
         "name": name,

@@ -22,6 +22,7 @@ is the student's.
 from __future__ import annotations
 
 import inspect
+import sys
 
 import keras
 from keras import ops
@@ -43,6 +44,12 @@ def _model_shape(model, attribute: str):
     if isinstance(shape, list) and len(shape) == 1:
         shape = shape[0]
     return tuple(shape[1:]) if isinstance(shape, tuple) else None
+
+
+def _is_tf_dataset(data) -> bool:
+    """Whether `data` is a `tf.data.Dataset` (answered without importing TensorFlow where it is not loaded)."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(data, tf.data.Dataset)
 
 
 class _EpochCounter(keras.callbacks.Callback):
@@ -202,8 +209,15 @@ class Distiller(keras.Model):
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
     def fit(self, *args, **kwargs):
-        """As `keras.Model.fit`; the Distiller adds one callback of its own, which keeps `epoch` current."""
+        """As `keras.Model.fit`; the Distiller adds one callback of its own, which keeps `epoch` current.
+
+        A `tf.data.Dataset` orders its own batches, so for one `shuffle`
+        defaults to False here, where Keras's True would only draw its warning
+        that the argument is ignored.
+        """
         arguments = inspect.signature(super().fit).bind(*args, **kwargs).arguments
+        if "shuffle" not in arguments and _is_tf_dataset(arguments.get("x")):
+            arguments["shuffle"] = False
         counter = _EpochCounter()
         counter.set_model(self)  # a CallbackList the caller built is not given the model again by fit
         callbacks = arguments.get("callbacks") or []

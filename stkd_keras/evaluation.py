@@ -62,8 +62,8 @@ def check_model_fits_dataset(model: keras.Model, info: data_lib.DatasetInfo, wha
         )
 
 
-def evaluate_model(model: keras.Model, dataset) -> dict:
-    """Top-1, top-5 and CE loss of a logits model on (images, integer labels) batches."""
+def evaluate_model(model: keras.Model, dataset, progress=None) -> dict:
+    """Top-1, top-5 and CE loss of a logits model on (images, integer labels) batches (`progress`: a callback following the pass)."""
     model.compile(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[
@@ -71,7 +71,7 @@ def evaluate_model(model: keras.Model, dataset) -> dict:
             keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
         ],
     )
-    results = model.evaluate(dataset, verbose=0, return_dict=True)
+    results = model.evaluate(dataset, verbose=0, return_dict=True, callbacks=[progress] if progress else None)
     return {"accuracy": float(results["accuracy"]), "top5_accuracy": float(results["top5_accuracy"]), "loss": float(results["loss"])}
 
 
@@ -83,15 +83,19 @@ def evaluate(
     subset: int | None = None,
     data_dir: str | None = None,
     download: bool = True,
+    log=None,
 ) -> dict:
     """Top-1 / top-5 accuracy of a saved model on a dataset split.
+
+    `log` (e.g. `print`) shows the progress of a pass longer than a few
+    seconds (`stkd_keras.progress`); None keeps it silent.
 
     Raises:
         RunError: For a missing or unloadable model, or one that does not fit the dataset.
         DatasetNotFoundError: When the dataset is not available.
     """
     if Path(model_path).suffix in (".tflite", ".onnx"):
-        return _evaluate_exported(Path(model_path), dataset, split, batch_size, subset, data_dir, download)
+        return _evaluate_exported(Path(model_path), dataset, split, batch_size, subset, data_dir, download, log)
     model = load_model(model_path)
     preprocessing = read_preprocessing(model_path)
     normalization, image_size = None, None
@@ -104,26 +108,38 @@ def evaluate(
         image_size=image_size or tuple(model.input_shape[1:3]), normalization=normalization,
     )
     check_model_fits_dataset(model, info, "model")
+    follow = _progress(info, split, batch_size, log)
     return {
         "model": str(model_path),
         "dataset": dataset,
         "split": split,
         "num_examples": info.num_examples,
         "normalization": {"mean": list(info.mean), "std": list(info.std), "from": "preprocessing.json" if preprocessing else "dataset"},
-        **evaluate_model(model, data),
+        **evaluate_model(model, data, follow),
         "environment": environment(),
     }
 
 
-def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir, download) -> dict:
+def _progress(info, split: str, batch_size: int, log):
+    """A `PassProgress` over the split, or None when `log` is None."""
+    from stkd_keras import progress
+
+    if log is None:
+        return None
+    return progress.PassProgress(progress.batches(info.num_examples, batch_size), f"Evaluating on {info.num_examples:,} {split} images", log)
+
+
+def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir, download, log=None) -> dict:
     """Top-1 / top-5 of a .tflite or .onnx file in its own runtime, with the preprocessing embedded in it."""
+    from stkd_keras.backend_choice import filtered_stderr
     from stkd_keras.export.runtime import read_metadata, runner_for
 
     if not path.is_file():
         raise RunError(f"Model file {path} does not exist.")
     try:
-        runner = runner_for(path)
-        metadata = read_metadata(path) or {}
+        with filtered_stderr():  # LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            runner = runner_for(path)
+            metadata = read_metadata(path) or {}
     except Exception as error:
         raise RunError(f"Cannot load {path}: {type(error).__name__}: {error}") from None
     preprocessing = metadata.get("preprocessing") or read_preprocessing(path)
@@ -138,9 +154,17 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
     if tuple(info.input_shape) != tuple(input_shape[1:]):
         raise RunError(f"{path} takes inputs {tuple(input_shape[1:])}, but dataset {dataset!r} has inputs {info.input_shape}.")
     logits, labels = [], []
-    for images, batch_labels in data:  # a tf.data.Dataset or a keras.utils.PyDataset
-        logits.append(runner.predict(np.asarray(images)))
+    follow = _progress(info, split, batch_size, log)
+    if follow:
+        follow.on_test_begin()
+    for index, (images, batch_labels) in enumerate(data):  # a tf.data.Dataset or a keras.utils.PyDataset
+        with filtered_stderr():  # the delegate's line may come with the first call
+            logits.append(runner.predict(np.asarray(images)))
         labels.append(np.asarray(batch_labels))
+        if follow:
+            follow.on_test_batch_end(index)
+    if follow:
+        follow.on_test_end()
     logits, labels = np.concatenate(logits), np.concatenate(labels)
     if logits.shape[-1] != info.num_classes:
         raise RunError(f"{path} predicts {logits.shape[-1]} classes, but dataset {dataset!r} has {info.num_classes}.")

@@ -37,7 +37,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stkd_keras import backend, checkpointing, distribute
+from stkd_keras import backend, checkpointing, distribute, progress
 from stkd_keras import data as data_lib
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig, teacher_config_for  # noqa: F401  (teacher_config_for stays importable from here)
@@ -171,7 +171,14 @@ def train(
         # tf.distribute strategy Keras's fit splits each global batch over the replicas and the Distiller
         # divides its loss by the replica count; under keras.distribution the step sees the global batch.
         exit_stack.enter_context(setup.scope())
-        teacher, teacher_summary = _load_teacher(config, role, method, teacher_location, val_data, val_info, log)
+        val_batches = progress.batches(val_info.num_examples, max(config.batch_size, 256))
+        val_images = f"{val_info.num_examples:,} {'held-out training' if holdout else 'test'} images"
+
+        def pass_progress(label: str):  # None under --quiet (verbose=0): silence, as asked
+            return progress.PassProgress(val_batches, label, log) if verbose != 0 else None
+
+        teacher_progress = pass_progress(f"Measuring the teacher on {val_images}")
+        teacher, teacher_summary = _load_teacher(config, role, method, teacher_location, val_data, val_info, log, teacher_progress)
         model = get_model(config.model, train_info.num_classes, train_info.input_shape)
         distiller = Distiller(model, teacher, method=method, seed=config.seed, **(config.method_options if role == "student" else {}))
         # Full batches from an endless stream: an epoch is `steps` batches (one pass, rounded down).
@@ -205,7 +212,8 @@ def train(
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps,
                 shuffle=False,  # The pipeline shuffles.
-                callbacks=[*run_callbacks, *(callbacks or [])],
+                # Keras's fit shows nothing while it validates: a long validation (JAX, PyTorch on CPU) gets its own progress.
+                callbacks=[*run_callbacks, *filter(None, [pass_progress(f"Validating on {val_images}")]), *(callbacks or [])],
                 verbose=verbose,
             )
             train_seconds = time.perf_counter() - started
@@ -250,8 +258,11 @@ def train(
 _FINISHED_CHECKPOINTS = ".checkpoints-finished"
 
 
-def _load_teacher(config: RunConfig, role: str, method: str, location, val_data, val_info, log) -> tuple[keras.Model | None, dict | None]:
-    """The frozen teacher of a method that needs one, measured on the validation split (None, None otherwise)."""
+def _load_teacher(config: RunConfig, role: str, method: str, location, val_data, val_info, log, progress=None) -> tuple[keras.Model | None, dict | None]:
+    """The frozen teacher of a method that needs one, measured on the validation split (None, None otherwise).
+
+    `progress` (a `stkd_keras.progress.PassProgress`, or None for silence) follows the measurement.
+    """
     if not methods_lib.get_method(method).needs_teacher:
         if config.teacher is not None and role == "student":
             raise RunError(
@@ -262,7 +273,7 @@ def _load_teacher(config: RunConfig, role: str, method: str, location, val_data,
         raise RunError(f"Method {method!r} needs a teacher; pass --teacher.")
     teacher = load_model(location or config.teacher, role="teacher")
     check_model_fits_dataset(teacher, val_info, "teacher")
-    summary = {"path": str(config.teacher), "name": teacher.name, **evaluate_model(teacher, val_data)}
+    summary = {"path": str(config.teacher), "name": teacher.name, **evaluate_model(teacher, val_data, progress)}
     log(f"Teacher {teacher.name}: val top-1 {summary['accuracy']:.4f} on {val_info.num_examples} images.")
     if summary["accuracy"] < 1.5 / val_info.num_classes:
         log(
@@ -461,7 +472,7 @@ def _run(command, config, teacher_config, output: Path, resume: bool, verbose, l
             if teacher_config is not None:
                 teacher_dir = staging / "teacher"
                 if not (teacher_dir / METRICS_FILE).is_file():
-                    log(f"No --teacher given: training a {teacher_config.model} teacher first (saved to {(final or staging) / 'teacher'}).")
+                    log(f"No trained teacher given: training a {teacher_config.model} teacher first (saved to {(final or staging) / 'teacher'}).")
                     teacher_dir.mkdir(exist_ok=True)
                     train(teacher_config, teacher_dir, role="teacher", verbose=verbose, log=log, resume=resume, setup=setup)
                 teacher_location = teacher_dir

@@ -229,7 +229,8 @@ def test_the_runs_are_library_calls(tmp_path):
     messages = []
     result = training.distill(config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append)
     assert result.output == tmp_path / "run" and (result.output / "teacher" / "teacher.keras").is_file()
-    assert any(m.startswith("No --teacher given: training a cnn8 teacher first") for m in messages)
+    assert any(m.startswith("No trained teacher given: training a cnn8 teacher first") for m in messages)
+    assert not any("--" in m for m in messages)  # a Python caller is not told about command-line options ("No --teacher given")
     assert result.metrics["teacher"]["path"] == str((tmp_path / "run").absolute() / "teacher")
     assert result.metrics["config"]["temperature"] == 2.0 and result.metrics["backend"] == keras.backend.backend()
     recorded = runs.read_run_file(result.output)

@@ -19,7 +19,9 @@ import learning
 
 ROOT = Path(__file__).resolve().parents[1]
 # The tests of the backend-neutral core: each runs as is on TensorFlow, JAX and PyTorch.
-CORE_TESTS = ("tests/test_losses.py", "tests/test_mixup.py", "tests/test_methods.py", "tests/test_distiller.py", "tests/test_reference_run.py")
+CORE_TESTS = (
+    "tests/test_losses.py", "tests/test_mixup.py", "tests/test_methods.py", "tests/test_distiller.py", "tests/test_reference_run.py", "tests/test_progress.py",
+)
 BACKENDS = ("tensorflow", "jax", "torch")
 OTHER_BACKENDS = [backend for backend in BACKENDS if backend != keras.backend.backend()]
 

@@ -179,6 +179,27 @@ def test_train_distill_evaluate(teacher_run, tmp_path):
     assert again.exit_code == 1 and "already exists" in again.output
 
 
+def test_the_commands_show_progress_of_long_passes_unless_quiet(teacher_run, tmp_path, monkeypatch):
+    """Passes over a split once ran tens of seconds without a word (validation in a JAX or PyTorch fit, evaluate, the
+    teacher's measurement): each says how far it has got; --quiet keeps them silent (tests/test_progress.py: the rule)."""
+    from stkd_keras import progress
+
+    monkeypatch.setattr(progress, "DELAY_SECONDS", 0)  # every pass counts as long
+    common = ["--teacher", teacher_run, "--student", "cnn8", "--method", "kd", "--epochs", 1, "--train-subset", 256, "--val-subset", 600, "--batch-size", 64]
+    result = run("distill", *common, "--output", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    # 600 validation images in batches of 256: 3 batches; the line comes after the first.
+    assert "Measuring the teacher on 600 test images: 1 of 3 batches in " in result.output
+    assert "Validating on 600 test images: 1 of 3 batches in" in result.output
+    quiet = run("distill", *common, "--quiet", "--output", tmp_path / "quiet")
+    assert quiet.exit_code == 0 and "batches in" not in quiet.output
+    model = tmp_path / "run" / "student.keras"
+    result = run("evaluate", "--model", model, "--subset", 600, "--json", tmp_path / "e.json")
+    assert result.exit_code == 0 and "Evaluating on 600 test images: 1 of 3 batches in" in result.output, result.output
+    result = run("evaluate", "--model", model, "--subset", 600, "--json", tmp_path / "q.json", "--quiet")
+    assert result.exit_code == 0 and "batches in" not in result.output
+
+
 def test_refuses_to_overwrite_a_run(teacher_run):
     before = digest(teacher_run)
     result = run("train-teacher", "--model", "cnn8", "--output", teacher_run, *TINY)
@@ -202,7 +223,7 @@ def test_distill_trains_a_teacher_when_none_is_given(tmp_path):
     output = tmp_path / "run"
     result = run("distill", "--student", "cnn8", "--teacher-model", "cnn8", "--method", "kd", "--output", output, *TINY)
     assert result.exit_code == 0, result.output
-    assert "No --teacher given: training a cnn8 teacher first" in result.output
+    assert "No trained teacher given: training a cnn8 teacher first" in result.output
     assert (output / "teacher" / "teacher.keras").is_file() and (output / "student.keras").is_file()
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["teacher"]["path"] == str(output / "teacher")
@@ -217,7 +238,7 @@ def test_missing_dataset_message(tmp_path):
     # Without --teacher the run would train one first: the data is checked before, and no teacher is announced.
     result = run("distill", "--dataset", "cifar10", "--no-download", "--data-dir", tmp_path, "--output", tmp_path / "run", *TINY)
     assert result.exit_code == 1 and "Error: Dataset 'cifar10' is not on this machine" in result.output
-    assert "No --teacher given" not in result.output
+    assert "No trained teacher given" not in result.output
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial-*"))
 
 
@@ -287,6 +308,10 @@ def test_tensorflow_start_up_noise_is_filtered(teacher_run):
     for noise in ("absl::InitializeLog", "I0000", "cudart_stub", "cpu_feature_guard", "failed call to cuInit", "XNNPACK"):
         assert noise not in completed.stderr
     assert "top-1" in completed.stdout
+    # `datasets` printed the start-up lines twice and tfds's "WARNING:absl:Variant folder ... has no dataset_info.json".
+    listing = subprocess.run([sys.executable, "-m", "stkd_keras.cli.main", "datasets"], capture_output=True, text=True, timeout=300)
+    assert listing.returncode == 0 and listing.stdout.startswith("| dataset |"), listing.stderr
+    assert listing.stderr == "", listing.stderr
     from stkd_keras import backend_choice
 
     assert backend_choice._is_native_noise("I0000 00:00:1796015667.257494 762 port.cc:153] oneDNN custom operations are on.", False)

@@ -219,6 +219,23 @@ def test_one_hot_labels_and_datasets_are_accepted(fashion_arrays, trained_teache
     assert integer["loss"] == pytest.approx(results["loss"], rel=1e-5) and integer["accuracy"] == results["accuracy"]
 
 
+def test_fit_on_a_tf_data_pipeline_draws_no_shuffle_warning(fashion_arrays, trained_teacher):
+    """The README's example fits on a tf.data pipeline: Keras warned that its default shuffle=True was ignored."""
+    import warnings
+
+    import tensorflow as tf
+
+    (x, y), _ = fashion_arrays
+    dataset = tf.data.Dataset.from_tensor_slices((x[:64], y[:64])).batch(32)
+    distiller = distiller_for("kd", trained_teacher)
+    distiller.compile(optimizer="sgd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        distiller.fit(dataset, epochs=1, verbose=0)
+    with pytest.warns(UserWarning, match="shuffle=True` was passed, but will be ignored"):  # asked for, it is Keras's to answer
+        distiller.fit(dataset, epochs=1, verbose=0, shuffle=True)
+
+
 def test_student_saves_and_loads_alone(tmp_path, trained_teacher, fashion_arrays):
     (x, y), _ = fashion_arrays
     distiller = distiller_for("stkd", trained_teacher)

@@ -25,7 +25,7 @@ def trained_and_untrained(tmp_path_factory):
     model = get_model("resnet8", 10, (28, 28, 1))
     model.save(untrained)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(train, epochs=2, verbose=0)
+    model.fit(train, epochs=2, verbose=0, shuffle=False)  # the pipeline shuffles
     model.save(folder / "student.keras")
     write_json(folder / "preprocessing.json", preprocessing_record(info))
     return folder, untrained
@@ -284,6 +284,15 @@ def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
         assert result.exit_code == 0, result.output
         evaluation = json.loads((output / f"evaluation_{name.replace('.', '_')}_fashion_mnist_test.json").read_text())
         assert evaluation["accuracy"] == pytest.approx(rows[name]["top1_accuracy"])
+    # In a real process: LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." no longer reaches the user.
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "stkd_keras.cli.main", "evaluate", "--model", str(output / "student_int8.tflite"), "--subset", "64",
+         "--json", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0 and "top-1" in completed.stdout and completed.stderr == "", completed.stderr
     again = runner.invoke(cli, ["export", "--model", str(student_run / "student.keras"), "--format", "tflite", "--quantize", "int8", "--output", str(output)])
     assert again.exit_code == 1 and "already exists; pass --overwrite" in again.output
     wrong = runner.invoke(cli, ["export", "--model", str(student_run / "student.keras"), "--format", "onnx", "--quantize", "dynamic", "--output", str(tmp_path / "x")])
