@@ -161,7 +161,6 @@ def measure_students(work: Path, args) -> list[dict]:
     import keras
     import numpy as np
 
-    from stkd_keras import export as export_lib
     from stkd_keras.export import core
     from stkd_keras.models import get_model
 

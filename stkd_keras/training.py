@@ -278,7 +278,7 @@ def _load_teacher(config: RunConfig, role: str, method: str, location, val_data,
     if summary["accuracy"] < 1.5 / val_info.num_classes:
         log(
             f"Warning: the teacher is near chance ({summary['accuracy']:.4f} against {1 / val_info.num_classes:.4f}); "
-            "distilling from it teaches noise. Check --teacher and the dataset."
+            "distilling from it teaches noise. Check the teacher and the dataset."
         )
     return teacher, summary
 

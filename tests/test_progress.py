@@ -51,7 +51,6 @@ def test_progress_batches():
 def test_validation_inside_fit_reaches_the_callback_on_every_backend():
     """Keras's fit shows nothing while it validates; the callback sees each validation batch (run on JAX and PyTorch
     too by tests/test_backends.py), so the silent minute after a JAX or PyTorch epoch shows its progress."""
-    import keras
     import numpy as np
 
     from stkd_keras import Distiller
