@@ -468,7 +468,7 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
     started on.
     """
     from stkd_keras.config import teacher_config_for
-    from stkd_keras.methods import get_method
+    from stkd_keras.methods import check_teacher
     from stkd_keras.runs import model_file
 
     def prepare():
@@ -476,8 +476,11 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
         method_options = _method_options(ctx, merged)
         teacher, teacher_model, teacher_epochs = merged.pop("teacher"), merged.pop("teacher_model"), merged.pop("teacher_epochs")
         config = _config(merged, model=merged.pop("student"), teacher=teacher, method_options=method_options)
-        if teacher is not None and not get_method(config.method).needs_teacher:
-            raise click.BadParameter(f"method {config.method!r} uses no teacher; drop --teacher.", param_hint="--teacher")
+        if teacher is not None:
+            try:
+                check_teacher(config.method, teacher, "--teacher")  # without one, distill trains a teacher first
+            except ValueError as error:
+                raise click.BadParameter(str(error), param_hint="--teacher") from None
         if teacher is not None:
             model_file(teacher, "teacher")  # a missing or non-Keras teacher file is named before anything loads
         config.validate()
@@ -577,6 +580,7 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
         raise click.ClickException("Export runs the TensorFlow converters, and TensorFlow is not installed: pip install 'stkd-keras[export]'.")
     from stkd_keras import runs
     from stkd_keras.export import plan as export_plan
+    from stkd_keras.methods import check_teacher
 
     # Everything that can be checked without TensorFlow is, so a mistake is answered at once.
     formats = ("tflite", "onnx") if export_format == "all" else (export_format,)
@@ -606,12 +610,12 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
         given_teacher = teacher
         teacher = teacher or _run_teacher(run_folder, run_metrics)
         method, hyperparameters = _finetune_method(config, finetune_method or config.get("method") or ("stkd" if teacher else "ce"), finetune_options)
-        if method.needs_teacher and teacher is None:
-            raise click.UsageError(
-                f"QAT/pruning fine-tunes with method {method.name!r}, which needs the run's teacher, and none was found "
-                "beside the run; pass --teacher, or --finetune-method ce."
-            )
-        if not method.needs_teacher:
+        if method.needs_teacher:
+            try:
+                check_teacher(method, teacher, "--teacher (none was found beside the run), or --finetune-method ce")
+            except ValueError as error:
+                raise click.UsageError(f"QAT/pruning fine-tuning: {error}") from None
+        else:
             if given_teacher is not None:
                 click.echo(f"Note: method {method.name!r} uses no teacher; --teacher is not used.")
             teacher = None
@@ -639,6 +643,8 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
             "model_path": student_file, "teacher_path": teacher_file, "dataset": dataset, "data_dir": data_dir,
             "qat_epochs": qat_epochs, "prune_sparsity": prune_sparsity, "finetune_epochs": 2, "train_subset": finetune_subset,
             "method": method.name if method else None, "hyperparameters": hyperparameters,
+            # The fine-tuning continues the finished run: past its warm-up, as the run ended.
+            "initial_epoch": (run_metrics.get("final_epoch") or {}).get("epoch"),
         },
     )
     click.echo(_verification_line(report, dataset))

@@ -68,6 +68,26 @@ def _input_signature(model, dynamic_batch: bool) -> list:
     return [tf.TensorSpec((None if dynamic_batch else 1, height, width, channels), tf.float32, name="images")]
 
 
+def int8_converter_options(representative: np.ndarray) -> dict:
+    """The TFLite converter's settings for full-integer int8 (int8 ops, input and output), calibrated one image at a time on `representative`.
+
+    One definition for the export (Keras's LiteRT export takes them as keyword
+    arguments) and for the QAT/pruning bridge (set on tf_keras's converter).
+    """
+
+    def representative_dataset():
+        for index in range(len(representative)):
+            yield [representative[index : index + 1].astype(np.float32)]
+
+    return {
+        "optimizations": [tf.lite.Optimize.DEFAULT],
+        "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
+        "representative_dataset": representative_dataset,
+        "inference_input_type": tf.int8,
+        "inference_output_type": tf.int8,
+    }
+
+
 def convert_tflite(model, path: Path, quantize: str, representative: np.ndarray | None = None, dynamic_batch: bool = False) -> None:
     """Writes the model as a TFLite flatbuffer with builtin ops only (through Keras's LiteRT export).
 
@@ -83,18 +103,7 @@ def convert_tflite(model, path: Path, quantize: str, representative: np.ndarray 
     elif quantize == "int8":
         if representative is None or not len(representative):
             raise ExportError("Full-integer int8 export needs representative training images; pass --dataset.")
-
-        def representative_dataset():
-            for index in range(len(representative)):
-                yield [representative[index : index + 1].astype(np.float32)]
-
-        options = {
-            "optimizations": [tf.lite.Optimize.DEFAULT],
-            "target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]},
-            "representative_dataset": representative_dataset,
-            "inference_input_type": tf.int8,
-            "inference_output_type": tf.int8,
-        }
+        options = int8_converter_options(representative)
     try:
         model.export(str(path), format="litert", input_signature=_input_signature(model, dynamic_batch), verbose=False, **options)
     except Exception as error:  # ConverterError and friends carry the op names in their message.
@@ -312,7 +321,8 @@ def export_model(
         source: Where the model came from (path, accuracy), recorded in the metadata.
         bridge_args: Arguments for QAT/pruning through `stkd_keras.export.tfmot_bridge` (a subprocess):
             {"model_path", "teacher_path", "method", "hyperparameters", "dataset", "data_dir", "qat_epochs",
-            "prune_sparsity", ...}; the fine-tuning uses the distillation method `method` with `hyperparameters`.
+            "prune_sparsity", "initial_epoch", ...}; the fine-tuning uses the distillation method `method` with `hyperparameters`,
+            its epochs counted on from `initial_epoch` (the run's epochs).
 
     Returns:
         The report: Keras's top-1 on the verification images, and one row per file.
@@ -472,7 +482,9 @@ def run_tfmot_bridge(mode: str, output_path: Path, data: ExportData, preprocessi
     if mode == "prune":
         command += ["--sparsity", str(bridge_args["prune_sparsity"])]
     command += ["--method", bridge_args.get("method") or "ce", "--hyperparameters", json.dumps(bridge_args.get("hyperparameters") or {})]
-    for option, key in (("--teacher", "teacher_path"), ("--data-dir", "data_dir"), ("--train-subset", "train_subset"), ("--seed", "seed")):
+    for option, key in (
+        ("--teacher", "teacher_path"), ("--data-dir", "data_dir"), ("--train-subset", "train_subset"), ("--seed", "seed"), ("--initial-epoch", "initial_epoch"),
+    ):
         if bridge_args.get(key) is not None:
             command += [option, str(bridge_args[key])]
     log(f"Running {'quantization-aware training' if mode == 'qat' else 'pruning'} with tensorflow-model-optimization (subprocess)...")

@@ -77,8 +77,10 @@ class BridgeError(RuntimeError):
 
 
 def _custom_layer_classes(tf_keras):
-    """tf_keras versions of `stkd_keras.models.layers.ChannelShuffle` / `ChannelSplit` (same maths, same config)."""
+    """tf_keras versions of `stkd_keras.models.layers.ChannelShuffle` / `ChannelSplit`: their functions, their config."""
     import tensorflow as tf
+
+    from stkd_keras.models.layers import shuffle_channels, split_channels
 
     class ChannelShuffle(tf_keras.layers.Layer):
         def __init__(self, groups, **kwargs):
@@ -86,10 +88,7 @@ def _custom_layer_classes(tf_keras):
             self.groups = int(groups)
 
         def call(self, inputs):
-            height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
-            x = tf.reshape(inputs, (-1, height, width, self.groups, channels // self.groups))
-            x = tf.transpose(x, (0, 1, 2, 4, 3))
-            return tf.reshape(x, (-1, height, width, channels))
+            return shuffle_channels(inputs, self.groups)
 
         def compute_output_shape(self, input_shape):
             return input_shape
@@ -103,7 +102,7 @@ def _custom_layer_classes(tf_keras):
             self.num_splits = int(num_splits)
 
         def call(self, inputs):
-            return tf.split(inputs, self.num_splits, axis=-1)
+            return split_channels(inputs, self.num_splits)
 
         def compute_output_shape(self, input_shape):
             input_shape = tf.TensorShape(input_shape)
@@ -406,15 +405,24 @@ def measure_sparsity(model) -> tuple[dict, float, int]:
 # --- Fine-tuning ------------------------------------------------------------------------------------------
 
 
+def batch_loss(method, hyperparameters, images, labels, student, teacher, seed_generator, epoch, step):
+    """The fine-tuning's loss on one batch: the Distiller's own (`stkd_keras.methods.step_loss`), regularisation included."""
+    from stkd_keras import methods
+
+    return methods.step_loss(method, hyperparameters, images, labels, student, teacher, seed_generator, epoch, step).total
+
+
 def fine_tune(
-    student, teacher, dataset, epochs: int, learning_rate: float, num_classes: int, method: str, hyperparameters: dict, seed: int,
-    on_epoch_end=None, steps_per_epoch: int | None = None, log=None,
+    student, teacher, dataset, epochs: int, learning_rate: float, method: str, hyperparameters: dict, seed: int,
+    on_epoch_end=None, steps_per_epoch: int | None = None, log=None, initial_epoch: int = 0,
 ) -> list[float]:
     """Trains `student` (tf_keras) for `epochs` on `dataset` with a registered distillation method; returns the mean loss per epoch.
 
-    The step is the Distiller's (`stkd_keras.methods.forward` and the method's
-    loss terms): e.g. for STKD, per batch, x_mix and y_mix from one mixup draw,
-    z_t = teacher(x_mix) without gradient, and the STKD loss on student(x_mix).
+    The step's loss is the Distiller's (`batch_loss`): e.g. for STKD, per
+    batch, x_mix and y_mix from one mixup draw, z_t = teacher(x_mix) without
+    gradient, and the STKD loss on student(x_mix). The fine-tuning continues a
+    finished run, so its epochs count on from `initial_epoch` (the run's
+    epochs): a method's warm-up (DKD's) is then over, as at the run's end.
     With `log`, progress goes there: an estimate of the whole fine-tuning's
     time once a few steps are measured, then about ten lines per epoch
     (epoch, step, mean loss, time left).
@@ -429,14 +437,17 @@ def fine_tune(
     values = unit.make_hyperparameters(**hyperparameters)
     optimizer = tf_keras.optimizers.Adam(learning_rate)
     seed_generator = keras.random.SeedGenerator(seed)
+    # Variables, as in the Distiller: the step function reads them without being traced again each epoch.
+    epoch_variable = tf.Variable(initial_epoch, dtype=tf.int32, trainable=False)
+    step_variable = tf.Variable(initial_epoch * (steps_per_epoch or 0), dtype=tf.int32, trainable=False)
 
     @tf.function(reduce_retracing=True)
     def train_step(images, labels):
         with tf.GradientTape() as tape:
-            outputs = methods.forward(unit, values, images, student, teacher, seed_generator)
-            loss = methods.total_loss(unit.loss_terms(methods.batch_context(tf.one_hot(labels, num_classes), outputs), values))
+            loss = batch_loss(unit, values, images, labels, student, teacher, seed_generator, epoch_variable, step_variable)
         gradients = tape.gradient(loss, student.trainable_variables)
         optimizer.apply_gradients(zip(gradients, student.trainable_variables))
+        step_variable.assign_add(1)
         return loss
 
     history = []
@@ -445,6 +456,7 @@ def fine_tune(
     # Timed from the fourth step: the first ones trace and compile the step function.
     timed_from, clock, done = 3, None, 0
     for epoch in range(epochs):
+        epoch_variable.assign(initial_epoch + epoch)
         losses = []
         for images, labels in dataset:
             losses.append(float(train_step(images, labels)))
@@ -473,19 +485,18 @@ def _duration(seconds: float) -> str:
 
 
 def convert_int8(model, representative: np.ndarray, output: Path) -> None:
-    """Full-integer int8 TFLite (int8 input and output, builtin int8 ops only), written atomically to `output`."""
+    """Full-integer int8 TFLite of a tf_keras model, with the export stage's int8 settings (`core.int8_converter_options`), written atomically."""
     import tensorflow as tf
 
-    def representative_dataset():
-        for image in representative:
-            yield [image[None].astype(np.float32)]
+    from stkd_keras.export.core import int8_converter_options
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    for name, value in int8_converter_options(representative).items():
+        if name == "target_spec":
+            for attribute, setting in value.items():
+                setattr(converter.target_spec, attribute, setting)
+        else:
+            setattr(converter, name, value)
     try:
         flatbuffer = converter.convert()
     except Exception as error:  # The converter raises ConverterError and others, with long MLIR dumps.
@@ -502,34 +513,17 @@ def write_atomically(path: Path, content: bytes) -> None:
 
 
 def evaluate_tflite(path: Path, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> dict:
-    """Top-1 accuracy of a .tflite file in ai_edge_litert, inputs quantized with the input tensor's scale/zero point."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Top-1 accuracy of a .tflite file in ai_edge_litert, through the export stage's own runner (`TFLiteRunner`)."""
+    from stkd_keras.export.runtime import TFLiteRunner
 
-    interpreter = Interpreter(model_path=str(path))
-    input_detail = interpreter.get_input_details()[0]
-    output_detail = interpreter.get_output_details()[0]
-    scale, zero_point = input_detail["quantization"]
-    dtype = input_detail["dtype"]
-    if np.issubdtype(dtype, np.integer):
-        limits = np.iinfo(dtype)
-        feed = np.clip(np.round(images / scale + zero_point), limits.min, limits.max).astype(dtype)
-    else:
-        feed = images.astype(dtype)
-    predictions = []
-    for start in range(0, len(feed), batch_size):
-        batch = feed[start : start + batch_size]
-        interpreter.resize_tensor_input(input_detail["index"], batch.shape)
-        interpreter.allocate_tensors()
-        interpreter.set_tensor(input_detail["index"], batch)
-        interpreter.invoke()
-        # argmax of int8 outputs equals argmax of the dequantized logits (the scale is positive).
-        predictions.append(interpreter.get_tensor(output_detail["index"]).argmax(axis=-1))
-    predictions = np.concatenate(predictions)
+    runner = TFLiteRunner(path)
+    predictions = runner.predict(images, batch_size).argmax(axis=-1)
+    scale, zero_point = runner.input_detail["quantization"]
     return {
         "predictions": predictions,
         "top1_accuracy": float(np.mean(predictions == labels)),
-        "input_dtype": np.dtype(dtype).name,
-        "output_dtype": np.dtype(output_detail["dtype"]).name,
+        "input_dtype": runner.input_dtype,
+        "output_dtype": runner.output_dtype,
         "input_quantization": {"scale": float(scale), "zero_point": int(zero_point)},
     }
 
@@ -565,10 +559,7 @@ def run(options: dict) -> dict:
 
     unit = methods.get_method(options["method"] or ("stkd" if options["teacher"] else "ce"))
     hyperparameters = unit.make_hyperparameters(**options["hyperparameters"]).to_dict()  # refuses bad ones before any work
-    if unit.needs_teacher and not options["teacher"]:
-        raise BridgeError(f"Method {unit.name!r} distils from a teacher; pass --teacher, or fine-tune with a method without one (ce, mixup).")
-    if not unit.needs_teacher and options["teacher"]:
-        raise BridgeError(f"Method {unit.name!r} uses no teacher; drop --teacher.")
+    methods.check_teacher(unit, options["teacher"] or None, "--teacher")  # a ValueError: one line from main()
     import keras
     import tensorflow_model_optimization as tfmot  # sets TF_USE_LEGACY_KERAS=1 for this process
     import tf_keras
@@ -644,8 +635,9 @@ def run(options: dict) -> dict:
         )
     fit_started = time.perf_counter()
     loss_history = fine_tune(
-        model, teacher, train_dataset, options["epochs"], options["learning_rate"], num_classes, unit.name, hyperparameters, options["seed"],
+        model, teacher, train_dataset, options["epochs"], options["learning_rate"], unit.name, hyperparameters, options["seed"],
         on_epoch_end=(lambda: callback.on_epoch_end(-1)) if callback else None, steps_per_epoch=steps_per_epoch, log=log,
+        initial_epoch=options.get("initial_epoch") or 0,
     )
     timings["fine_tune_s"] = time.perf_counter() - fit_started
     if options["mode"] == "prune":
@@ -669,6 +661,7 @@ def run(options: dict) -> dict:
         "method": unit.name,
         "loss": unit.description,
         "epochs": options["epochs"],
+        "initial_epoch": options.get("initial_epoch") or 0,
         "steps": total_steps,
         "optimizer": {"name": "adam", "learning_rate": options["learning_rate"], "batch_size": options["batch_size"]},
         "hyperparameters": hyperparameters,
@@ -715,6 +708,10 @@ def run(options: dict) -> dict:
 @click.option("--hyperparameters", default="{}", show_default=True, help='The method\'s hyperparameters as JSON, e.g. \'{"temperature": 2.0}\' (the others: its defaults).')
 @click.option("--representative", default=200, show_default=True, type=click.IntRange(min=1), help="Training images calibrating the int8 conversion.")
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of data order, augmentation and mixup.")
+@click.option(
+    "--initial-epoch", default=0, show_default=True, type=click.IntRange(min=0),
+    help="Epochs the student has trained (the run's): the fine-tuning's epochs count on from it, past a method's warm-up.",
+)
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="The int8 .tflite file to write.")
 @click.option("--report", required=True, type=click.Path(dir_okay=False), help="The JSON report to write.")
 def main(**options):

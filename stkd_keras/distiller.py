@@ -28,7 +28,7 @@ import keras
 from keras import ops
 
 from stkd_keras import backend
-from stkd_keras.methods import batch_context, forward, get_method, list_methods, total_loss
+from stkd_keras.methods import batch_context, check_teacher, forward, get_method, one_hot_labels, outputs_loss
 from stkd_keras.methods.base import teacher_logits
 
 # Keyword arguments of keras.Model itself (what `Model.get_config` returns); all others are method hyperparameters.
@@ -146,14 +146,7 @@ class Distiller(keras.Model):
         self.hyperparameters = self.distillation_method.make_hyperparameters(**kwargs)
         if not isinstance(student, keras.Model):
             raise ValueError(f"Expected `student` to be a keras.Model. Received: student={student!r}")
-        needs_teacher = self.distillation_method.needs_teacher
-        if needs_teacher and teacher is None:
-            raise ValueError(f"Method {self.method!r} distils from a teacher, but none was given. Received: teacher=None")
-        if not needs_teacher and teacher is not None:
-            raise ValueError(
-                f"Method {self.method!r} trains the student alone and uses no teacher. Received: "
-                f"teacher={getattr(teacher, 'name', teacher)!r}; pass teacher=None or a method in {list(list_methods(needs_teacher=True))}."
-            )
+        check_teacher(self.distillation_method, teacher, "teacher")
         if teacher is not None and not isinstance(teacher, keras.Model):
             raise ValueError(f"Expected `teacher` to be a keras.Model. Received: teacher={teacher!r}")
         self.seed = seed
@@ -227,54 +220,34 @@ class Distiller(keras.Model):
             arguments["callbacks"] = [*callbacks, counter]
         return super().fit(**arguments)
 
-    def _one_hot(self, labels):
-        """Integer labels (batch,) or (batch, 1) become one-hot float32; one-hot labels are cast."""
-        if len(labels.shape) == 2 and labels.shape[-1] == self.num_classes:
-            return ops.cast(labels, "float32")
-        if len(labels.shape) == 2 and labels.shape[-1] == 1:
-            labels = ops.squeeze(labels, axis=-1)
-        if len(labels.shape) != 1:
-            raise ValueError(
-                f"Expected labels of shape (batch,) or (batch, {self.num_classes}). Received: labels.shape={tuple(labels.shape)}"
-            )
-        return ops.one_hot(ops.cast(labels, "int32"), self.num_classes, dtype="float32")
-
-    def _batch_context(self, x, y, y_pred, sample_weight):
-        """The method's `BatchContext`: from the step's outputs in training (`y_pred` a dict), from clean logits otherwise."""
-        training = isinstance(y_pred, dict)
-        outputs = y_pred
-        if not training:
-            outputs = {"logits": y_pred}
-            if self.teacher is not None:
-                outputs["teacher_logits"] = teacher_logits(self.teacher, x)
-        return batch_context(
-            self._one_hot(y), outputs, sample_weight, epoch=self.epoch.value, step=self.step.value, training=training
-        )
+    def _outputs(self, x, y_pred) -> dict:
+        """What `outputs_loss` takes: the step's outputs in training (`y_pred` a dict), the clean logits otherwise."""
+        if isinstance(y_pred, dict):
+            return y_pred
+        outputs = {"logits": y_pred}
+        if self.teacher is not None:
+            outputs["teacher_logits"] = teacher_logits(self.teacher, x)
+        return outputs
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if y_pred is None:
             y_pred = self(x, training=training)
-        context = self._batch_context(x, y, y_pred, sample_weight)
-        terms = self.distillation_method.loss_terms(context, self.hyperparameters)
-        if set(terms) != set(self._term_trackers):
-            raise ValueError(
-                f"Method {self.method!r} returned loss terms {sorted(terms)}, but its term_names() declared "
-                f"{sorted(self._term_trackers)}."
-            )
+        training = isinstance(y_pred, dict)
+        total, terms = outputs_loss(
+            self.distillation_method, self.hyperparameters, y, self._outputs(x, y_pred), sample_weight,
+            epoch=self.epoch.value, step=self.step.value, training=training, regularization_losses=self.losses,
+        )
         for name, term in terms.items():
             self._term_trackers[name].update_state(term.value)
-        if context.training and context.lam is not None:
-            self._lambda_tracker.update_state(ops.mean(context.lam))
-        total = total_loss(terms)
-        if self.losses:
-            total = total + ops.cast(ops.sum(self.losses), "float32")
-        if context.training:
+        if training and y_pred.get("lam") is not None:
+            self._lambda_tracker.update_state(ops.mean(y_pred["lam"]))
+        if training:
             self.step.assign_add(1)
         return backend.scale_loss_for_distribution(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         training = isinstance(y_pred, dict)
-        labels, logits = self._one_hot(y), y_pred
+        labels, logits = one_hot_labels(y, self.num_classes), y_pred
         if training:  # the compiled metrics see the labels and sample weights the student trained on
             context = batch_context(labels, y_pred, sample_weight)
             labels, logits, sample_weight = context.labels, context.student_logits, context.sample_weight

@@ -258,19 +258,18 @@ def train(
 _FINISHED_CHECKPOINTS = ".checkpoints-finished"
 
 
+# How a run is given its teacher, in messages: the config field, and the command line's option.
+TEACHER = "RunConfig.teacher (--teacher on the command line)"
+
+
 def _load_teacher(config: RunConfig, role: str, method: str, location, val_data, val_info, log, progress=None) -> tuple[keras.Model | None, dict | None]:
     """The frozen teacher of a method that needs one, measured on the validation split (None, None otherwise).
 
     `progress` (a `stkd_keras.progress.PassProgress`, or None for silence) follows the measurement.
     """
-    if not methods_lib.get_method(method).needs_teacher:
-        if config.teacher is not None and role == "student":
-            raise RunError(
-                f"Method {method!r} trains the student alone; drop --teacher or choose one of {list(methods_lib.list_methods(needs_teacher=True))}."
-            )
+    unit = methods_lib.check_teacher(method, config.teacher if role == "student" else None, TEACHER)
+    if not unit.needs_teacher:
         return None, None
-    if config.teacher is None:
-        raise RunError(f"Method {method!r} needs a teacher; pass --teacher.")
     teacher = load_model(location or config.teacher, role="teacher")
     check_model_fits_dataset(teacher, val_info, "teacher")
     summary = {"path": str(config.teacher), "name": teacher.name, **evaluate_model(teacher, val_data, progress)}
@@ -354,15 +353,14 @@ def distill(
     `resume(output)` from its last completed epoch.
 
     Raises:
-        ValueError: For a teacher given to a method without one, and invalid hyperparameters.
+        ValueError: For a teacher given to a method without one, none to a method that needs one
+            (`methods.check_teacher`), and invalid hyperparameters.
         RunError: As `train` does.
     """
     config.validate()
     needs_teacher = methods_lib.get_method(config.method).needs_teacher
-    if not needs_teacher and config.teacher is not None:
-        raise ValueError(f"Method {config.method!r} uses no teacher; drop --teacher.")
-    if needs_teacher and config.teacher is None and teacher_config is None:
-        raise RunError(f"Method {config.method!r} needs a teacher; pass --teacher.")
+    # A teacher to train first stands for the teacher; a method without one ignores it (the command line always makes one).
+    methods_lib.check_teacher(config.method, config.teacher if config.teacher is not None or not needs_teacher else teacher_config, TEACHER)
     if not needs_teacher or config.teacher is not None:
         teacher_config = None
     if config.teacher is not None:

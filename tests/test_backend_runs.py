@@ -238,7 +238,7 @@ def test_the_runs_are_library_calls(tmp_path):
     assert recorded["teacher_config"].method == "ce" and recorded["teacher_config"].method_options == {}
     with pytest.raises(runs.RunError, match="already holds a run; pass --overwrite"):
         training.distill(config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append)
-    with pytest.raises(runs.RunError, match="Method 'kd' needs a teacher"):
+    with pytest.raises(ValueError, match="Method 'kd' distils from a teacher, but none was given; pass RunConfig.teacher"):
         training.distill(config, tmp_path / "other", verbose=0)
     with pytest.raises(runs.RunError, match="No unfinished run of"):
         training.resume(tmp_path / "run", verbose=0)

@@ -370,7 +370,7 @@ def test_qat_fine_tuning_method_is_checked_before_any_work(student_run, tmp_path
     output = tmp_path / "exported"
     runner = CliRunner()
     result = runner.invoke(cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--output", str(output)])
-    assert result.exit_code == 2 and "method 'stkd', which needs the run's teacher" in result.output
+    assert result.exit_code == 2 and "QAT/pruning fine-tuning: Method 'stkd' distils from a teacher, but none was given; pass --teacher (none was found beside the run)" in result.output
     result = runner.invoke(
         cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--finetune-method", "mixup", "--finetune-option", "temperature=2", "--output", str(output)]
     )

@@ -458,6 +458,25 @@ def test_registering_checks_the_declaration():
     with pytest.raises(ValueError, match="Method 'stkd' has no hyperparameter `warmup`"):
         methods.register_preset("_stkd_warm", "stkd", "bad preset", warmup=3)
     assert "_stkd_warm" not in methods.list_methods()
+    # A hyperparameter named like a run's own setting would replace it silently in the run's flat config: refused.
+    Clash = dataclasses.make_dataclass("Clash", [("epochs", int, dataclasses.field(default=3)), ("seed", int, dataclasses.field(default=0))],
+                                       bases=(Hyperparameters,), frozen=True)
+    with pytest.raises(ValueError, match=r"Clashing's hyperparameters \['epochs', 'seed'\] share their names with a run's own settings"):
+        methods.register_method(type("Clashing", (DistillationMethod,), {"name": "_clash", "hyperparameters": Clash, **terms}))
+    assert "_clash" not in methods.list_methods()
+
+
+def test_reserved_names_are_the_run_settings_and_distiller_arguments():
+    import inspect
+
+    from stkd_keras.config import RunConfig
+    from stkd_keras.distiller import _MODEL_KWARGS
+    from stkd_keras.recipes import EXTRA_FIELDS
+
+    distiller = set(inspect.signature(Distiller.__init__).parameters) - {"self", "kwargs"}
+    assert methods.RESERVED_NAMES == {field.name for field in dataclasses.fields(RunConfig)} | set(EXTRA_FIELDS) | distiller | set(_MODEL_KWARGS)
+    taken = {field for method in methods.list_methods() for field in get_method(method).hyperparameters.__dataclass_fields__}
+    assert not taken & methods.RESERVED_NAMES  # the built-in methods keep clear of them
 
 
 def test_preset_is_its_method_with_other_defaults():

@@ -190,7 +190,7 @@ def test_unsupported_layer_is_named_in_one_line(tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--method", "stkd"], "Error: Method 'stkd' distils from a teacher; pass --teacher"),
+        (["--method", "stkd"], "Error: Method 'stkd' distils from a teacher, but none was given; pass --teacher"),
         (["--method", "mixup", "--hyperparameters", '{"temperature": 2}'], "Error: Method 'mixup' has no hyperparameter `temperature`"),
         (["--method", "hinton"], "Error: Expected `method` to be one of"),
         (["--hyperparameters", "[1]"], "Error: Invalid value for --hyperparameters: Expected a JSON object. Received: [1]"),
@@ -208,3 +208,35 @@ def test_help_lists_every_option():
     assert result.returncode == 0
     for option in ("--model", "--teacher", "--mode", "--method", "--hyperparameters", "--sparsity", "--representative", "--output", "--report"):
         assert option in result.stdout
+
+
+@pytest.mark.parametrize("method", __import__("stkd_keras.methods", fromlist=["list_methods"]).list_methods())
+def test_the_fine_tuning_loss_is_the_distillers(method):
+    """One loss for both trainers: on the same weights, batch, mixup draw and epoch, the QAT/pruning fine-tuning's loss
+    (tf_keras models) equals the Distiller's. The bridge once built its context without the epoch, so a DKD fine-tune
+    kept its distillation terms at 1/20 of their weight for good."""
+    import tf_keras
+
+    from stkd_keras import Distiller
+    from stkd_keras.export import tfmot_bridge
+    from stkd_keras.methods import get_method
+
+    unit = get_method(method)
+    keras.utils.set_random_seed(1)
+    student, teacher = get_model("cnn8", 10, (28, 28, 1)), get_model("cnn16", 10, (28, 28, 1))
+    rng = np.random.default_rng(0)
+    images, labels = rng.standard_normal((16, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 16)
+    custom = tfmot_bridge._custom_layer_classes(tf_keras)
+    legacy_student = tfmot_bridge.to_tf_keras(student, tf_keras, custom)
+    legacy_teacher = tfmot_bridge.to_tf_keras(teacher, tf_keras, custom) if unit.needs_teacher else None
+    totals = {}
+    for epoch in (0, 25):
+        distiller = Distiller(student, teacher if unit.needs_teacher else None, method=method, seed=7)
+        distiller.epoch.assign(epoch)
+        expected = float(distiller.compute_loss(images, labels, training=True))
+        values = unit.make_hyperparameters()
+        got = float(tfmot_bridge.batch_loss(unit, values, images, labels, legacy_student, legacy_teacher, keras.random.SeedGenerator(7), epoch, 0))
+        assert got == pytest.approx(expected, rel=1e-5, abs=1e-5), (method, epoch)
+        totals[epoch] = got
+    if method.startswith("dkd"):  # past its warm-up the distillation terms weigh 20 times more: the epoch reaches the loss
+        assert totals[25] > totals[0] * 1.5

@@ -18,11 +18,14 @@ import importlib
 import pkgutil
 
 from stkd_keras.methods.base import (
+    RESERVED_NAMES,
     BatchContext,
     DistillationMethod,
     Hyperparameters,
     LossTerm,
+    StepLoss,
     batch_context,
+    check_teacher,
     forward,
     get_method,
     hyperparameter_fields,
@@ -30,8 +33,11 @@ from stkd_keras.methods.base import (
     list_methods,
     methods_with,
     non_default,
+    one_hot_labels,
+    outputs_loss,
     register_method,
     register_preset,
+    step_loss,
     total_loss,
 )
 
@@ -42,11 +48,14 @@ for _name in (*_BUILT_IN, *sorted(module.name for module in pkgutil.iter_modules
         importlib.import_module(f"{__name__}.{_name}")
 
 __all__ = [
+    "RESERVED_NAMES",
     "BatchContext",
     "DistillationMethod",
     "Hyperparameters",
     "LossTerm",
+    "StepLoss",
     "batch_context",
+    "check_teacher",
     "forward",
     "get_method",
     "hyperparameter_fields",
@@ -54,7 +63,10 @@ __all__ = [
     "list_methods",
     "methods_with",
     "non_default",
+    "one_hot_labels",
+    "outputs_loss",
     "register_method",
     "register_preset",
+    "step_loss",
     "total_loss",
 ]

@@ -190,12 +190,25 @@ class DistillationMethod(abc.ABC):
 _REGISTRY: dict[str, DistillationMethod] = {}
 
 
+# Hyperparameters share one flat namespace with a run's settings (`RunConfig.to_dict`, recipes, the command line's
+# options) and with the Distiller's own arguments: a hyperparameter named like one of these would silently replace it.
+# The RunConfig fields, the recipe fields (`stkd_keras.recipes.EXTRA_FIELDS`) and the Distiller's arguments;
+# tests/test_methods.py checks the set against them.
+RESERVED_NAMES = frozenset({
+    "dataset", "model", "method", "teacher", "epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "method_options",
+    "seed", "train_subset", "val_subset", "validation_holdout", "steps_per_epoch", "jit_compile", "mixed_precision", "data_dir",
+    "download", "image_size", "optimizer", "lr_schedule", "lr_decay_epochs", "lr_decay_rate", "deterministic", "strategy",
+    "student", "teacher_model", "teacher_epochs", "name", "trainable", "dtype",
+})
+
+
 def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
     """Class decorator: registers a `DistillationMethod` under its `name`.
 
     Raises:
         ValueError: For a missing or taken name, an invalid `teacher_sees`,
-            hyperparameters that are not a `Hyperparameters` dataclass, a
+            hyperparameters that are not a `Hyperparameters` dataclass or that
+            take a name in `RESERVED_NAMES`, a
             missing `term_names` or `loss_terms`, or a mixing method whose
             hyperparameters lack the mixup draw's.
     """
@@ -209,6 +222,12 @@ def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
         raise ValueError(f"Expected {cls.__name__}.hyperparameters to be a Hyperparameters dataclass. Received: {cls.hyperparameters!r}")
     if cls.__abstractmethods__:
         raise ValueError(f"{cls.__name__} must define {', '.join(f'{name}()' for name in sorted(cls.__abstractmethods__))}.")
+    taken = sorted(RESERVED_NAMES & {field.name for field in dataclasses.fields(cls.hyperparameters)})
+    if taken:
+        raise ValueError(
+            f"{cls.__name__}'s hyperparameters {taken} share their names with a run's own settings (a RunConfig field, a recipe "
+            f"field or a Distiller argument), where one would silently replace the other; rename them. Reserved: {sorted(RESERVED_NAMES)}"
+        )
     missing = sorted(MIXUP_FIELDS - {field.name for field in dataclasses.fields(cls.hyperparameters)}) if cls.mixes else []
     if missing:
         raise ValueError(
@@ -255,6 +274,36 @@ def get_method(name: str) -> DistillationMethod:
 def list_methods(needs_teacher: bool | None = None) -> tuple[str, ...]:
     """The names of the registered methods and presets, in registration order; only those that need (or not) a teacher if asked."""
     return tuple(name for name, method in _REGISTRY.items() if needs_teacher is None or method.needs_teacher == needs_teacher)
+
+
+def check_teacher(method, teacher, how: str = "teacher") -> "DistillationMethod":
+    """The one rule on teachers: a method that distils from one is given one, a method that trains alone is given none.
+
+    Args:
+        method: A registered method (name or object).
+        teacher: What the caller was given as the teacher (a model, a path, a config), or None.
+        how: How the caller gives a teacher, for the message's advice: "teacher" for the Python API,
+            "--teacher" on the command line.
+
+    Returns:
+        The method.
+
+    Raises:
+        ValueError: Naming the method, what to do, and what was received.
+    """
+    method = method if isinstance(method, DistillationMethod) else get_method(method)
+    if method.needs_teacher and teacher is None:
+        raise ValueError(
+            f"Method {method.name!r} distils from a teacher, but none was given; pass {how}, or choose a method that trains "
+            f"alone: {list(list_methods(needs_teacher=False))}. Received: teacher=None"
+        )
+    if not method.needs_teacher and teacher is not None:
+        received = getattr(teacher, "name", None) or str(teacher)
+        raise ValueError(
+            f"Method {method.name!r} trains the student alone and uses no teacher; drop {how}, or choose one of "
+            f"{list(list_methods(needs_teacher=True))}. Received: teacher={received!r}"
+        )
+    return method
 
 
 def hyperparameter_fields() -> dict[str, dataclasses.Field]:
@@ -395,3 +444,67 @@ def total_loss(terms: Mapping[str, LossTerm]):
     if total is None:
         raise ValueError("A method's loss_terms() returned no terms.")
     return total
+
+
+class StepLoss(NamedTuple):
+    """One step's loss: `total` (float32: the weighted terms plus regularisation) and the method's named `terms`."""
+
+    total: Any
+    terms: dict
+
+
+def one_hot_labels(labels, num_classes: int):
+    """Integer labels (batch,) or (batch, 1) as one-hot float32; one-hot labels (batch, num_classes) cast to float32."""
+    from keras import ops
+
+    if len(labels.shape) == 2 and labels.shape[-1] == num_classes:
+        return ops.cast(labels, "float32")
+    if len(labels.shape) == 2 and labels.shape[-1] == 1:
+        labels = ops.squeeze(labels, axis=-1)
+    if len(labels.shape) != 1:
+        raise ValueError(f"Expected labels of shape (batch,) or (batch, {num_classes}). Received: labels.shape={tuple(labels.shape)}")
+    return ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
+
+
+def outputs_loss(
+    method, hyperparameters, labels, outputs: dict, sample_weight=None, epoch=0, step=0, training: bool = True, regularization_losses=()
+) -> StepLoss:
+    """The loss of a step from what `forward` returned (training) or the clean logits (evaluation), as `batch_context` takes them.
+
+    The one place a step's loss is put together, for the `Distiller` and for
+    the QAT and pruning fine-tuning (`stkd_keras.export.tfmot_bridge`):
+    the method's terms on the batch's context (labels one-hot or integer;
+    `epoch` and `step` drive warm-ups such as DKD's), checked against the
+    names it declared, summed with their weights, plus `regularization_losses`
+    (the model's `losses`: weight regularizers and `add_loss` terms).
+    """
+    from keras import ops
+
+    method = method if isinstance(method, DistillationMethod) else get_method(method)
+    context = batch_context(one_hot_labels(labels, outputs["logits"].shape[-1]), outputs, sample_weight, epoch=epoch, step=step, training=training)
+    terms = dict(method.loss_terms(context, hyperparameters))
+    declared = set(method.term_names(hyperparameters))
+    if set(terms) != declared:
+        raise ValueError(f"Method {method.name!r} returned loss terms {sorted(terms)}, but its term_names() declared {sorted(declared)}.")
+    total = total_loss(terms)
+    regularization_losses = list(regularization_losses)
+    if regularization_losses:
+        total = total + ops.cast(ops.sum(regularization_losses), "float32")
+    return StepLoss(total, terms)
+
+
+def step_loss(
+    method, hyperparameters, images, labels, student, teacher=None, seed=None, epoch=0, step=0, sample_weight=None, regularization_losses=None
+) -> StepLoss:
+    """One training step's loss: `forward` (the mixup draw from `seed`, the teacher, the student) then `outputs_loss`.
+
+    `regularization_losses` defaults to the student's own `losses`, read after
+    its forward pass. Usable with any callable models Keras's ops accept,
+    tf_keras ones included on the TensorFlow backend.
+    """
+    method = method if isinstance(method, DistillationMethod) else get_method(method)
+    outputs = forward(method, hyperparameters, images, student, teacher, seed)
+    if regularization_losses is None:
+        regularization_losses = student.losses
+    return outputs_loss(method, hyperparameters, labels, outputs, sample_weight, epoch, step, True, regularization_losses)
+

@@ -29,6 +29,22 @@ def make_initializer(spec):
     return keras.initializers.get(dict(spec, config=dict(spec["config"]))) if isinstance(spec, dict) else spec
 
 
+def shuffle_channels(inputs, groups: int):
+    """ShuffleNet's channel shuffle of NHWC `inputs`: output channel j * groups + i is input channel i * (C / groups) + j.
+
+    Keras ops only, so the tf_keras twin of `ChannelShuffle` (the QAT bridge's) runs this same function.
+    """
+    height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    x = ops.reshape(inputs, (-1, height, width, groups, channels // groups))
+    x = ops.transpose(x, (0, 1, 2, 4, 3))
+    return ops.reshape(x, (-1, height, width, channels))
+
+
+def split_channels(inputs, num_splits: int) -> list:
+    """The channel axis of `inputs` in `num_splits` equal, contiguous parts (shared with the tf_keras twin of `ChannelSplit`)."""
+    return ops.split(inputs, num_splits, axis=-1)
+
+
 @keras.saving.register_keras_serializable(package="stkd_keras")
 class ChannelShuffle(layers.Layer):
     """ShuffleNet's channel shuffle: (H, W, g, C/g) -> transpose the last two axes -> (H, W, C).
@@ -41,10 +57,7 @@ class ChannelShuffle(layers.Layer):
         self.groups = int(groups)
 
     def call(self, inputs):
-        height, width, channels = inputs.shape[1], inputs.shape[2], inputs.shape[3]
-        x = ops.reshape(inputs, (-1, height, width, self.groups, channels // self.groups))
-        x = ops.transpose(x, (0, 1, 2, 4, 3))
-        return ops.reshape(x, (-1, height, width, channels))
+        return shuffle_channels(inputs, self.groups)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -62,7 +75,7 @@ class ChannelSplit(layers.Layer):
         self.num_splits = int(num_splits)
 
     def call(self, inputs):
-        return ops.split(inputs, self.num_splits, axis=-1)
+        return split_channels(inputs, self.num_splits)
 
     def compute_output_shape(self, input_shape):
         part = input_shape[-1] // self.num_splits
