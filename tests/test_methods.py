@@ -460,7 +460,7 @@ def test_registering_checks_the_declaration():
     assert "_stkd_warm" not in methods.list_methods()
     # A hyperparameter named like a run's own setting would replace it silently in the run's flat config: refused.
     Clash = dataclasses.make_dataclass("Clash", [("epochs", int, dataclasses.field(default=3)), ("seed", int, dataclasses.field(default=0))],
-                                       bases=(Hyperparameters,), frozen=True)
+                                       bases=(Hyperparameters,))
     with pytest.raises(ValueError, match=r"Clashing's hyperparameters \['epochs', 'seed'\] share their names with a run's own settings"):
         methods.register_method(type("Clashing", (DistillationMethod,), {"name": "_clash", "hyperparameters": Clash, **terms}))
     assert "_clash" not in methods.list_methods()

@@ -238,5 +238,7 @@ def test_the_fine_tuning_loss_is_the_distillers(method):
         got = float(tfmot_bridge.batch_loss(unit, values, images, labels, legacy_student, legacy_teacher, keras.random.SeedGenerator(7), epoch, 0))
         assert got == pytest.approx(expected, rel=1e-5, abs=1e-5), (method, epoch)
         totals[epoch] = got
-    if method.startswith("dkd"):  # past its warm-up the distillation terms weigh 20 times more: the epoch reaches the loss
-        assert totals[25] > totals[0] * 1.5
+    if method.startswith("dkd"):
+        # Past its warm-up the distillation terms weigh 20 times more (1/20 -> 1): the epoch reaches the loss. Seen for
+        # dkd: 2.317 at epoch 0 and 2.621 at epoch 25 (CE 2.30, distillation terms 0.32).
+        assert totals[25] > totals[0] + 0.1
