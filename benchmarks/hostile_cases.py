@@ -15,7 +15,6 @@ note saying so.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -6,7 +6,6 @@ import dataclasses
 import errno
 import functools
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -578,75 +577,25 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
     """
     if importlib.util.find_spec("tensorflow") is None:
         raise click.ClickException("Export runs the TensorFlow converters, and TensorFlow is not installed: pip install 'stkd-keras[export]'.")
-    from stkd_keras import runs
-    from stkd_keras.export import plan as export_plan
-    from stkd_keras.methods import check_teacher
+    from stkd_keras.export import run as export_run
 
-    # Everything that can be checked without TensorFlow is, so a mistake is answered at once.
-    formats = ("tflite", "onnx") if export_format == "all" else (export_format,)
-    try:
-        export_plan.export_plan(formats, quantize or None)
-    except export_plan.ExportError as error:
-        raise click.BadParameter(str(error), param_hint="--quantize") from None
-    model_path = Path(model_path)
-    if model_path.suffix not in (".tflite", ".onnx"):
-        student_file = runs.model_file(model_path)
-    else:
-        raise click.BadParameter(f"{model_path} is already exported; pass the .keras student (or its run folder).", param_hint="--model")
-    preprocessing = runs.read_preprocessing(model_path)
-    if preprocessing is None:
-        raise click.ClickException(f"No preprocessing.json beside {model_path}: export needs the normalisation the model was trained with.")
-    dataset = dataset or preprocessing["dataset"]
-    runs.check_preprocessing_fits(preprocessing, dataset, student_file)
-    run_folder = student_file.parent
-    metrics_path = run_folder / "metrics.json"
-    source = {"path": str(model_path)}
-    run_metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    if run_metrics:
-        source["final_val_accuracy"] = run_metrics.get("final_val_accuracy")
-    method, hyperparameters = None, {}
-    if qat_epochs or prune_sparsity:
-        config = run_metrics.get("config") or {}
-        given_teacher = teacher
-        teacher = teacher or _run_teacher(run_folder, run_metrics)
-        method, hyperparameters = _finetune_method(config, finetune_method or config.get("method") or ("stkd" if teacher else "ce"), finetune_options)
-        if method.needs_teacher:
-            try:
-                check_teacher(method, teacher, "--teacher (none was found beside the run), or --finetune-method ce")
-            except ValueError as error:
-                raise click.UsageError(f"QAT/pruning fine-tuning: {error}") from None
-        else:
-            if given_teacher is not None:
-                click.echo(f"Note: method {method.name!r} uses no teacher; --teacher is not used.")
-            teacher = None
-    teacher_file = runs.model_file(teacher, "teacher") if teacher is not None else None
-    _use_backend(ctx, "tensorflow")
-    from stkd_keras import export as export_lib
-
-    training = _library()[3]
-    model = training.load_model(student_file)
-    if qat_epochs or prune_sparsity:
-        steps = [f"{qat_epochs} epoch(s) of quantization-aware training"] if qat_epochs else []
-        steps += [f"2 epochs of pruning to {prune_sparsity:.0%} sparsity"] if prune_sparsity else []
-        images = f"{finetune_subset:,} training images (--finetune-subset)" if finetune_subset else f"the whole {dataset} training split (--finetune-subset N for fewer)"
-        click.echo(
-            f"QAT/pruning fine-tuning: {' and '.join(steps)} on {images}, method {method.name!r}"
-            + (f" with {hyperparameters}" if hyperparameters else "")
-            + "; each step prints its progress and an estimate of its time once it has measured a few batches."
-        )
-    verify_count = None if verify_images == "all" else verify_images
-    data = export_lib.load_export_data(dataset, preprocessing, verify_count, representative_images, data_dir, download)
-    report = export_lib.export_model(
-        model, output, data, preprocessing, formats=formats, quantize=quantize or None, dynamic_batch=dynamic_batch, opset=opset,
-        overwrite=overwrite, stem=student_file.stem, source=source, log=click.echo,
-        bridge_args={
-            "model_path": student_file, "teacher_path": teacher_file, "dataset": dataset, "data_dir": data_dir,
-            "qat_epochs": qat_epochs, "prune_sparsity": prune_sparsity, "finetune_epochs": 2, "train_subset": finetune_subset,
-            "method": method.name if method else None, "hyperparameters": hyperparameters,
-            # The fine-tuning continues the finished run: past its warm-up, as the run ended.
-            "initial_epoch": (run_metrics.get("final_epoch") or {}).get("epoch"),
-        },
+    options = export_run.ExportOptions(
+        formats=("tflite", "onnx") if export_format == "all" else (export_format,), quantize=quantize or None, qat_epochs=qat_epochs,
+        prune_sparsity=prune_sparsity, teacher=teacher, finetune_method=finetune_method,
+        finetune_options=_field_values(finetune_options, "--finetune-option"), finetune_subset=finetune_subset, dataset=dataset,
+        data_dir=data_dir, download=download, verify_images=None if verify_images == "all" else verify_images,
+        representative_images=representative_images, dynamic_batch=dynamic_batch, opset=opset, overwrite=overwrite,
     )
+    # Everything that can be checked without TensorFlow is, so a mistake is answered at once.
+    try:
+        job = export_run.prepare_export(model_path, options)
+    except export_run.ExportOptionError as error:
+        raise click.BadParameter(str(error), param_hint=error.option) from None
+    except export_run.ExportError as error:
+        raise click.ClickException(str(error)) from None
+    _use_backend(ctx, "tensorflow")
+    report = export_run.export_run(model_path, output, options, log=click.echo, job=job)
+    dataset = job.dataset
     click.echo(_verification_line(report, dataset))
     click.echo("| file | input | size | max abs logit diff | top-1 agreement | top-1 | ms/image |")
     click.echo("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
@@ -681,25 +630,6 @@ def _field_values(items: tuple[str, ...], param_hint: str) -> dict:
             raise click.BadParameter(f"expected FIELD=VALUE, got {item!r}.", param_hint=param_hint)
         values[field.strip()] = yaml.safe_load(value)
     return values
-
-
-def _finetune_method(config: dict, name: str, options: tuple[str, ...]):
-    """The QAT/pruning fine-tuning method and its hyperparameters: the run's own (its config), overridden by the options."""
-    from stkd_keras import methods
-
-    method = methods.get_method(name)
-    hyperparameters = {key: value for key, value in config.items() if key in method.hyperparameter_names()}
-    hyperparameters.update(_field_values(options, "--finetune-option"))
-    method.make_hyperparameters(**hyperparameters)  # one clear ValueError for a bad name or value
-    return method, hyperparameters
-
-
-def _run_teacher(run_folder: Path, run_metrics: dict) -> Path | None:
-    """The teacher a run was distilled from: its teacher/ folder, or the file its metrics.json names, if still there."""
-    if (run_folder / "teacher").is_dir():
-        return run_folder / "teacher"
-    recorded = (run_metrics.get("teacher") or {}).get("path")
-    return Path(recorded) if recorded and Path(recorded).exists() else None
 
 
 @cli.command()

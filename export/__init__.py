@@ -1,6 +1,8 @@
 """Export stage (installed as `stkd_keras.export`): verified TFLite/LiteRT and ONNX students.
 
-`export_model` converts a Keras student to TFLite (float32, float16,
+`export_run` exports a finished run's student as `stkd-keras export` does
+(`ExportOptions` holds that command's options; `prepare_export` checks them
+without TensorFlow). `export_model` converts a Keras student to TFLite (float32, float16,
 dynamic-range, full-integer int8) and ONNX (float32, int8), several modes in one call, runs every file
 back in its runtime on real evaluation images, compares it with Keras, embeds
 the preprocessing the runtime needs (input shape, mean/std, class names) and
@@ -19,11 +21,13 @@ _PLAN = (
     "parse_quantizations",
 )
 _CORE = ("ExportData", "convert_onnx", "convert_tflite", "export_model", "load_export_data")
+_RUN = ("ExportOptionError", "ExportOptions", "export_run", "prepare_export")
 _RUNTIME = ("ONNXRunner", "TFLiteRunner", "measure_latency", "median_ms", "read_metadata", "runner_for")
 _EXPORTS = {
     **{name: "stkd_keras.export.plan" for name in _PLAN},
     **{name: "stkd_keras.export.core" for name in _CORE},
     **{name: "stkd_keras.export.runtime" for name in _RUNTIME},
+    **{name: "stkd_keras.export.run" for name in _RUN},
 }
 
 __all__ = sorted(_EXPORTS)

@@ -293,7 +293,7 @@ def export_model(
     overwrite: bool = False,
     stem: str = "student",
     source: dict | None = None,
-    bridge_args: dict | None = None,
+    fine_tunings=(),
     log=print,
 ) -> dict:
     """Converts, verifies and writes the student's files; returns the report (also written as export_report.json).
@@ -319,10 +319,9 @@ def export_model(
         overwrite: Replace an earlier export in the folder.
         stem: File name stem.
         source: Where the model came from (path, accuracy), recorded in the metadata.
-        bridge_args: Arguments for QAT/pruning through `stkd_keras.export.tfmot_bridge` (a subprocess):
-            {"model_path", "teacher_path", "method", "hyperparameters", "dataset", "data_dir", "qat_epochs",
-            "prune_sparsity", "initial_epoch", ...}; the fine-tuning uses the distillation method `method` with `hyperparameters`,
-            its epochs counted on from `initial_epoch` (the run's epochs).
+        fine_tunings: `FineTuning`s (`stkd_keras.export.plan`), one per extra int8 file: after
+            quantization-aware training (mode "qat") or pruning ("prune") through
+            `stkd_keras.export.tfmot_bridge` (a subprocess); their images, output and report are filled in here.
 
     Returns:
         The report: Keras's top-1 on the verification images, and one row per file.
@@ -337,7 +336,7 @@ def export_model(
         # Keras's ONNX export probes `np.object` (removed in NumPy 1.24) and NumPy warns about the probe itself.
         warnings.filterwarnings("ignore", message="In the future `np.object` will be defined", category=FutureWarning)
         return _export_model(
-            model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, bridge_args, log
+            model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, tuple(fine_tunings), log
         )
 
 
@@ -353,13 +352,13 @@ def _embed(path: Path, metadata: dict) -> None:
     onnx.save(_embed_onnx_metadata(proto, metadata), str(path))
 
 
-def _export_model(model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, bridge_args, log) -> dict:
+def _export_model(model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, fine_tunings, log) -> dict:
     """`export_model` with its output folder locked."""
     plan = export_plan(formats, quantize)
-    bridge_args = bridge_args or {}
     output_dir = output_path(output_dir)
     _recover_interrupted_export(output_dir, log)
-    names = planned_files(stem, plan, bridge_args.get("qat_epochs"), bridge_args.get("prune_sparsity"))
+    modes = {fine_tuning.mode for fine_tuning in fine_tunings}
+    names = planned_files(stem, plan, "qat" in modes, "prune" in modes)
     existing = [name for name in names if (output_dir / name).exists()]
     if existing and not overwrite:
         raise ExportError(f"{output_dir / existing[0]} already exists; pass --overwrite to replace it or choose another --output.")
@@ -407,11 +406,10 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
                 log(f"Quantizing the ONNX model to int8 ({OnnxInt8Config().name})...")
                 quantize_onnx_int8(onnx_float, path, data.representative)
             finish(path, export_format, quantization, onnx_int8=export_format == "onnx" and quantization == "int8")
-        for mode, key in (("qat", "qat_epochs"), ("prune", "prune_sparsity")):
-            if bridge_args.get(key):
-                path = staging / file_name(stem, "tflite", f"{mode}+int8")
-                bridge_report = run_tfmot_bridge(mode, path, data, preprocessing, bridge_args, log)
-                finish(path, "tflite", f"{mode}+int8", {"tfmot": bridge_report})
+        for fine_tuning in fine_tunings:
+            path = staging / file_name(stem, "tflite", f"{fine_tuning.mode}+int8")
+            bridge_report = run_tfmot_bridge(fine_tuning, path, data, preprocessing, log)
+            finish(path, "tflite", f"{fine_tuning.mode}+int8", {"tfmot": bridge_report})
         for row in rows:
             if row.get("within_bound") is not False:
                 continue
@@ -463,30 +461,21 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def run_tfmot_bridge(mode: str, output_path: Path, data: ExportData, preprocessing: dict, bridge_args: dict, log=print) -> dict:
-    """Runs `stkd_keras.export.tfmot_bridge` in a subprocess (tfmot switches TF to legacy Keras for its process)."""
+def run_tfmot_bridge(fine_tuning, output_path: Path, data: ExportData, preprocessing: dict, log=print) -> dict:
+    """Runs `stkd_keras.export.tfmot_bridge` in a subprocess (tfmot switches TF to legacy Keras for its process).
+
+    The process is given the whole `FineTuning` as JSON (`--spec`), completed with the export's own
+    normalisation, evaluation and calibration image counts, output file and report.
+    """
     report_path = output_path.with_suffix(".bridge.json")
-    command = [
-        sys.executable, "-m", "stkd_keras.export.tfmot_bridge",
-        "--model", str(bridge_args["model_path"]),
-        "--dataset", str(bridge_args["dataset"]),
-        "--mean", ",".join(str(v) for v in preprocessing["mean"]),
-        "--std", ",".join(str(v) for v in preprocessing["std"]),
-        "--mode", mode,
-        "--epochs", str((bridge_args.get("qat_epochs") if mode == "qat" else None) or bridge_args.get("finetune_epochs") or 2),
-        "--representative", str(len(data.representative)),
-        "--eval-subset", str(len(data.images)),
-        "--output", str(output_path),
-        "--report", str(report_path),
-    ]
-    if mode == "prune":
-        command += ["--sparsity", str(bridge_args["prune_sparsity"])]
-    command += ["--method", bridge_args.get("method") or "ce", "--hyperparameters", json.dumps(bridge_args.get("hyperparameters") or {})]
-    for option, key in (
-        ("--teacher", "teacher_path"), ("--data-dir", "data_dir"), ("--train-subset", "train_subset"), ("--seed", "seed"), ("--initial-epoch", "initial_epoch"),
-    ):
-        if bridge_args.get(key) is not None:
-            command += [option, str(bridge_args[key])]
+    spec_path = output_path.with_suffix(".spec.json")
+    fine_tuning = dataclasses.replace(
+        fine_tuning, output=str(output_path), report=str(report_path), mean=tuple(preprocessing["mean"]), std=tuple(preprocessing["std"]),
+        representative=len(data.representative), eval_subset=len(data.images),
+    )
+    spec_path.write_text(fine_tuning.to_json())
+    command = [sys.executable, "-m", "stkd_keras.export.tfmot_bridge", "--spec", str(spec_path)]
+    mode = fine_tuning.mode
     log(f"Running {'quantization-aware training' if mode == 'qat' else 'pruning'} with tensorflow-model-optimization (subprocess)...")
     # Its progress (steps, loss, time left) is shown line by line; its stderr is kept for the error message.
     with tempfile.TemporaryFile(mode="w+") as errors:
@@ -505,6 +494,7 @@ def run_tfmot_bridge(mode: str, output_path: Path, data: ExportData, preprocessi
         raise ExportError(f"The tfmot {mode} step failed: {lines[-1] if lines else 'no message'}")
     report = json.loads(report_path.read_text())
     report_path.unlink()
+    spec_path.unlink()
     return report
 
 

@@ -7,6 +7,7 @@ names of its files.
 from __future__ import annotations
 
 import dataclasses
+import json
 
 
 FORMATS = ("tflite", "onnx", "all")
@@ -75,10 +76,10 @@ def file_name(stem: str, export_format: str, quantization: str) -> str:
     return f"{stem}_{tags.get(quantization, quantization)}.{export_format}"
 
 
-def planned_files(stem: str, plan: list[tuple[str, str]], qat_epochs=None, prune_sparsity=None) -> list[str]:
+def planned_files(stem: str, plan: list[tuple[str, str]], qat: bool = False, prune: bool = False) -> list[str]:
     """The file names an export will write (checked for collisions before any work)."""
     names = [file_name(stem, export_format, quantization) for export_format, quantization in plan]
-    names += [file_name(stem, "tflite", mode) for mode, wanted in (("qat+int8", qat_epochs), ("prune+int8", prune_sparsity)) if wanted]
+    names += [file_name(stem, "tflite", mode) for mode, wanted in (("qat+int8", qat), ("prune+int8", prune)) if wanted]
     return names + ["metadata.json", "export_report.json"]
 
 
@@ -115,3 +116,66 @@ class OnnxInt8Config:
     def name(self) -> str:
         return (f"{self.quant_format} {'S8S8' if self.activations == 'int8' else 'U8S8'} "
                 f"{'per-channel' if self.per_channel else 'per-tensor'}{' reduce_range' if self.reduce_range else ''}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FineTuning:
+    """What a QAT or pruning bridge process does: the one contract between an export and `stkd_keras.export.tfmot_bridge`.
+
+    The export writes it as JSON (`to_json`) and starts the bridge with
+    `--spec FILE`; the bridge's command-line options build the same object.
+    mode: "qat" or "prune". model / teacher: the Keras 3 .keras files.
+    dataset, data_dir, mean, std: the images and their normalisation (mean and std default to the dataset's).
+    epochs, batch_size, learning_rate, train_subset: the fine-tuning (Adam).
+    method, hyperparameters: its distillation method (None: stkd with a teacher, ce without).
+    initial_epoch: epochs the student has trained; the fine-tuning counts on from it (past a warm-up).
+    sparsity: the pruning target. representative, eval_subset: calibration and evaluation images.
+    output, report: the int8 .tflite file and the JSON report the bridge writes.
+    """
+
+    mode: str
+    model: str
+    dataset: str
+    output: str = ""
+    report: str = ""
+    teacher: str | None = None
+    data_dir: str | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
+    sparsity: float = 0.5
+    epochs: int = 2
+    train_subset: int | None = None
+    eval_subset: int | None = None
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    method: str | None = None
+    hyperparameters: dict = dataclasses.field(default_factory=dict)
+    representative: int = 200
+    seed: int = 0
+    initial_epoch: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("qat", "prune"):
+            raise ValueError(f"Expected mode 'qat' or 'prune'. Received: mode={self.mode!r}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("Give mean and std together, or neither.")
+        if self.mean is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"Expected as many std values as mean values ({len(self.mean)}).")
+        if not 0 < self.sparsity < 1:
+            raise ValueError(f"Expected a sparsity in (0, 1). Received: sparsity={self.sparsity!r}")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "FineTuning":
+        """The object `to_json` wrote; unknown or missing fields are refused in one sentence."""
+        payload = json.loads(text)
+        names = {field.name for field in dataclasses.fields(cls)}
+        if not isinstance(payload, dict) or set(payload) - names:
+            raise ValueError(f"A fine-tuning spec takes the fields {sorted(names)}. Received: {sorted(payload) if isinstance(payload, dict) else payload!r}")
+        for key in ("mean", "std"):
+            if payload.get(key) is not None:
+                payload[key] = tuple(payload[key])
+        return cls(**payload)
+

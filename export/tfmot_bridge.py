@@ -1,7 +1,10 @@
 """Quantization-aware training and pruning of a Keras 3 student through tensorflow-model-optimization.
 
-Contract: this module runs only as its own process,
+Contract: this module runs only as its own process, given one
+`stkd_keras.export.plan.FineTuning` as JSON (what `stkd-keras export` does),
+or the same fields as options:
 
+    python -m stkd_keras.export.tfmot_bridge --spec FINE_TUNING.json
     python -m stkd_keras.export.tfmot_bridge --model student.keras --dataset NAME \\
         --mode qat|prune --output OUT.tflite --report OUT.json [options]
 
@@ -28,8 +31,9 @@ What a run does:
    final mask; then `strip_pruning`.
 3. Fine-tunes with the distillation method the student was trained with
    (`--method` and `--hyperparameters`, any registered method; the export
-   command passes the run's own), through the Distiller's step
-   (`stkd_keras.methods.forward` and the method's loss terms). For STKD
+   command passes the run's own), with the Distiller's own step loss
+   (`stkd_keras.methods.step_loss`), its epochs counted on from
+   `--initial-epoch` (the run's epochs, so a warm-up such as DKD's is over). For STKD
    (Zhao et al. 2021, arXiv 2103.10047) each batch is mixed, the teacher sees
    the same mixed images, and the student learns the STKD loss. A method
    with a teacher needs `--teacher`; `ce` fine-tunes on plain cross-entropy.
@@ -76,7 +80,7 @@ class BridgeError(RuntimeError):
 # --- tf_keras equivalents of the zoo's custom layers ---------------------------------------------
 
 
-def _custom_layer_classes(tf_keras):
+def custom_layer_classes(tf_keras):
     """tf_keras versions of `stkd_keras.models.layers.ChannelShuffle` / `ChannelSplit`: their functions, their config."""
     import tensorflow as tf
 
@@ -551,15 +555,15 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
 # --- The command ----------------------------------------------------------------------------------------
 
 
-def run(options: dict) -> dict:
-    """Does one bridge run (see the module docstring) and returns the report it writes."""
+def run(spec, log=None) -> dict:
+    """Does one bridge run (`spec`: a `stkd_keras.export.plan.FineTuning`) and returns the report it writes."""
     started = time.perf_counter()
     timings = {}
     from stkd_keras import methods
 
-    unit = methods.get_method(options["method"] or ("stkd" if options["teacher"] else "ce"))
-    hyperparameters = unit.make_hyperparameters(**options["hyperparameters"]).to_dict()  # refuses bad ones before any work
-    methods.check_teacher(unit, options["teacher"] or None, "--teacher")  # a ValueError: one line from main()
+    unit = methods.get_method(spec.method or ("stkd" if spec.teacher else "ce"))
+    hyperparameters = unit.make_hyperparameters(**spec.hyperparameters).to_dict()  # refuses bad ones before any work
+    methods.check_teacher(unit, spec.teacher or None, "--teacher")  # a ValueError: one line from main()
     import keras
     import tensorflow_model_optimization as tfmot  # sets TF_USE_LEGACY_KERAS=1 for this process
     import tf_keras
@@ -567,8 +571,8 @@ def run(options: dict) -> dict:
     import stkd_keras.models  # noqa: F401  (registers ChannelShuffle / ChannelSplit for loading; `import stkd_keras` alone is lazy)
     from stkd_keras import data as data_lib
 
-    tf_keras.utils.set_random_seed(options["seed"])
-    custom_layers = _custom_layer_classes(tf_keras)
+    tf_keras.utils.set_random_seed(spec.seed)
+    custom_layers = custom_layer_classes(tf_keras)
 
     def load(path, role):
         try:
@@ -577,27 +581,27 @@ def run(options: dict) -> dict:
             raise BridgeError(f"Cannot load the {role} {path}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
         return model, to_tf_keras(model, tf_keras, custom_layers)
 
-    student_keras3, student = load(options["model"], "student")
-    teacher_keras3, teacher = load(options["teacher"], "teacher") if options["teacher"] else (None, None)
+    student_keras3, student = load(spec.model, "student")
+    teacher_keras3, teacher = load(spec.teacher, "teacher") if spec.teacher else (None, None)
     timings["rebuild_s"] = time.perf_counter() - started
 
     input_shape = tuple(student_keras3.input_shape[1:])
-    normalization = (options["mean"], options["std"]) if options["mean"] is not None else None
-    common = {"data_dir": options["data_dir"], "normalization": normalization, "image_size": input_shape[:2], "seed": options["seed"]}
+    normalization = (spec.mean, spec.std) if spec.mean is not None else None
+    common = {"data_dir": spec.data_dir, "normalization": normalization, "image_size": input_shape[:2], "seed": spec.seed}
     train_dataset, train_info = data_lib.load(
-        options["dataset"], "train", options["batch_size"], augment=True, shuffle=True, subset=options["train_subset"], **common
+        spec.dataset, "train", spec.batch_size, augment=True, shuffle=True, subset=spec.train_subset, **common
     )
-    eval_dataset, _ = data_lib.load(options["dataset"], "test", 256, augment=False, shuffle=False, subset=options["eval_subset"], **common)
+    eval_dataset, _ = data_lib.load(spec.dataset, "test", 256, augment=False, shuffle=False, subset=spec.eval_subset, **common)
     representative_dataset, _ = data_lib.load(
-        options["dataset"], "train", 256, augment=False, shuffle=False, subset=options["representative"], **common
+        spec.dataset, "train", 256, augment=False, shuffle=False, subset=spec.representative, **common
     )
     eval_images, eval_labels = _as_arrays(eval_dataset)
     representative, _ = _as_arrays(representative_dataset)
     if tuple(eval_images.shape[1:]) != input_shape:
-        raise BridgeError(f"The {options['dataset']} images have shape {eval_images.shape[1:]}, the student expects {input_shape}.")
+        raise BridgeError(f"The {spec.dataset} images have shape {eval_images.shape[1:]}, the student expects {input_shape}.")
     num_classes = int(student.output_shape[-1])
     if num_classes != train_info.num_classes:
-        raise BridgeError(f"The student has {num_classes} outputs, {options['dataset']} has {train_info.num_classes} classes.")
+        raise BridgeError(f"The student has {num_classes} outputs, {spec.dataset} has {train_info.num_classes} classes.")
     if teacher is not None and tuple(teacher.input_shape[1:]) + tuple(teacher.output_shape[1:]) != input_shape + (num_classes,):
         raise BridgeError(
             f"The teacher maps {tuple(teacher.input_shape[1:])} to {teacher.output_shape[-1]} classes, "
@@ -612,35 +616,34 @@ def run(options: dict) -> dict:
     timings["data_and_parity_s"] = time.perf_counter() - started - timings["rebuild_s"]
 
     # From the example count: a tfds pipeline's cardinality can be unknown.
-    steps_per_epoch = math.ceil(train_info.num_examples / options["batch_size"])
-    total_steps = steps_per_epoch * options["epochs"]
+    steps_per_epoch = math.ceil(train_info.num_examples / spec.batch_size)
+    total_steps = steps_per_epoch * spec.epochs
     pruning = None
     callback = None
-    if options["mode"] == "qat":
+    if spec.mode == "qat":
         model = quantize(student, tf_keras, tfmot, custom_layers)
     else:
-        schedule = pruning_schedule(total_steps, options["sparsity"])
+        schedule = pruning_schedule(total_steps, spec.sparsity)
         model = prune(student, tf_keras, tfmot, custom_layers, schedule)
         callback = tfmot.sparsity.keras.UpdatePruningStep()
         callback.set_model(model)
         callback.on_train_begin()
         pruning = {"schedule": {"class": "PolynomialDecay", **schedule}}
 
-    what = "Quantization-aware training" if options["mode"] == "qat" else f"Pruning to {options['sparsity']:.0%} sparsity"
-    log = options.get("log")
+    what = "Quantization-aware training" if spec.mode == "qat" else f"Pruning to {spec.sparsity:.0%} sparsity"
     if log is not None:
         log(
-            f"{what}: {options['epochs']} epoch(s) on {train_info.num_examples:,} {options['dataset']} training images "
-            f"({steps_per_epoch:,} steps of {options['batch_size']}), method {unit.name!r}."
+            f"{what}: {spec.epochs} epoch(s) on {train_info.num_examples:,} {spec.dataset} training images "
+            f"({steps_per_epoch:,} steps of {spec.batch_size}), method {unit.name!r}."
         )
     fit_started = time.perf_counter()
     loss_history = fine_tune(
-        model, teacher, train_dataset, options["epochs"], options["learning_rate"], unit.name, hyperparameters, options["seed"],
+        model, teacher, train_dataset, spec.epochs, spec.learning_rate, unit.name, hyperparameters, spec.seed,
         on_epoch_end=(lambda: callback.on_epoch_end(-1)) if callback else None, steps_per_epoch=steps_per_epoch, log=log,
-        initial_epoch=options.get("initial_epoch") or 0,
+        initial_epoch=spec.initial_epoch,
     )
     timings["fine_tune_s"] = time.perf_counter() - fit_started
-    if options["mode"] == "prune":
+    if spec.mode == "prune":
         model = tfmot.sparsity.keras.strip_pruning(model)
         per_layer, overall, size = measure_sparsity(model)
         pruning.update({"per_layer_sparsity": per_layer, "overall_sparsity": overall, "prunable_weights": size})
@@ -648,25 +651,25 @@ def run(options: dict) -> dict:
     float_accuracy = float(np.mean(float_predictions == eval_labels))
 
     convert_started = time.perf_counter()
-    output = Path(options["output"])
+    output = Path(spec.output)
     convert_int8(model, representative, output)
     timings["convert_s"] = time.perf_counter() - convert_started
     int8 = evaluate_tflite(output, eval_images, eval_labels)
     timings["total_s"] = time.perf_counter() - started
 
     report = {
-        "mode": options["mode"],
-        "model": str(options["model"]),
-        "teacher": str(options["teacher"]) if options["teacher"] else None,
+        "mode": spec.mode,
+        "model": str(spec.model),
+        "teacher": str(spec.teacher) if spec.teacher else None,
         "method": unit.name,
         "loss": unit.description,
-        "epochs": options["epochs"],
-        "initial_epoch": options.get("initial_epoch") or 0,
+        "epochs": spec.epochs,
+        "initial_epoch": spec.initial_epoch,
         "steps": total_steps,
-        "optimizer": {"name": "adam", "learning_rate": options["learning_rate"], "batch_size": options["batch_size"]},
+        "optimizer": {"name": "adam", "learning_rate": spec.learning_rate, "batch_size": spec.batch_size},
         "hyperparameters": hyperparameters,
-        "seed": options["seed"],
-        "dataset": options["dataset"],
+        "seed": spec.seed,
+        "dataset": spec.dataset,
         "normalization": {"mean": list(train_info.mean), "std": list(train_info.std)},
         "train_examples": train_info.num_examples,
         "eval_examples": int(len(eval_labels)),
@@ -686,18 +689,19 @@ def run(options: dict) -> dict:
         "int8_input_quantization": int8["input_quantization"],
         "timings": {k: round(v, 2) for k, v in timings.items()},
     }
-    write_atomically(Path(options["report"]), (json.dumps(report, indent=2) + "\n").encode())
+    write_atomically(Path(spec.report), (json.dumps(report, indent=2) + "\n").encode())
     return report
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--model", "model", required=True, type=click.Path(exists=True, dir_okay=False), help="The Keras 3 student (.keras).")
+@click.option("--spec", default=None, type=click.Path(exists=True, dir_okay=False), help="A fine-tuning written as JSON (stkd_keras.export.plan.FineTuning, what `stkd-keras export` passes); then no other option.")
+@click.option("--model", "model", default=None, type=click.Path(exists=True, dir_okay=False), help="The Keras 3 student (.keras). Required without --spec.")
 @click.option("--teacher", default=None, type=click.Path(exists=True, dir_okay=False), help="The Keras 3 teacher (.keras); without it the student fine-tunes on plain cross-entropy.")
-@click.option("--dataset", required=True, help="Dataset name for stkd_keras.data.load (e.g. fashion_mnist, cifar100, folder:PATH).")
+@click.option("--dataset", default=None, help="Required without --spec. Dataset name for stkd_keras.data.load (e.g. fashion_mnist, cifar100, folder:PATH).")
 @click.option("--data-dir", default=None, help="Where the dataset lives (see stkd_keras.data.load).")
 @click.option("--mean", default=None, help="Per-channel normalisation mean, comma-separated (default: the dataset's).")
 @click.option("--std", default=None, help="Per-channel normalisation std, comma-separated (default: the dataset's).")
-@click.option("--mode", required=True, type=click.Choice(["qat", "prune"]), help="Quantization-aware training or magnitude pruning.")
+@click.option("--mode", default=None, type=click.Choice(["qat", "prune"]), help="Quantization-aware training or magnitude pruning. Required without --spec.")
 @click.option("--sparsity", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Target sparsity of the pruned kernels (--mode prune).")
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1), help="Fine-tuning epochs.")
 @click.option("--train-subset", default=None, type=click.IntRange(min=1), help="Fine-tune on the first N training examples of the fixed shuffle.")
@@ -712,36 +716,50 @@ def run(options: dict) -> dict:
     "--initial-epoch", default=0, show_default=True, type=click.IntRange(min=0),
     help="Epochs the student has trained (the run's): the fine-tuning's epochs count on from it, past a method's warm-up.",
 )
-@click.option("--output", required=True, type=click.Path(dir_okay=False), help="The int8 .tflite file to write.")
-@click.option("--report", required=True, type=click.Path(dir_okay=False), help="The JSON report to write.")
-def main(**options):
+@click.option("--output", default=None, type=click.Path(dir_okay=False), help="The int8 .tflite file to write. Required without --spec.")
+@click.option("--report", default=None, type=click.Path(dir_okay=False), help="The JSON report to write. Required without --spec.")
+@click.pass_context
+def main(ctx, spec, **options):
     """Quantization-aware training or pruning of a Keras 3 student with tfmot, distilled from its teacher, to int8 TFLite.
 
     Runs as its own process: tfmot needs legacy Keras (tf_keras).
     """
-    options["mean"] = _parse_floats(options["mean"], "--mean")
-    options["std"] = _parse_floats(options["std"], "--std")
-    if (options["mean"] is None) != (options["std"] is None):
-        raise click.BadParameter("Give --mean and --std together, or neither.", param_hint="--mean/--std")
-    if options["mean"] is not None and len(options["mean"]) != len(options["std"]):
-        raise click.BadParameter(f"Expected as many std values as mean values ({len(options['mean'])}).", param_hint="--std")
-    try:
-        options["hyperparameters"] = json.loads(options["hyperparameters"])
-    except json.JSONDecodeError as error:
-        raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r} ({error})", param_hint="--hyperparameters") from None
-    if not isinstance(options["hyperparameters"], dict):
-        raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r}", param_hint="--hyperparameters")
     from stkd_keras.data import DatasetNotFoundError
 
-    options["log"] = click.echo  # flushed per line: the exporting process shows it as it comes
     try:
-        report = run(options)
+        fine_tuning = _fine_tuning(ctx, spec, options)
+        report = run(fine_tuning, log=click.echo)  # flushed per line: the exporting process shows it as it comes
     except (BridgeError, DatasetNotFoundError, ValueError) as error:
         raise click.ClickException(" ".join(str(error).split())) from None
     click.echo(
         f"{report['mode']}: parity {report['parity_max_abs_diff']['student']:.1e}, float top-1 {report['float_top1_accuracy']:.4f}, "
         f"int8 top-1 {report['int8_top1_accuracy']:.4f}, {report['int8_size_bytes']} bytes -> {report['int8_file']}"
     )
+
+
+def _fine_tuning(ctx, spec, options: dict):
+    """The `FineTuning` of this process: read from --spec, or built from the options."""
+    from click.core import ParameterSource
+
+    from stkd_keras.export.plan import FineTuning
+
+    if spec is not None:
+        given = [f"--{name.replace('_', '-')}" for name in options if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
+        if given:
+            raise click.UsageError(f"--spec holds the whole fine-tuning; drop {', '.join(given)}.")
+        return FineTuning.from_json(Path(spec).read_text())
+    missing = [f"--{name}" for name in ("model", "dataset", "mode", "output", "report") if options[name] is None]
+    if missing:
+        raise click.UsageError(f"Missing option(s) {', '.join(missing)} (or give the whole fine-tuning with --spec).")
+    options["mean"] = _parse_floats(options["mean"], "--mean")  # FineTuning checks that they come together, and match
+    options["std"] = _parse_floats(options["std"], "--std")
+    try:
+        options["hyperparameters"] = json.loads(options["hyperparameters"])
+    except json.JSONDecodeError as error:
+        raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r} ({error})", param_hint="--hyperparameters") from None
+    if not isinstance(options["hyperparameters"], dict):
+        raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r}", param_hint="--hyperparameters")
+    return FineTuning(**options)
 
 
 if __name__ == "__main__":

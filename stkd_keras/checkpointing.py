@@ -79,7 +79,7 @@ class RunCheckpoint(keras.callbacks.Callback):
 
 
 def _seed_state(model):
-    generator = getattr(model, "_seed_generator", None)
+    generator = getattr(model, "mixup_seed_generator", None)
     return None if generator is None else np.asarray(generator.state.numpy()).tolist()
 
 
@@ -152,7 +152,8 @@ def restore(model, directory: str | os.PathLike, log=print) -> tuple[int, dict]:
             continue
         history = {key: values[:epoch] for key, values in state["history"].items()}
         if epoch == state["epoch"] and state.get("seed_state") is not None:
-            model._seed_generator.state.assign(np.asarray(state["seed_state"], dtype=model._seed_generator.state.dtype))
+            generator = model.mixup_seed_generator
+            generator.state.assign(np.asarray(state["seed_state"], dtype=generator.state.dtype))
         log(f"Resuming after epoch {epoch} from {folder}.")
         return epoch, history
     raise RunError(f"No checkpoint in {folder} can be loaded (both are damaged); the run cannot be resumed: start it over with --overwrite.")

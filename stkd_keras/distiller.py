@@ -173,6 +173,11 @@ class Distiller(keras.Model):
         # Mean of the mixup coefficients drawn in training (TensorBoard / history.csv: is Beta(a, a) what we think?).
         self._lambda_tracker = keras.metrics.Mean(name="mixup_lambda") if self.distillation_method.mixes else None
 
+    @property
+    def mixup_seed_generator(self) -> keras.random.SeedGenerator:
+        """The `SeedGenerator` of the mixup draws: its state is checkpointed, so a resumed run draws as an uninterrupted one."""
+        return self._seed_generator
+
     @staticmethod
     def _check_compatible(teacher, student):
         for attribute, what in (("input_shape", "input"), ("output_shape", "output")):

@@ -31,7 +31,8 @@ def environment() -> dict:
     }
 
 
-def _image_size(size: int | None):
+def image_size_pair(size: int | None) -> tuple[int, int] | None:
+    """A run's `image_size` (one side of a square, or None for the dataset's own) as the (height, width) the data loaders take."""
     return None if size is None else (size, size)
 
 
@@ -102,7 +103,7 @@ def evaluate(
     if preprocessing is not None:
         check_preprocessing_fits(preprocessing, dataset, model_path)
         normalization = (preprocessing["mean"], preprocessing["std"])
-        image_size = _image_size(preprocessing.get("image_size"))
+        image_size = image_size_pair(preprocessing.get("image_size"))
     data, info = data_lib.load(
         dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download,
         image_size=image_size or tuple(model.input_shape[1:3]), normalization=normalization,

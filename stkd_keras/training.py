@@ -43,11 +43,11 @@ from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig, teacher_config_for  # noqa: F401  (teacher_config_for stays importable from here)
 from stkd_keras.distiller import Distiller
 from stkd_keras.evaluation import (  # noqa: F401  (evaluation's names stay importable from here)
-    _image_size,
     check_model_fits_dataset,
     environment,
     evaluate,
     evaluate_model,
+    image_size_pair,
     load_model,
 )
 from stkd_keras.files import atomic_write, file_sha256
@@ -153,7 +153,7 @@ def train(
             exit_stack.enter_context(backend.determinism())  # and the process's own setting back afterwards
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
-        data_options = {"data_dir": config.data_dir, "download": config.download, "image_size": _image_size(config.image_size)}
+        data_options = {"data_dir": config.data_dir, "download": config.download, "image_size": image_size_pair(config.image_size)}
         holdout = config.validation_holdout
         # Read the data once to know its size; the step-indexed training stream is built below.
         _, train_info = data_lib.load(
@@ -446,7 +446,7 @@ def _run(command, config, teacher_config, output: Path, resume: bool, verbose, l
         # The teacher trains first: a dataset that cannot be read stops the run before it, not after.
         data_lib.load(
             config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, holdout=config.validation_holdout,
-            data_dir=config.data_dir, download=config.download, image_size=_image_size(config.image_size),
+            data_dir=config.data_dir, download=config.download, image_size=image_size_pair(config.image_size),
         )
     if not setup.chief:  # The chief writes the run; the others train into a temporary folder.
         directory, final = distribute.worker_directory(), None

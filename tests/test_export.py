@@ -5,6 +5,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from click.testing import CliRunner
 
 import learning
@@ -421,3 +423,48 @@ def test_an_interrupted_export_journal_removes_only_the_files_it_recorded(studen
     export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=messages.append)
     assert (tmp_path / "important.txt").read_text() == "mine" and (tmp_path / "photo.jpg").read_text() == "jpeg"
     assert any("except important.txt, changed since it wrote them" in m for m in messages)
+
+
+def test_export_is_one_library_call_as_the_command_makes_it(student_run, tmp_path):
+    """`stkd-keras export` is its options and `export_run`: the same call from Python writes the same files."""
+    options = export_lib.ExportOptions(formats=("tflite",), quantize="float32,int8", verify_images=100, representative_images=50)
+    report = export_lib.export_run(student_run, tmp_path / "py", options, log=lambda *_: None)
+    assert [row["file"] for row in report["files"]] == ["student_float32.tflite", "student_int8.tflite"]
+    assert report["verification_images"] == 100 and (tmp_path / "py" / "student_int8.tflite").is_file()
+    # The options are checked before anything loads, each refusal naming its option.
+    with pytest.raises(export_lib.ExportOptionError, match="ONNX export has no dynamic mode") as refused:
+        export_lib.prepare_export(student_run, export_lib.ExportOptions(formats=("onnx",), quantize="dynamic"))
+    assert refused.value.option == "--quantize"
+    with pytest.raises(export_lib.ExportOptionError, match="is already exported") as refused:
+        export_lib.prepare_export(tmp_path / "py" / "student_int8.tflite")
+    assert refused.value.option == "--model"
+    # A fine-tuning without a teacher to distil from: refused in one sentence, as on the command line.
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for name in ("student.keras", "preprocessing.json"):
+        (lone / name).write_bytes((student_run / name).read_bytes())
+    (lone / "metrics.json").write_text(json.dumps({"config": {"method": "kd"}}))
+    with pytest.raises(export_lib.ExportOptionError, match="QAT/pruning fine-tuning: Method 'kd' distils from a teacher") as refused:
+        export_lib.prepare_export(lone, export_lib.ExportOptions(qat_epochs=1))
+    assert refused.value.option == "--teacher"
+    job = export_lib.prepare_export(lone, export_lib.ExportOptions(qat_epochs=1, finetune_method="ce"))
+    assert job.method.name == "ce" and job.teacher_file is None and job.dataset == "fashion_mnist"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    dtype=st.sampled_from([np.int8, np.uint8]), scale=st.floats(1e-4, 2.0), zero_point=st.integers(-128, 255),
+    seed=st.integers(0, 2**32 - 1), spread=st.floats(0.01, 500.0),
+)
+def test_the_runner_quantises_as_the_tflite_formula(dtype, scale, zero_point, seed, spread):
+    """The runner's in-place arithmetic (three times faster than np.clip's) is clip(round(x / scale + zero_point)) exactly."""
+    from stkd_keras.export import runtime
+
+    info = np.iinfo(dtype)
+    zero_point = int(np.clip(zero_point, info.min, info.max))
+    images = (np.random.default_rng(seed).standard_normal((3, 5, 5, 1)) * spread).astype(np.float32)
+    detail = {"dtype": dtype, "quantization": (scale, zero_point)}
+    expected = np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(dtype)
+    np.testing.assert_array_equal(runtime._quantize(images, detail), expected)
+    values = np.random.default_rng(seed).integers(info.min, info.max, (3, 10), endpoint=True).astype(dtype)
+    np.testing.assert_array_equal(runtime._dequantize(values, detail), ((values.astype(np.float32) - zero_point) * scale).astype(np.float32))

@@ -226,7 +226,7 @@ def test_the_fine_tuning_loss_is_the_distillers(method):
     student, teacher = get_model("cnn8", 10, (28, 28, 1)), get_model("cnn16", 10, (28, 28, 1))
     rng = np.random.default_rng(0)
     images, labels = rng.standard_normal((16, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 16)
-    custom = tfmot_bridge._custom_layer_classes(tf_keras)
+    custom = tfmot_bridge.custom_layer_classes(tf_keras)
     legacy_student = tfmot_bridge.to_tf_keras(student, tf_keras, custom)
     legacy_teacher = tfmot_bridge.to_tf_keras(teacher, tf_keras, custom) if unit.needs_teacher else None
     totals = {}
@@ -242,3 +242,24 @@ def test_the_fine_tuning_loss_is_the_distillers(method):
         # Past its warm-up the distillation terms weigh 20 times more (1/20 -> 1): the epoch reaches the loss. Seen for
         # dkd: 2.317 at epoch 0 and 2.621 at epoch 25 (CE 2.30, distillation terms 0.32).
         assert totals[25] > totals[0] + 0.1
+
+
+def test_the_fine_tuning_contract_is_one_dataclass_written_as_json(tmp_path):
+    """The export and the bridge process once shared an untyped dict turned into argv; now one frozen dataclass, as JSON."""
+    from stkd_keras.export.plan import FineTuning
+
+    spec = FineTuning(mode="prune", model="s.keras", dataset="fashion_mnist", mean=(0.286,), std=(0.353,), sparsity=0.7,
+                      method="dkd", hyperparameters={"temperature": 2.0}, initial_epoch=20)
+    assert FineTuning.from_json(spec.to_json()) == spec
+    with pytest.raises(ValueError, match=r"takes the fields .*Received: \['dataset', 'epoch', 'mode', 'model'\]"):
+        FineTuning.from_json('{"mode": "qat", "model": "m", "dataset": "d", "epoch": 3}')
+    with pytest.raises(ValueError, match="Give mean and std together"):
+        FineTuning(mode="qat", model="m", dataset="d", mean=(0.1,))
+    with pytest.raises(ValueError, match="Expected mode 'qat' or 'prune'"):
+        FineTuning(mode="distill", model="m", dataset="d")
+    path = tmp_path / "spec.json"
+    path.write_text(spec.to_json())
+    result = run_bridge("--spec", path, "--epochs", "3")
+    assert result.returncode == 2 and "--spec holds the whole fine-tuning; drop --epochs." in result.stderr
+    result = run_bridge("--mode", "qat")
+    assert result.returncode == 2 and "Missing option(s) --model, --dataset, --output, --report" in result.stderr
