@@ -333,7 +333,7 @@ def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_r
         train, _ = data_lib.load("fashion_mnist", "train", 32, subset=1000)
         teacher = get_model("cnn16", 10, (28, 28, 1))
         teacher.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        teacher.fit(train, epochs=1, verbose=0)
+        teacher.fit(train, epochs=1, verbose=0, shuffle=False)  # the pipeline shuffles
         teacher.save(teacher_dir / "teacher.keras")
     output = tmp_path / "exported"
     result = CliRunner().invoke(
