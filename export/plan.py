@@ -161,6 +161,12 @@ class FineTuning:
             raise ValueError("Give mean and std together, or neither.")
         if self.mean is not None and len(self.mean) != len(self.std):
             raise ValueError(f"Expected as many std values as mean values ({len(self.mean)}).")
+        for name, least in (("epochs", 1), ("batch_size", 1), ("representative", 1), ("initial_epoch", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"Expected `{name}` to be an int >= {least}. Received: {name}={value!r}")
+        if not isinstance(self.hyperparameters, dict):
+            raise ValueError(f"Expected `hyperparameters` to be a mapping of names to values. Received: {self.hyperparameters!r}")
         if not 0 < self.sparsity < 1:
             raise ValueError(f"Expected a sparsity in (0, 1). Received: sparsity={self.sparsity!r}")
 
@@ -172,8 +178,12 @@ class FineTuning:
         """The object `to_json` wrote; unknown or missing fields are refused in one sentence."""
         payload = json.loads(text)
         names = {field.name for field in dataclasses.fields(cls)}
-        if not isinstance(payload, dict) or set(payload) - names:
-            raise ValueError(f"A fine-tuning spec takes the fields {sorted(names)}. Received: {sorted(payload) if isinstance(payload, dict) else payload!r}")
+        required = {field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING}
+        if not isinstance(payload, dict) or set(payload) - names or required - set(payload):
+            raise ValueError(
+                f"A fine-tuning spec takes the fields {sorted(names)}, {sorted(required)} among them. "
+                f"Received: {sorted(payload) if isinstance(payload, dict) else payload!r}"
+            )
         for key in ("mean", "std"):
             if payload.get(key) is not None:
                 payload[key] = tuple(payload[key])

@@ -253,6 +253,11 @@ def test_the_fine_tuning_contract_is_one_dataclass_written_as_json(tmp_path):
     assert FineTuning.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match=r"takes the fields .*Received: \['dataset', 'epoch', 'mode', 'model'\]"):
         FineTuning.from_json('{"mode": "qat", "model": "m", "dataset": "d", "epoch": 3}')
+    # An edited spec: a field missing, or a value of the wrong kind, is one sentence too (the process shows it as an error line).
+    with pytest.raises(ValueError, match=r"\['dataset', 'mode', 'model'\] among them. Received: \['dataset', 'mode'\]"):
+        FineTuning.from_json('{"mode": "qat", "dataset": "d"}')
+    with pytest.raises(ValueError, match="Expected `epochs` to be an int >= 1. Received: epochs='3'"):
+        FineTuning.from_json('{"mode": "qat", "model": "m", "dataset": "d", "epochs": "3"}')
     with pytest.raises(ValueError, match="Give mean and std together"):
         FineTuning(mode="qat", model="m", dataset="d", mean=(0.1,))
     with pytest.raises(ValueError, match="Expected mode 'qat' or 'prune'"):
@@ -263,3 +268,9 @@ def test_the_fine_tuning_contract_is_one_dataclass_written_as_json(tmp_path):
     assert result.returncode == 2 and "--spec holds the whole fine-tuning; drop --epochs." in result.stderr
     result = run_bridge("--mode", "qat")
     assert result.returncode == 2 and "Missing option(s) --model, --dataset, --output, --report" in result.stderr
+    path.write_text('{"mode": "qat", "dataset": "fashion_mnist"}')  # truncated by hand: no traceback, one line
+    result = run_bridge("--spec", path)
+    assert result.returncode == 1 and "Error: A fine-tuning spec takes the fields" in result.stderr and "Traceback" not in result.stderr
+    path.write_text('{"mode": "qat", "model": "m.keras", "dataset": "fashion_mnist"')  # cut mid-way: not JSON
+    result = run_bridge("--spec", path)
+    assert result.returncode == 1 and "Error: Expecting" in result.stderr and "Traceback" not in result.stderr
