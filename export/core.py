@@ -36,13 +36,13 @@ import tensorflow as tf
 from stkd_keras.backend_choice import filtered_stderr
 from stkd_keras.export.plan import (  # noqa: F401  (re-exported)
     DEFAULT_OPSET,
-    OnnxInt8Config,
     DEFAULT_QUANTIZATIONS,
     FLOAT_BOUNDS,
     FORMAT_QUANTIZATIONS,
     FORMATS,
     QUANTIZATIONS,
     ExportError,
+    OnnxInt8Config,
     export_plan,
     file_name,
     parse_quantizations,
@@ -380,14 +380,14 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
         }
         rows = []
 
-        def finish(path: Path, export_format: str, quantization: str, extra: dict | None = None, onnx_int8: bool = False) -> None:
+        def finish(path: Path, export_format: str, quantization: str, extra: dict | None = None) -> None:
             runner = runner_for(path)
             own = {"format": export_format, "quantization": quantization, "input_dtype": runner.input_dtype, "output_dtype": runner.output_dtype}
-            if onnx_int8:
-                own["onnx_int8"] = dataclasses.asdict(OnnxInt8Config())
+            if (export_format, quantization) == ("onnx", "int8"):
+                own["onnx_int8"] = dataclasses.asdict(OnnxInt8Config())  # how onnxruntime quantized it
             _embed(path, {**shared, **own})
             row = _verify(path, quantization, data, reference)
-            row.update({**(extra or {}), **({"onnx_int8": own["onnx_int8"]} if onnx_int8 else {})})
+            row.update({key: own[key] for key in ("onnx_int8",) if key in own}, **(extra or {}))
             rows.append(row)
 
         onnx_float = None
@@ -405,7 +405,7 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
             elif export_format == "onnx":
                 log(f"Quantizing the ONNX model to int8 ({OnnxInt8Config().name})...")
                 quantize_onnx_int8(onnx_float, path, data.representative)
-            finish(path, export_format, quantization, onnx_int8=export_format == "onnx" and quantization == "int8")
+            finish(path, export_format, quantization)
         for fine_tuning in fine_tunings:
             path = staging / file_name(stem, "tflite", f"{fine_tuning.mode}+int8")
             bridge_report = run_tfmot_bridge(fine_tuning, path, data, preprocessing, log)

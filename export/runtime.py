@@ -72,7 +72,8 @@ def measure_latency(runner, image: np.ndarray, repeats: int = 200, warmup: int =
     """
     block = max(1, repeats // rounds)
     runtime, end_to_end = [], []
-    median_ms(lambda: runner.predict(image), 1, warmup)
+    for _ in range(warmup):
+        runner.predict(image)
     for _ in range(rounds):
         call = runner.invoke_call(image)
         runtime += _times(call, block)
@@ -89,7 +90,19 @@ def _times(call, repeats: int) -> list[float]:
     return times
 
 
-class TFLiteRunner:
+class _Runner:
+    """What both runners share: `predict` in batches of `batch_size`, or one at a time for a file with a fixed batch."""
+
+    fixed_batch: int | None = None  # each runner sets it, and defines `_run`, its runtime's call on one batch
+
+    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        step = self.fixed_batch or batch_size
+        if len(images) <= step:
+            return self._run(images)
+        return np.concatenate([self._run(images[i : i + step]) for i in range(0, len(images), step)])
+
+
+class TFLiteRunner(_Runner):
     """A `.tflite` file in the LiteRT interpreter (`ai_edge_litert`)."""
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1):
@@ -129,14 +142,9 @@ class TFLiteRunner:
         self._set_input(images)
         return self.interpreter.invoke
 
-    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        step = self.fixed_batch or batch_size
-        if len(images) <= step:
-            return self._run(images)
-        return np.concatenate([self._run(images[i : i + step]) for i in range(0, len(images), step)])
 
 
-class ONNXRunner:
+class ONNXRunner(_Runner):
     """An `.onnx` file in onnxruntime (CPU)."""
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1):
@@ -161,11 +169,6 @@ class ONNXRunner:
         """Returns a call of the session's own `run` on `images` (already float32), for timing the runtime alone."""
         return functools.partial(self.session.run, None, {self.input.name: np.ascontiguousarray(images, dtype=np.float32)})
 
-    def predict(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        step = self.fixed_batch or batch_size
-        if len(images) <= step:
-            return self._run(images)
-        return np.concatenate([self._run(images[i : i + step]) for i in range(0, len(images), step)])
 
 
 def runner_for(path: str | os.PathLike, num_threads: int = 1):

@@ -158,12 +158,12 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
     follow = _progress(info, split, batch_size, log)
     if follow:
         follow.on_test_begin()
-    for index, (images, batch_labels) in enumerate(data):  # a tf.data.Dataset or a keras.utils.PyDataset
-        with filtered_stderr():  # the delegate's line may come with the first call
+    with filtered_stderr():  # the delegate's line may come with the first call: one filter around the pass
+        for index, (images, batch_labels) in enumerate(data):  # a tf.data.Dataset or a keras.utils.PyDataset
             logits.append(runner.predict(np.asarray(images)))
-        labels.append(np.asarray(batch_labels))
-        if follow:
-            follow.on_test_batch_end(index)
+            labels.append(np.asarray(batch_labels))
+            if follow:
+                follow.on_test_batch_end(index)
     if follow:
         follow.on_test_end()
     logits, labels = np.concatenate(logits), np.concatenate(labels)

@@ -291,7 +291,7 @@ def check_teacher(method, teacher, how: str = "teacher") -> "DistillationMethod"
     Raises:
         ValueError: Naming the method, what to do, and what was received.
     """
-    method = method if isinstance(method, DistillationMethod) else get_method(method)
+    method = get_method(method)  # a name, or the method itself
     if method.needs_teacher and teacher is None:
         raise ValueError(
             f"Method {method.name!r} distils from a teacher, but none was given; pass {how}, or choose a method that trains "
@@ -480,7 +480,7 @@ def outputs_loss(
     """
     from keras import ops
 
-    method = method if isinstance(method, DistillationMethod) else get_method(method)
+    method = get_method(method)  # a name, or the method itself
     context = batch_context(one_hot_labels(labels, outputs["logits"].shape[-1]), outputs, sample_weight, epoch=epoch, step=step, training=training)
     terms = dict(method.loss_terms(context, hyperparameters))
     declared = set(method.term_names(hyperparameters))
@@ -502,7 +502,7 @@ def step_loss(
     its forward pass. Usable with any callable models Keras's ops accept,
     tf_keras ones included on the TensorFlow backend.
     """
-    method = method if isinstance(method, DistillationMethod) else get_method(method)
+    method = get_method(method)  # a name, or the method itself
     outputs = forward(method, hyperparameters, images, student, teacher, seed)
     if regularization_losses is None:
         regularization_losses = student.losses
