@@ -31,7 +31,17 @@ import yaml
 from stkd_keras import methods
 
 GRID_FIELDS = {
-    "name", "dataset", "teacher", "teacher_run", "student", "methods", "seeds", "settings", "common", "baseline", "baseline_setting",
+    "name",
+    "dataset",
+    "teacher",
+    "teacher_run",
+    "student",
+    "methods",
+    "seeds",
+    "settings",
+    "common",
+    "baseline",
+    "baseline_setting",
     "expected_minutes",
 }
 
@@ -113,16 +123,31 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
             raise SystemExit(f"teacher_run {teacher_dir} has no teacher.keras: run the grid that trains it first.")
     elif teacher and not (teacher_dir / "teacher.keras").is_file() and not compare_only:
         # The teacher trains with cross-entropy: the methods' hyperparameters in `common` are not its options.
-        teacher_options = {name: value for name, value in {**common, **teacher}.items() if name not in methods.hyperparameter_fields()}
+        teacher_options = {
+            name: value for name, value in {**common, **teacher}.items() if name not in methods.hyperparameter_fields()
+        }
         if list(output.glob(".teacher.partial-*")):
             log(f"Resuming the teacher in {teacher_dir}")
             cli("train-teacher", "--resume", str(teacher_dir), "--quiet")
         else:
             log(f"Training the teacher into {teacher_dir}")
-            cli("train-teacher", "--dataset", grid["dataset"], *option_list(teacher_options), "--quiet", "--output", str(teacher_dir))
+            cli(
+                "train-teacher",
+                "--dataset",
+                grid["dataset"],
+                *option_list(teacher_options),
+                "--quiet",
+                "--output",
+                str(teacher_dir),
+            )
     finished = []
     # Seed by seed: a grid stopped part-way is a whole grid with fewer seeds, not one with settings missing.
-    runs = [(setting, method, seed) for seed in grid["seeds"] for setting in grid.get("settings") or [{}] for method in grid["methods"]]
+    runs = [
+        (setting, method, seed)
+        for seed in grid["seeds"]
+        for setting in grid.get("settings") or [{}]
+        for method in grid["methods"]
+    ]
     for index, (setting, method, seed) in enumerate(runs, start=1):
         folder = output / "runs" / setting_label(setting) / method_folder(method) / f"seed{seed}"
         if (folder / "metrics.json").is_file():
@@ -142,12 +167,25 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
             name, own = method_entry(method)
             unit = methods.get_method(name)
             options = {
-                field: value for field, value in {**common, **setting, **own, "seed": seed}.items()
+                field: value
+                for field, value in {**common, **setting, **own, "seed": seed}.items()
                 if field not in methods.hyperparameter_fields() or field in unit.hyperparameter_names()
             }
             teacher_option = ["--teacher", str(teacher_dir)] if unit.needs_teacher else []
-            cli("distill", "--dataset", grid["dataset"], "--student", grid["student"], "--method", name, *teacher_option,
-                *option_list(options), "--quiet", "--output", str(folder))
+            cli(
+                "distill",
+                "--dataset",
+                grid["dataset"],
+                "--student",
+                grid["student"],
+                "--method",
+                name,
+                *teacher_option,
+                *option_list(options),
+                "--quiet",
+                "--output",
+                str(folder),
+            )
         log(f"    done in {time.perf_counter() - started:.0f} s")
         finished.append(folder)
     if compare_only:
@@ -157,7 +195,7 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
         left_out = sorted(set(grid["seeds"]) - whole)
         if left_out:
             log(f"Seeds {left_out} are not finished in every arm: left out of the comparison.")
-        finished = [folder for folder in finished if int(folder.name[len("seed"):]) in whole]
+        finished = [folder for folder in finished if int(folder.name[len("seed") :]) in whole]
     return finished, teacher_dir
 
 
@@ -173,7 +211,11 @@ def _cpu_name() -> str:
     import platform
 
     try:
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ]
     except OSError:
         names = []
     return f"{names[0] if names else platform.processor() or platform.machine()}, {os.cpu_count()} cores visible"
@@ -190,8 +232,20 @@ def main() -> None:
     if not finished:
         raise SystemExit(f"No finished runs of {args.grid} in {args.output} to compare.")
     baseline = grid.get("baseline", "kd")
-    fields = [f"--baseline-setting={name}={json.dumps(value)}" for name, value in (grid.get("baseline_setting") or {}).items()]
-    cli("compare", *map(str, finished), "--baseline", baseline, *fields, "--markdown", str(args.output / "results.md"), "--plot", str(args.output / "results.png"))
+    fields = [
+        f"--baseline-setting={name}={json.dumps(value)}" for name, value in (grid.get("baseline_setting") or {}).items()
+    ]
+    cli(
+        "compare",
+        *map(str, finished),
+        "--baseline",
+        baseline,
+        *fields,
+        "--markdown",
+        str(args.output / "results.md"),
+        "--plot",
+        str(args.output / "results.png"),
+    )
     import platform
 
     import keras
@@ -208,7 +262,10 @@ def main() -> None:
         "runs": len(finished),
         # Training time (Keras fit, all epochs) summed over the runs and the teacher this grid trained (not a shared
         # one), whichever invocation ran them; wall time adds process start, data loading and the teacher's evaluation.
-        "train_seconds_total": round(sum(_train_seconds(folder) for folder in [*finished, *([] if grid.get("teacher_run") else [teacher_dir])]), 1),
+        "train_seconds_total": round(
+            sum(_train_seconds(folder) for folder in [*finished, *([] if grid.get("teacher_run") else [teacher_dir])]),
+            1,
+        ),
     }
     (args.output / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")
 

@@ -22,7 +22,11 @@ import time
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=None, help="Folder of the four IDX files (default: Debian's /usr/share/datasets/fashion-mnist).")
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        help="Folder of the four IDX files (default: Debian's /usr/share/datasets/fashion-mnist).",
+    )
     parser.add_argument("--teacher", default="resnet14")
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--train-subset", type=int, default=None, help="First N training images (default: all 60,000).")
@@ -40,13 +44,17 @@ def main() -> None:
 
     directory = idx.find_fashion_mnist_idx(args.data_dir)
     if directory is None:
-        raise SystemExit(f"The four Fashion-MNIST IDX files are not in {args.data_dir or idx.DEBIAN_FASHION_MNIST_DIR}.")
+        raise SystemExit(
+            f"The four Fashion-MNIST IDX files are not in {args.data_dir or idx.DEBIAN_FASHION_MNIST_DIR}."
+        )
     keras.mixed_precision.set_global_policy(args.policy)
 
     def split(name, count):
         images, labels = idx.read_fashion_mnist_idx(directory, name)
         images, labels = images[:count], labels[:count]
-        return (images.astype("float32") / 255.0 - idx.FASHION_MNIST_MEAN[0]) / idx.FASHION_MNIST_STD[0], labels.astype("int32")
+        return (images.astype("float32") / 255.0 - idx.FASHION_MNIST_MEAN[0]) / idx.FASHION_MNIST_STD[0], labels.astype(
+            "int32"
+        )
 
     (x, y), (x_test, y_test) = split("train", args.train_subset), split("test", args.test_subset)
     rng = np.random.default_rng(args.seed)
@@ -87,15 +95,23 @@ def main() -> None:
 
         @property
         def images_per_second(self):
-            return (args.epochs - 1) * (len(x) // args.batch_size) * args.batch_size / self.seconds if self.seconds else float("nan")
+            return (
+                (args.epochs - 1) * (len(x) // args.batch_size) * args.batch_size / self.seconds
+                if self.seconds
+                else float("nan")
+            )
 
     def train(model, teacher=None, method="ce"):
         distiller = Distiller(model, teacher, method=method, seed=args.seed)
         schedule = keras.optimizers.schedules.CosineDecay(0.05, decay_steps=args.epochs * (len(x) // args.batch_size))
-        distiller.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=5e-4), metrics=["accuracy"])
+        distiller.compile(
+            optimizer=keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=5e-4), metrics=["accuracy"]
+        )
         throughput = Throughput()
         started = time.perf_counter()
-        history = distiller.fit(FlippedEpochs(), epochs=args.epochs, validation_data=(x_test, y_test), verbose=0, callbacks=[throughput])
+        history = distiller.fit(
+            FlippedEpochs(), epochs=args.epochs, validation_data=(x_test, y_test), verbose=0, callbacks=[throughput]
+        )
         return {
             "model": model.name,
             "method": method,
@@ -113,14 +129,18 @@ def main() -> None:
         rows.append(train(get_model(args.student, 10, (28, 28, 1)), teacher if method == "stkd" else None, method))
 
     print(
-        f"Fashion-MNIST, {len(x)} training / {len(x_test)} test images, {args.epochs} epochs, batch {args.batch_size}, {args.policy}, "
+        f"Fashion-MNIST, {len(x)} training / {len(x_test)} test images, {args.epochs} epochs, batch {args.batch_size}, "
+        f"{args.policy}, "
         f"Keras {keras.__version__} on {keras.backend.backend()}, {os.cpu_count()} CPU(s)"
     )
     print("| model | method | parameters | final-epoch test top-1 | train images/s (epochs 2+) | seconds |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for row in rows:
         speed = "-" if row["images_per_second"] is None else f"{row['images_per_second']:,}"
-        print(f"| {row['model']} | {row['method']} | {row['parameters']:,} | {row['final_val_accuracy']:.4f} | {speed} | {row['seconds']} |")
+        print(
+            f"| {row['model']} | {row['method']} | {row['parameters']:,} | {row['final_val_accuracy']:.4f} | {speed} | "
+            f"{row['seconds']} |"
+        )
     print("RESULT " + json.dumps(rows))
 
 

@@ -59,7 +59,20 @@ from pathlib import Path
 
 CLI = [sys.executable, "-m", "stkd_keras.cli.main"]
 # The tiny run of every training case; --deterministic so that a resumed run can be compared weight for weight.
-TINY = ["--student", "cnn8", "--epochs", "3", "--train-subset", "256", "--val-subset", "128", "--batch-size", "64", "--quiet", "--deterministic"]
+TINY = [
+    "--student",
+    "cnn8",
+    "--epochs",
+    "3",
+    "--train-subset",
+    "256",
+    "--val-subset",
+    "128",
+    "--batch-size",
+    "64",
+    "--quiet",
+    "--deterministic",
+]
 EPOCHS = 3
 EXPORT_OPTIONS = ["--verify-images", "100", "--representative-images", "50"]
 # What README.md says every finished run folder holds (Command line section; run.json under Backends).
@@ -106,7 +119,11 @@ class Case:
     @property
     def traceback(self) -> bool:
         """Whether a command of the case printed a Python traceback (a killed one's output is not counted)."""
-        return any("Traceback (most recent call last)" in step.output for step in self.steps if step.exit_code != -signal.SIGKILL)
+        return any(
+            "Traceback (most recent call last)" in step.output
+            for step in self.steps
+            if step.exit_code != -signal.SIGKILL
+        )
 
     def expect(self, condition: bool, problem: str) -> bool:
         if not condition:
@@ -142,14 +159,22 @@ class Bench:
         args = [str(arg) for arg in args]
         started = time.monotonic()
         completed = subprocess.run(
-            (command or CLI) + args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=TIMEOUT, check=False
+            (command or CLI) + args,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
         )
         return Step(args, completed.returncode, completed.stdout, time.monotonic() - started)
 
     def start(self, args: list, cwd: Path) -> tuple[subprocess.Popen, Path, float]:
         log = Path(tempfile.mkstemp(prefix="log-", suffix=".txt", dir=self.root)[1])
         with open(log, "w") as handle:
-            process = subprocess.Popen(CLI + [str(arg) for arg in args], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT)
+            process = subprocess.Popen(
+                CLI + [str(arg) for arg in args], cwd=cwd, stdout=handle, stderr=subprocess.STDOUT
+            )
         return process, log, time.monotonic()
 
     @staticmethod
@@ -193,7 +218,9 @@ class Bench:
         self.fixtures.mkdir()
         self.teacher = self.fixtures / "run" / "teacher" / "teacher.keras"
         self.student = self.fixtures / "reference" / "student.keras"
-        steps = [self.run(["distill", "--teacher-model", "cnn8", *TINY, "--output", self.fixtures / "run"], self.fixtures)]
+        steps = [
+            self.run(["distill", "--teacher-model", "cnn8", *TINY, "--output", self.fixtures / "run"], self.fixtures)
+        ]
         self.run_command = ["distill", "--teacher", self.teacher, *TINY]
         steps.append(self.run([*self.run_command, "--output", self.fixtures / "reference"], self.fixtures))
         self.run_seconds = steps[-1].seconds
@@ -207,14 +234,26 @@ class Bench:
 
         cifar = self.fixtures / "cifar_run"
         cifar.mkdir()
-        model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_student")
+        model = keras.Sequential(
+            [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_student"
+        )
         model.save(cifar / "student.keras")
-        teacher = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_teacher")
+        teacher = keras.Sequential(
+            [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_teacher"
+        )
         teacher.save(self.fixtures / "cifar_teacher.keras")
-        preprocessing = {"dataset": "cifar10", "input_shape": [32, 32, 3], "mean": [0.491, 0.482, 0.447], "std": [0.247, 0.243, 0.262]}
+        preprocessing = {
+            "dataset": "cifar10",
+            "input_shape": [32, 32, 3],
+            "mean": [0.491, 0.482, 0.447],
+            "std": [0.247, 0.243, 0.262],
+        }
         (cifar / "preprocessing.json").write_text(json.dumps(preprocessing))
         self.fixture_sums = checksums(self.fixtures)
-        print(f"Fixtures: reference run {self.run_seconds:.1f} s, reference export {self.export_seconds:.1f} s.", flush=True)
+        print(
+            f"Fixtures: reference run {self.run_seconds:.1f} s, reference export {self.export_seconds:.1f} s.",
+            flush=True,
+        )
 
     def check_fixtures(self, case: Case) -> None:
         """Every case must leave the fixtures it reads as they were."""
@@ -330,7 +369,9 @@ def final_names_after_kill(folder: Path, names: list[str]) -> tuple[str, list[st
     if not present:
         return "no file under a final name", []
     if "metadata.json" not in present or "export_report.json" not in present:
-        return f"{', '.join(present)} under final names", [f"the kill left {', '.join(present)} under final names without metadata.json listing them"]
+        return f"{', '.join(present)} under final names", [
+            f"the kill left {', '.join(present)} under final names without metadata.json listing them"
+        ]
     problems = export_listing_problems(folder)
     return "a complete set, listed by metadata.json" if not problems else "an incomplete set", problems
 
@@ -342,11 +383,19 @@ def teacher_inside_output(bench: Bench) -> None:
     folder = bench.case_dir()
     run = folder / "RUN"
     shutil.copytree(bench.fixtures / "run", run)
-    case = Case("teacher inside the output, with --overwrite", "distill --teacher RUN/teacher/teacher.keras --output RUN --overwrite")
+    case = Case(
+        "teacher inside the output, with --overwrite",
+        "distill --teacher RUN/teacher/teacher.keras --output RUN --overwrite",
+    )
     before = checksums(folder)
-    step = bench.run(["distill", "--teacher", run / "teacher" / "teacher.keras", *TINY, "--output", run, "--overwrite"], folder)
+    step = bench.run(
+        ["distill", "--teacher", run / "teacher" / "teacher.keras", *TINY, "--output", run, "--overwrite"], folder
+    )
     case.steps.append(step)
-    case.expect(step.exit_code == 1 and "lies inside" in step.message and step.message.startswith("Error:"), "not refused in one sentence")
+    case.expect(
+        step.exit_code == 1 and "lies inside" in step.message and step.message.startswith("Error:"),
+        "not refused in one sentence",
+    )
     case.changed += compare(before, checksums(folder))
     if not case.changed:
         case.notes.append("RUN unchanged")
@@ -365,7 +414,10 @@ def one_refused(case, started, steps) -> tuple[int, int] | None:
     holder, loser = winners[0], 1 - winners[0]
     case.message_step = loser
     pid = started[holder][0].pid
-    case.expect(steps[loser].exit_code == 1 and f"is in use by process {pid}" in steps[loser].message, "the second was not refused naming the holder's pid")
+    case.expect(
+        steps[loser].exit_code == 1 and f"is in use by process {pid}" in steps[loser].message,
+        "the second was not refused naming the holder's pid",
+    )
     return holder, loser
 
 
@@ -383,7 +435,9 @@ def concurrent_runs(bench: Bench) -> None:
     if roles:
         holder, loser = roles
         case.expect(ended[loser] < ended[holder], "the second was not refused before the first finished")
-        case.notes.append(f"second refused after {steps[loser].seconds:.1f} s, first finished after {steps[holder].seconds:.1f} s")
+        case.notes.append(
+            f"second refused after {steps[loser].seconds:.1f} s, first finished after {steps[holder].seconds:.1f} s"
+        )
         case.problems += run_problems(output, epochs=4)
     case.problems += [f"left {name}" for name in leftovers(output)]
     if not case.problems:
@@ -477,12 +531,17 @@ def killed_after_first_epoch(bench: Bench) -> None:
     refusal = bench.run(args, folder)
     case.steps.append(refusal)
     expected = f"An unfinished run of {output} exists (epoch {epoch} of {EPOCHS}); continue it with --resume {output}, or start over with --overwrite."
-    case.expect(refusal.exit_code == 1 and refusal.message == f"Error: {expected}", "the rerun was not refused naming the unfinished run")
+    case.expect(
+        refusal.exit_code == 1 and refusal.message == f"Error: {expected}",
+        "the rerun was not refused naming the unfinished run",
+    )
     case.changed += [f"rerun: {change}" for change in compare(before, checksums(folder))]
     listing = bench.run(["report", folder], folder)
     case.steps.append(listing)
     case.expect(
-        listing.exit_code == 0 and f"  {output}: epoch {epoch} of {EPOCHS}; continue it with stkd-keras distill --resume {output}" in listing.output,
+        listing.exit_code == 0
+        and f"  {output}: epoch {epoch} of {EPOCHS}; continue it with stkd-keras distill --resume {output}"
+        in listing.output,
         f"report did not list it: {bench.short(listing.message)}",
     )
     case.changed += [f"report: {change}" for change in compare(before, checksums(folder))]
@@ -491,12 +550,17 @@ def killed_after_first_epoch(bench: Bench) -> None:
     if case.expect(resumed.exit_code == 0, f"--resume failed: {bench.short(resumed.message)}"):
         case.problems += run_problems(output)
         metrics = json.loads((output / "metrics.json").read_text()) if (output / "metrics.json").is_file() else {}
-        case.expect(metrics.get("resumed_at_epoch") == epoch, f"metrics.json says resumed_at_epoch {metrics.get('resumed_at_epoch')}")
+        case.expect(
+            metrics.get("resumed_at_epoch") == epoch,
+            f"metrics.json says resumed_at_epoch {metrics.get('resumed_at_epoch')}",
+        )
         difference = weight_difference(output / "student.keras", bench.student)
         case.expect(difference is None, f"student.keras differs from the uninterrupted run: {difference}")
     case.problems += [f"left {name}" for name in leftovers(output)]
     if case.nothing_lost:
-        case.notes.append(f"killed at epoch {epoch}: refused unchanged, listed by report, resumed to the reference weights")
+        case.notes.append(
+            f"killed at epoch {epoch}: refused unchanged, listed by report, resumed to the reference weights"
+        )
     bench.check_fixtures(case)
     bench.add(case)
 
@@ -511,7 +575,11 @@ def killed_at_a_narrow_moment(bench: Bench, name: str, command: str, ready, wind
     killed = kill_when(process, lambda: ready(folder, output))
     case.steps.append(Bench.finish(process, log, args, started))
     in_window = killed and ready(folder, output)
-    case.notes.append(f"killed {window}" if in_window else f"the kill missed the moment ({window}); left {describe_left(folder, output)}")
+    case.notes.append(
+        f"killed {window}"
+        if in_window
+        else f"the kill missed the moment ({window}); left {describe_left(folder, output)}"
+    )
     if output.exists():
         case.problems += [f"after the kill: {problem}" for problem in run_problems(output)]
     rerun_then_resume(bench, case, folder, output, args)
@@ -533,7 +601,11 @@ def random_run_kills(bench: Bench, moments: list[float]) -> None:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
         case.steps.append(Bench.finish(process, log, args, started))
-        case.notes.append(f"the kill left {describe_left(folder, output)}" if case.steps[0].exit_code == -signal.SIGKILL else "the run finished before the kill")
+        case.notes.append(
+            f"the kill left {describe_left(folder, output)}"
+            if case.steps[0].exit_code == -signal.SIGKILL
+            else "the run finished before the kill"
+        )
         if output.exists():  # --output never holds half a run
             case.problems += [f"after the kill: {problem}" for problem in run_problems(output)]
         rerun_then_resume(bench, case, folder, output, args)
@@ -553,7 +625,10 @@ def export_twice(bench: Bench) -> None:
     before = checksums(folder)
     again = bench.run([*bench.export_command, "--output", output], folder)
     case.steps.append(again)
-    case.expect(again.exit_code == 1 and "already exists; pass --overwrite" in again.message, "the second export was not refused")
+    case.expect(
+        again.exit_code == 1 and "already exists; pass --overwrite" in again.message,
+        "the second export was not refused",
+    )
     case.changed += compare(before, checksums(folder))
     replaced = bench.run([*bench.export_command, "--overwrite", "--quantize", "float16", "--output", output], folder)
     case.steps.append(replaced)
@@ -562,7 +637,10 @@ def export_twice(bench: Bench) -> None:
         listed = sorted(json.loads((output / "metadata.json").read_text())["files"])
         case.expect(listed == ["student_float16.tflite"], f"metadata.json lists {listed}")
         if not case.problems:
-            case.notes.append("refused unchanged; after --overwrite the folder holds exactly what metadata.json lists (student_float16.tflite)")
+            case.notes.append(
+                "refused unchanged; after --overwrite the folder holds exactly what metadata.json lists "
+                "(student_float16.tflite)"
+            )
     case.problems += [f"left {name}" for name in leftovers(output)]
     bench.check_fixtures(case)
     bench.add(case)
@@ -590,7 +668,14 @@ def export_kill(bench: Bench, name: str, moment: float | None) -> None:
     folder = bench.case_dir()
     output = folder / "export"
     args = [*bench.export_command, "--output", output]
-    names = ["student_float32.tflite", "student_int8.tflite", "student_float32.onnx", "student_int8.onnx", "metadata.json", "export_report.json"]
+    names = [
+        "student_float32.tflite",
+        "student_int8.tflite",
+        "student_float32.onnx",
+        "student_int8.onnx",
+        "metadata.json",
+        "export_report.json",
+    ]
     case = Case(name, "export SMALL --output X; the same command again")
     process, log, started = bench.start(args, folder)
     if moment is None:
@@ -605,7 +690,10 @@ def export_kill(bench: Bench, name: str, moment: float | None) -> None:
     if case.steps[0].exit_code == -signal.SIGKILL:
         state, problems = final_names_after_kill(output, names)
         staging = sorted(output.glob(".export-partial-*")) if output.is_dir() else []
-        left = [*leftovers(output), *(f"{output.name}/{path.name} ({sum(1 for _ in path.iterdir())} file(s))" for path in staging)]
+        left = [
+            *leftovers(output),
+            *(f"{output.name}/{path.name} ({sum(1 for _ in path.iterdir())} file(s))" for path in staging),
+        ]
         case.notes.append(f"the kill left {state}; {', '.join(left) or 'no staging folder or lock file'}")
         case.problems += problems
     else:
@@ -638,36 +726,108 @@ def bad_inputs(bench: Bench) -> None:
         corrupt.mkdir()
         shutil.copy(bench.student, corrupt / "student.keras")
         (corrupt / "preprocessing.json").write_text('{"dataset": "fashion_mnist", "mean": [0.286], ')
-        return {"text": text, "empty": folder / "empty", "cifar": folder / "cifar_run", "finished": folder / "finished", "corrupt": corrupt}
+        return {
+            "text": text,
+            "empty": folder / "empty",
+            "cifar": folder / "cifar_run",
+            "finished": folder / "finished",
+            "corrupt": corrupt,
+        }
 
     distill = ["distill", "--teacher", bench.teacher, *TINY]
     cases = [
-        ("a text file named teacher.keras as --teacher", lambda f, p: ["distill", "--teacher", p["text"], *TINY, "--output", f / "out"],
-         "is not a Keras model file"),
-        ("a missing --teacher path", lambda f, p: ["distill", "--teacher", f / "missing.keras", *TINY, "--output", f / "out"], "does not exist"),
-        ("evaluate a CIFAR-10 model on fashion_mnist", lambda f, p: ["evaluate", "--model", p["cifar"], "--dataset", "fashion_mnist"],
-         "was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist"),
+        (
+            "a text file named teacher.keras as --teacher",
+            lambda f, p: ["distill", "--teacher", p["text"], *TINY, "--output", f / "out"],
+            "is not a Keras model file",
+        ),
+        (
+            "a missing --teacher path",
+            lambda f, p: ["distill", "--teacher", f / "missing.keras", *TINY, "--output", f / "out"],
+            "does not exist",
+        ),
+        (
+            "evaluate a CIFAR-10 model on fashion_mnist",
+            lambda f, p: ["evaluate", "--model", p["cifar"], "--dataset", "fashion_mnist"],
+            "was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist",
+        ),
         ("--epochs 0", lambda f, p: [*distill, "--epochs", "0", "--output", f / "out"], "0 is not in the range x>=1"),
-        ("--temperature -1", lambda f, p: [*distill, "--temperature", "-1", "--output", f / "out"], "Expected `temperature` to be a finite number > 0"),
-        ("--student resnet9", lambda f, p: [*distill, "--student", "resnet9", "--output", f / "out"], "'resnet9' is not one of"),
-        ("export --quantize int4", lambda f, p: ["export", "--model", bench.student, "--quantize", "int4", "--output", f / "out"], "Received: 'int4'"),
-        ("export --format onnx --quantize float16",
-         lambda f, p: ["export", "--model", bench.student, "--format", "onnx", "--quantize", "float16", "--output", f / "out"],
-         "ONNX export has no float16 mode"),
-        ("cifar10 not on this machine, no --teacher",
-         lambda f, p: ["distill", "--teacher-model", "cnn8", "--dataset", "cifar10", "--no-download", "--data-dir", p["empty"], *TINY, "--output", f / "out"],
-         "Dataset 'cifar10' is not on this machine"),
-        ("--resume of a finished run (nothing unfinished)", lambda f, p: ["distill", "--resume", p["finished"], "--quiet"], "No unfinished run of"),
-        ("a 32x32x3 teacher for 28x28x1 data",
-         lambda f, p: ["distill", "--teacher", fixtures / "cifar_teacher.keras", *TINY, "--output", f / "out"],
-         "teacher 'cifar_teacher' takes inputs (32, 32, 3)"),
-        ("evaluate beside a corrupt preprocessing.json", lambda f, p: ["evaluate", "--model", p["corrupt"] / "student.keras"], "preprocessing.json: "),
+        (
+            "--temperature -1",
+            lambda f, p: [*distill, "--temperature", "-1", "--output", f / "out"],
+            "Expected `temperature` to be a finite number > 0",
+        ),
+        (
+            "--student resnet9",
+            lambda f, p: [*distill, "--student", "resnet9", "--output", f / "out"],
+            "'resnet9' is not one of",
+        ),
+        (
+            "export --quantize int4",
+            lambda f, p: ["export", "--model", bench.student, "--quantize", "int4", "--output", f / "out"],
+            "Received: 'int4'",
+        ),
+        (
+            "export --format onnx --quantize float16",
+            lambda f, p: [
+                "export",
+                "--model",
+                bench.student,
+                "--format",
+                "onnx",
+                "--quantize",
+                "float16",
+                "--output",
+                f / "out",
+            ],
+            "ONNX export has no float16 mode",
+        ),
+        (
+            "cifar10 not on this machine, no --teacher",
+            lambda f, p: [
+                "distill",
+                "--teacher-model",
+                "cnn8",
+                "--dataset",
+                "cifar10",
+                "--no-download",
+                "--data-dir",
+                p["empty"],
+                *TINY,
+                "--output",
+                f / "out",
+            ],
+            "Dataset 'cifar10' is not on this machine",
+        ),
+        (
+            "--resume of a finished run (nothing unfinished)",
+            lambda f, p: ["distill", "--resume", p["finished"], "--quiet"],
+            "No unfinished run of",
+        ),
+        (
+            "a 32x32x3 teacher for 28x28x1 data",
+            lambda f, p: ["distill", "--teacher", fixtures / "cifar_teacher.keras", *TINY, "--output", f / "out"],
+            "teacher 'cifar_teacher' takes inputs (32, 32, 3)",
+        ),
+        (
+            "evaluate beside a corrupt preprocessing.json",
+            lambda f, p: ["evaluate", "--model", p["corrupt"] / "student.keras"],
+            "preprocessing.json: ",
+        ),
     ]
     if missing_backends:
-        cases.append((f"--backend {missing_backends[0]} (not installed)", lambda f, p: [*distill, "--backend", missing_backends[0], "--output", f / "out"],
-                      missing_backends[0]))
+        cases.append(
+            (
+                f"--backend {missing_backends[0]} (not installed)",
+                lambda f, p: [*distill, "--backend", missing_backends[0], "--output", f / "out"],
+                missing_backends[0],
+            )
+        )
     else:
-        bench.skipped.append("`--backend` of a backend whose package is missing: skipped, jax and torch (and tensorflow) are all installed here.")
+        bench.skipped.append(
+            "`--backend` of a backend whose package is missing: skipped, jax and torch (and tensorflow) are all "
+            "installed here."
+        )
     for name, build, fragment in cases:
         folder = bench.case_dir()
         args = build(folder, inputs(folder))
@@ -676,7 +836,9 @@ def bad_inputs(bench: Bench) -> None:
         step = bench.run(args, folder)
         case.steps.append(step)
         case.expect(step.exit_code in (1, 2), f"exit code {step.exit_code}")
-        case.expect(step.message.startswith("Error:") and fragment in step.message, "not the expected one-sentence error")
+        case.expect(
+            step.message.startswith("Error:") and fragment in step.message, "not the expected one-sentence error"
+        )
         case.expect("Traceback" not in step.output, "a traceback reached the user")
         if "No trained teacher given" in step.output:
             case.problems.append("a teacher was announced before the data was checked")
@@ -697,13 +859,23 @@ def cell(text: str, limit: int = 220) -> str:
 
 
 def table(bench: Bench) -> str:
-    rows = ["| # | case | command | exit | message | files changed | nothing lost |", "| ---: | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| # | case | command | exit | message | files changed | nothing lost |",
+        "| ---: | --- | --- | --- | --- | --- | --- |",
+    ]
     for index, case in enumerate(bench.cases, 1):
-        exits = " → ".join("SIGKILL" if step.exit_code == -signal.SIGKILL else str(step.exit_code) for step in case.steps)
+        exits = " → ".join(
+            "SIGKILL" if step.exit_code == -signal.SIGKILL else str(step.exit_code) for step in case.steps
+        )
         changed = "no" if not case.changed else "yes: " + "; ".join(case.changed)
-        verdict = "yes: " + "; ".join(case.notes) if case.nothing_lost else "no: " + "; ".join(case.problems + case.changed + case.notes)
+        verdict = (
+            "yes: " + "; ".join(case.notes)
+            if case.nothing_lost
+            else "no: " + "; ".join(case.problems + case.changed + case.notes)
+        )
         rows.append(
-            f"| {index} | {cell(case.name)} | `{cell(bench.short(case.command), 160)}` | {exits} | {cell(bench.short(case.message))} | "
+            f"| {index} | {cell(case.name)} | `{cell(bench.short(case.command), 160)}` | {exits} | "
+            f"{cell(bench.short(case.message))} | "
             f"{cell(bench.short(changed))} | {cell(bench.short(verdict), 400)} |"
         )
     return "\n".join(rows)
@@ -734,12 +906,15 @@ def earlier_cases(bench: Bench, run_moments: list[float], export_moments: list[f
     concurrent_runs(bench)
     killed_after_first_epoch(bench)
     killed_at_a_narrow_moment(
-        bench, "run killed right after its last epoch's checkpoint, rerun / --resume",
+        bench,
+        "run killed right after its last epoch's checkpoint, rerun / --resume",
         "SIGKILL distill TINY --output RUN once epoch 3 is committed; same command; distill --resume RUN",
-        lambda folder, output: committed_epoch(folder, output) == EPOCHS, f"with epoch {EPOCHS} of {EPOCHS} committed, before student.keras",
+        lambda folder, output: committed_epoch(folder, output) == EPOCHS,
+        f"with epoch {EPOCHS} of {EPOCHS} committed, before student.keras",
     )
     killed_at_a_narrow_moment(
-        bench, "run killed between an epoch's history.csv row and its checkpoint, rerun / --resume",
+        bench,
+        "run killed between an epoch's history.csv row and its checkpoint, rerun / --resume",
         "SIGKILL distill TINY --output RUN once history.csv has epoch 2; same command; distill --resume RUN",
         lambda folder, output: history_rows(folder, output) >= 2 and committed_epoch(folder, output) == 1,
         "with epoch 2 in history.csv and epoch 1 committed",
@@ -756,9 +931,18 @@ def earlier_cases(bench: Bench, run_moments: list[float], export_moments: list[f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random kill moments.")
-    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results" / "faults.md", help="Markdown file to write.")
-    parser.add_argument("--keep", action="store_true", help="Keep the temporary folder of the cases (its path is printed).")
-    parser.add_argument("--hostile-only", action="store_true", help="Run only the hostile cases (benchmarks/hostile_cases.py).")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "faults.md",
+        help="Markdown file to write.",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="Keep the temporary folder of the cases (its path is printed)."
+    )
+    parser.add_argument(
+        "--hostile-only", action="store_true", help="Run only the hostile cases (benchmarks/hostile_cases.py)."
+    )
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     began = time.monotonic()
@@ -793,17 +977,29 @@ def main() -> int:
     header = [
         "# Fault and bad-input cases",
         "",
-        (f"`python benchmarks/faults.py --seed {args.seed}`, {facts['date']}; {seconds:.0f} s in all. Python {facts['python']}, "
-        f"Keras {facts['keras']}, TensorFlow {facts['tensorflow']}, backend {facts['keras_backend']}, {facts['cpu_count']} CPUs "
-        f"({facts['cpus_usable']} usable), {facts['platform']}. Kill moments drawn with seed {args.seed}, uniform over the "
-        f"reference run ({bench.run_seconds:.2f} s) and the reference export ({bench.export_seconds:.2f} s)."),
+        (
+            f"`python benchmarks/faults.py --seed {args.seed}`, {facts['date']}; {seconds:.0f} s in all. Python "
+            f"{facts['python']}, "
+            f"Keras {facts['keras']}, TensorFlow {facts['tensorflow']}, backend {facts['keras_backend']}, "
+            f"{facts['cpu_count']} CPUs "
+            f"({facts['cpus_usable']} usable), {facts['platform']}. Kill moments drawn with seed {args.seed}, uniform "
+            "over the "
+            f"reference run ({bench.run_seconds:.2f} s) and the reference export ({bench.export_seconds:.2f} s)."
+        ),
         "",
-        (f"TINY = `{' '.join(TINY)}`; SMALL = `{' '.join(EXPORT_OPTIONS)}`; TEACHER = the teacher a fixture run trained "
-        "(FIXTURES/run/teacher/teacher.keras); STUDENT = the uninterrupted reference run's student.keras (from TEACHER, "
-        "the same command as every killed run); TMP = the cases' temporary folder. Exit: each command of the case in turn "
-        "(SIGKILL: killed). Message: the last non-empty line of the output of the refusal (multi-step cases) or of the last "
-        "command. Files changed: sha256 of every file under the case's folder and the fixtures, before and after, where the "
-        "case must not change them (lock files, which hold only a pid, are checked on their own)."),
+        (
+            f"TINY = `{' '.join(TINY)}`; SMALL = `{' '.join(EXPORT_OPTIONS)}`; TEACHER = the teacher a fixture run "
+            "trained "
+            "(FIXTURES/run/teacher/teacher.keras); STUDENT = the uninterrupted reference run's student.keras (from "
+            "TEACHER, "
+            "the same command as every killed run); TMP = the cases' temporary folder. Exit: each command of the case "
+            "in turn "
+            "(SIGKILL: killed). Message: the last non-empty line of the output of the refusal (multi-step cases) or of "
+            "the last "
+            "command. Files changed: sha256 of every file under the case's folder and the fixtures, before and after, "
+            "where the "
+            "case must not change them (lock files, which hold only a pid, are checked on their own)."
+        ),
         "",
         rendered,
         "",
@@ -825,8 +1021,15 @@ def main() -> int:
             {
                 "name": case.name,
                 "command": bench.short(case.command),
-                "steps": [{"args": bench.short(" ".join(step.args)), "exit_code": step.exit_code, "message": bench.short(step.message), "seconds": round(step.seconds, 2)}
-                          for step in case.steps],
+                "steps": [
+                    {
+                        "args": bench.short(" ".join(step.args)),
+                        "exit_code": step.exit_code,
+                        "message": bench.short(step.message),
+                        "seconds": round(step.seconds, 2),
+                    }
+                    for step in case.steps
+                ],
                 "changed": case.changed,
                 "problems": [bench.short(problem) for problem in case.problems],
                 "notes": [bench.short(note) for note in case.notes],

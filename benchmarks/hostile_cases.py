@@ -41,8 +41,17 @@ class Hostile:
         self.bench.check_fixtures(case)
         self.bench.add(case)
 
-    def one_command(self, name: str, folder: Path, args: list, exits=(1,), fragment: str | None = None, own: tuple = (), check=None,
-                    command: list | None = None) -> None:
+    def one_command(
+        self,
+        name: str,
+        folder: Path,
+        args: list,
+        exits=(1,),
+        fragment: str | None = None,
+        own: tuple = (),
+        check=None,
+        command: list | None = None,
+    ) -> None:
         """One command in `folder`: its exit code, its message, and nothing changed outside `own`; `check(case)` adds more."""
         case = self.kit.Case(name, self.bench.short(" ".join(str(arg) for arg in args)))
         before = self.sums(folder, own)
@@ -79,9 +88,14 @@ class Hostile:
 
     def mount(self, point: Path, options: str) -> bool:
         point.mkdir()
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True
+        )
         if result.returncode != 0:
-            self.bench.skipped.append(f"a tmpfs could not be mounted ({result.stderr.strip() or result.returncode}): the read-only and full-disk cases were skipped.")
+            self.bench.skipped.append(
+                f"a tmpfs could not be mounted ({result.stderr.strip() or result.returncode}): the read-only and "
+                "full-disk cases were skipped."
+            )
             return False
         return True
 
@@ -111,21 +125,34 @@ class Hostile:
             self.plant(folder, "exp1")
             output = folder / name
             self.one_command(
-                f"glob characters: a new run into {name}{' with --overwrite' if extra else ''} beside exp1's unfinished run",
-                folder, [*self.bench.run_command, *extra, "--output", output], exits=(0,), own=(name,),
+                f"glob characters: a new run into {name}{' with --overwrite' if extra else ''} beside exp1's "
+                "unfinished run",
+                folder,
+                [*self.bench.run_command, *extra, "--output", output],
+                exits=(0,),
+                own=(name,),
                 check=lambda case, step, output=output: self.complete(case, output),
             )
         folder = self.bench.case_dir()
         self.plant(folder, "exp1")
-        self.one_command("glob characters: --resume exp[1] beside exp1's unfinished run", folder,
-                         ["distill", "--resume", folder / "exp[1]", "--quiet"], fragment="No unfinished run of")
+        self.one_command(
+            "glob characters: --resume exp[1] beside exp1's unfinished run",
+            folder,
+            ["distill", "--resume", folder / "exp[1]", "--quiet"],
+            fragment="No unfinished run of",
+        )
         folder = self.bench.case_dir()
         self.plant(folder, "exp[1]")
         self.plant(folder, "exp1")
         output = folder / "exp[1]"
-        self.one_command("glob characters: a run killed inside exp[1], then --resume exp[1]", folder,
-                         ["distill", "--resume", output, "--quiet"], exits=(0,), own=("exp[1]", ".exp[1].partial-4242"),
-                         check=lambda case, step: self.complete(case, output))
+        self.one_command(
+            "glob characters: a run killed inside exp[1], then --resume exp[1]",
+            folder,
+            ["distill", "--resume", output, "--quiet"],
+            exits=(0,),
+            own=("exp[1]", ".exp[1].partial-4242"),
+            check=lambda case, step: self.complete(case, output),
+        )
 
     def teacher_guard(self) -> None:
         for spelling in ("dotdot", "symlink"):
@@ -138,8 +165,12 @@ class Hostile:
             else:
                 teacher = folder / "t.keras"
                 teacher.symlink_to(run / "teacher" / "teacher.keras")
-            self.one_command(f"teacher inside the output spelled with {spelling}, with --overwrite", folder,
-                             ["distill", "--teacher", teacher, *self.kit.TINY, "--output", run, "--overwrite"], fragment="lies inside")
+            self.one_command(
+                f"teacher inside the output spelled with {spelling}, with --overwrite",
+                folder,
+                ["distill", "--teacher", teacher, *self.kit.TINY, "--output", run, "--overwrite"],
+                fragment="lies inside",
+            )
         folder = self.bench.case_dir()
         (folder / "other").mkdir()
         shutil.copytree(self.bench.fixtures / "run" / "teacher", folder / "teachers")
@@ -147,34 +178,68 @@ class Hostile:
 
         def recorded(case, step):
             self.complete(case, folder / "out")
-            metrics = json.loads((folder / "out" / "metrics.json").read_text()) if (folder / "out" / "metrics.json").is_file() else {}
+            metrics = (
+                json.loads((folder / "out" / "metrics.json").read_text())
+                if (folder / "out" / "metrics.json").is_file()
+                else {}
+            )
             path = (metrics.get("teacher") or {}).get("path", "")
-            case.expect(path == str(folder / "teachers" / "teacher.keras"), f"metrics.json records the teacher as {path!r}")
+            case.expect(
+                path == str(folder / "teachers" / "teacher.keras"), f"metrics.json records the teacher as {path!r}"
+            )
 
-        self.one_command("a teacher outside the output spelled with `..`: the resolved path is recorded", folder,
-                         ["distill", "--teacher", teacher, *self.kit.TINY, "--output", folder / "out"], exits=(0,), own=("out",), check=recorded)
+        self.one_command(
+            "a teacher outside the output spelled with `..`: the resolved path is recorded",
+            folder,
+            ["distill", "--teacher", teacher, *self.kit.TINY, "--output", folder / "out"],
+            exits=(0,),
+            own=("out",),
+            check=recorded,
+        )
 
     def overwrite_not_a_run(self) -> None:
         for command, extra in (("distill", ["--overwrite"]), ("train-teacher", ["--overwrite"]), ("distill", [])):
             folder = self.bench.case_dir()
             (folder / "docs" / "sub").mkdir(parents=True)
             (folder / "docs" / "important.txt").write_text("x\n")
-            args = [*self.bench.run_command, *extra] if command == "distill" else ["train-teacher", "--model", "cnn8", *self.kit.TINY[2:], *extra]
-            self.one_command(f"{command} {' '.join(extra) or 'without --overwrite'} into a folder of a user's files", folder,
-                             [*args, "--output", folder / "docs"], fragment="holds files that are not a stkd-keras run")
+            args = (
+                [*self.bench.run_command, *extra]
+                if command == "distill"
+                else ["train-teacher", "--model", "cnn8", *self.kit.TINY[2:], *extra]
+            )
+            self.one_command(
+                f"{command} {' '.join(extra) or 'without --overwrite'} into a folder of a user's files",
+                folder,
+                [*args, "--output", folder / "docs"],
+                fragment="holds files that are not a stkd-keras run",
+            )
         folder = self.bench.case_dir()
         (folder / "empty").mkdir()
-        self.one_command("--overwrite into an empty folder", folder, [*self.bench.run_command, "--overwrite", "--output", folder / "empty"],
-                         exits=(0,), own=("empty",), check=lambda case, step: self.complete(case, folder / "empty"))
+        self.one_command(
+            "--overwrite into an empty folder",
+            folder,
+            [*self.bench.run_command, "--overwrite", "--output", folder / "empty"],
+            exits=(0,),
+            own=("empty",),
+            check=lambda case, step: self.complete(case, folder / "empty"),
+        )
 
     def export_overwrite(self) -> None:
         folder = self.bench.case_dir()
         target = folder / "export"
         target.mkdir()
-        for name, text in (("important.txt", "mine\n"), ("photo.jpg", "jpeg\n"), ("metadata.json", '{"files": ["important.txt", "photo.jpg"]}\n')):
+        for name, text in (
+            ("important.txt", "mine\n"),
+            ("photo.jpg", "jpeg\n"),
+            ("metadata.json", '{"files": ["important.txt", "photo.jpg"]}\n'),
+        ):
             (target / name).write_text(text)
-        self.one_command("export --overwrite into a folder whose metadata.json no export wrote", folder,
-                         [*self.bench.export_command, "--overwrite", "--output", target], fragment="was not written by stkd-keras export")
+        self.one_command(
+            "export --overwrite into a folder whose metadata.json no export wrote",
+            folder,
+            [*self.bench.export_command, "--overwrite", "--output", target],
+            fragment="was not written by stkd-keras export",
+        )
         folder = self.bench.case_dir()
         target = folder / "export"
         shutil.copytree(self.bench.fixtures / "export", target)
@@ -185,20 +250,49 @@ class Hostile:
             case.expect((target / "student_int8.onnx").is_file(), "the edited file was removed")
             case.expect("Kept student_int8.onnx" in step.output, "the output does not say the edited file was kept")
 
-        self.one_command("export --overwrite --quantize float16 after a file of the earlier export was edited", folder,
-                         [*self.bench.export_command, "--overwrite", "--quantize", "float16", "--output", target], exits=(0,),
-                         own=tuple(f"export/{name}" for name in ("student_float16.tflite", "metadata.json", "export_report.json",
-                                                                 "student_float32.tflite", "student_int8.tflite", "student_float32.onnx")),
-                         check=kept)
+        self.one_command(
+            "export --overwrite --quantize float16 after a file of the earlier export was edited",
+            folder,
+            [*self.bench.export_command, "--overwrite", "--quantize", "float16", "--output", target],
+            exits=(0,),
+            own=tuple(
+                f"export/{name}"
+                for name in (
+                    "student_float16.tflite",
+                    "metadata.json",
+                    "export_report.json",
+                    "student_float32.tflite",
+                    "student_int8.tflite",
+                    "student_float32.onnx",
+                )
+            ),
+            check=kept,
+        )
         folder = self.bench.case_dir()
         target = folder / "export"
         target.mkdir()
         (target / "important.txt").write_text("mine\n")
-        (target / ".export-pending.json").write_text(json.dumps({"write": {"important.txt": "0" * 64}, "remove": ["important.txt"]}))
-        self.one_command("export into a folder holding a hand-written export journal that names a user's file", folder,
-                         [*self.bench.export_command, "--output", target], exits=(0,),
-                         own=tuple(f"export/{name}" for name in ("student_float32.tflite", "student_int8.tflite", "student_float32.onnx",
-                                                                 "student_int8.onnx", "metadata.json", "export_report.json", ".export-pending.json")))
+        (target / ".export-pending.json").write_text(
+            json.dumps({"write": {"important.txt": "0" * 64}, "remove": ["important.txt"]})
+        )
+        self.one_command(
+            "export into a folder holding a hand-written export journal that names a user's file",
+            folder,
+            [*self.bench.export_command, "--output", target],
+            exits=(0,),
+            own=tuple(
+                f"export/{name}"
+                for name in (
+                    "student_float32.tflite",
+                    "student_int8.tflite",
+                    "student_float32.onnx",
+                    "student_int8.onnx",
+                    "metadata.json",
+                    "export_report.json",
+                    ".export-pending.json",
+                )
+            ),
+        )
 
     def killed_overwrite(self) -> None:
         folder = self.bench.case_dir()
@@ -208,11 +302,20 @@ class Hostile:
         def replaced(case, step):
             self.complete(case, output)
             metrics = json.loads((output / "metrics.json").read_text()) if (output / "metrics.json").is_file() else {}
-            case.expect(metrics.get("resumed_at_epoch") == 1, f"metrics.json says resumed_at_epoch {metrics.get('resumed_at_epoch')}")
+            case.expect(
+                metrics.get("resumed_at_epoch") == 1,
+                f"metrics.json says resumed_at_epoch {metrics.get('resumed_at_epoch')}",
+            )
 
-        self.one_command("a run started with --overwrite over a finished run, killed after epoch 1, then --resume", folder,
-                         ["distill", "--resume", output, "--quiet"], exits=(0,), own=("run", ".run.partial-4242"),
-                         fragment="Resuming the unfinished run started with --overwrite", check=replaced)
+        self.one_command(
+            "a run started with --overwrite over a finished run, killed after epoch 1, then --resume",
+            folder,
+            ["distill", "--resume", output, "--quiet"],
+            exits=(0,),
+            own=("run", ".run.partial-4242"),
+            fragment="Resuming the unfinished run started with --overwrite",
+            check=replaced,
+        )
 
     def damaged_state(self) -> None:
         for name, damage in (
@@ -223,19 +326,30 @@ class Hostile:
             folder = self.bench.case_dir()
             staging = self.plant(folder, "run")
             damage(staging / "checkpoints" / "state.json")
-            self.one_command(f"checkpoints/state.json {name}, then --resume", folder, ["distill", "--resume", folder / "run", "--quiet"],
-                             fragment="is damaged")
+            self.one_command(
+                f"checkpoints/state.json {name}, then --resume",
+                folder,
+                ["distill", "--resume", folder / "run", "--quiet"],
+                fragment="is damaged",
+            )
         folder = self.bench.case_dir()
         staging = self.plant(folder, "run")
         for path in (staging / "checkpoints").glob("epoch-*.weights.h5"):
             path.write_bytes(path.read_bytes()[:1000])
-        self.one_command("both weight checkpoints truncated, then --resume", folder, ["distill", "--resume", folder / "run", "--quiet"],
-                         fragment="can be loaded (both are damaged)")
+        self.one_command(
+            "both weight checkpoints truncated, then --resume",
+            folder,
+            ["distill", "--resume", folder / "run", "--quiet"],
+            fragment="can be loaded (both are damaged)",
+        )
 
     def symlinked_outputs(self) -> None:
         for name, make in (
             ("a dangling symbolic link", lambda folder: (folder / "out").symlink_to(folder / "target")),
-            ("a symbolic link to an empty folder", lambda folder: ((folder / "target").mkdir(), (folder / "out").symlink_to(folder / "target"))),
+            (
+                "a symbolic link to an empty folder",
+                lambda folder: ((folder / "target").mkdir(), (folder / "out").symlink_to(folder / "target")),
+            ),
         ):
             folder = self.bench.case_dir()
             make(folder)
@@ -243,36 +357,82 @@ class Hostile:
             def written_there(case, step, folder=folder):
                 case.expect((folder / "out").is_symlink(), "the link was replaced")
                 self.complete(case, folder / "target")
-                case.problems += [f"left {path.name}" for path in folder.iterdir() if ".replaced-" in path.name or ".partial-" in path.name]
+                case.problems += [
+                    f"left {path.name}"
+                    for path in folder.iterdir()
+                    if ".replaced-" in path.name or ".partial-" in path.name
+                ]
 
-            self.one_command(f"--output is {name}", folder, [*self.bench.run_command, "--output", folder / "out"], exits=(0,), own=("target",),
-                             check=written_there)
+            self.one_command(
+                f"--output is {name}",
+                folder,
+                [*self.bench.run_command, "--output", folder / "out"],
+                exits=(0,),
+                own=("target",),
+                check=written_there,
+            )
         folder = self.bench.case_dir()
         self.finished_run(folder, "target")
         (folder / "out").symlink_to(folder / "target")
-        self.one_command("--output is a link to a finished run, with --overwrite", folder,
-                         [*self.bench.run_command, "--overwrite", "--output", folder / "out"], exits=(0,), own=("target",),
-                         check=lambda case, step: (case.expect((folder / "out").is_symlink(), "the link was replaced"), self.complete(case, folder / "target")))
+        self.one_command(
+            "--output is a link to a finished run, with --overwrite",
+            folder,
+            [*self.bench.run_command, "--overwrite", "--output", folder / "out"],
+            exits=(0,),
+            own=("target",),
+            check=lambda case, step: (
+                case.expect((folder / "out").is_symlink(), "the link was replaced"),
+                self.complete(case, folder / "target"),
+            ),
+        )
 
     def options_with_resume(self) -> None:
         folder = self.bench.case_dir()
         self.plant(folder, "run")
-        self.one_command("--resume with --epochs, --learning-rate and --method", folder,
-                         ["distill", "--resume", folder / "run", "--epochs", "6", "--learning-rate", "0.001", "--method", "kd"], exits=(2,),
-                         fragment="--epochs, --learning-rate, --method cannot change a resumed run")
+        self.one_command(
+            "--resume with --epochs, --learning-rate and --method",
+            folder,
+            ["distill", "--resume", folder / "run", "--epochs", "6", "--learning-rate", "0.001", "--method", "kd"],
+            exits=(2,),
+            fragment="--epochs, --learning-rate, --method cannot change a resumed run",
+        )
         folder = self.bench.case_dir()
         self.plant(folder, "run")
-        self.one_command("train-teacher --resume of a distill run", folder, ["train-teacher", "--resume", folder / "run"],
-                         fragment="was started by `stkd-keras distill`")
+        self.one_command(
+            "train-teacher --resume of a distill run",
+            folder,
+            ["train-teacher", "--resume", folder / "run"],
+            fragment="was started by `stkd-keras distill`",
+        )
 
     def exploding(self) -> None:
         folder = self.bench.case_dir()
         # The run of issue 20: its loss stays finite while BatchNorm's moving variance overflows; it was saved as a success.
-        self.one_command("--learning-rate 1000 --lr-schedule constant on 500 images (finite loss, BatchNorm variance inf)", folder,
-                         ["distill", "--teacher", self.bench.teacher, "--student", "cnn8", "--epochs", "3", "--train-subset", "500", "--quiet",
-                          "--lr-schedule", "constant", "--learning-rate", "1000", "--output", folder / "out"],
-                         fragment="Training diverged", own=(".out.partial-",),
-                         check=lambda case, step: case.expect(not (folder / "out").exists(), "a run was saved"))
+        self.one_command(
+            "--learning-rate 1000 --lr-schedule constant on 500 images (finite loss, BatchNorm variance inf)",
+            folder,
+            [
+                "distill",
+                "--teacher",
+                self.bench.teacher,
+                "--student",
+                "cnn8",
+                "--epochs",
+                "3",
+                "--train-subset",
+                "500",
+                "--quiet",
+                "--lr-schedule",
+                "constant",
+                "--learning-rate",
+                "1000",
+                "--output",
+                folder / "out",
+            ],
+            fragment="Training diverged",
+            own=(".out.partial-",),
+            check=lambda case, step: case.expect(not (folder / "out").exists(), "a run was saved"),
+        )
         import keras
 
         folder = self.bench.case_dir()
@@ -281,9 +441,16 @@ class Hostile:
         variance.assign(keras.ops.full(variance.shape, float("inf")))
         model.save(folder / "broken.keras")
         shutil.copy(self.bench.fixtures / "reference" / "preprocessing.json", folder / "preprocessing.json")
-        for command in (["evaluate", "--model", folder / "broken.keras", "--subset", "64"],
-                        ["export", "--model", folder / "broken.keras", *self.kit.EXPORT_OPTIONS, "--output", folder / "export"]):
-            self.one_command(f"{command[0]} a model whose BatchNorm variance is inf", folder, command, fragment="holds non-finite values")
+        for command in (
+            ["evaluate", "--model", folder / "broken.keras", "--subset", "64"],
+            ["export", "--model", folder / "broken.keras", *self.kit.EXPORT_OPTIONS, "--output", folder / "export"],
+        ):
+            self.one_command(
+                f"{command[0]} a model whose BatchNorm variance is inf",
+                folder,
+                command,
+                fragment="holds non-finite values",
+            )
 
     def swapped_teacher(self) -> None:
         folder = self.bench.case_dir()
@@ -294,13 +461,21 @@ class Hostile:
         record["config"]["teacher"] = str(teacher)
         (staging / "run.json").write_text(json.dumps(record, indent=2))
         shutil.copy(self.bench.fixtures / "cifar_teacher.keras", teacher)
-        self.one_command("the teacher file replaced before --resume", folder, ["distill", "--resume", folder / "run", "--quiet"],
-                         fragment="changed since this run started")
+        self.one_command(
+            "the teacher file replaced before --resume",
+            folder,
+            ["distill", "--resume", folder / "run", "--quiet"],
+            fragment="changed since this run started",
+        )
 
     def operating_system_errors(self) -> None:
         folder = self.bench.case_dir()
-        self.one_command("a 245-character output name", folder, [*self.bench.run_command, "--output", folder / ("r" * 245)],
-                         fragment="choose a shorter --output")
+        self.one_command(
+            "a 245-character output name",
+            folder,
+            [*self.bench.run_command, "--output", folder / ("r" * 245)],
+            fragment="choose a shorter --output",
+        )
         folder = self.bench.case_dir()
         if not self.mount(folder / "ro", "size=4m,ro"):
             return
@@ -308,10 +483,20 @@ class Hostile:
             for args in (
                 [*self.bench.run_command, "--output", folder / "ro" / "run"],
                 ["train-teacher", "--model", "cnn8", *self.kit.TINY[2:], "--output", folder / "ro" / "run"],
-                ["evaluate", "--model", self.bench.student, "--subset", "64", "--json", folder / "ro" / "evaluation.json"],
+                [
+                    "evaluate",
+                    "--model",
+                    self.bench.student,
+                    "--subset",
+                    "64",
+                    "--json",
+                    folder / "ro" / "evaluation.json",
+                ],
                 [*self.bench.export_command, "--output", folder / "ro" / "export"],
             ):
-                self.one_command(f"{args[0]} onto a read-only file system", folder, args, fragment="Read-only file system")
+                self.one_command(
+                    f"{args[0]} onto a read-only file system", folder, args, fragment="Read-only file system"
+                )
         finally:
             subprocess.run(["umount", "-l", str(folder / "ro")], check=False)
         folder = self.bench.case_dir()
@@ -320,10 +505,18 @@ class Hostile:
         try:
             output, filler = folder / "disk" / "run", folder / "disk" / "filler"
             args = ["train-teacher", "--model", "cnn8", *self.kit.TINY[2:], "--output", output]
-            case = self.kit.Case("the disk fills after epoch 1, then space is freed and --resume", "train-teacher TINY --output DISK/run; rm filler; --resume")
-            step = self.bench.run([str(filler), *args], folder, command=[sys.executable, str(FILL_AFTER_THE_FIRST_EPOCH)])
+            case = self.kit.Case(
+                "the disk fills after epoch 1, then space is freed and --resume",
+                "train-teacher TINY --output DISK/run; rm filler; --resume",
+            )
+            step = self.bench.run(
+                [str(filler), *args], folder, command=[sys.executable, str(FILL_AFTER_THE_FIRST_EPOCH)]
+            )
             case.steps.append(step)
-            case.expect(step.exit_code == 1 and step.message.startswith("Error: No space left on device"), f"exit {step.exit_code}: {step.message}")
+            case.expect(
+                step.exit_code == 1 and step.message.startswith("Error: No space left on device"),
+                f"exit {step.exit_code}: {step.message}",
+            )
             filler.unlink(missing_ok=True)
             resumed = self.bench.run(["train-teacher", "--resume", output, "--quiet"], folder)
             case.steps.append(resumed)
@@ -341,29 +534,62 @@ class Hostile:
         staging = self.plant(folder, "run")
         text = (staging / "run.json").read_text()
         (staging / "run.json").write_text(text[: len(text) // 2])
-        self.one_command("a truncated run.json, then --resume", folder, ["distill", "--resume", folder / "run"], fragment="run.json is damaged")
+        self.one_command(
+            "a truncated run.json, then --resume",
+            folder,
+            ["distill", "--resume", folder / "run"],
+            fragment="run.json is damaged",
+        )
         folder = self.bench.case_dir()
         (folder / "grid").mkdir()
         damaged = self.plant(folder / "grid", "seed0")
         text = (damaged / "run.json").read_text()
         (damaged / "run.json").write_text(text[: len(text) // 2])
         self.plant(folder / "grid", "seed1")
-        self.one_command("report on a folder of runs, one with a truncated run.json", folder, ["report", folder / "grid"], exits=(0,),
-                         fragment="2 unfinished run(s):")
-        for name, args in (("--resume", ["distill", "--resume", "RUN"]), ("the same command again", [*self.bench.run_command, "--output", "RUN"])):
+        self.one_command(
+            "report on a folder of runs, one with a truncated run.json",
+            folder,
+            ["report", folder / "grid"],
+            exits=(0,),
+            fragment="2 unfinished run(s):",
+        )
+        for name, args in (
+            ("--resume", ["distill", "--resume", "RUN"]),
+            ("the same command again", [*self.bench.run_command, "--output", "RUN"]),
+        ):
             folder = self.bench.case_dir()
             (self.plant(folder, "run") / "run.json").unlink()
             args = [folder / "run" if arg == "RUN" else arg for arg in args]
-            self.one_command(f"run.json deleted from an unfinished run, then {name}", folder, args, fragment="start over with --overwrite")
+            self.one_command(
+                f"run.json deleted from an unfinished run, then {name}",
+                folder,
+                args,
+                fragment="start over with --overwrite",
+            )
         folder = self.bench.case_dir()
-        self.one_command("--temperature 1e30 (the loss is infinite before any update)", folder,
-                         [*self.bench.run_command, "--temperature", "1e30", "--output", folder / "out"], fragment="not the learning rate")
+        self.one_command(
+            "--temperature 1e30 (the loss is infinite before any update)",
+            folder,
+            [*self.bench.run_command, "--temperature", "1e30", "--output", folder / "out"],
+            fragment="not the learning rate",
+        )
 
     def run_all(self) -> None:
         self.build_fixtures()
-        for group in (self.glob_characters, self.teacher_guard, self.overwrite_not_a_run, self.export_overwrite, self.killed_overwrite,
-                      self.damaged_state, self.symlinked_outputs, self.options_with_resume, self.exploding, self.swapped_teacher,
-                      self.operating_system_errors, self.misleading_messages):
+        for group in (
+            self.glob_characters,
+            self.teacher_guard,
+            self.overwrite_not_a_run,
+            self.export_overwrite,
+            self.killed_overwrite,
+            self.damaged_state,
+            self.symlinked_outputs,
+            self.options_with_resume,
+            self.exploding,
+            self.swapped_teacher,
+            self.operating_system_errors,
+            self.misleading_messages,
+        ):
             group()
 
 

@@ -49,7 +49,12 @@ def train_images_per_second(input_shape, num_classes: int, batch: int, steps: in
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *input_shape)).astype("float32")
     y = rng.integers(0, num_classes, batch)
-    distiller = Distiller(get_model("resnet8", num_classes, input_shape), get_model("resnet14", num_classes, input_shape), method="stkd", seed=0)
+    distiller = Distiller(
+        get_model("resnet8", num_classes, input_shape),
+        get_model("resnet14", num_classes, input_shape),
+        method="stkd",
+        seed=0,
+    )
     distiller.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     for _ in range(3):
         distiller.train_on_batch(x, y)
@@ -70,18 +75,35 @@ def main() -> None:
     batch = 128
     rows = []
     fashion, info = data.load("fashion_mnist", "train", batch)
-    rows.append(("fashion_mnist (IDX, 28x28x1)", pipeline_images_per_second(fashion, args.batches), info.input_shape, info.num_classes))
+    rows.append(
+        (
+            "fashion_mnist (IDX, 28x28x1)",
+            pipeline_images_per_second(fashion, args.batches),
+            info.input_shape,
+            info.num_classes,
+        )
+    )
     with tempfile.TemporaryDirectory() as folder:
         make_folder(Path(folder), args.folder_images)
         images, info = data.load(f"folder:{folder}", "train", batch, image_size=(64, 64))
-        rows.append((f"folder: {args.folder_images} JPEGs, 64x64x3", pipeline_images_per_second(images, args.batches), info.input_shape, info.num_classes))
+        rows.append(
+            (
+                f"folder: {args.folder_images} JPEGs, 64x64x3",
+                pipeline_images_per_second(images, args.batches),
+                info.input_shape,
+                info.num_classes,
+            )
+        )
     print(f"{os.cpu_count()} CPU cores, batch {batch}, TF {tf.__version__}")
     print("| data | pipeline images/s | STKD step images/s (resnet14 -> resnet8) | ratio | target >= 3 |")
     print("| --- | ---: | ---: | ---: | --- |")
     for name, delivered, shape, classes in rows:
         consumed = train_images_per_second(shape, classes, batch, args.steps)
         ratio = delivered / consumed
-        print(f"| {name} | {delivered:,.0f} | {consumed:,.0f} | {ratio:.1f} | {'met' if ratio >= 3 else 'MISSED'} |", flush=True)
+        print(
+            f"| {name} | {delivered:,.0f} | {consumed:,.0f} | {ratio:.1f} | {'met' if ratio >= 3 else 'MISSED'} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

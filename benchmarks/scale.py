@@ -57,7 +57,7 @@ def _worker(args) -> dict:
             self.epoch_end = time.perf_counter()
 
     def rate(timer) -> tuple[float, float]:
-        timed = np.diff(timer.times[args.warmup - 1:])
+        timed = np.diff(timer.times[args.warmup - 1 :])
         return args.batch_size * len(timed) / timed.sum(), args.batch_size / float(np.median(timed))
 
     class OneBatch(keras.utils.PyDataset):
@@ -91,8 +91,18 @@ def _worker(args) -> dict:
         teacher.save(teacher_path)
         (Path(folder) / "run").mkdir()
         config = RunConfig(
-            dataset="fashion_mnist", model=args.student, method="stkd", teacher=str(teacher_path), epochs=1, batch_size=args.batch_size,
-            steps_per_epoch=steps, train_subset=max(steps * args.batch_size, 4096), val_subset=128, seed=0, jit_compile=args.jit_compile, data_dir=args.data_dir,
+            dataset="fashion_mnist",
+            model=args.student,
+            method="stkd",
+            teacher=str(teacher_path),
+            epochs=1,
+            batch_size=args.batch_size,
+            steps_per_epoch=steps,
+            train_subset=max(steps * args.batch_size, 4096),
+            val_subset=128,
+            seed=0,
+            jit_compile=args.jit_compile,
+            data_dir=args.data_dir,
         )
         timer = StepTimer()
         if args.pipeline != "auto":
@@ -110,7 +120,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12, help="Timed steps (after the warm-up ones).")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--pipeline", default="auto", choices=["auto", "numpy"], help="numpy: the numpy pipeline even where TensorFlow is installed.")
+    parser.add_argument(
+        "--pipeline",
+        default="auto",
+        choices=["auto", "numpy"],
+        help="numpy: the numpy pipeline even where TensorFlow is installed.",
+    )
     parser.add_argument("--jit-compile", action="store_true")
     parser.add_argument("--teacher", default="resnet32x4")
     parser.add_argument("--student", default="resnet8x4")
@@ -121,20 +136,29 @@ def main() -> None:
         print("RESULT" + json.dumps(_worker(args)), flush=True)
         return
 
-    print(f"STKD {args.teacher} -> {args.student}, Fashion-MNIST 28x28x1, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} "
-          f"timed steps, jit_compile={args.jit_compile}, {os.cpu_count()} CPU cores")
-    print("| backend | pipeline | bare step img/s | real loop img/s | loop / bare | medians (bare, loop) | epoch end s |")
+    print(
+        f"STKD {args.teacher} -> {args.student}, Fashion-MNIST 28x28x1, batch {args.batch_size}, {args.warmup} warm-up "
+        f"+ {args.steps} "
+        f"timed steps, jit_compile={args.jit_compile}, {os.cpu_count()} CPU cores"
+    )
+    print(
+        "| backend | pipeline | bare step img/s | real loop img/s | loop / bare | medians (bare, loop) | epoch end s |"
+    )
     print("| --- | --- | ---: | ---: | ---: | --- | ---: |")
     for backend in args.backend.split(","):
         command = [sys.executable, __file__, "--worker", *sys.argv[1:]]
         environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
         result = subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True)
         if "RESULT" not in result.stdout:
-            print(f"| {backend} | failed: {result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode} | | | | | |")
+            print(
+                f"| {backend} | failed: "
+                f"{result.stderr.strip().splitlines()[-1] if result.stderr.strip() else result.returncode} | | | | | |"
+            )
             continue
         r = json.loads(result.stdout.split("RESULT", 1)[1])
         print(
-            f"| {r['backend']} | {r['pipeline']} | {r['bare_mean']:,.0f} | {r['loop_mean']:,.0f} | {r['loop_mean'] / r['bare_mean']:.2f} | "
+            f"| {r['backend']} | {r['pipeline']} | {r['bare_mean']:,.0f} | {r['loop_mean']:,.0f} | "
+            f"{r['loop_mean'] / r['bare_mean']:.2f} | "
             f"{r['bare_median']:,.0f}, {r['loop_median']:,.0f} | {r['epoch_end_seconds']:.1f} |",
             flush=True,
         )

@@ -128,12 +128,22 @@ def _worker(args) -> dict:
             results[f"{policy} b{batch_size}"] = {
                 "seconds_per_step": {key: statistics.median(values) for key, values in rounds.items()},
                 "c_over_ab_by_round": [
-                    c / (a + b) for a, b, c in zip(rounds["a_student_ce_train"], rounds["b_teacher_inference"], rounds["c_stkd_distill"])
+                    c / (a + b)
+                    for a, b, c in zip(
+                        rounds["a_student_ce_train"], rounds["b_teacher_inference"], rounds["c_stkd_distill"]
+                    )
                 ],
-                "c_over_d_by_round": [c / d for c, d in zip(rounds["c_stkd_distill"], rounds["d_keras_logits_distiller"])],
+                "c_over_d_by_round": [
+                    c / d for c, d in zip(rounds["c_stkd_distill"], rounds["d_keras_logits_distiller"])
+                ],
                 "batch_size": batch_size,
             }
-    return {"backend": keras.backend.backend(), "keras": keras.__version__, "devices": _devices(keras.backend.backend()), "results": results}
+    return {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "devices": _devices(keras.backend.backend()),
+        "results": results,
+    }
 
 
 def _devices(backend: str) -> str:
@@ -144,7 +154,11 @@ def _devices(backend: str) -> str:
     if backend == "torch":
         import torch
 
-        return f"cuda: {torch.cuda.get_device_name()}" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+        return (
+            f"cuda: {torch.cuda.get_device_name()}"
+            if torch.cuda.is_available()
+            else f"cpu ({torch.get_num_threads()} threads)"
+        )
     import tensorflow as tf
 
     return ", ".join(device.name for device in tf.config.list_physical_devices()) or "cpu"
@@ -152,15 +166,31 @@ def _devices(backend: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="tensorflow,jax,torch", help="Comma-separated Keras backends, each timed in its own process.")
+    parser.add_argument(
+        "--backend",
+        default="tensorflow,jax,torch",
+        help="Comma-separated Keras backends, each timed in its own process.",
+    )
     parser.add_argument("--teacher", default="resnet20")
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--input-shape", default="32,32,3")
     parser.add_argument("--num-classes", type=int, default=100)
     parser.add_argument("--batch-size", default="128", help="Comma-separated batch sizes.")
-    parser.add_argument("--policy", default="float32", help="Comma-separated dtype policies (float32, mixed_bfloat16, mixed_float16).")
-    parser.add_argument("--jit-compile", default="auto", choices=["auto", "on", "off"], help="auto: Keras's choice (XLA on JAX; off for TensorFlow on CPU and for torch).")
-    parser.add_argument("--warmup", type=int, default=3, help="Steps per measurement before the clock starts (compilation happens there).")
+    parser.add_argument(
+        "--policy", default="float32", help="Comma-separated dtype policies (float32, mixed_bfloat16, mixed_float16)."
+    )
+    parser.add_argument(
+        "--jit-compile",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="auto: Keras's choice (XLA on JAX; off for TensorFlow on CPU and for torch).",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="Steps per measurement before the clock starts (compilation happens there).",
+    )
     parser.add_argument("--steps", type=int, default=10, help="Steps timed per measurement.")
     parser.add_argument("--rounds", type=int, default=3, help="Measurements per step kind; the median is reported.")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -178,12 +208,13 @@ def main() -> None:
             error = (result.stderr.strip().splitlines() or ["no output"])[-1]
             print(f"{backend}: failed ({error})")
             continue
-        reports.append(json.loads(line[len("RESULT "):]))
+        reports.append(json.loads(line[len("RESULT ") :]))
     if not reports:
         raise SystemExit(1)
 
     print(
-        f"teacher {args.teacher} -> student {args.student}, input {args.input_shape}, {args.num_classes} classes, jit_compile={args.jit_compile}, "
+        f"teacher {args.teacher} -> student {args.student}, input {args.input_shape}, {args.num_classes} classes, "
+        f"jit_compile={args.jit_compile}, "
         f"{os.cpu_count()} CPU(s); images/s, median of {args.rounds} rounds of {args.steps} steps inside fit/predict"
     )
     for report in reports:
@@ -205,13 +236,16 @@ def main() -> None:
         # "within noise" when the median misses but some round meets it.
         verdict_parts = []
         for key, target, cells, label in (
-            ("c_over_ab_by_round", 1.05, ratio_cells, "c / (a + b)"), ("c_over_d_by_round", 1.0, versus_cells, "c / d")
+            ("c_over_ab_by_round", 1.05, ratio_cells, "c / (a + b)"),
+            ("c_over_d_by_round", 1.0, versus_cells, "c / d"),
         ):
             values = entry[key]
             median = statistics.median(values)
             verdict = "met" if median <= target else "equal within noise" if min(values) <= target else "MISSED"
             cells.append(f"{median:.3f} [{min(values):.2f}, {max(values):.2f}]")
-            verdict_parts.append(f"{label} = {median:.3f}, rounds {min(values):.2f}-{max(values):.2f} ({verdict}, target <= {target})")
+            verdict_parts.append(
+                f"{label} = {median:.3f}, rounds {min(values):.2f}-{max(values):.2f} ({verdict}, target <= {target})"
+            )
         verdicts.append(f"{backend} {setting}: " + "; ".join(verdict_parts))
     print("| c / (a + b), median [range] of rounds | " + " | ".join(ratio_cells) + " |")
     print("| c / d, median [range] of rounds | " + " | ".join(versus_cells) + " |")

@@ -90,7 +90,13 @@ def _method_names():
 
 def _data_options(function):
     options = [
-        click.option("--dataset", default="fashion_mnist", show_default=True, type=_DatasetName(), help="Dataset name, or folder:PATH for your own images (`stkd-keras datasets` lists them)."),
+        click.option(
+            "--dataset",
+            default="fashion_mnist",
+            show_default=True,
+            type=_DatasetName(),
+            help="Dataset name, or folder:PATH for your own images (`stkd-keras datasets` lists them).",
+        ),
         click.option(
             "--data-dir",
             default=None,
@@ -98,7 +104,9 @@ def _data_options(function):
             help="fashion_mnist: folder with the four IDX files (default: Debian's /usr/share/datasets/fashion-mnist). "
             "cinic10, tiny_imagenet: folder with the official archive or its extracted folder. Others: TFDS data dir.",
         ),
-        click.option("--download/--no-download", default=True, show_default=True, help="Let tfds download a missing dataset."),
+        click.option(
+            "--download/--no-download", default=True, show_default=True, help="Let tfds download a missing dataset."
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -107,42 +115,148 @@ def _data_options(function):
 
 def _training_options(function):
     options = [
-        click.option("--image-size", default=None, type=click.IntRange(min=1), help="folder: datasets: resize images to this square size (default 32)."),
-        click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Training epochs."),
-        click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Training batch size."),
-        click.option("--learning-rate", default=0.05, show_default=True, type=click.FloatRange(min=0, min_open=True), help="Initial SGD learning rate (cosine-decayed to 0)."),
-        click.option("--momentum", default=0.9, show_default=True, type=click.FloatRange(0, 1, max_open=True), help="SGD momentum."),
-        click.option("--weight-decay", default=5e-4, show_default=True, type=click.FloatRange(min=0), help="Decoupled weight decay."),
-        click.option("--seed", default=0, show_default=True, type=int, help="Seed of initialisation, shuffling, augmentation and mixup."),
-        click.option("--train-subset", default=None, type=click.IntRange(min=1), help="Train on a fixed subset of N training images."),
-        click.option("--val-subset", default=None, type=click.IntRange(min=1), help="Validate on the first N test (or held-out) images."),
         click.option(
-            "--validation-holdout", default=None, type=click.IntRange(min=1),
-            help="Validate on N training images set apart (never trained on; the last N of the training split's fixed shuffle) "
-            "instead of the test split, to choose settings without reading it. A given --teacher may have trained on them.",
+            "--image-size",
+            default=None,
+            type=click.IntRange(min=1),
+            help="folder: datasets: resize images to this square size (default 32).",
         ),
-        click.option("--steps-per-epoch", default=None, type=click.IntRange(min=1), help="Steps per epoch (the data repeats)."),
-        click.option("--jit-compile/--no-jit-compile", default=False, show_default=True, help="Compile the train step with XLA."),
-        click.option("--mixed-precision/--no-mixed-precision", default=False, show_default=True, help="Train under the mixed_float16 policy."),
-        click.option("--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]), help="Optimizer."),
-        click.option("--lr-schedule", default="cosine", show_default=True, type=click.Choice(["cosine", "step", "constant"]), help="Learning-rate schedule (step: x --lr-decay-rate at --lr-decay-epochs)."),
-        click.option("--lr-decay-epochs", default="", callback=lambda ctx, param, value: _int_list(value, param), help="Comma-separated epochs of the step schedule, e.g. 150,180,210."),
-        click.option("--lr-decay-rate", default=0.1, show_default=True, type=click.FloatRange(0, 1, min_open=True), help="Factor of each step of the step schedule."),
-        click.option("--deterministic", is_flag=True, help="Deterministic ops (TensorFlow op determinism, PyTorch deterministic algorithms; slower; bit-identical reruns on CPU)."),
+        click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Training epochs."),
         click.option(
-            "--backend", default=None, type=click.Choice(backend_choice.BACKENDS),
+            "--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Training batch size."
+        ),
+        click.option(
+            "--learning-rate",
+            default=0.05,
+            show_default=True,
+            type=click.FloatRange(min=0, min_open=True),
+            help="Initial SGD learning rate (cosine-decayed to 0).",
+        ),
+        click.option(
+            "--momentum",
+            default=0.9,
+            show_default=True,
+            type=click.FloatRange(0, 1, max_open=True),
+            help="SGD momentum.",
+        ),
+        click.option(
+            "--weight-decay",
+            default=5e-4,
+            show_default=True,
+            type=click.FloatRange(min=0),
+            help="Decoupled weight decay.",
+        ),
+        click.option(
+            "--seed",
+            default=0,
+            show_default=True,
+            type=int,
+            help="Seed of initialisation, shuffling, augmentation and mixup.",
+        ),
+        click.option(
+            "--train-subset",
+            default=None,
+            type=click.IntRange(min=1),
+            help="Train on a fixed subset of N training images.",
+        ),
+        click.option(
+            "--val-subset",
+            default=None,
+            type=click.IntRange(min=1),
+            help="Validate on the first N test (or held-out) images.",
+        ),
+        click.option(
+            "--validation-holdout",
+            default=None,
+            type=click.IntRange(min=1),
+            help="Validate on N training images set apart (never trained on; the last N of the training split's fixed shuffle) "
+            "instead of the test split, to choose settings without reading it. A given --teacher may have trained on "
+            "them.",
+        ),
+        click.option(
+            "--steps-per-epoch", default=None, type=click.IntRange(min=1), help="Steps per epoch (the data repeats)."
+        ),
+        click.option(
+            "--jit-compile/--no-jit-compile", default=False, show_default=True, help="Compile the train step with XLA."
+        ),
+        click.option(
+            "--mixed-precision/--no-mixed-precision",
+            default=False,
+            show_default=True,
+            help="Train under the mixed_float16 policy.",
+        ),
+        click.option(
+            "--optimizer", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]), help="Optimizer."
+        ),
+        click.option(
+            "--lr-schedule",
+            default="cosine",
+            show_default=True,
+            type=click.Choice(["cosine", "step", "constant"]),
+            help="Learning-rate schedule (step: x --lr-decay-rate at --lr-decay-epochs).",
+        ),
+        click.option(
+            "--lr-decay-epochs",
+            default="",
+            callback=lambda ctx, param, value: _int_list(value, param),
+            help="Comma-separated epochs of the step schedule, e.g. 150,180,210.",
+        ),
+        click.option(
+            "--lr-decay-rate",
+            default=0.1,
+            show_default=True,
+            type=click.FloatRange(0, 1, min_open=True),
+            help="Factor of each step of the step schedule.",
+        ),
+        click.option(
+            "--deterministic",
+            is_flag=True,
+            help="Deterministic ops (TensorFlow op determinism, PyTorch deterministic algorithms; slower; bit-identical reruns on CPU).",
+        ),
+        click.option(
+            "--backend",
+            default=None,
+            type=click.Choice(backend_choice.BACKENDS),
             help="Keras backend to train on [default: KERAS_BACKEND if set, else tensorflow; --resume: the run's own].",
         ),
         click.option(
-            "--strategy", default="default", show_default=True, type=click.Choice(backend_choice.STRATEGIES),
+            "--strategy",
+            default="default",
+            show_default=True,
+            type=click.Choice(backend_choice.STRATEGIES),
             help="TensorFlow: mirrored (all local GPUs, MirroredStrategy), multi_worker (the machines in TF_CONFIG; every worker runs "
-            "the same command). JAX: data_parallel (keras.distribution.DataParallel over all devices of all processes).",
+            "the same command). JAX: data_parallel (keras.distribution.DataParallel over all devices of all "
+            "processes).",
         ),
-        click.option("--coordinator-address", default=None, help="data_parallel over several processes or hosts: HOST:PORT of process 0 [default: KERAS_DISTRIBUTION_JOB_ADDRESSES]."),
-        click.option("--num-processes", default=None, type=click.IntRange(min=1), help="data_parallel: number of processes [default: KERAS_DISTRIBUTION_NUM_PROCESSES]."),
-        click.option("--process-id", default=None, type=click.IntRange(min=0), help="data_parallel: this process's index, 0 writes the run [default: KERAS_DISTRIBUTION_PROCESS_ID]."),
-        click.option("--recipe", default=None, type=click.Path(dir_okay=False), help="YAML recipe with every hyperparameter; options given here override its fields."),
-        click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the unfinished run whose --output was this folder."),
+        click.option(
+            "--coordinator-address",
+            default=None,
+            help="data_parallel over several processes or hosts: HOST:PORT of process 0 [default: KERAS_DISTRIBUTION_JOB_ADDRESSES].",
+        ),
+        click.option(
+            "--num-processes",
+            default=None,
+            type=click.IntRange(min=1),
+            help="data_parallel: number of processes [default: KERAS_DISTRIBUTION_NUM_PROCESSES].",
+        ),
+        click.option(
+            "--process-id",
+            default=None,
+            type=click.IntRange(min=0),
+            help="data_parallel: this process's index, 0 writes the run [default: KERAS_DISTRIBUTION_PROCESS_ID].",
+        ),
+        click.option(
+            "--recipe",
+            default=None,
+            type=click.Path(dir_okay=False),
+            help="YAML recipe with every hyperparameter; options given here override its fields.",
+        ),
+        click.option(
+            "--resume",
+            default=None,
+            type=click.Path(file_okay=False),
+            help="Continue the unfinished run whose --output was this folder.",
+        ),
         click.option("--output", default=None, type=click.Path(file_okay=False), help="Run folder to create."),
         click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
         click.option("--quiet", is_flag=True, help="No progress bars."),
@@ -176,7 +290,11 @@ def _hyperparameter_options(function):
         else:
             choices = field.metadata.get("choices")
             option = click.option(
-                flag, name, default=None, type=click.Choice(choices) if choices else kind, help=_hyperparameter_help(name, field)
+                flag,
+                name,
+                default=None,
+                type=click.Choice(choices) if choices else kind,
+                help=_hyperparameter_help(name, field),
             )
         function = option(function)
     return function
@@ -201,7 +319,8 @@ def _method_options(ctx: click.Context, options: dict) -> dict:
         elif ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE:
             flags = ", ".join("--" + own.replace("_", "-") for own in method.hyperparameter_names()) or "none"
             raise click.BadParameter(
-                f"method {method.name!r} has no hyperparameter {name} (its options: {flags}).", param_hint="--" + name.replace("_", "-")
+                f"method {method.name!r} has no hyperparameter {name} (its options: {flags}).",
+                param_hint="--" + name.replace("_", "-"),
             )
         else:
             click.echo(f"Note: the recipe's {name} does not apply to method {method.name!r}; ignored.")
@@ -255,7 +374,7 @@ def _option_value(args: list[str], flag: str) -> str | None:
         if arg == flag and index + 1 < len(args):
             return args[index + 1]
         if arg.startswith(flag + "="):
-            return arg[len(flag) + 1:]
+            return arg[len(flag) + 1 :]
     return None
 
 
@@ -289,7 +408,9 @@ class _BackendCommand(click.Command):
 
     def parse_args(self, ctx, args):
         ctx.meta["stkd_keras.args"] = list(args)
-        wanted = self.fixed_backend or _option_value(args, "--backend") or _recorded_backend(_option_value(args, "--resume"))
+        wanted = (
+            self.fixed_backend or _option_value(args, "--backend") or _recorded_backend(_option_value(args, "--resume"))
+        )
         wanted = wanted or backend_choice.default_backend()
         if wanted in backend_choice.BACKENDS and backend_choice.loaded_backend() is None:
             try:
@@ -312,7 +433,10 @@ def _use_backend(ctx: click.Context, backend: str | None, resume: str | None = N
     """Makes sure the command runs on its backend; in a process whose Keras runs another, reruns it in a child and exits."""
     recorded = _recorded_backend(resume)
     if backend is not None and recorded is not None and backend != recorded:
-        raise click.BadParameter(f"the run to resume started on the {recorded} backend and continues on it; drop --backend.", param_hint="--backend")
+        raise click.BadParameter(
+            f"the run to resume started on the {recorded} backend and continues on it; drop --backend.",
+            param_hint="--backend",
+        )
     wanted = backend or recorded or backend_choice.default_backend()
     try:
         if backend_choice.select(wanted):
@@ -411,13 +535,16 @@ _OPTIONS_WITH_RESUME = {"resume", "quiet", "backend", "coordinator_address", "nu
 def _refuse_options_with_resume(ctx: click.Context) -> None:
     """Refuses, naming them, the options given with --resume that the resumed run would ignore."""
     given = [
-        param.opts[0] for param in ctx.command.params
-        if param.name not in _OPTIONS_WITH_RESUME and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
+        param.opts[0]
+        for param in ctx.command.params
+        if param.name not in _OPTIONS_WITH_RESUME
+        and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
     ]
     if given:
         given.sort()
         raise click.UsageError(
-            f"{', '.join(given)} cannot change a resumed run, which continues with the options recorded in its run.json; "
+            f"{', '.join(given)} cannot change a resumed run, which continues with the options recorded in its "
+            "run.json; "
             f"drop {'them' if len(given) > 1 else 'it'}, or start a new run with --overwrite."
         )
 
@@ -430,7 +557,9 @@ def _cluster(options: dict) -> dict | None:
 
 @cli.command("train-teacher", cls=_BackendCommand)
 @_data_options
-@click.option("--model", default="resnet20", show_default=True, type=_choice_of(_model_names), help="Teacher architecture.")
+@click.option(
+    "--model", default="resnet20", show_default=True, type=_choice_of(_model_names), help="Teacher architecture."
+)
 @_training_options
 @_user_errors
 @click.pass_context
@@ -438,7 +567,13 @@ def train_teacher(ctx, output, overwrite, quiet, resume, backend, **options):
     """Train a teacher with cross-entropy; writes teacher.keras, history.csv and metrics.json to OUTPUT."""
 
     def prepare():
-        renames = {"teacher_model": "model", "teacher_epochs": "epochs", "student": None, "model": None, "teacher": None}
+        renames = {
+            "teacher_model": "model",
+            "teacher_epochs": "epochs",
+            "student": None,
+            "model": None,
+            "teacher": None,
+        }
         config = _config(_apply_recipe(ctx, options, renames), method="ce")
         config.validate()
         return lambda training, **run: training.train_teacher(config, output, overwrite, log=click.echo, **run)
@@ -449,11 +584,32 @@ def train_teacher(ctx, output, overwrite, quiet, resume, backend, **options):
 
 @cli.command(cls=_BackendCommand)
 @_data_options
-@click.option("--teacher", default=None, type=click.Path(), help="Teacher .keras file or run folder. Without it, one is trained first.")
-@click.option("--teacher-model", default=DEFAULT_TEACHER_MODEL, show_default=True, type=_choice_of(_model_names), help="Architecture of the teacher trained when --teacher is not given.")
-@click.option("--teacher-epochs", default=None, type=click.IntRange(min=1), help="Epochs of that teacher (default: --epochs).")
-@click.option("--student", default="resnet8", show_default=True, type=_choice_of(_model_names), help="Student architecture.")
-@click.option("--method", default="stkd", show_default=True, type=click.Choice(_method_names()), help="Training method (`stkd-keras methods` describes each).")
+@click.option(
+    "--teacher",
+    default=None,
+    type=click.Path(),
+    help="Teacher .keras file or run folder. Without it, one is trained first.",
+)
+@click.option(
+    "--teacher-model",
+    default=DEFAULT_TEACHER_MODEL,
+    show_default=True,
+    type=_choice_of(_model_names),
+    help="Architecture of the teacher trained when --teacher is not given.",
+)
+@click.option(
+    "--teacher-epochs", default=None, type=click.IntRange(min=1), help="Epochs of that teacher (default: --epochs)."
+)
+@click.option(
+    "--student", default="resnet8", show_default=True, type=_choice_of(_model_names), help="Student architecture."
+)
+@click.option(
+    "--method",
+    default="stkd",
+    show_default=True,
+    type=click.Choice(_method_names()),
+    help="Training method (`stkd-keras methods` describes each).",
+)
 @_hyperparameter_options
 @_training_options
 @_user_errors
@@ -473,7 +629,11 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
     def prepare():
         merged = _apply_recipe(ctx, options, {"model": "student"})
         method_options = _method_options(ctx, merged)
-        teacher, teacher_model, teacher_epochs = merged.pop("teacher"), merged.pop("teacher_model"), merged.pop("teacher_epochs")
+        teacher, teacher_model, teacher_epochs = (
+            merged.pop("teacher"),
+            merged.pop("teacher_model"),
+            merged.pop("teacher_epochs"),
+        )
         config = _config(merged, model=merged.pop("student"), teacher=teacher, method_options=method_options)
         if teacher is not None:
             try:
@@ -484,28 +644,48 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
             model_file(teacher, "teacher")  # a missing or non-Keras teacher file is named before anything loads
         config.validate()
         teacher_config = teacher_config_for(config, teacher_model, teacher_epochs)
-        return lambda training, **run: training.distill(config, output, teacher_config, overwrite, log=click.echo, **run)
+        return lambda training, **run: training.distill(
+            config, output, teacher_config, overwrite, log=click.echo, **run
+        )
 
     result = _start_or_resume(ctx, backend, resume, output, quiet, options, prepare)
     _report(result.metrics, result.output, "student")
 
 
 @cli.command(cls=_BackendCommand)
-@click.option("--model", "model_path", required=True, type=click.Path(), help="A .keras model file or run folder, or an exported .tflite / .onnx file.")
+@click.option(
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(),
+    help="A .keras model file or run folder, or an exported .tflite / .onnx file.",
+)
 @_data_options
-@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "test"]), help="Split to evaluate on.")
+@click.option(
+    "--split", default="test", show_default=True, type=click.Choice(["train", "test"]), help="Split to evaluate on."
+)
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(min=1), help="Batch size.")
 @click.option("--subset", default=None, type=click.IntRange(min=1), help="Evaluate on the first N images only.")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="Where to write the results (default: evaluation_DATASET_SPLIT.json beside the model).")
+@click.option(
+    "--json",
+    "json_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Where to write the results (default: evaluation_DATASET_SPLIT.json beside the model).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing results file.")
 @click.option(
-    "--backend", default=None, type=click.Choice(backend_choice.BACKENDS),
+    "--backend",
+    default=None,
+    type=click.Choice(backend_choice.BACKENDS),
     help="Keras backend to run a .keras model on (it may have been trained on any) [default: KERAS_BACKEND if set, else tensorflow].",
 )
 @click.option("--quiet", is_flag=True, help="No progress while evaluating; only the result.")
 @_user_errors
 @click.pass_context
-def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite, backend, quiet):
+def evaluate(
+    ctx, model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite, backend, quiet
+):
     """Print top-1 / top-5 accuracy of a saved model and write them to JSON."""
     from stkd_keras import runs
 
@@ -524,14 +704,27 @@ def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, su
     model_path = Path(model_path)
     if json_path is None:
         folder = model_path if model_path.is_dir() else model_path.parent
-        label = f"folder-{Path(dataset[len('folder:'):]).name}" if dataset.startswith("folder:") else dataset
+        label = f"folder-{Path(dataset[len('folder:') :]).name}" if dataset.startswith("folder:") else dataset
         exported = model_path.suffix in (".tflite", ".onnx")
-        json_path = folder / (f"evaluation_{model_path.name.replace('.', '_')}_{label}_{split}.json" if exported else f"evaluation_{label}_{split}.json")
+        json_path = folder / (
+            f"evaluation_{model_path.name.replace('.', '_')}_{label}_{split}.json"
+            if exported
+            else f"evaluation_{label}_{split}.json"
+        )
     json_path = Path(json_path)
     if json_path.exists() and not overwrite:
-        raise click.ClickException(f"Results file {json_path} already exists; pass --overwrite to replace it or choose --json.")
+        raise click.ClickException(
+            f"Results file {json_path} already exists; pass --overwrite to replace it or choose --json."
+        )
     results = training.evaluate(
-        model_path, dataset, split=split, batch_size=batch_size, subset=subset, data_dir=data_dir, download=download, log=None if quiet else click.echo
+        model_path,
+        dataset,
+        split=split,
+        batch_size=batch_size,
+        subset=subset,
+        data_dir=data_dir,
+        download=download,
+        log=None if quiet else click.echo,
     )
     training.write_json(json_path, results)
     click.echo(
@@ -541,34 +734,124 @@ def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, su
 
 
 @cli.command(cls=_BackendCommand, backend="tensorflow")
-@click.option("--model", "model_path", required=True, type=click.Path(), help="The student .keras file (or its run folder), trained on any backend.")
-@click.option("--format", "export_format", default="all", show_default=True, type=click.Choice(["tflite", "onnx", "all"]), help="Which runtimes to export for.")
 @click.option(
-    "--quantize", "quantize", multiple=True, metavar="MODES",
-    help="Quantization modes, comma-separated or repeated: float32 (or none), float16, dynamic, int8, or all (every mode the "
-    "formats have). Each mode is written for every chosen format that has it (ONNX: float32, int8). [default: float32,int8]",
+    "--model",
+    "model_path",
+    required=True,
+    type=click.Path(),
+    help="The student .keras file (or its run folder), trained on any backend.",
 )
-@click.option("--qat", "qat_epochs", default=None, type=click.IntRange(min=1), help="Also export int8 after N epochs of quantization-aware training (tfmot, fine-tuned with the run's method).")
-@click.option("--prune", "prune_sparsity", default=None, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Also export int8 after pruning to this sparsity (tfmot).")
-@click.option("--teacher", default=None, type=click.Path(), help="Teacher for QAT/pruning fine-tuning (default: the run's teacher/ folder, or the teacher its metrics.json names).")
-@click.option("--finetune-method", default=None, type=click.Choice(_method_names()), help="Distillation method of the QAT/pruning fine-tuning (default: the run's own, from its metrics.json; without one, stkd when there is a teacher, else ce).")
 @click.option(
-    "--finetune-option", "finetune_options", multiple=True, metavar="FIELD=VALUE",
+    "--format",
+    "export_format",
+    default="all",
+    show_default=True,
+    type=click.Choice(["tflite", "onnx", "all"]),
+    help="Which runtimes to export for.",
+)
+@click.option(
+    "--quantize",
+    "quantize",
+    multiple=True,
+    metavar="MODES",
+    help="Quantization modes, comma-separated or repeated: float32 (or none), float16, dynamic, int8, or all (every mode the "
+    "formats have). Each mode is written for every chosen format that has it (ONNX: float32, int8). [default: "
+    "float32,int8]",
+)
+@click.option(
+    "--qat",
+    "qat_epochs",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Also export int8 after N epochs of quantization-aware training (tfmot, fine-tuned with the run's method).",
+)
+@click.option(
+    "--prune",
+    "prune_sparsity",
+    default=None,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Also export int8 after pruning to this sparsity (tfmot).",
+)
+@click.option(
+    "--teacher",
+    default=None,
+    type=click.Path(),
+    help="Teacher for QAT/pruning fine-tuning (default: the run's teacher/ folder, or the teacher its metrics.json names).",
+)
+@click.option(
+    "--finetune-method",
+    default=None,
+    type=click.Choice(_method_names()),
+    help="Distillation method of the QAT/pruning fine-tuning (default: the run's own, from its metrics.json; without one, stkd when there is a teacher, else ce).",
+)
+@click.option(
+    "--finetune-option",
+    "finetune_options",
+    multiple=True,
+    metavar="FIELD=VALUE",
     help="A hyperparameter of that method (repeatable; default: the run's own values, else the method's defaults).",
 )
-@click.option("--finetune-subset", default=None, type=click.IntRange(min=1), help="Training images for QAT/pruning fine-tuning (default: the whole training split; e.g. 5000 for a quick pass).")
-@click.option("--dataset", default=None, type=_DatasetName(), help="Dataset for verification and calibration (default: the one the model was trained on).")
+@click.option(
+    "--finetune-subset",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Training images for QAT/pruning fine-tuning (default: the whole training split; e.g. 5000 for a quick pass).",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    type=_DatasetName(),
+    help="Dataset for verification and calibration (default: the one the model was trained on).",
+)
 @click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="As for distill.")
 @click.option("--download/--no-download", default=True, show_default=True, help="Let tfds download a missing dataset.")
-@click.option("--verify-images", default="500", show_default=True, type=_CountOrAll(), help="Test images each file is verified on: the first N, or all (the whole test split, comparable with evaluate).")
-@click.option("--representative-images", default=200, show_default=True, type=click.IntRange(min=1), help="Training images for int8 calibration.")
-@click.option("--dynamic-batch", is_flag=True, help="Keep the batch dimension free (default: fixed to 1 for edge delegates).")
+@click.option(
+    "--verify-images",
+    default="500",
+    show_default=True,
+    type=_CountOrAll(),
+    help="Test images each file is verified on: the first N, or all (the whole test split, comparable with evaluate).",
+)
+@click.option(
+    "--representative-images",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Training images for int8 calibration.",
+)
+@click.option(
+    "--dynamic-batch", is_flag=True, help="Keep the batch dimension free (default: fixed to 1 for edge delegates)."
+)
 @click.option("--opset", default=17, show_default=True, type=click.IntRange(min=13), help="ONNX opset.")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Folder for the exported files.")
-@click.option("--overwrite", is_flag=True, help="Replace the earlier export in the folder (its files this export does not write are removed).")
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the earlier export in the folder (its files this export does not write are removed).",
+)
 @_user_errors
 @click.pass_context
-def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity, teacher, finetune_method, finetune_options, finetune_subset, dataset, data_dir, download, verify_images, representative_images, dynamic_batch, opset, output, overwrite):
+def export(
+    ctx,
+    model_path,
+    export_format,
+    quantize,
+    qat_epochs,
+    prune_sparsity,
+    teacher,
+    finetune_method,
+    finetune_options,
+    finetune_subset,
+    dataset,
+    data_dir,
+    download,
+    verify_images,
+    representative_images,
+    dynamic_batch,
+    opset,
+    output,
+    overwrite,
+):
     """Export a student to TFLite/LiteRT and ONNX, verify each file in its runtime, and write export_report.json.
 
     The converters are TensorFlow's: the export runs on the TensorFlow backend
@@ -576,15 +859,28 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
     backend trained the student.
     """
     if importlib.util.find_spec("tensorflow") is None:
-        raise click.ClickException("Export runs the TensorFlow converters, and TensorFlow is not installed: pip install 'stkd-keras[export]'.")
+        raise click.ClickException(
+            "Export runs the TensorFlow converters, and TensorFlow is not installed: pip install 'stkd-keras[export]'."
+        )
     from stkd_keras.export import run as export_run
 
     options = export_run.ExportOptions(
-        formats=("tflite", "onnx") if export_format == "all" else (export_format,), quantize=quantize or None, qat_epochs=qat_epochs,
-        prune_sparsity=prune_sparsity, teacher=teacher, finetune_method=finetune_method,
-        finetune_options=_field_values(finetune_options, "--finetune-option"), finetune_subset=finetune_subset, dataset=dataset,
-        data_dir=data_dir, download=download, verify_images=None if verify_images == "all" else verify_images,
-        representative_images=representative_images, dynamic_batch=dynamic_batch, opset=opset, overwrite=overwrite,
+        formats=("tflite", "onnx") if export_format == "all" else (export_format,),
+        quantize=quantize or None,
+        qat_epochs=qat_epochs,
+        prune_sparsity=prune_sparsity,
+        teacher=teacher,
+        finetune_method=finetune_method,
+        finetune_options=_field_values(finetune_options, "--finetune-option"),
+        finetune_subset=finetune_subset,
+        dataset=dataset,
+        data_dir=data_dir,
+        download=download,
+        verify_images=None if verify_images == "all" else verify_images,
+        representative_images=representative_images,
+        dynamic_batch=dynamic_batch,
+        opset=opset,
+        overwrite=overwrite,
     )
     # Everything that can be checked without TensorFlow is, so a mistake is answered at once.
     try:
@@ -600,10 +896,19 @@ def export(ctx, model_path, export_format, quantize, qat_epochs, prune_sparsity,
     click.echo("| file | input | size | max abs logit diff | top-1 agreement | top-1 | ms/image |")
     click.echo("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in report["files"]:
-        click.echo(markdown_row([
-            row["file"], row["input_dtype"], f"{row['size_bytes'] / 1024:,.0f} KiB", f"{row['max_abs_logit_diff']:.2e}",
-            f"{row['top1_agreement']:.4f}", f"{row['top1_accuracy']:.4f}", f"{row['ms_per_image']:.2f}",
-        ]))
+        click.echo(
+            markdown_row(
+                [
+                    row["file"],
+                    row["input_dtype"],
+                    f"{row['size_bytes'] / 1024:,.0f} KiB",
+                    f"{row['max_abs_logit_diff']:.2e}",
+                    f"{row['top1_agreement']:.4f}",
+                    f"{row['top1_accuracy']:.4f}",
+                    f"{row['ms_per_image']:.2f}",
+                ]
+            )
+        )
     click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
 
 
@@ -634,7 +939,13 @@ def _field_values(items: tuple[str, ...], param_hint: str) -> dict:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Where to draw the training curves (default: RUN_DIR/curves.png).")
+@click.option(
+    "--plot",
+    "plot_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Where to draw the training curves (default: RUN_DIR/curves.png).",
+)
 @_user_errors
 def report(run_dir, plot_path):
     """Summarise a finished run and draw its training curves to a PNG, or list the runs in a folder.
@@ -663,11 +974,26 @@ def report(run_dir, plot_path):
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--baseline", default="kd", show_default=True, help="Method the others are compared with.")
 @click.option(
-    "--baseline-setting", "baseline_fields", multiple=True, metavar="FIELD=VALUE",
+    "--baseline-setting",
+    "baseline_fields",
+    multiple=True,
+    metavar="FIELD=VALUE",
     help="Compare every row with the baseline method in the one setting with these config values (repeatable; for ablations).",
 )
-@click.option("--markdown", "markdown_path", default=None, type=click.Path(dir_okay=False), help="Also write the table to this markdown file.")
-@click.option("--plot", "plot_path", default=None, type=click.Path(dir_okay=False), help="Draw per-seed accuracies and curves to this PNG.")
+@click.option(
+    "--markdown",
+    "markdown_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Also write the table to this markdown file.",
+)
+@click.option(
+    "--plot",
+    "plot_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Draw per-seed accuracies and curves to this PNG.",
+)
 @_user_errors
 def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
     """Compare finished runs: mean, std, n, min/max of final and best-epoch top-1, and the difference to a baseline."""
@@ -687,7 +1013,12 @@ def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
 
 
 @cli.command("datasets")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Look here as `--data-dir` would for each dataset.")
+@click.option(
+    "--data-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Look here as `--data-dir` would for each dataset.",
+)
 def list_datasets(data_dir):
     """List the datasets, where each would be read from, and whether it is available on this machine."""
     backend_choice.import_tensorflow_quietly()  # its start-up lines are not the listing's
@@ -696,12 +1027,24 @@ def list_datasets(data_dir):
     click.echo("| --- | ---: | --- | --- | --- |")
     for name in data.list_datasets():
         if name.startswith(data.FOLDER_PREFIX):
-            click.echo(markdown_row([name, "from PATH", "--image-size", "yes, if PATH holds class folders", "PATH/<class>/*.jpg, *.png, ... (or PATH/train, PATH/val)"]))
+            click.echo(
+                markdown_row(
+                    [
+                        name,
+                        "from PATH",
+                        "--image-size",
+                        "yes, if PATH holds class folders",
+                        "PATH/<class>/*.jpg, *.png, ... (or PATH/train, PATH/val)",
+                    ]
+                )
+            )
             continue
         spec = data.get_spec(name)
         where = data.describe(name, data_dir)
         shape = "x".join(str(d) for d in spec.input_shape)
-        click.echo(markdown_row([name, spec.num_classes, shape, "yes" if where["available"] else "no", where["source"]]))
+        click.echo(
+            markdown_row([name, spec.num_classes, shape, "yes" if where["available"] else "no", where["source"]])
+        )
 
 
 @cli.command("methods")
@@ -713,14 +1056,22 @@ def list_method_table():
     click.echo("| --- | --- | --- | --- | --- |")
     for name in methods.list_methods():
         method = methods.get_method(name)
-        teacher = method.teacher_input(method.make_hyperparameters()) + " images" if method.needs_teacher else "no teacher"
+        teacher = (
+            method.teacher_input(method.make_hyperparameters()) + " images" if method.needs_teacher else "no teacher"
+        )
         student = "mixup samples" if method.mixes else "clean images"
         defaults = ", ".join(f"{key}={value}" for key, value in method.defaults().items()) or "-"
         click.echo(markdown_row([name, teacher, student, defaults, method.description]))
 
 
 @cli.command("models")
-@click.option("--input-size", default=32, show_default=True, type=click.IntRange(min=1), help="Height and width of the input, in pixels.")
+@click.option(
+    "--input-size",
+    default=32,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Height and width of the input, in pixels.",
+)
 @click.option("--channels", default=3, show_default=True, type=click.IntRange(min=1), help="Input channels.")
 @click.option("--num-classes", default=100, show_default=True, type=click.IntRange(min=2), help="Number of classes.")
 def list_zoo(input_size, channels, num_classes):
@@ -735,7 +1086,11 @@ def list_zoo(input_size, channels, num_classes):
         except ValueError as error:
             click.echo(markdown_row([name, "-", error]))
             continue
-        click.echo(markdown_row([name, f"{models.count_trainable_parameters(model):,}", f"{models.count_macs(model) / 1e6:,.1f}M"]))
+        click.echo(
+            markdown_row(
+                [name, f"{models.count_trainable_parameters(model):,}", f"{models.count_macs(model) / 1e6:,.1f}M"]
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,15 @@ export will write) answers without TensorFlow, so the CLI checks options at once
 from stkd_keras.lazy import lazy_attributes
 
 _PLAN = (
-    "DEFAULT_OPSET", "DEFAULT_QUANTIZATIONS", "FLOAT_BOUNDS", "FORMAT_QUANTIZATIONS", "FORMATS", "QUANTIZATIONS", "ExportError", "OnnxInt8Config", "export_plan",
+    "DEFAULT_OPSET",
+    "DEFAULT_QUANTIZATIONS",
+    "FLOAT_BOUNDS",
+    "FORMAT_QUANTIZATIONS",
+    "FORMATS",
+    "QUANTIZATIONS",
+    "ExportError",
+    "OnnxInt8Config",
+    "export_plan",
     "parse_quantizations",
 )
 _CORE = ("ExportData", "convert_onnx", "convert_tflite", "export_model", "load_export_data")

@@ -52,6 +52,7 @@ from stkd_keras.export.runtime import METADATA_NAME, embed_tflite_metadata, runn
 from stkd_keras.files import file_sha256
 from stkd_keras.runs import output_lock, output_path
 
+
 @dataclasses.dataclass
 class ExportData:
     """Evaluation images and labels, and a representative sample of training images (same preprocessing)."""
@@ -88,7 +89,9 @@ def int8_converter_options(representative: np.ndarray) -> dict:
     }
 
 
-def convert_tflite(model, path: Path, quantize: str, representative: np.ndarray | None = None, dynamic_batch: bool = False) -> None:
+def convert_tflite(
+    model, path: Path, quantize: str, representative: np.ndarray | None = None, dynamic_batch: bool = False
+) -> None:
     """Writes the model as a TFLite flatbuffer with builtin ops only (through Keras's LiteRT export).
 
     Raises:
@@ -97,7 +100,10 @@ def convert_tflite(model, path: Path, quantize: str, representative: np.ndarray 
     """
     options = {"target_spec": {"supported_ops": [tf.lite.OpsSet.TFLITE_BUILTINS]}}
     if quantize == "float16":
-        options = {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": {**options["target_spec"], "supported_types": [tf.float16]}}
+        options = {
+            "optimizations": [tf.lite.Optimize.DEFAULT],
+            "target_spec": {**options["target_spec"], "supported_types": [tf.float16]},
+        }
     elif quantize == "dynamic":
         options["optimizations"] = [tf.lite.Optimize.DEFAULT]
     elif quantize == "int8":
@@ -105,13 +111,18 @@ def convert_tflite(model, path: Path, quantize: str, representative: np.ndarray 
             raise ExportError("Full-integer int8 export needs representative training images; pass --dataset.")
         options = int8_converter_options(representative)
     try:
-        model.export(str(path), format="litert", input_signature=_input_signature(model, dynamic_batch), verbose=False, **options)
+        model.export(
+            str(path), format="litert", input_signature=_input_signature(model, dynamic_batch), verbose=False, **options
+        )
     except Exception as error:  # ConverterError and friends carry the op names in their message.
         message = str(error)
-        ops = sorted(set(re.findall(r"\btf\.([A-Za-z0-9_]+)", message)) | set(re.findall(r"'([A-Z][A-Za-z0-9]+)'", message)))
+        ops = sorted(
+            set(re.findall(r"\btf\.([A-Za-z0-9_]+)", message)) | set(re.findall(r"'([A-Z][A-Za-z0-9]+)'", message))
+        )
         named = f" (ops: {', '.join(ops[:10])})" if ops else ""
         raise ExportError(
-            f"{model.name} cannot be converted to TFLite with builtin ops only{named}; an edge runtime without Flex ops could not run it."
+            f"{model.name} cannot be converted to TFLite with builtin ops only{named}; an edge runtime without Flex "
+            "ops could not run it."
         ) from None
 
 
@@ -120,20 +131,32 @@ def convert_onnx(model, path: Path, opset: int = DEFAULT_OPSET, dynamic_batch: b
     import onnx
 
     try:
-        model.export(str(path), format="onnx", input_signature=_input_signature(model, dynamic_batch), opset_version=opset, verbose=False)
+        model.export(
+            str(path),
+            format="onnx",
+            input_signature=_input_signature(model, dynamic_batch),
+            opset_version=opset,
+            verbose=False,
+        )
     except Exception as error:
-        raise ExportError(f"{model.name} cannot be converted to ONNX opset {opset}: {type(error).__name__}: {error}") from None
+        raise ExportError(
+            f"{model.name} cannot be converted to ONNX opset {opset}: {type(error).__name__}: {error}"
+        ) from None
     onnx.checker.check_model(str(path))
 
 
-def quantize_onnx_int8(float_path: Path, output_path: Path, representative: np.ndarray, config: OnnxInt8Config = OnnxInt8Config()) -> None:
+def quantize_onnx_int8(
+    float_path: Path, output_path: Path, representative: np.ndarray, config: OnnxInt8Config = OnnxInt8Config()
+) -> None:
     """Static int8 quantization with a calibration reader over training images (`config`: format, types, granularity)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def __init__(self, input_name):
-            self.batches = iter([{input_name: representative[i : i + 1].astype(np.float32)} for i in range(len(representative))])
+            self.batches = iter(
+                [{input_name: representative[i : i + 1].astype(np.float32)} for i in range(len(representative))]
+            )
 
         def get_next(self):
             return next(self.batches, None)
@@ -229,7 +252,7 @@ def _recover_interrupted_export(output_dir: Path, log) -> None:
     recorded: dict[str, set[str]] = {}
     for part in ("write", "remove"):
         entries = pending.get(part) if isinstance(pending, dict) else None
-        for name, digest in (entries.items() if isinstance(entries, dict) else ()):
+        for name, digest in entries.items() if isinstance(entries, dict) else ():
             recorded.setdefault(str(name), set()).add(str(digest))
     kept = [name for name, digests in sorted(recorded.items()) if not _remove_if_unchanged(output_dir, name, digests)]
     journal.unlink()
@@ -262,7 +285,10 @@ def _earlier_export(output_dir: Path) -> dict[str, str]:
         ExportError: When metadata.json or export_report.json is not an export's.
     """
     owned: dict[str, str] = {}
-    for name, keys in (("metadata.json", ("files", "preprocessing")), ("export_report.json", ("files", "keras_top1_accuracy"))):
+    for name, keys in (
+        ("metadata.json", ("files", "preprocessing")),
+        ("export_report.json", ("files", "keras_top1_accuracy")),
+    ):
         path = output_dir / name
         if not path.exists():
             continue
@@ -271,7 +297,10 @@ def _earlier_export(output_dir: Path) -> dict[str, str]:
         except (ValueError, UnicodeDecodeError):
             payload = None
         if not isinstance(payload, dict) or not all(key in payload for key in keys):
-            raise ExportError(f"{path} was not written by stkd-keras export, so this folder is not an export's; choose another --output.")
+            raise ExportError(
+                f"{path} was not written by stkd-keras export, so this folder is not an export's; choose another "
+                "--output."
+            )
         owned[name] = file_sha256(path)
         if name == "metadata.json":
             digests = payload.get("sha256") if isinstance(payload.get("sha256"), dict) else {}
@@ -336,7 +365,19 @@ def export_model(
         # Keras's ONNX export probes `np.object` (removed in NumPy 1.24) and NumPy warns about the probe itself.
         warnings.filterwarnings("ignore", message="In the future `np.object` will be defined", category=FutureWarning)
         return _export_model(
-            model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, tuple(fine_tunings), log
+            model,
+            output_dir,
+            data,
+            preprocessing,
+            formats,
+            quantize,
+            dynamic_batch,
+            opset,
+            overwrite,
+            stem,
+            source,
+            tuple(fine_tunings),
+            log,
         )
 
 
@@ -352,7 +393,21 @@ def _embed(path: Path, metadata: dict) -> None:
     onnx.save(_embed_onnx_metadata(proto, metadata), str(path))
 
 
-def _export_model(model, output_dir, data, preprocessing, formats, quantize, dynamic_batch, opset, overwrite, stem, source, fine_tunings, log) -> dict:
+def _export_model(
+    model,
+    output_dir,
+    data,
+    preprocessing,
+    formats,
+    quantize,
+    dynamic_batch,
+    opset,
+    overwrite,
+    stem,
+    source,
+    fine_tunings,
+    log,
+) -> dict:
     """`export_model` with its output folder locked."""
     plan = export_plan(formats, quantize)
     output_dir = output_path(output_dir)
@@ -361,7 +416,9 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
     names = planned_files(stem, plan, "qat" in modes, "prune" in modes)
     existing = [name for name in names if (output_dir / name).exists()]
     if existing and not overwrite:
-        raise ExportError(f"{output_dir / existing[0]} already exists; pass --overwrite to replace it or choose another --output.")
+        raise ExportError(
+            f"{output_dir / existing[0]} already exists; pass --overwrite to replace it or choose another --output."
+        )
     previous = _earlier_export(output_dir) if output_dir.is_dir() else {}
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
@@ -382,7 +439,12 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
 
         def finish(path: Path, export_format: str, quantization: str, extra: dict | None = None) -> None:
             runner = runner_for(path)
-            own = {"format": export_format, "quantization": quantization, "input_dtype": runner.input_dtype, "output_dtype": runner.output_dtype}
+            own = {
+                "format": export_format,
+                "quantization": quantization,
+                "input_dtype": runner.input_dtype,
+                "output_dtype": runner.output_dtype,
+            }
             if (export_format, quantization) == ("onnx", "int8"):
                 own["onnx_int8"] = dataclasses.asdict(OnnxInt8Config())  # how onnxruntime quantized it
             _embed(path, {**shared, **own})
@@ -425,7 +487,18 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
         for row in rows:
             row["quantization_parameters"] = _quantization_parameters(staging / row["file"])
         files = {
-            row["file"]: {key: row[key] for key in ("format", "quantization", "input_dtype", "output_dtype", "quantization_parameters", "onnx_int8") if key in row}
+            row["file"]: {
+                key: row[key]
+                for key in (
+                    "format",
+                    "quantization",
+                    "input_dtype",
+                    "output_dtype",
+                    "quantization_parameters",
+                    "onnx_int8",
+                )
+                if key in row
+            }
             for row in rows
         }
         # The checksums let a later `--overwrite` remove exactly these files, and only while they are unchanged.
@@ -441,7 +514,10 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
         }
         (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        written = {name: file_sha256(staging / name) for name in [row["file"] for row in rows] + ["metadata.json", "export_report.json"]}
+        written = {
+            name: file_sha256(staging / name)
+            for name in [row["file"] for row in rows] + ["metadata.json", "export_report.json"]
+        }
         # The earlier export's files this one does not replace go, so the folder holds what the JSON files list;
         # only those it recorded a checksum for and that are unchanged since (a file edited since stays).
         removed = {name: digest for name, digest in previous.items() if name not in written}
@@ -452,10 +528,15 @@ def _export_model(model, output_dir, data, preprocessing, formats, quantize, dyn
         os.replace(staging / PENDING_FILE, output_dir / PENDING_FILE)
         for name in written:
             os.replace(staging / name, output_dir / name)
-        kept = [name for name, digest in sorted(removed.items()) if not _remove_if_unchanged(output_dir, name, {digest})]
+        kept = [
+            name for name, digest in sorted(removed.items()) if not _remove_if_unchanged(output_dir, name, {digest})
+        ]
         (output_dir / PENDING_FILE).unlink()
         if kept:
-            log(f"Kept {', '.join(kept)} from the earlier export in {output_dir}: changed since it wrote them, or written without a checksum.")
+            log(
+                f"Kept {', '.join(kept)} from the earlier export in {output_dir}: changed since it wrote them, or "
+                "written without a checksum."
+            )
         return report
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -470,16 +551,26 @@ def run_tfmot_bridge(fine_tuning, output_path: Path, data: ExportData, preproces
     report_path = output_path.with_suffix(".bridge.json")
     spec_path = output_path.with_suffix(".spec.json")
     fine_tuning = dataclasses.replace(
-        fine_tuning, output=str(output_path), report=str(report_path), mean=tuple(preprocessing["mean"]), std=tuple(preprocessing["std"]),
-        representative=len(data.representative), eval_subset=len(data.images),
+        fine_tuning,
+        output=str(output_path),
+        report=str(report_path),
+        mean=tuple(preprocessing["mean"]),
+        std=tuple(preprocessing["std"]),
+        representative=len(data.representative),
+        eval_subset=len(data.images),
     )
     spec_path.write_text(fine_tuning.to_json())
     command = [sys.executable, "-m", "stkd_keras.export.tfmot_bridge", "--spec", str(spec_path)]
     mode = fine_tuning.mode
-    log(f"Running {'quantization-aware training' if mode == 'qat' else 'pruning'} with tensorflow-model-optimization (subprocess)...")
+    log(
+        f"Running {'quantization-aware training' if mode == 'qat' else 'pruning'} with tensorflow-model-optimization "
+        "(subprocess)..."
+    )
     # Its progress (steps, loss, time left) is shown line by line; its stderr is kept for the error message.
     with tempfile.TemporaryFile(mode="w+") as errors:
-        child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        child = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=errors, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
         try:
             for line in child.stdout:
                 log(line.rstrip("\n"))
@@ -498,7 +589,14 @@ def run_tfmot_bridge(fine_tuning, output_path: Path, data: ExportData, preproces
     return report
 
 
-def load_export_data(dataset: str, preprocessing: dict, verify_images: int | None, representative_images: int, data_dir=None, download=True) -> ExportData:
+def load_export_data(
+    dataset: str,
+    preprocessing: dict,
+    verify_images: int | None,
+    representative_images: int,
+    data_dir=None,
+    download=True,
+) -> ExportData:
     """The first `verify_images` test images (None: the whole test split) and `representative_images` training images, with the model's preprocessing."""
     from stkd_keras import data as data_lib
 
@@ -516,4 +614,10 @@ def load_export_data(dataset: str, preprocessing: dict, verify_images: int | Non
     # A fixed, shuffled subset of the training split (the same for every export), no augmentation, no mixup.
     train, _ = data_lib.load(dataset, "train", 256, subset=representative_images, **options)
     representative = np.concatenate([np.asarray(x) for x, _ in train])
-    return ExportData(images=images, labels=labels, representative=representative, split="test", whole_split=verify_images is None or len(images) < verify_images)
+    return ExportData(
+        images=images,
+        labels=labels,
+        representative=representative,
+        split="test",
+        whole_split=verify_images is None or len(images) < verify_images,
+    )

@@ -46,7 +46,9 @@ def parse_quantizations(quantize) -> tuple[str, ...]:
     names = ["float32" if name == "none" else name for name in names]
     unknown = [name for name in names if name not in QUANTIZATIONS]
     if unknown:
-        raise ExportError(f"Expected --quantize values among {', '.join(QUANTIZATIONS)}, none and all. Received: {unknown[0]!r}")
+        raise ExportError(
+            f"Expected --quantize values among {', '.join(QUANTIZATIONS)}, none and all. Received: {unknown[0]!r}"
+        )
     return tuple(mode for mode in QUANTIZATIONS if mode in names)
 
 
@@ -66,7 +68,10 @@ def export_plan(formats, quantize) -> list[tuple[str, str]]:
         for mode in modes:
             if not any(mode in FORMAT_QUANTIZATIONS[name] for name in chosen):
                 supported = sorted({m for name in chosen for m in FORMAT_QUANTIZATIONS[name]}, key=QUANTIZATIONS.index)
-                raise ExportError(f"{' and '.join(chosen).upper()} export has no {mode} mode; --quantize takes {', '.join(supported)} here.")
+                raise ExportError(
+                    f"{' and '.join(chosen).upper()} export has no {mode} mode; --quantize takes "
+                    f"{', '.join(supported)} here."
+                )
     return [(name, mode) for name in chosen for mode in modes if mode in FORMAT_QUANTIZATIONS[name]]
 
 
@@ -114,8 +119,10 @@ class OnnxInt8Config:
 
     @property
     def name(self) -> str:
-        return (f"{self.quant_format} {'S8S8' if self.activations == 'int8' else 'U8S8'} "
-                f"{'per-channel' if self.per_channel else 'per-tensor'}{' reduce_range' if self.reduce_range else ''}")
+        return (
+            f"{self.quant_format} {'S8S8' if self.activations == 'int8' else 'U8S8'} "
+            f"{'per-channel' if self.per_channel else 'per-tensor'}{' reduce_range' if self.reduce_range else ''}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +173,9 @@ class FineTuning:
             if not isinstance(value, int) or isinstance(value, bool) or value < least:
                 raise ValueError(f"Expected `{name}` to be an int >= {least}. Received: {name}={value!r}")
         if not isinstance(self.hyperparameters, dict):
-            raise ValueError(f"Expected `hyperparameters` to be a mapping of names to values. Received: {self.hyperparameters!r}")
+            raise ValueError(
+                f"Expected `hyperparameters` to be a mapping of names to values. Received: {self.hyperparameters!r}"
+            )
         if not 0 < self.sparsity < 1:
             raise ValueError(f"Expected a sparsity in (0, 1). Received: sparsity={self.sparsity!r}")
 
@@ -178,7 +187,11 @@ class FineTuning:
         """The object `to_json` wrote; unknown or missing fields are refused in one sentence."""
         payload = json.loads(text)
         names = {field.name for field in dataclasses.fields(cls)}
-        required = {field.name for field in dataclasses.fields(cls) if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING}
+        required = {
+            field.name
+            for field in dataclasses.fields(cls)
+            if field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        }
         if not isinstance(payload, dict) or set(payload) - names or required - set(payload):
             raise ValueError(
                 f"A fine-tuning spec takes the fields {sorted(names)}, {sorted(required)} among them. "
@@ -188,4 +201,3 @@ class FineTuning:
             if payload.get(key) is not None:
                 payload[key] = tuple(payload[key])
         return cls(**payload)
-

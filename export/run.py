@@ -126,11 +126,15 @@ def prepare_export(model_path: str | os.PathLike, options: ExportOptions = Expor
         raise ExportOptionError(str(error), "--quantize") from None
     model_path = Path(model_path)
     if model_path.suffix in (".tflite", ".onnx"):
-        raise ExportOptionError(f"{model_path} is already exported; pass the .keras student (or its run folder).", "--model")
+        raise ExportOptionError(
+            f"{model_path} is already exported; pass the .keras student (or its run folder).", "--model"
+        )
     student_file = runs.model_file(model_path)
     preprocessing = runs.read_preprocessing(model_path)
     if preprocessing is None:
-        raise ExportError(f"No preprocessing.json beside {model_path}: export needs the normalisation the model was trained with.")
+        raise ExportError(
+            f"No preprocessing.json beside {model_path}: export needs the normalisation the model was trained with."
+        )
     dataset = options.dataset or preprocessing["dataset"]
     runs.check_preprocessing_fits(preprocessing, dataset, student_file)
     run_folder = student_file.parent
@@ -143,7 +147,11 @@ def prepare_export(model_path: str | os.PathLike, options: ExportOptions = Expor
         return ExportJob(student_file, preprocessing, dataset, source, run_metrics)
     config = run_metrics.get("config") or {}
     teacher = options.teacher or run_teacher(run_folder, run_metrics)
-    method, hyperparameters = finetune_method(config, options.finetune_method or config.get("method") or ("stkd" if teacher else "ce"), options.finetune_options)
+    method, hyperparameters = finetune_method(
+        config,
+        options.finetune_method or config.get("method") or ("stkd" if teacher else "ce"),
+        options.finetune_options,
+    )
     notes = []
     if method.needs_teacher:
         try:
@@ -155,14 +163,20 @@ def prepare_export(model_path: str | os.PathLike, options: ExportOptions = Expor
             notes.append(f"Note: method {method.name!r} uses no teacher; the teacher given is not used.")
         teacher = None
     teacher_file = runs.model_file(teacher, "teacher") if teacher is not None else None
-    return ExportJob(student_file, preprocessing, dataset, source, run_metrics, method, hyperparameters, teacher_file, tuple(notes))
+    return ExportJob(
+        student_file, preprocessing, dataset, source, run_metrics, method, hyperparameters, teacher_file, tuple(notes)
+    )
 
 
 def fine_tunings(job: ExportJob, options: ExportOptions) -> tuple:
     """The QAT and pruning fine-tunings an export asks for, as the bridge's `FineTuning` contract."""
     common = {
-        "model": str(job.student_file), "dataset": job.dataset, "teacher": str(job.teacher_file) if job.teacher_file else None,
-        "data_dir": options.data_dir, "train_subset": options.finetune_subset, "method": job.method.name if job.method else None,
+        "model": str(job.student_file),
+        "dataset": job.dataset,
+        "teacher": str(job.teacher_file) if job.teacher_file else None,
+        "data_dir": options.data_dir,
+        "train_subset": options.finetune_subset,
+        "method": job.method.name if job.method else None,
         "hyperparameters": dict(job.hyperparameters),
         # The fine-tuning continues the finished run: past its warm-up, as the run ended.
         "initial_epoch": (job.run_metrics.get("final_epoch") or {}).get("epoch") or 0,
@@ -175,7 +189,13 @@ def fine_tunings(job: ExportJob, options: ExportOptions) -> tuple:
     return tuple(planned)
 
 
-def export_run(model_path: str | os.PathLike, output: str | os.PathLike, options: ExportOptions = ExportOptions(), log=print, job: ExportJob | None = None) -> dict:
+def export_run(
+    model_path: str | os.PathLike,
+    output: str | os.PathLike,
+    options: ExportOptions = ExportOptions(),
+    log=print,
+    job: ExportJob | None = None,
+) -> dict:
     """Exports a student (a run folder or its .keras file) into `output`; returns the report (also export_report.json).
 
     Runs on the TensorFlow backend (its converters). `job` is `prepare_export`'s
@@ -190,17 +210,41 @@ def export_run(model_path: str | os.PathLike, output: str | os.PathLike, options
     model = load_model(job.student_file)
     if options.fine_tunes:
         steps = [f"{options.qat_epochs} epoch(s) of quantization-aware training"] if options.qat_epochs else []
-        steps += [f"{PRUNE_EPOCHS} epochs of pruning to {options.prune_sparsity:.0%} sparsity"] if options.prune_sparsity else []
-        images = (f"{options.finetune_subset:,} training images (--finetune-subset)" if options.finetune_subset
-                  else f"the whole {job.dataset} training split (--finetune-subset N for fewer)")
+        steps += (
+            [f"{PRUNE_EPOCHS} epochs of pruning to {options.prune_sparsity:.0%} sparsity"]
+            if options.prune_sparsity
+            else []
+        )
+        images = (
+            f"{options.finetune_subset:,} training images (--finetune-subset)"
+            if options.finetune_subset
+            else f"the whole {job.dataset} training split (--finetune-subset N for fewer)"
+        )
         log(
             f"QAT/pruning fine-tuning: {' and '.join(steps)} on {images}, method {job.method.name!r}"
             + (f" with {job.hyperparameters}" if job.hyperparameters else "")
             + "; each step prints its progress and an estimate of its time once it has measured a few batches."
         )
-    data = load_export_data(job.dataset, job.preprocessing, options.verify_images, options.representative_images, options.data_dir, options.download)
+    data = load_export_data(
+        job.dataset,
+        job.preprocessing,
+        options.verify_images,
+        options.representative_images,
+        options.data_dir,
+        options.download,
+    )
     return export_model(
-        model, output, data, job.preprocessing, formats=options.formats, quantize=options.quantize, dynamic_batch=options.dynamic_batch,
-        opset=options.opset, overwrite=options.overwrite, stem=job.student_file.stem, source=job.source, log=log,
+        model,
+        output,
+        data,
+        job.preprocessing,
+        formats=options.formats,
+        quantize=options.quantize,
+        dynamic_batch=options.dynamic_batch,
+        opset=options.opset,
+        overwrite=options.overwrite,
+        stem=job.student_file.stem,
+        source=job.source,
+        log=log,
         fine_tunings=fine_tunings(job, options),
     )

@@ -112,7 +112,9 @@ class TFLiteRunner(_Runner):
         self.interpreter = Interpreter(model_path=self.path, num_threads=num_threads)
         self.input_detail = self.interpreter.get_input_details()[0]
         self.output_detail = self.interpreter.get_output_details()[0]
-        self.fixed_batch = int(self.input_detail["shape_signature"][0]) if self.input_detail["shape_signature"][0] > 0 else None
+        self.fixed_batch = (
+            int(self.input_detail["shape_signature"][0]) if self.input_detail["shape_signature"][0] > 0 else None
+        )
         self._batch = None
 
     @property
@@ -143,7 +145,6 @@ class TFLiteRunner(_Runner):
         return self.interpreter.invoke
 
 
-
 class ONNXRunner(_Runner):
     """An `.onnx` file in onnxruntime (CPU)."""
 
@@ -167,8 +168,9 @@ class ONNXRunner(_Runner):
 
     def invoke_call(self, images: np.ndarray):
         """Returns a call of the session's own `run` on `images` (already float32), for timing the runtime alone."""
-        return functools.partial(self.session.run, None, {self.input.name: np.ascontiguousarray(images, dtype=np.float32)})
-
+        return functools.partial(
+            self.session.run, None, {self.input.name: np.ascontiguousarray(images, dtype=np.float32)}
+        )
 
 
 def runner_for(path: str | os.PathLike, num_threads: int = 1):

@@ -133,45 +133,71 @@ def _layer_factories(tf_keras, custom_layers):
 
     def conv(config):
         return L.Conv2D(
-            config["filters"], _tuple(config["kernel_size"]), strides=_tuple(config["strides"]), padding=config["padding"],
-            data_format=config["data_format"], dilation_rate=_tuple(config["dilation_rate"]), groups=config.get("groups", 1),
-            activation=config["activation"], use_bias=config["use_bias"], name=config["name"],
+            config["filters"],
+            _tuple(config["kernel_size"]),
+            strides=_tuple(config["strides"]),
+            padding=config["padding"],
+            data_format=config["data_format"],
+            dilation_rate=_tuple(config["dilation_rate"]),
+            groups=config.get("groups", 1),
+            activation=config["activation"],
+            use_bias=config["use_bias"],
+            name=config["name"],
         )
 
     def depthwise(config):
         return L.DepthwiseConv2D(
-            _tuple(config["kernel_size"]), strides=_tuple(config["strides"]), padding=config["padding"],
-            depth_multiplier=config["depth_multiplier"], data_format=config["data_format"],
-            dilation_rate=_tuple(config["dilation_rate"]), activation=config["activation"], use_bias=config["use_bias"],
+            _tuple(config["kernel_size"]),
+            strides=_tuple(config["strides"]),
+            padding=config["padding"],
+            depth_multiplier=config["depth_multiplier"],
+            data_format=config["data_format"],
+            dilation_rate=_tuple(config["dilation_rate"]),
+            activation=config["activation"],
+            use_bias=config["use_bias"],
             name=config["name"],
         )
 
     def batch_norm(config):
         if config.get("renorm") or config.get("synchronized"):
-            raise BridgeError(f"BatchNormalization layer {config['name']!r} uses renorm or synchronized statistics, which the tf_keras bridge does not translate.")
+            raise BridgeError(
+                f"BatchNormalization layer {config['name']!r} uses renorm or synchronized statistics, which the "
+                "tf_keras bridge does not translate."
+            )
         return L.BatchNormalization(
-            axis=config["axis"], momentum=config["momentum"], epsilon=config["epsilon"], center=config["center"],
-            scale=config["scale"], name=config["name"],
+            axis=config["axis"],
+            momentum=config["momentum"],
+            epsilon=config["epsilon"],
+            center=config["center"],
+            scale=config["scale"],
+            name=config["name"],
         )
 
     def pool(cls):
         return lambda config: cls(
-            _tuple(config["pool_size"]), strides=_tuple(config["strides"]), padding=config["padding"],
-            data_format=config["data_format"], name=config["name"],
+            _tuple(config["pool_size"]),
+            strides=_tuple(config["strides"]),
+            padding=config["padding"],
+            data_format=config["data_format"],
+            name=config["name"],
         )
 
     return {
         "Conv2D": conv,
         "DepthwiseConv2D": depthwise,
         "BatchNormalization": batch_norm,
-        "ReLU": lambda c: L.ReLU(max_value=c["max_value"], negative_slope=c["negative_slope"], threshold=c["threshold"], name=c["name"]),
+        "ReLU": lambda c: L.ReLU(
+            max_value=c["max_value"], negative_slope=c["negative_slope"], threshold=c["threshold"], name=c["name"]
+        ),
         "Activation": lambda c: L.Activation(c["activation"], name=c["name"]),
         "Add": lambda c: L.Add(name=c["name"]),
         "Concatenate": lambda c: L.Concatenate(axis=c["axis"], name=c["name"]),
         "ZeroPadding2D": lambda c: L.ZeroPadding2D(_tuple(c["padding"]), data_format=c["data_format"], name=c["name"]),
         "MaxPooling2D": pool(L.MaxPooling2D),
         "AveragePooling2D": pool(L.AveragePooling2D),
-        "GlobalAveragePooling2D": lambda c: L.GlobalAveragePooling2D(data_format=c["data_format"], keepdims=c["keepdims"], name=c["name"]),
+        "GlobalAveragePooling2D": lambda c: L.GlobalAveragePooling2D(
+            data_format=c["data_format"], keepdims=c["keepdims"], name=c["name"]
+        ),
         "Flatten": lambda c: L.Flatten(data_format=c["data_format"], name=c["name"]),
         "Dropout": lambda c: L.Dropout(c["rate"], noise_shape=c.get("noise_shape"), seed=c.get("seed"), name=c["name"]),
         "Dense": lambda c: L.Dense(c["units"], activation=c["activation"], use_bias=c["use_bias"], name=c["name"]),
@@ -227,7 +253,10 @@ def to_tf_keras(model, tf_keras, custom_layers: tuple):
     except NotImplementedError:
         config = None
     if not config or "layers" not in config:
-        raise BridgeError(f"Model {model.name!r} ({type(model).__name__}) is not a functional Keras model; the tf_keras bridge translates functional models only.")
+        raise BridgeError(
+            f"Model {model.name!r} ({type(model).__name__}) is not a functional Keras model; the tf_keras bridge "
+            "translates functional models only."
+        )
     factories = _layer_factories(tf_keras, custom_layers)
     keras3_layers = {layer.name: layer for layer in model.layers}
     for layer_config in config["layers"]:
@@ -267,7 +296,9 @@ def to_tf_keras(model, tf_keras, custom_layers: tuple):
             pending.remove(layer_config)
             progress = True
         if not progress:
-            raise BridgeError(f"Model {model.name!r} has layers whose inputs never become available: {[c['name'] for c in pending]}.")
+            raise BridgeError(
+                f"Model {model.name!r} has layers whose inputs never become available: {[c['name'] for c in pending]}."
+            )
     inputs = [tensors[(name, node)][index] for name, node, index in _endpoints(config["input_layers"])]
     outputs = [tensors[(name, node)][index] for name, node, index in _endpoints(config["output_layers"])]
     if len(outputs) != 1:
@@ -288,7 +319,10 @@ def to_tf_keras(model, tf_keras, custom_layers: tuple):
 def predict(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Logits of a Keras 3 or tf_keras model in inference mode, as float32 numpy."""
     return np.concatenate(
-        [np.asarray(model(images[start : start + batch_size], training=False), dtype=np.float32) for start in range(0, len(images), batch_size)]
+        [
+            np.asarray(model(images[start : start + batch_size], training=False), dtype=np.float32)
+            for start in range(0, len(images), batch_size)
+        ]
     )
 
 
@@ -355,8 +389,15 @@ def quantize(model, tf_keras, tfmot, custom_layers: tuple):
         unsupported = re.match(r"Layer (\S+):<class '(?:[\w.]+\.)?(\w+)'> is not supported", str(error))
         if unsupported:
             name, class_name = unsupported.groups()
-            hint = " (tfmot folds a BatchNormalization into the convolution before it, and only when it is that convolution's sole consumer)" if class_name == "BatchNormalization" else ""
-            raise BridgeError(f"tfmot's quantize_model cannot quantize layer {name!r} of class {class_name}{hint}.") from None
+            hint = (
+                " (tfmot folds a BatchNormalization into the convolution before it, and only when it is that "
+                "convolution's sole consumer)"
+                if class_name == "BatchNormalization"
+                else ""
+            )
+            raise BridgeError(
+                f"tfmot's quantize_model cannot quantize layer {name!r} of class {class_name}{hint}."
+            ) from None
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise BridgeError(f"tfmot's quantize_model failed on model {model.name!r}: {first_line}") from None
 
@@ -377,7 +418,14 @@ def pruning_schedule(total_steps: int, sparsity: float) -> dict:
     """
     frequency = max(1, int(total_steps * PRUNING_RAMP_FRACTION) // 20)
     end_step = max(frequency, (int(total_steps * PRUNING_RAMP_FRACTION) // frequency) * frequency)
-    return {"initial_sparsity": 0.0, "final_sparsity": float(sparsity), "begin_step": 0, "end_step": end_step, "power": 3, "frequency": frequency}
+    return {
+        "initial_sparsity": 0.0,
+        "final_sparsity": float(sparsity),
+        "begin_step": 0,
+        "end_step": end_step,
+        "power": 3,
+        "frequency": frequency,
+    }
 
 
 def prune(model, tf_keras, tfmot, custom_layers: tuple, schedule: dict):
@@ -413,12 +461,24 @@ def batch_loss(method, hyperparameters, images, labels, student, teacher, seed_g
     """The fine-tuning's loss on one batch: the Distiller's own (`stkd_keras.methods.step_loss`), regularisation included."""
     from stkd_keras import methods
 
-    return methods.step_loss(method, hyperparameters, images, labels, student, teacher, seed_generator, epoch, step).total
+    return methods.step_loss(
+        method, hyperparameters, images, labels, student, teacher, seed_generator, epoch, step
+    ).total
 
 
 def fine_tune(
-    student, teacher, dataset, epochs: int, learning_rate: float, method: str, hyperparameters: dict, seed: int,
-    on_epoch_end=None, steps_per_epoch: int | None = None, log=None, initial_epoch: int = 0,
+    student,
+    teacher,
+    dataset,
+    epochs: int,
+    learning_rate: float,
+    method: str,
+    hyperparameters: dict,
+    seed: int,
+    on_epoch_end=None,
+    steps_per_epoch: int | None = None,
+    log=None,
+    initial_epoch: int = 0,
 ) -> list[float]:
     """Trains `student` (tf_keras) for `epochs` on `dataset` with a registered distillation method; returns the mean loss per epoch.
 
@@ -448,7 +508,9 @@ def fine_tune(
     @tf.function(reduce_retracing=True)
     def train_step(images, labels):
         with tf.GradientTape() as tape:
-            loss = batch_loss(unit, values, images, labels, student, teacher, seed_generator, epoch_variable, step_variable)
+            loss = batch_loss(
+                unit, values, images, labels, student, teacher, seed_generator, epoch_variable, step_variable
+            )
         gradients = tape.gradient(loss, student.trainable_variables)
         optimizer.apply_gradients(zip(gradients, student.trainable_variables))
         step_variable.assign_add(1)
@@ -578,7 +640,10 @@ def run(spec, log=None) -> dict:
         try:
             model = keras.saving.load_model(path, compile=False)
         except Exception as error:
-            raise BridgeError(f"Cannot load the {role} {path}: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}") from None
+            raise BridgeError(
+                f"Cannot load the {role} {path}: "
+                f"{str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+            ) from None
         return model, to_tf_keras(model, tf_keras, custom_layers)
 
     student_keras3, student = load(spec.model, "student")
@@ -587,22 +652,35 @@ def run(spec, log=None) -> dict:
 
     input_shape = tuple(student_keras3.input_shape[1:])
     normalization = (spec.mean, spec.std) if spec.mean is not None else None
-    common = {"data_dir": spec.data_dir, "normalization": normalization, "image_size": input_shape[:2], "seed": spec.seed}
+    common = {
+        "data_dir": spec.data_dir,
+        "normalization": normalization,
+        "image_size": input_shape[:2],
+        "seed": spec.seed,
+    }
     train_dataset, train_info = data_lib.load(
         spec.dataset, "train", spec.batch_size, augment=True, shuffle=True, subset=spec.train_subset, **common
     )
-    eval_dataset, _ = data_lib.load(spec.dataset, "test", 256, augment=False, shuffle=False, subset=spec.eval_subset, **common)
+    eval_dataset, _ = data_lib.load(
+        spec.dataset, "test", 256, augment=False, shuffle=False, subset=spec.eval_subset, **common
+    )
     representative_dataset, _ = data_lib.load(
         spec.dataset, "train", 256, augment=False, shuffle=False, subset=spec.representative, **common
     )
     eval_images, eval_labels = _as_arrays(eval_dataset)
     representative, _ = _as_arrays(representative_dataset)
     if tuple(eval_images.shape[1:]) != input_shape:
-        raise BridgeError(f"The {spec.dataset} images have shape {eval_images.shape[1:]}, the student expects {input_shape}.")
+        raise BridgeError(
+            f"The {spec.dataset} images have shape {eval_images.shape[1:]}, the student expects {input_shape}."
+        )
     num_classes = int(student.output_shape[-1])
     if num_classes != train_info.num_classes:
-        raise BridgeError(f"The student has {num_classes} outputs, {spec.dataset} has {train_info.num_classes} classes.")
-    if teacher is not None and tuple(teacher.input_shape[1:]) + tuple(teacher.output_shape[1:]) != input_shape + (num_classes,):
+        raise BridgeError(
+            f"The student has {num_classes} outputs, {spec.dataset} has {train_info.num_classes} classes."
+        )
+    if teacher is not None and tuple(teacher.input_shape[1:]) + tuple(teacher.output_shape[1:]) != input_shape + (
+        num_classes,
+    ):
         raise BridgeError(
             f"The teacher maps {tuple(teacher.input_shape[1:])} to {teacher.output_shape[-1]} classes, "
             f"the student {input_shape} to {num_classes}; distillation needs the same images and classes."
@@ -638,8 +716,17 @@ def run(spec, log=None) -> dict:
         )
     fit_started = time.perf_counter()
     loss_history = fine_tune(
-        model, teacher, train_dataset, spec.epochs, spec.learning_rate, unit.name, hyperparameters, spec.seed,
-        on_epoch_end=(lambda: callback.on_epoch_end(-1)) if callback else None, steps_per_epoch=steps_per_epoch, log=log,
+        model,
+        teacher,
+        train_dataset,
+        spec.epochs,
+        spec.learning_rate,
+        unit.name,
+        hyperparameters,
+        spec.seed,
+        on_epoch_end=(lambda: callback.on_epoch_end(-1)) if callback else None,
+        steps_per_epoch=steps_per_epoch,
+        log=log,
         initial_epoch=spec.initial_epoch,
     )
     timings["fine_tune_s"] = time.perf_counter() - fit_started
@@ -694,30 +781,97 @@ def run(spec, log=None) -> dict:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--spec", default=None, type=click.Path(exists=True, dir_okay=False), help="A fine-tuning written as JSON (stkd_keras.export.plan.FineTuning, what `stkd-keras export` passes); then no other option.")
-@click.option("--model", "model", default=None, type=click.Path(exists=True, dir_okay=False), help="The Keras 3 student (.keras). Required without --spec.")
-@click.option("--teacher", default=None, type=click.Path(exists=True, dir_okay=False), help="The Keras 3 teacher (.keras); without it the student fine-tunes on plain cross-entropy.")
-@click.option("--dataset", default=None, help="Required without --spec. Dataset name for stkd_keras.data.load (e.g. fashion_mnist, cifar100, folder:PATH).")
+@click.option(
+    "--spec",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A fine-tuning written as JSON (stkd_keras.export.plan.FineTuning, what `stkd-keras export` passes); then no other option.",
+)
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The Keras 3 student (.keras). Required without --spec.",
+)
+@click.option(
+    "--teacher",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The Keras 3 teacher (.keras); without it the student fine-tunes on plain cross-entropy.",
+)
+@click.option(
+    "--dataset",
+    default=None,
+    help="Required without --spec. Dataset name for stkd_keras.data.load (e.g. fashion_mnist, cifar100, folder:PATH).",
+)
 @click.option("--data-dir", default=None, help="Where the dataset lives (see stkd_keras.data.load).")
 @click.option("--mean", default=None, help="Per-channel normalisation mean, comma-separated (default: the dataset's).")
 @click.option("--std", default=None, help="Per-channel normalisation std, comma-separated (default: the dataset's).")
-@click.option("--mode", default=None, type=click.Choice(["qat", "prune"]), help="Quantization-aware training or magnitude pruning. Required without --spec.")
-@click.option("--sparsity", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True), help="Target sparsity of the pruned kernels (--mode prune).")
+@click.option(
+    "--mode",
+    default=None,
+    type=click.Choice(["qat", "prune"]),
+    help="Quantization-aware training or magnitude pruning. Required without --spec.",
+)
+@click.option(
+    "--sparsity",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Target sparsity of the pruned kernels (--mode prune).",
+)
 @click.option("--epochs", default=2, show_default=True, type=click.IntRange(min=1), help="Fine-tuning epochs.")
-@click.option("--train-subset", default=None, type=click.IntRange(min=1), help="Fine-tune on the first N training examples of the fixed shuffle.")
+@click.option(
+    "--train-subset",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Fine-tune on the first N training examples of the fixed shuffle.",
+)
 @click.option("--eval-subset", default=None, type=click.IntRange(min=1), help="Evaluate on the first N test examples.")
 @click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=1), help="Fine-tuning batch size.")
-@click.option("--learning-rate", default=1e-3, show_default=True, type=click.FloatRange(0, min_open=True), help="Adam learning rate.")
-@click.option("--method", default=None, help="The distillation method of the fine-tuning, a name in stkd_keras.methods.list_methods() (default: stkd with --teacher, ce without).")
-@click.option("--hyperparameters", default="{}", show_default=True, help='The method\'s hyperparameters as JSON, e.g. \'{"temperature": 2.0}\' (the others: its defaults).')
-@click.option("--representative", default=200, show_default=True, type=click.IntRange(min=1), help="Training images calibrating the int8 conversion.")
+@click.option(
+    "--learning-rate",
+    default=1e-3,
+    show_default=True,
+    type=click.FloatRange(0, min_open=True),
+    help="Adam learning rate.",
+)
+@click.option(
+    "--method",
+    default=None,
+    help="The distillation method of the fine-tuning, a name in stkd_keras.methods.list_methods() (default: stkd with --teacher, ce without).",
+)
+@click.option(
+    "--hyperparameters",
+    default="{}",
+    show_default=True,
+    help="The method's hyperparameters as JSON, e.g. '{\"temperature\": 2.0}' (the others: its defaults).",
+)
+@click.option(
+    "--representative",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Training images calibrating the int8 conversion.",
+)
 @click.option("--seed", default=0, show_default=True, type=int, help="Seed of data order, augmentation and mixup.")
 @click.option(
-    "--initial-epoch", default=0, show_default=True, type=click.IntRange(min=0),
+    "--initial-epoch",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
     help="Epochs the student has trained (the run's): the fine-tuning's epochs count on from it, past a method's warm-up.",
 )
-@click.option("--output", default=None, type=click.Path(dir_okay=False), help="The int8 .tflite file to write. Required without --spec.")
-@click.option("--report", default=None, type=click.Path(dir_okay=False), help="The JSON report to write. Required without --spec.")
+@click.option(
+    "--output",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="The int8 .tflite file to write. Required without --spec.",
+)
+@click.option(
+    "--report", default=None, type=click.Path(dir_okay=False), help="The JSON report to write. Required without --spec."
+)
 @click.pass_context
 def main(ctx, spec, **options):
     """Quantization-aware training or pruning of a Keras 3 student with tfmot, distilled from its teacher, to int8 TFLite.
@@ -732,7 +886,8 @@ def main(ctx, spec, **options):
     except (BridgeError, DatasetNotFoundError, ValueError) as error:
         raise click.ClickException(" ".join(str(error).split())) from None
     click.echo(
-        f"{report['mode']}: parity {report['parity_max_abs_diff']['student']:.1e}, float top-1 {report['float_top1_accuracy']:.4f}, "
+        f"{report['mode']}: parity {report['parity_max_abs_diff']['student']:.1e}, float top-1 "
+        f"{report['float_top1_accuracy']:.4f}, "
         f"int8 top-1 {report['int8_top1_accuracy']:.4f}, {report['int8_size_bytes']} bytes -> {report['int8_file']}"
     )
 
@@ -744,7 +899,11 @@ def _fine_tuning(ctx, spec, options: dict):
     from stkd_keras.export.plan import FineTuning
 
     if spec is not None:
-        given = [f"--{name.replace('_', '-')}" for name in options if ctx.get_parameter_source(name) != ParameterSource.DEFAULT]
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in options
+            if ctx.get_parameter_source(name) != ParameterSource.DEFAULT
+        ]
         if given:
             raise click.UsageError(f"--spec holds the whole fine-tuning; drop {', '.join(given)}.")
         return FineTuning.from_json(Path(spec).read_text())
@@ -756,9 +915,14 @@ def _fine_tuning(ctx, spec, options: dict):
     try:
         options["hyperparameters"] = json.loads(options["hyperparameters"])
     except json.JSONDecodeError as error:
-        raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r} ({error})", param_hint="--hyperparameters") from None
+        raise click.BadParameter(
+            f"Expected a JSON object. Received: {options['hyperparameters']!r} ({error})",
+            param_hint="--hyperparameters",
+        ) from None
     if not isinstance(options["hyperparameters"], dict):
-        raise click.BadParameter(f"Expected a JSON object. Received: {options['hyperparameters']!r}", param_hint="--hyperparameters")
+        raise click.BadParameter(
+            f"Expected a JSON object. Received: {options['hyperparameters']!r}", param_hint="--hyperparameters"
+        )
     return FineTuning(**options)
 
 

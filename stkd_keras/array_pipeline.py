@@ -84,7 +84,9 @@ def crop_and_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray, pa
     mirrored_windows = sliding_window_view(padded[:, :, ::-1], (height, width), axis=(1, 2))
     kept, mirrored = np.flatnonzero(~flips), np.flatnonzero(flips)
     out[kept] = np.moveaxis(windows[kept, offsets[kept, 0], offsets[kept, 1]], 1, -1)
-    out[mirrored] = np.moveaxis(mirrored_windows[mirrored, offsets[mirrored, 0], 2 * padding - offsets[mirrored, 1]], 1, -1)
+    out[mirrored] = np.moveaxis(
+        mirrored_windows[mirrored, offsets[mirrored, 0], 2 * padding - offsets[mirrored, 1]], 1, -1
+    )
     return out
 
 
@@ -92,12 +94,21 @@ def _check_arrays(images, labels, mean, std) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise ValueError(f"Expected `images` to be uint8 of shape (n, height, width, channels). Received: dtype {images.dtype}, shape {images.shape}")
+        raise ValueError(
+            f"Expected `images` to be uint8 of shape (n, height, width, channels). Received: dtype {images.dtype}, "
+            f"shape {images.shape}"
+        )
     if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"Expected `labels` to be integers of shape ({len(images)},). Received: dtype {labels.dtype}, shape {labels.shape}")
+        raise ValueError(
+            f"Expected `labels` to be integers of shape ({len(images)},). Received: dtype {labels.dtype}, shape "
+            f"{labels.shape}"
+        )
     channels = images.shape[-1]
     if len(mean) != channels or len(std) != channels or min(std) <= 0:
-        raise ValueError(f"Expected one mean and one std > 0 per channel ({channels}). Received: mean={tuple(mean)!r}, std={tuple(std)!r}")
+        raise ValueError(
+            f"Expected one mean and one std > 0 per channel ({channels}). Received: mean={tuple(mean)!r}, "
+            f"std={tuple(std)!r}"
+        )
     return images, labels.astype(np.int64, copy=False)
 
 
@@ -154,7 +165,19 @@ class ArrayStream(keras.utils.PyDataset):
     """
 
     def __init__(
-        self, images, labels, batch_size, mean, std, *, crop_padding=0, flip=False, seed=0, start_step=0, shard=None, **kwargs
+        self,
+        images,
+        labels,
+        batch_size,
+        mean,
+        std,
+        *,
+        crop_padding=0,
+        flip=False,
+        seed=0,
+        start_step=0,
+        shard=None,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         _check_common(batch_size, seed, crop_padding)
@@ -165,10 +188,20 @@ class ArrayStream(keras.utils.PyDataset):
             raise ValueError(f"Expected `start_step` to be an int >= 0. Received: start_step={start_step!r}")
         if shard is not None:
             index, count = shard
-            if not (isinstance(count, (int, np.integer)) and count >= 1 and isinstance(index, (int, np.integer)) and 0 <= index < count):
-                raise ValueError(f"Expected `shard` = (index, count) with 0 <= index < count. Received: shard={shard!r}")
+            if not (
+                isinstance(count, (int, np.integer))
+                and count >= 1
+                and isinstance(index, (int, np.integer))
+                and 0 <= index < count
+            ):
+                raise ValueError(
+                    f"Expected `shard` = (index, count) with 0 <= index < count. Received: shard={shard!r}"
+                )
             if batch_size % count:
-                raise ValueError(f"Expected the global batch size to divide evenly over {count} shards. Received: batch_size={batch_size}")
+                raise ValueError(
+                    f"Expected the global batch size to divide evenly over {count} shards. Received: "
+                    f"batch_size={batch_size}"
+                )
         self.batch_size = int(batch_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.crop_padding, self.flip = int(crop_padding), bool(flip)
@@ -262,7 +295,19 @@ class ArrayBatches(keras.utils.PyDataset):
     """
 
     def __init__(
-        self, images, labels, batch_size, mean, std, *, crop_padding=0, flip=False, shuffle=False, seed=0, drop_remainder=False, **kwargs
+        self,
+        images,
+        labels,
+        batch_size,
+        mean,
+        std,
+        *,
+        crop_padding=0,
+        flip=False,
+        shuffle=False,
+        seed=0,
+        drop_remainder=False,
+        **kwargs,
     ):
         super().__init__(**kwargs)
         _check_common(batch_size, seed, crop_padding)

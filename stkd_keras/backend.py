@@ -130,14 +130,26 @@ def describe() -> dict:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return {"backend": backend, "tensorflow": tf.__version__, "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
+        return {
+            "backend": backend,
+            "tensorflow": tf.__version__,
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
+        }
     if backend == "jax":
         import jax
 
-        return {"backend": backend, "jax": jax.__version__, "gpus": [str(d) for d in jax.devices() if d.platform != "cpu"]}
+        return {
+            "backend": backend,
+            "jax": jax.__version__,
+            "gpus": [str(d) for d in jax.devices() if d.platform != "cpu"],
+        }
     if backend == "torch":
         import torch
 
-        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        gpus = (
+            [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available()
+            else []
+        )
         return {"backend": backend, "torch": torch.__version__, "gpus": gpus}
     return {"backend": backend}

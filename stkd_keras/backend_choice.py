@@ -74,7 +74,8 @@ def check_strategy(strategy: str, backend: str) -> None:
         return
     if strategy == "data_parallel":
         raise ValueError(
-            f"--strategy data_parallel runs on the JAX backend (Keras 3.15's keras.distribution has no {backend} support); "
+            f"--strategy data_parallel runs on the JAX backend (Keras 3.15's keras.distribution has no {backend} "
+            "support); "
             "use --backend jax, or --strategy mirrored on TensorFlow."
         )
     raise ValueError(
@@ -140,7 +141,11 @@ def filtered_stderr():
             os.close(saved)
             caught.seek(0)
             gpu_driver = os.path.exists("/proc/driver/nvidia")
-            kept = [line for line in caught.read().decode(errors="replace").splitlines() if not _is_native_noise(line, gpu_driver)]
+            kept = [
+                line
+                for line in caught.read().decode(errors="replace").splitlines()
+                if not _is_native_noise(line, gpu_driver)
+            ]
             if kept:
                 sys.stderr.write("\n".join(kept) + "\n")
                 sys.stderr.flush()

@@ -116,7 +116,9 @@ def _state_problem(state) -> str | None:
     if not isinstance(state["epoch"], int) or isinstance(state["epoch"], bool) or state["epoch"] < 1:
         return f"the epoch is {state['epoch']!r}, not a whole number >= 1"
     previous = state.get("previous_epoch")
-    if previous is not None and (not isinstance(previous, int) or isinstance(previous, bool) or not 0 <= previous < state["epoch"]):
+    if previous is not None and (
+        not isinstance(previous, int) or isinstance(previous, bool) or not 0 <= previous < state["epoch"]
+    ):
         return f"the previous epoch is {previous!r}"
     history = state["history"]
     if not isinstance(history, dict) or not all(isinstance(values, list) for values in history.values()):
@@ -148,7 +150,10 @@ def restore(model, directory: str | os.PathLike, log=print) -> tuple[int, dict]:
         try:
             model.load_weights(str(folder / _weights_name(epoch)))
         except Exception as error:  # h5py/OSError/ValueError for a truncated or corrupt file.
-            log(f"Warning: checkpoint {folder / _weights_name(epoch)} cannot be loaded ({type(error).__name__}); trying the one before.")
+            log(
+                f"Warning: checkpoint {folder / _weights_name(epoch)} cannot be loaded ({type(error).__name__}); "
+                "trying the one before."
+            )
             continue
         history = {key: values[:epoch] for key, values in state["history"].items()}
         if epoch == state["epoch"] and state.get("seed_state") is not None:
@@ -156,7 +161,10 @@ def restore(model, directory: str | os.PathLike, log=print) -> tuple[int, dict]:
             generator.state.assign(np.asarray(state["seed_state"], dtype=generator.state.dtype))
         log(f"Resuming after epoch {epoch} from {folder}.")
         return epoch, history
-    raise RunError(f"No checkpoint in {folder} can be loaded (both are damaged); the run cannot be resumed: start it over with --overwrite.")
+    raise RunError(
+        f"No checkpoint in {folder} can be loaded (both are damaged); the run cannot be resumed: start it over with "
+        "--overwrite."
+    )
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -167,7 +175,9 @@ class LearningRateLogger(keras.callbacks.Callback):
             return
         optimizer = self.model.optimizer
         rate = optimizer.learning_rate
-        logs["learning_rate"] = float(keras.ops.convert_to_numpy(rate(optimizer.iterations) if callable(rate) else rate))
+        logs["learning_rate"] = float(
+            keras.ops.convert_to_numpy(rate(optimizer.iterations) if callable(rate) else rate)
+        )
 
 
 class HistoryLogger(keras.callbacks.CSVLogger):
@@ -206,8 +216,12 @@ class HistoryLogger(keras.callbacks.CSVLogger):
             if header and body and header[0] == "epoch" and body[0][0].isdigit():
                 self.columns, self.first_epoch = header, int(body[0][0])
                 kept = [
-                    row for row in body
-                    if self.committed_epochs is None or row and row[0].isdigit() and int(row[0]) - self.first_epoch < self.committed_epochs
+                    row
+                    for row in body
+                    if self.committed_epochs is None
+                    or row
+                    and row[0].isdigit()
+                    and int(row[0]) - self.first_epoch < self.committed_epochs
                 ]
                 if len(kept) < len(body):
                     _write_csv_atomically(self.filename, [header, *kept])
@@ -270,10 +284,14 @@ class StopOnNonFinite(keras.callbacks.Callback):
         """What to do about the failure: the cause it points to, and a command that can work."""
         if self.before_any_update:
             return (
-                "It was already non-finite before any weight changed, so the inputs or the hyperparameters (a temperature or "
-                "loss weight too large for float32) are the cause, not the learning rate: fix them and start over with --overwrite."
+                "It was already non-finite before any weight changed, so the inputs or the hyperparameters (a "
+                "temperature or "
+                "loss weight too large for float32) are the cause, not the learning rate: fix them and start over with "
+                "--overwrite."
             )
-        return "Start over with a lower --learning-rate and --overwrite (a resumed run keeps its recorded learning rate)."
+        return (
+            "Start over with a lower --learning-rate and --overwrite (a resumed run keeps its recorded learning rate)."
+        )
 
 
 def non_finite_variable(model: keras.Model) -> str | None:
@@ -293,8 +311,11 @@ def tensorboard_callback(folder: str | os.PathLike, log=print) -> keras.callback
     if tensorflow_available():
         return TensorBoard(str(folder), write_graph=False)
     if importlib.util.find_spec("tensorboard") is None:
-        log("Warning: neither TensorFlow nor the tensorboard package is installed, so this run writes no TensorBoard logs "
-            "(history.csv holds the same figures); pip install tensorboard to have them.")
+        log(
+            "Warning: neither TensorFlow nor the tensorboard package is installed, so this run writes no TensorBoard "
+            "logs "
+            "(history.csv holds the same figures); pip install tensorboard to have them."
+        )
         return None
     return TensorBoardScalars(folder)
 
@@ -330,7 +351,7 @@ class TensorBoardScalars(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
-            split, name = ("validation", key[len("val_"):]) if key.startswith("val_") else ("train", key)
+            split, name = ("validation", key[len("val_") :]) if key.startswith("val_") else ("train", key)
             self._writer(split).add_scalar(f"epoch_{name}", float(value), step=epoch + 1)
         for writer in self._writers.values():
             writer.flush()

@@ -26,9 +26,36 @@ from stkd_keras.reporting import curve_style, epoch_axis, read_history, save_fig
 
 # Two-sided 95% quantiles of Student's t (t_{0.975, df}), df = 1..30; beyond, the normal 1.96 is within 1.5%.
 _T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
 )
 
 
@@ -190,7 +217,12 @@ def difference_ci(method: list[tuple[int, float]], baseline: list[tuple[int, flo
         differences = [a - b for a, b in paired]
         mean = statistics.fmean(differences)
         half = t_quantile_975(len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
-        return {"difference": mean, "low": mean - half, "high": mean + half, "kind": f"paired over {len(differences)} seeds"}
+        return {
+            "difference": mean,
+            "low": mean - half,
+            "high": mean + half,
+            "kind": f"paired over {len(differences)} seeds",
+        }
     a = [value for _, value in method]
     b = [value for _, value in baseline]
     mean = statistics.fmean(a) - statistics.fmean(b)
@@ -209,11 +241,17 @@ _MISSING = object()
 
 def find_setting(runs: list[dict], fields: dict, baseline: str | None = None) -> tuple:
     """The key of the one setting whose config has all of `fields` (e.g. the defaults of an ablation)."""
-    matches = {_setting_key(run, baseline) for run in runs if all(run["config"].get(k, _MISSING) == v for k, v in fields.items())}
+    matches = {
+        _setting_key(run, baseline)
+        for run in runs
+        if all(run["config"].get(k, _MISSING) == v for k, v in fields.items())
+    }
     if len(matches) != 1:
         found = "no setting" if not matches else f"{len(matches)} settings"
         labels = sorted(set(setting_labels(runs, baseline=baseline).values()))
-        raise ValueError(f"The baseline setting {fields} matches {found}; give the fields that single out one of: {labels}.")
+        raise ValueError(
+            f"The baseline setting {fields} matches {found}; give the fields that single out one of: {labels}."
+        )
     return matches.pop()
 
 
@@ -259,7 +297,8 @@ def markdown(rows: list[dict], baseline: str = "kd") -> str:
     them, so a renderer keeps the label in its one cell.
     """
     lines = [
-        f"| setting | method | n | final top-1 mean ± std | final min / max | best-epoch top-1 mean ± std | final - {baseline} [95% CI] |",
+        "| setting | method | n | final top-1 mean ± std | final min / max | best-epoch top-1 mean ± std | final - "
+        f"{baseline} [95% CI] |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
@@ -273,9 +312,19 @@ def markdown(rows: list[dict], baseline: str = "kd") -> str:
             interval = "baseline"
         else:
             interval = f"- (no {baseline} run in this setting)"
-        lines.append(markdown_row([
-            row["setting"], row["method"], final["n"], _mean_std(final), f"{100 * final['min']:.2f} / {100 * final['max']:.2f}", _mean_std(best), interval,
-        ]))
+        lines.append(
+            markdown_row(
+                [
+                    row["setting"],
+                    row["method"],
+                    final["n"],
+                    _mean_std(final),
+                    f"{100 * final['min']:.2f} / {100 * final['max']:.2f}",
+                    _mean_std(best),
+                    interval,
+                ]
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -309,12 +358,23 @@ def plot_figure(rows: list[dict]):
             values = [100 * v for _, v in row["final_by_seed"]]
             left.scatter([position] * len(values), values, alpha=0.7, label="one seed" if position == 0 else None)
             spread = 100 * row["final"]["std"] if row["final"]["n"] > 1 else 0
-            left.errorbar(position + 0.15, 100 * row["final"]["mean"], yerr=spread, fmt="o", color="black",
-                          label="mean ± std over seeds" if position == 0 else None)
+            left.errorbar(
+                position + 0.15,
+                100 * row["final"]["mean"],
+                yerr=spread,
+                fmt="o",
+                color="black",
+                label="mean ± std over seeds" if position == 0 else None,
+            )
             history_path = Path(row["run_dirs"][0]) / "history.csv"
             if history_path.is_file():
                 history = read_history(history_path, row["method"])  # epochs from 1, in old files (from 0) too
-                right.plot(history["epoch"], [100 * value for value in history["val_accuracy"]], label=row["method"], **curve_style(history["epoch"]))
+                right.plot(
+                    history["epoch"],
+                    [100 * value for value in history["val_accuracy"]],
+                    label=row["method"],
+                    **curve_style(history["epoch"]),
+                )
                 epochs += history["epoch"]
         # Method names with their options are long: one option per line, so neighbouring labels never overlap.
         left.set_xticks(range(len(members)), [row["method"].replace(" ", "\n") for row in members], fontsize=8)

@@ -17,10 +17,15 @@ from stkd_keras.backend_choice import STRATEGIES
 # tests/test_zoo.py checks them against `stkd_keras.models.list_models()`.
 MODEL_NAMES = (
     *(f"resnet{depth}" for depth in (8, 14, 20, 32, 44, 56, 110)),
-    "resnet8x4", "resnet32x4",
+    "resnet8x4",
+    "resnet32x4",
     *(f"wrn_{depth}_{width}" for depth in (16, 40) for width in (1, 2)),
     *(f"vgg{depth}" for depth in (8, 11, 13, 16, 19)),
-    "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet18", "ResNet50",
+    "MobileNetV2",
+    "ShuffleV1",
+    "ShuffleV2",
+    "ResNet18",
+    "ResNet50",
     *(f"cnn{width}" for width in (8, 16, 32)),
 )
 
@@ -86,11 +91,16 @@ class RunConfig:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"Expected `optimizer` in ('sgd', 'adam'). Received: optimizer={self.optimizer!r}")
         if self.lr_schedule not in ("cosine", "step", "constant"):
-            raise ValueError(f"Expected `lr_schedule` in ('cosine', 'step', 'constant'). Received: lr_schedule={self.lr_schedule!r}")
-        epochs = list(self.lr_decay_epochs)
-        if self.lr_schedule == "step" and (not epochs or epochs != sorted(set(epochs)) or not 0 < epochs[0] or epochs[-1] >= self.epochs):
             raise ValueError(
-                f"Expected increasing `lr_decay_epochs` between 1 and epochs - 1 = {self.epochs - 1} for the step schedule. "
+                f"Expected `lr_schedule` in ('cosine', 'step', 'constant'). Received: lr_schedule={self.lr_schedule!r}"
+            )
+        epochs = list(self.lr_decay_epochs)
+        if self.lr_schedule == "step" and (
+            not epochs or epochs != sorted(set(epochs)) or not 0 < epochs[0] or epochs[-1] >= self.epochs
+        ):
+            raise ValueError(
+                f"Expected increasing `lr_decay_epochs` between 1 and epochs - 1 = {self.epochs - 1} for the step "
+                "schedule. "
                 f"Received: lr_decay_epochs={self.lr_decay_epochs!r}"
             )
         if self.strategy not in STRATEGIES:
@@ -139,6 +149,11 @@ class RunConfig:
 def teacher_config_for(config: RunConfig, model: str, epochs: int | None = None) -> RunConfig:
     """The config of the teacher `distill` trains first when none is given: the student's run, with cross-entropy."""
     return dataclasses.replace(
-        config, model=model, method="ce", method_options={}, teacher=None, epochs=epochs or config.epochs,
+        config,
+        model=model,
+        method="ce",
+        method_options={},
+        teacher=None,
+        epochs=epochs or config.epochs,
         lr_decay_epochs=config.lr_decay_epochs if config.lr_schedule == "step" else (),
     )

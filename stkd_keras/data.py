@@ -78,6 +78,7 @@ INSTALL_TENSORFLOW = "pip install 'stkd-keras[tensorflow]'"
 # Datasets that can be read from IDX files, and their names in messages.
 IDX_DATASETS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
     """What the pipeline needs to know about a dataset before reading it.
@@ -124,10 +125,28 @@ class DatasetInfo:
 
 _SPECS = {
     "fashion_mnist": DatasetSpec(
-        "fashion_mnist", (28, 28, 1), 10, FASHION_MNIST_MEAN, FASHION_MNIST_STD, 2, True, "fashion-mnist.s3-website.eu-central-1.amazonaws.com", FASHION_MNIST_CLASSES
+        "fashion_mnist",
+        (28, 28, 1),
+        10,
+        FASHION_MNIST_MEAN,
+        FASHION_MNIST_STD,
+        2,
+        True,
+        "fashion-mnist.s3-website.eu-central-1.amazonaws.com",
+        FASHION_MNIST_CLASSES,
     ),
     # Digits change meaning when mirrored: crop only.
-    "mnist": DatasetSpec("mnist", (28, 28, 1), 10, (0.1307,), (0.3081,), 2, False, "storage.googleapis.com", tuple(str(i) for i in range(10))),
+    "mnist": DatasetSpec(
+        "mnist",
+        (28, 28, 1),
+        10,
+        (0.1307,),
+        (0.3081,),
+        2,
+        False,
+        "storage.googleapis.com",
+        tuple(str(i) for i in range(10)),
+    ),
     "cifar10": DatasetSpec(
         "cifar10", (32, 32, 3), 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True, "www.cs.toronto.edu"
     ),
@@ -136,13 +155,28 @@ _SPECS = {
     ),
     # The official CINIC-10 statistics (Darlow et al. 2018).
     "cinic10": DatasetSpec(
-        "cinic10", (32, 32, 3), 10, (0.47889522, 0.47227842, 0.43047404), (0.24205776, 0.23828046, 0.25874835), 4, True,
-        "datashare.ed.ac.uk", manual=True,
+        "cinic10",
+        (32, 32, 3),
+        10,
+        (0.47889522, 0.47227842, 0.43047404),
+        (0.24205776, 0.23828046, 0.25874835),
+        4,
+        True,
+        "datashare.ed.ac.uk",
+        manual=True,
     ),
     # Tiny-ImageNet's test labels are not public: its labelled validation split is the test split.
     "tiny_imagenet": DatasetSpec(
-        "tiny_imagenet", (64, 64, 3), 200, (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262), 8, True,
-        "cs231n.stanford.edu", tfds_splits=(("train", "train"), ("test", "validation")), manual=True,
+        "tiny_imagenet",
+        (64, 64, 3),
+        200,
+        (0.4802, 0.4481, 0.3975),
+        (0.2302, 0.2265, 0.2262),
+        8,
+        True,
+        "cs231n.stanford.edu",
+        tfds_splits=(("train", "train"), ("test", "validation")),
+        manual=True,
     ),
 }
 
@@ -189,7 +223,13 @@ def _load_tfds(spec: DatasetSpec, split: str, tfds_dir, manual_dir, download: bo
 
     def tfds_load():
         return tfds.load(
-            spec.name, split=tfds_split, as_supervised=True, shuffle_files=False, data_dir=tfds_dir, download=False, with_info=True
+            spec.name,
+            split=tfds_split,
+            as_supervised=True,
+            shuffle_files=False,
+            data_dir=tfds_dir,
+            download=False,
+            with_info=True,
         )
 
     try:
@@ -211,7 +251,8 @@ def _load_tfds(spec: DatasetSpec, split: str, tfds_dir, manual_dir, download: bo
                 if spec.name == "fashion_mnist":
                     hint += " (or install Debian's dataset-fashion-mnist, or pass --data-dir with the four IDX files)"
             raise DatasetNotFoundError(
-                f"Dataset {spec.name!r} is not on this machine (looked for prepared TFDS data in {where}) and {reason}; {hint}."
+                f"Dataset {spec.name!r} is not on this machine (looked for prepared TFDS data in {where}) and "
+                f"{reason}; {hint}."
             ) from None
         dataset, info = tfds_load()
     class_names = spec.class_names or tuple(info.features["label"].names)
@@ -313,20 +354,29 @@ def scan_image_folder(path: str, image_size: tuple[int, int], validation_fractio
     if train_root == root:
         class_names = tuple(n for n in class_names if n not in VALIDATION_FOLDER_NAMES)
     if len(class_names) < 2:
-        raise ValueError(f"Image folder {train_root} needs at least two class folders; found {len(class_names)}: {list(class_names)}.")
+        raise ValueError(
+            f"Image folder {train_root} needs at least two class folders; found {len(class_names)}: "
+            f"{list(class_names)}."
+        )
     files, labels = _class_files(train_root, class_names)
-    validation_root = next((root / n for n in VALIDATION_FOLDER_NAMES if train_root != root and (root / n).is_dir()), None)
+    validation_root = next(
+        (root / n for n in VALIDATION_FOLDER_NAMES if train_root != root and (root / n).is_dir()), None
+    )
     if validation_root is not None:
         unknown = sorted(p.name for p in validation_root.iterdir() if p.is_dir() and p.name not in class_names)
         if unknown:
-            raise ValueError(f"Validation folder {validation_root / unknown[0]} is a class the training folder {train_root} lacks.")
+            raise ValueError(
+                f"Validation folder {validation_root / unknown[0]} is a class the training folder {train_root} lacks."
+            )
         present = tuple(n for n in class_names if (validation_root / n).is_dir())
         val_files, val_labels = _class_files(validation_root, present)
         val_labels = [class_names.index(present[i]) for i in val_labels]
         train_files, train_labels = files, labels
     else:
         if not 0 < validation_fraction < 1:
-            raise ValueError(f"Expected 0 < `validation_fraction` < 1. Received: validation_fraction={validation_fraction!r}")
+            raise ValueError(
+                f"Expected 0 < `validation_fraction` < 1. Received: validation_fraction={validation_fraction!r}"
+            )
         rng = np.random.default_rng(0)
         train_files, train_labels, val_files, val_labels = [], [], [], []
         for label in range(len(class_names)):
@@ -346,15 +396,26 @@ def scan_image_folder(path: str, image_size: tuple[int, int], validation_fractio
         labels={"train": np.array(train_labels, np.int64), "test": np.array(val_labels, np.int64)},
         mean=mean,
         std=std,
-        source=f"folder:{root}" + (f" (validation: {validation_root})" if validation_root else f" ({validation_fraction:.0%} of each class held out)"),
+        source=f"folder:{root}"
+        + (
+            f" (validation: {validation_root})"
+            if validation_root
+            else f" ({validation_fraction:.0%} of each class held out)"
+        ),
     )
 
 
 def folder_spec(folder: ImageFolder, image_size: tuple[int, int]) -> DatasetSpec:
     height, width = image_size
     return DatasetSpec(
-        f"{FOLDER_PREFIX}{folder.root}", (height, width, 3), len(folder.class_names), folder.mean, folder.std,
-        crop_padding=max(1, height // 8), flip=True, class_names=folder.class_names,
+        f"{FOLDER_PREFIX}{folder.root}",
+        (height, width, 3),
+        len(folder.class_names),
+        folder.mean,
+        folder.std,
+        crop_padding=max(1, height // 8),
+        flip=True,
+        class_names=folder.class_names,
     )
 
 
@@ -372,7 +433,10 @@ def resolve_pipeline(pipeline: str = "auto") -> str:
     if pipeline == "auto":
         return "tf_data" if tensorflow_available() else "numpy"
     if pipeline == "tf_data" and not tensorflow_available():
-        raise ValueError(f"The tf_data pipeline needs TensorFlow, which cannot be imported here; install it ({INSTALL_TENSORFLOW}) or use pipeline='numpy'.")
+        raise ValueError(
+            f"The tf_data pipeline needs TensorFlow, which cannot be imported here; install it ({INSTALL_TENSORFLOW}) "
+            "or use pipeline='numpy'."
+        )
     return pipeline
 
 
@@ -381,22 +445,27 @@ def _tensorflow_missing(name: str, data_dir) -> DatasetNotFoundError:
     idx_hint = "use a dataset read from IDX files: fashion_mnist, or mnist with --data-dir holding its four IDX files"
     if name.startswith(FOLDER_PREFIX):
         return DatasetNotFoundError(
-            f"Image folders ({name}) are decoded with TensorFlow, which cannot be imported here; install it ({INSTALL_TENSORFLOW}) or {idx_hint}."
+            f"Image folders ({name}) are decoded with TensorFlow, which cannot be imported here; install it "
+            f"({INSTALL_TENSORFLOW}) or {idx_hint}."
         )
     if name == "fashion_mnist":
         return DatasetNotFoundError(
-            f"Fashion-MNIST's four IDX files are not in {DEBIAN_FASHION_MNIST_DIR}, and reading it through tensorflow-datasets needs TensorFlow, "
-            f"which cannot be imported here; install Debian's dataset-fashion-mnist, pass --data-dir with the four IDX files, "
+            f"Fashion-MNIST's four IDX files are not in {DEBIAN_FASHION_MNIST_DIR}, and reading it through "
+            "tensorflow-datasets needs TensorFlow, "
+            "which cannot be imported here; install Debian's dataset-fashion-mnist, pass --data-dir with the four IDX "
+            "files, "
             f"or install TensorFlow ({INSTALL_TENSORFLOW})."
         )
     if name == "mnist" and data_dir is not None:
         return DatasetNotFoundError(
-            f"Dataset 'mnist' has no IDX files in {data_dir} ({', '.join(idx_file_names())}, gzipped or not), and reading it through "
+            f"Dataset 'mnist' has no IDX files in {data_dir} ({', '.join(idx_file_names())}, gzipped or not), and "
+            "reading it through "
             f"tensorflow-datasets needs TensorFlow, which cannot be imported here; put the IDX files there "
             f"or install TensorFlow ({INSTALL_TENSORFLOW})."
         )
     return DatasetNotFoundError(
-        f"Dataset {name!r} is read through tensorflow-datasets, which needs TensorFlow; install it ({INSTALL_TENSORFLOW}) or {idx_hint}."
+        f"Dataset {name!r} is read through tensorflow-datasets, which needs TensorFlow; install it "
+        f"({INSTALL_TENSORFLOW}) or {idx_hint}."
     )
 
 
@@ -432,7 +501,21 @@ def _augment(image, seed, spec: DatasetSpec):
     return image
 
 
-def _tf_pipeline(dataset, num_examples, spec, mean, std, batch_size, augment, shuffle, seed, drop_remainder, stream, start_step, shard):
+def _tf_pipeline(
+    dataset,
+    num_examples,
+    spec,
+    mean,
+    std,
+    batch_size,
+    augment,
+    shuffle,
+    seed,
+    drop_remainder,
+    stream,
+    start_step,
+    shard,
+):
     """Augments, normalises, shuffles, batches and prefetches a `tf.data.Dataset` of raw (image, label) pairs."""
     import tensorflow as tf
 
@@ -443,7 +526,9 @@ def _tf_pipeline(dataset, num_examples, spec, mean, std, batch_size, augment, sh
         # by the example's position in the stream.
         first = start_step * batch_size
         dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat().skip(first)
-        keyed = dataset.enumerate(start=first).map(lambda index, pair: (tf.stack([tf.cast(seed, tf.int64), index]), pair))
+        keyed = dataset.enumerate(start=first).map(
+            lambda index, pair: (tf.stack([tf.cast(seed, tf.int64), index]), pair)
+        )
         drop_remainder = True
     elif shuffle:
         # Outside training runs: reshuffled and re-augmented on every pass (keys drawn from a seeded stream).
@@ -452,10 +537,14 @@ def _tf_pipeline(dataset, num_examples, spec, mean, std, batch_size, augment, sh
     else:
         keyed = dataset.enumerate().map(lambda index, pair: (tf.stack([tf.cast(seed, tf.int64), index]), pair))
     if augment:
-        dataset = keyed.map(lambda key, pair: (_augment(pair[0], key, spec), pair[1]), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = keyed.map(
+            lambda key, pair: (_augment(pair[0], key, spec), pair[1]), num_parallel_calls=tf.data.AUTOTUNE
+        )
     else:
         dataset = keyed.map(lambda key, pair: pair)
-    dataset = dataset.map(lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda image, label: (_normalise(image, mean, std), label), num_parallel_calls=tf.data.AUTOTUNE
+    )
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     if shard is not None:
         size = batch_size // shard[1]
@@ -486,7 +575,10 @@ def _check_options(split, batch_size, subset, stream, start_step, shard, holdout
     if split == "validation" and holdout is None:
         raise ValueError("The split 'validation' is the training examples set apart by `holdout`: pass holdout=N.")
     if split == "test" and holdout is not None:
-        raise ValueError(f"Expected `holdout` only with the 'train' and 'validation' splits (it divides the training split). Received: split={split!r}")
+        raise ValueError(
+            "Expected `holdout` only with the 'train' and 'validation' splits (it divides the training split). "
+            f"Received: split={split!r}"
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be an int >= 1. Received: batch_size={batch_size!r}")
     if subset is not None and (not isinstance(subset, int) or subset < 1):
@@ -495,17 +587,27 @@ def _check_options(split, batch_size, subset, stream, start_step, shard, holdout
         raise ValueError(f"Expected `start_step` to be an int >= 0. Received: start_step={start_step!r}")
     if shard is not None:
         if not stream:
-            raise ValueError(f"Expected `shard` only with stream=True (it slices every global training batch). Received: shard={shard!r}")
+            raise ValueError(
+                "Expected `shard` only with stream=True (it slices every global training batch). Received: "
+                f"shard={shard!r}"
+            )
         if len(shard) != 2 or not all(isinstance(v, (int, np.integer)) for v in shard) or not 0 <= shard[0] < shard[1]:
             raise ValueError(f"Expected `shard` = (index, count) with 0 <= index < count. Received: shard={shard!r}")
         if batch_size % shard[1]:
-            raise ValueError(f"Expected the global batch size to divide evenly over {shard[1]} shards. Received: batch_size={batch_size}")
+            raise ValueError(
+                f"Expected the global batch size to divide evenly over {shard[1]} shards. Received: "
+                f"batch_size={batch_size}"
+            )
 
 
 def _statistics(spec: DatasetSpec, normalization) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    mean, std = (tuple(normalization[0]), tuple(normalization[1])) if normalization is not None else (spec.mean, spec.std)
+    mean, std = (
+        (tuple(normalization[0]), tuple(normalization[1])) if normalization is not None else (spec.mean, spec.std)
+    )
     if len(mean) != spec.input_shape[-1] or len(std) != spec.input_shape[-1]:
-        raise ValueError(f"Expected one mean and std per channel ({spec.input_shape[-1]}). Received: normalization={normalization!r}")
+        raise ValueError(
+            f"Expected one mean and std per channel ({spec.input_shape[-1]}). Received: normalization={normalization!r}"
+        )
     return mean, std
 
 
@@ -526,7 +628,8 @@ def _held_out(num_examples: int, split: str, holdout: int | None) -> tuple[int, 
         return 0, num_examples
     if holdout >= num_examples:
         raise ValueError(
-            f"Expected `holdout` below the {num_examples} examples of the training split, to leave some to train on. Received: holdout={holdout}"
+            f"Expected `holdout` below the {num_examples} examples of the training split, to leave some to train on. "
+            f"Received: holdout={holdout}"
         )
     return (num_examples - holdout, num_examples) if split == "validation" else (0, num_examples - holdout)
 
@@ -545,16 +648,36 @@ def _chosen_examples(num_examples: int, split: str, subset: int | None, holdout:
     return np.random.default_rng(0).permutation(num_examples)[start:stop][:subset]
 
 
-def _numpy_pipeline(images, labels, spec, mean, std, batch_size, augment, shuffle, seed, drop_remainder, stream, start_step, shard):
+def _numpy_pipeline(
+    images, labels, spec, mean, std, batch_size, augment, shuffle, seed, drop_remainder, stream, start_step, shard
+):
     from stkd_keras import array_pipeline
 
     crop_padding, flip = (spec.crop_padding, spec.flip) if augment else (0, False)
     if stream:
         return array_pipeline.ArrayStream(
-            images, labels, batch_size, mean, std, crop_padding=crop_padding, flip=flip, seed=seed, start_step=start_step, shard=shard
+            images,
+            labels,
+            batch_size,
+            mean,
+            std,
+            crop_padding=crop_padding,
+            flip=flip,
+            seed=seed,
+            start_step=start_step,
+            shard=shard,
         )
     return array_pipeline.ArrayBatches(
-        images, labels, batch_size, mean, std, crop_padding=crop_padding, flip=flip, shuffle=shuffle, seed=seed, drop_remainder=drop_remainder
+        images,
+        labels,
+        batch_size,
+        mean,
+        std,
+        crop_padding=crop_padding,
+        flip=flip,
+        shuffle=shuffle,
+        seed=seed,
+        drop_remainder=drop_remainder,
     )
 
 
@@ -655,7 +778,7 @@ def load(
         image_size = tuple(image_size or (32, 32))
         if len(image_size) != 2 or min(image_size) < 1:
             raise ValueError(f"Expected `image_size` = (height, width). Received: image_size={image_size!r}")
-        folder = scan_image_folder(str(Path(name[len(FOLDER_PREFIX):]).expanduser().resolve()), image_size)
+        folder = scan_image_folder(str(Path(name[len(FOLDER_PREFIX) :]).expanduser().resolve()), image_size)
         spec = folder_spec(folder, image_size)
         files, labels = folder.files[source_split], folder.labels[source_split]
         chosen = _chosen_examples(len(labels), split, subset, holdout)
@@ -670,7 +793,9 @@ def load(
         spec = get_spec(name)
         idx_dir = _idx_directory(name, data_dir)
         if name == "fashion_mnist" and data_dir is not None and idx_dir is None:
-            raise DatasetNotFoundError(f"Fashion-MNIST IDX files ({', '.join(idx_file_names())}) not found in {data_dir}.")
+            raise DatasetNotFoundError(
+                f"Fashion-MNIST IDX files ({', '.join(idx_file_names())}) not found in {data_dir}."
+            )
         if idx_dir is not None:
             images, labels = read_idx(idx_dir, source_split, spec.num_classes, IDX_DATASETS[name])
             chosen = _chosen_examples(len(labels), split, subset, holdout)
@@ -682,7 +807,9 @@ def load(
                 raise _tensorflow_missing(name, data_dir)
             manual_dir = data_dir if spec.manual else None
             tfds_data_dir = tfds_dir if spec.manual else (data_dir if name != "fashion_mnist" else None)
-            dataset, num_examples, class_names, source = _load_tfds(spec, source_split, tfds_data_dir, manual_dir, download)
+            dataset, num_examples, class_names, source = _load_tfds(
+                spec, source_split, tfds_data_dir, manual_dir, download
+            )
             start, stop = _held_out(num_examples, split, holdout)
             if (start, stop) != (0, num_examples):
                 dataset, num_examples = dataset.skip(start).take(stop - start), stop - start
@@ -694,8 +821,14 @@ def load(
     classes_present = None if labels is None else _classes_present(labels, spec, name, split, training)
     mean, std = _statistics(spec, normalization)
     options = {
-        "batch_size": batch_size, "augment": augment, "shuffle": shuffle, "seed": seed, "drop_remainder": drop_remainder,
-        "stream": stream, "start_step": start_step, "shard": shard,
+        "batch_size": batch_size,
+        "augment": augment,
+        "shuffle": shuffle,
+        "seed": seed,
+        "drop_remainder": drop_remainder,
+        "stream": stream,
+        "start_step": start_step,
+        "shard": shard,
     }
     if pipeline == "numpy":
         if images is None:
@@ -776,12 +909,18 @@ def load_arrays(
     images, labels = np.asarray(images), np.asarray(labels)
     if images.dtype != np.uint8 or images.shape[1:] != tuple(spec.input_shape):
         raise ValueError(
-            f"Expected `images` to be uint8 of shape (n, {', '.join(map(str, spec.input_shape))}). Received: dtype {images.dtype}, shape {images.shape}"
+            f"Expected `images` to be uint8 of shape (n, {', '.join(map(str, spec.input_shape))}). Received: dtype "
+            f"{images.dtype}, shape {images.shape}"
         )
     if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"Expected `labels` to be integers of shape ({len(images)},). Received: dtype {labels.dtype}, shape {labels.shape}")
+        raise ValueError(
+            f"Expected `labels` to be integers of shape ({len(images)},). Received: dtype {labels.dtype}, shape "
+            f"{labels.shape}"
+        )
     if len(labels) and (labels.min() < 0 or labels.max() >= spec.num_classes):
-        raise ValueError(f"Expected `labels` in 0..{spec.num_classes - 1}. Received: labels from {labels.min()} to {labels.max()}")
+        raise ValueError(
+            f"Expected `labels` in 0..{spec.num_classes - 1}. Received: labels from {labels.min()} to {labels.max()}"
+        )
     labels = labels.astype(np.int64)
     training = split == "train"
     augment = training if augment is None else augment
@@ -789,15 +928,23 @@ def load_arrays(
     classes_present = _classes_present(labels, spec, spec.name, split, training)
     mean, std = _statistics(spec, normalization)
     options = {
-        "batch_size": batch_size, "augment": augment, "shuffle": shuffle, "seed": seed, "drop_remainder": drop_remainder,
-        "stream": stream, "start_step": start_step, "shard": shard,
+        "batch_size": batch_size,
+        "augment": augment,
+        "shuffle": shuffle,
+        "seed": seed,
+        "drop_remainder": drop_remainder,
+        "stream": stream,
+        "start_step": start_step,
+        "shard": shard,
     }
     if pipeline == "numpy":
         batches = _numpy_pipeline(images, labels, spec, mean, std, **options)
     else:
         import tensorflow as tf
 
-        batches = _tf_pipeline(tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), spec, mean, std, **options)
+        batches = _tf_pipeline(
+            tf.data.Dataset.from_tensor_slices((images, labels)), len(labels), spec, mean, std, **options
+        )
     info = DatasetInfo(
         name=spec.name,
         split=split,
@@ -832,7 +979,11 @@ def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None
     if idx_dir is not None:
         return {"name": name, "source": f"IDX files in {idx_dir}", "available": True}
     if not tensorflow_available():
-        return {"name": name, "source": "tensorflow-datasets, which needs TensorFlow (not importable here)", "available": False}
+        return {
+            "name": name,
+            "source": "tensorflow-datasets, which needs TensorFlow (not importable here)",
+            "available": False,
+        }
     import tensorflow_datasets as tfds
 
     if spec.manual:
@@ -843,11 +994,18 @@ def describe(name: str, data_dir: str | os.PathLike | None = None, tfds_dir=None
     if prepared:
         return {"name": name, "source": f"TFDS data in {folder}", "available": True}
     if spec.manual and _has_files(data_dir):
-        return {"name": name, "source": f"official files in {data_dir} (prepared into {folder} on first use)", "available": True}
+        return {
+            "name": name,
+            "source": f"official files in {data_dir} (prepared into {folder} on first use)",
+            "available": True,
+        }
     where = f"TFDS data in {folder}" + (", or the official files in --data-dir" if spec.manual else "")
     downloadable = _host_resolves(spec.download_host)
     return {
         "name": name,
-        "source": where + (f"; downloadable from {spec.download_host}" if downloadable else f"; {spec.download_host} cannot be reached"),
+        "source": where
+        + (
+            f"; downloadable from {spec.download_host}" if downloadable else f"; {spec.download_host} cannot be reached"
+        ),
         "available": downloadable,
     }

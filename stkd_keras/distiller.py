@@ -202,7 +202,8 @@ class Distiller(keras.Model):
         """As `keras.Model.compile`; the loss is the method's own, so `loss` must stay None."""
         if loss is not None:
             raise ValueError(
-                f"`Distiller` computes its loss from `method` ({self.method!r}); do not pass `loss` to compile(). Received: loss={loss!r}"
+                f"`Distiller` computes its loss from `method` ({self.method!r}); do not pass `loss` to compile(). "
+                f"Received: loss={loss!r}"
             )
         super().compile(optimizer=optimizer, loss=None, metrics=metrics, **kwargs)
 
@@ -239,8 +240,15 @@ class Distiller(keras.Model):
             y_pred = self(x, training=training)
         training = isinstance(y_pred, dict)
         total, terms = outputs_loss(
-            self.distillation_method, self.hyperparameters, y, self._outputs(x, y_pred), sample_weight,
-            epoch=self.epoch.value, step=self.step.value, training=training, regularization_losses=self.losses,
+            self.distillation_method,
+            self.hyperparameters,
+            y,
+            self._outputs(x, y_pred),
+            sample_weight,
+            epoch=self.epoch.value,
+            step=self.step.value,
+            training=training,
+            regularization_losses=self.losses,
         )
         for name, term in terms.items():
             self._term_trackers[name].update_state(term.value)

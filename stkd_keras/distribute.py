@@ -91,7 +91,10 @@ def get_strategy(name: str):
     if name == "multi_worker":
         if _multi_worker_strategy is None:
             if cluster_task() is None:
-                raise ValueError("--strategy multi_worker needs TF_CONFIG to name the cluster and this worker's task; see the README.")
+                raise ValueError(
+                    "--strategy multi_worker needs TF_CONFIG to name the cluster and this worker's task; see the "
+                    "README."
+                )
             enable_multi_worker_fit()
             try:
                 _multi_worker_strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -108,10 +111,12 @@ def enable_multi_worker_fit() -> None:
 
     if getattr(trainer, "_stkd_multi_worker_fit", False):
         return
-    if not all(hasattr(trainer, name) for name in ("reduce_per_replica", "_collective_all_reduce_multi_worker")) or not hasattr(
-        trainer.TensorFlowTrainer, "_maybe_symbolic_build"
-    ):
-        raise ValueError("This Keras version's trainer is not the one stkd-keras mends for multi-worker training; use Keras 3.15.")
+    if not all(
+        hasattr(trainer, name) for name in ("reduce_per_replica", "_collective_all_reduce_multi_worker")
+    ) or not hasattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build"):
+        raise ValueError(
+            "This Keras version's trainer is not the one stkd-keras mends for multi-worker training; use Keras 3.15."
+        )
     multi_worker = trainer._collective_all_reduce_multi_worker
     original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
     original_reduce = trainer.reduce_per_replica
@@ -122,7 +127,9 @@ def enable_multi_worker_fit() -> None:
         strategy = self.distribute_strategy
         for _, _, batches in iterator:
             data_batch = tf.nest.map_structure(
-                lambda x: strategy.experimental_local_results(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x,
+                lambda x: (
+                    strategy.experimental_local_results(x)[0] if isinstance(x, tf.distribute.DistributedValues) else x
+                ),
                 next(batches),
             )
             break
@@ -197,5 +204,13 @@ def setup(name: str, backend: str, cluster: dict | None = None) -> Setup:
         description = f"keras.distribution.DataParallel over {jax_distribution.device_count()} device(s)" + (
             f" in {count} processes; this is process {index}." if count > 1 else "."
         )
-        return Setup(name, distribution.scope, jax_distribution.device_count(), jax_distribution.is_chief(), description, index, count)
+        return Setup(
+            name,
+            distribution.scope,
+            jax_distribution.device_count(),
+            jax_distribution.is_chief(),
+            description,
+            index,
+            count,
+        )
     return Setup(name, contextlib.nullcontext, 1, True)

@@ -46,7 +46,8 @@ def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
     broken = non_finite_variable(model)
     if broken is not None:
         raise RunError(
-            f"Model {path} holds non-finite values (in {broken}), as a diverged run leaves them; it cannot be evaluated, "
+            f"Model {path} holds non-finite values (in {broken}), as a diverged run leaves them; it cannot be "
+            "evaluated, "
             "exported or distilled from: train it again."
         )
     return model
@@ -73,7 +74,11 @@ def evaluate_model(model: keras.Model, dataset, progress=None) -> dict:
         ],
     )
     results = model.evaluate(dataset, verbose=0, return_dict=True, callbacks=[progress] if progress else None)
-    return {"accuracy": float(results["accuracy"]), "top5_accuracy": float(results["top5_accuracy"]), "loss": float(results["loss"])}
+    return {
+        "accuracy": float(results["accuracy"]),
+        "top5_accuracy": float(results["top5_accuracy"]),
+        "loss": float(results["loss"]),
+    }
 
 
 def evaluate(
@@ -105,8 +110,16 @@ def evaluate(
         normalization = (preprocessing["mean"], preprocessing["std"])
         image_size = image_size_pair(preprocessing.get("image_size"))
     data, info = data_lib.load(
-        dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download,
-        image_size=image_size or tuple(model.input_shape[1:3]), normalization=normalization,
+        dataset,
+        split,
+        batch_size,
+        augment=False,
+        shuffle=False,
+        subset=subset,
+        data_dir=data_dir,
+        download=download,
+        image_size=image_size or tuple(model.input_shape[1:3]),
+        normalization=normalization,
     )
     check_model_fits_dataset(model, info, "model")
     follow = _progress(info, split, batch_size, log)
@@ -115,7 +128,11 @@ def evaluate(
         "dataset": dataset,
         "split": split,
         "num_examples": info.num_examples,
-        "normalization": {"mean": list(info.mean), "std": list(info.std), "from": "preprocessing.json" if preprocessing else "dataset"},
+        "normalization": {
+            "mean": list(info.mean),
+            "std": list(info.std),
+            "from": "preprocessing.json" if preprocessing else "dataset",
+        },
         **evaluate_model(model, data, follow),
         "environment": environment(),
     }
@@ -127,7 +144,9 @@ def _progress(info, split: str, batch_size: int, log):
 
     if log is None:
         return None
-    return progress.PassProgress(progress.batches(info.num_examples, batch_size), f"Evaluating on {info.num_examples:,} {split} images", log)
+    return progress.PassProgress(
+        progress.batches(info.num_examples, batch_size), f"Evaluating on {info.num_examples:,} {split} images", log
+    )
 
 
 def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir, download, log=None) -> dict:
@@ -145,15 +164,28 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
         raise RunError(f"Cannot load {path}: {type(error).__name__}: {error}") from None
     preprocessing = metadata.get("preprocessing") or read_preprocessing(path)
     if not preprocessing:
-        raise RunError(f"{path} carries no preprocessing metadata and no preprocessing.json lies beside it; export it with stkd-keras export.")
+        raise RunError(
+            f"{path} carries no preprocessing metadata and no preprocessing.json lies beside it; export it with "
+            "stkd-keras export."
+        )
     check_preprocessing_fits({"dataset": metadata.get("dataset"), **preprocessing}, dataset, path)
     input_shape = metadata.get("input_shape") or [None, *preprocessing["input_shape"]]
     data, info = data_lib.load(
-        dataset, split, batch_size, augment=False, shuffle=False, subset=subset, data_dir=data_dir, download=download,
-        image_size=tuple(input_shape[1:3]), normalization=(preprocessing["mean"], preprocessing["std"]),
+        dataset,
+        split,
+        batch_size,
+        augment=False,
+        shuffle=False,
+        subset=subset,
+        data_dir=data_dir,
+        download=download,
+        image_size=tuple(input_shape[1:3]),
+        normalization=(preprocessing["mean"], preprocessing["std"]),
     )
     if tuple(info.input_shape) != tuple(input_shape[1:]):
-        raise RunError(f"{path} takes inputs {tuple(input_shape[1:])}, but dataset {dataset!r} has inputs {info.input_shape}.")
+        raise RunError(
+            f"{path} takes inputs {tuple(input_shape[1:])}, but dataset {dataset!r} has inputs {info.input_shape}."
+        )
     logits, labels = [], []
     follow = _progress(info, split, batch_size, log)
     if follow:
@@ -177,7 +209,11 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
         "dataset": dataset,
         "split": split,
         "num_examples": int(len(labels)),
-        "normalization": {"mean": list(preprocessing["mean"]), "std": list(preprocessing["std"]), "from": "embedded metadata"},
+        "normalization": {
+            "mean": list(preprocessing["mean"]),
+            "std": list(preprocessing["std"]),
+            "from": "embedded metadata",
+        },
         "accuracy": float(np.mean(top5[:, 0] == labels)),
         "top5_accuracy": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
         "environment": environment(),

@@ -24,7 +24,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     except BaseException as error:
         with contextlib.suppress(OSError):  # a read-only file system refuses even to unlink a file that is not there
             temporary.unlink(missing_ok=True)
-        if isinstance(error, OSError) and isinstance(error.filename, (str, os.PathLike)) and os.fspath(error.filename) == str(temporary):
+        if (
+            isinstance(error, OSError)
+            and isinstance(error.filename, (str, os.PathLike))
+            and os.fspath(error.filename) == str(temporary)
+        ):
             error.filename = str(path)  # the user asked for `path`; the temporary name would only puzzle them
         raise
     return path

@@ -97,7 +97,9 @@ def find_idx(data_dir: str | os.PathLike | None) -> Path | None:
     return directory if all(_resolve(directory, name) is not None for name in idx_file_names()) else None
 
 
-def read_idx(directory: str | os.PathLike, split: str, num_classes: int = 10, dataset: str = "MNIST") -> tuple[np.ndarray, np.ndarray]:
+def read_idx(
+    directory: str | os.PathLike, split: str, num_classes: int = 10, dataset: str = "MNIST"
+) -> tuple[np.ndarray, np.ndarray]:
     """Images (n, rows, cols, 1) uint8 and labels (n,) int64 of one split of an MNIST-format dataset.
 
     Args:
@@ -121,7 +123,9 @@ def read_idx(directory: str | os.PathLike, split: str, num_classes: int = 10, da
     if len(images) != len(labels):
         raise ValueError(f"{dataset} {split}: {len(images)} images but {len(labels)} labels in {directory}.")
     if len(labels) and labels.max() >= num_classes:
-        raise ValueError(f"{dataset} {split}: label {int(labels.max())} out of range 0..{num_classes - 1} in {paths[1]}.")
+        raise ValueError(
+            f"{dataset} {split}: label {int(labels.max())} out of range 0..{num_classes - 1} in {paths[1]}."
+        )
     return images[..., None], labels.astype(np.int64)
 
 

@@ -46,10 +46,14 @@ def _environment_int(name: str) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"Expected the environment variable {name} to be an integer. Received: {name}={raw!r}") from None
+        raise ValueError(
+            f"Expected the environment variable {name} to be an integer. Received: {name}={raw!r}"
+        ) from None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None) -> bool:
+def initialize(
+    coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Starts the JAX cluster of a multi-process run; a single process (nothing given) is left as it is.
 
     Every argument left None is read from the environment variable Keras
@@ -76,7 +80,9 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     distribution = jax_distribution.data_parallel()
     ```
     """
-    address = coordinator_address if coordinator_address is not None else os.environ.get(JOB_ADDRESSES, "").strip() or None
+    address = (
+        coordinator_address if coordinator_address is not None else os.environ.get(JOB_ADDRESSES, "").strip() or None
+    )
     count = num_processes if num_processes is not None else _environment_int(NUM_PROCESSES)
     index = process_id if process_id is not None else _environment_int(PROCESS_ID)
     given = {
@@ -90,9 +96,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
             f"A multi-process run needs the coordinator address, the number of processes and this process's id, but "
             f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not given; pass all three or none."
         )
-    if count is not None and not (isinstance(count, int) and isinstance(index, int) and count >= 1 and 0 <= index < count):
+    if count is not None and not (
+        isinstance(count, int) and isinstance(index, int) and count >= 1 and 0 <= index < count
+    ):
         raise ValueError(
-            f"Expected `num_processes` >= 1 and 0 <= `process_id` < num_processes. Received: num_processes={count!r}, process_id={index!r}"
+            f"Expected `num_processes` >= 1 and 0 <= `process_id` < num_processes. Received: num_processes={count!r}, "
+            f"process_id={index!r}"
         )
     require_jax()
     if count is None:
@@ -136,7 +145,9 @@ def data_parallel(auto_shard_dataset: bool = False):
     require_jax()
     import keras
 
-    distribution = keras.distribution.DataParallel(devices=keras.distribution.list_devices(), auto_shard_dataset=auto_shard_dataset)
+    distribution = keras.distribution.DataParallel(
+        devices=keras.distribution.list_devices(), auto_shard_dataset=auto_shard_dataset
+    )
     keras.distribution.set_distribution(distribution)
     return distribution
 
@@ -204,7 +215,8 @@ def local_batch_slice(global_batch_size: int) -> tuple[int, int]:
     devices = _mesh_devices()
     if not isinstance(global_batch_size, int) or global_batch_size < 1 or global_batch_size % len(devices):
         raise ValueError(
-            f"Expected a global batch size divisible by the {len(devices)} device(s) of the {jax.process_count()} process(es). "
+            f"Expected a global batch size divisible by the {len(devices)} device(s) of the {jax.process_count()} "
+            "process(es). "
             f"Received: global_batch_size={global_batch_size!r}"
         )
     local = {f"{device.platform}:{device.id}" for device in jax.local_devices()}

@@ -142,7 +142,15 @@ def dkd_divergences(teacher_logits, student_logits, labels, temperature: float =
     return temperature**2 * tckd, temperature**2 * nckd
 
 
-def dkd_loss(teacher_logits, student_logits, labels, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, sample_weight=None):
+def dkd_loss(
+    teacher_logits,
+    student_logits,
+    labels,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
+    sample_weight=None,
+):
     """Batch mean of alpha * TCKD + beta * NCKD (`dkd_divergences`, T^2 included), weighted by `sample_weight` if given.
 
     The distillation part of DKD (Zhao et al., CVPR 2022) as mdistiller's
@@ -297,4 +305,6 @@ def kd_loss_from_probabilities(teacher_probabilities, student_logits, temperatur
     >>> p_t = keras.ops.softmax(teacher_logits / 4.0)
     >>> kd_loss_from_probabilities(p_t, student_logits, 4.0)  # == kd_loss(teacher_logits, student_logits, 4.0)
     """
-    return batch_mean(kd_divergence_from_probabilities(teacher_probabilities, student_logits, temperature), sample_weight)
+    return batch_mean(
+        kd_divergence_from_probabilities(teacher_probabilities, student_logits, temperature), sample_weight
+    )

@@ -170,8 +170,7 @@ def apply_mixup(
     """
     if len(labels.shape) != 2:
         raise ValueError(
-            "Expected one-hot `labels` of shape (batch, num_classes). "
-            f"Received: labels.shape={tuple(labels.shape)}"
+            f"Expected one-hot `labels` of shape (batch, num_classes). Received: labels.shape={tuple(labels.shape)}"
         )
     if isinstance(seed, int):
         # One generator for both draws, so lambda and p are not correlated.
@@ -179,4 +178,10 @@ def apply_mixup(
     images = ops.convert_to_tensor(images)
     lam, permutation = draw(ops.shape(images)[0], alpha, per_sample, seed)
     mixed_weight = None if sample_weight is None else mix(ops.cast(sample_weight, "float32"), lam, permutation)
-    return MixupBatch(mix(images, lam, permutation), mix(ops.cast(labels, "float32"), lam, permutation), lam, permutation, mixed_weight)
+    return MixupBatch(
+        mix(images, lam, permutation),
+        mix(ops.cast(labels, "float32"), lam, permutation),
+        lam,
+        permutation,
+        mixed_weight,
+    )

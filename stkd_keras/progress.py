@@ -37,7 +37,9 @@ class PassProgress(keras.callbacks.Callback):
         clock: The time source (tests pass their own).
     """
 
-    def __init__(self, steps: int, label: str, log=print, delay: float | None = None, stream=None, clock=time.monotonic):
+    def __init__(
+        self, steps: int, label: str, log=print, delay: float | None = None, stream=None, clock=time.monotonic
+    ):
         super().__init__()
         self.steps, self.label, self.log, self.clock = int(steps), label, log, clock
         self.delay = DELAY_SECONDS if delay is None else delay

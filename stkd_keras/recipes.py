@@ -46,7 +46,9 @@ class RecipeError(ValueError):
 
 def _expected_types() -> dict:
     hints = typing.get_type_hints(RunConfig)
-    run_fields = {field.name: hints[field.name] for field in dataclasses.fields(RunConfig) if field.name != "method_options"}
+    run_fields = {
+        field.name: hints[field.name] for field in dataclasses.fields(RunConfig) if field.name != "method_options"
+    }
     hyperparameters = {name: methods.hyperparameter_type(name) for name in methods.hyperparameter_fields()}
     return {**run_fields, **hyperparameters, **EXTRA_FIELDS}
 
@@ -66,7 +68,9 @@ def _check_type(name: str, value, expected, path) -> object:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        raise RecipeError(f"{path}: field `{name}` must be {expected.__name__}. Received: {value!r} ({type(value).__name__})")
+        raise RecipeError(
+            f"{path}: field `{name}` must be {expected.__name__}. Received: {value!r} ({type(value).__name__})"
+        )
     return value
 
 
@@ -91,5 +95,8 @@ def load_recipe(path: str | os.PathLike) -> dict:
     if unknown:
         raise RecipeError(f"{path}: unknown field `{unknown[0]}`. Valid fields: {', '.join(sorted(expected))}.")
     if "student" in content and "model" in content and content["student"] != content["model"]:
-        raise RecipeError(f"{path}: `student` and `model` name the same thing and disagree: {content['student']!r} vs {content['model']!r}.")
+        raise RecipeError(
+            f"{path}: `student` and `model` name the same thing and disagree: {content['student']!r} vs "
+            f"{content['model']!r}."
+        )
     return {name: _check_type(name, value, expected[name], path) for name, value in content.items()}

@@ -70,14 +70,19 @@ def summary(run_dir: str | os.PathLike) -> str:
     config = metrics.get("config", {})
     teacher = metrics.get("teacher") or {}
     lines = [
-        f"Run {run_dir}: {metrics['role']} {metrics['model']} ({metrics['parameters']:,} parameters), method {metrics['method']!r}, "
+        f"Run {run_dir}: {metrics['role']} {metrics['model']} ({metrics['parameters']:,} parameters), method "
+        f"{metrics['method']!r}, "
         f"dataset {config.get('dataset')}, {len(history.get('epoch', []))} epochs, seed {metrics.get('seed')}, "
         f"{metrics.get('train_seconds', 0):.0f} s of training.",
         f"Final-epoch val top-1: {metrics['final_val_accuracy']:.4f} (the saved model).",
-        f"Best-epoch val top-1:  {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']['epoch']} (for reference only).",
+        f"Best-epoch val top-1:  {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']['epoch']} (for "
+        "reference only).",
     ]
     if teacher:
-        lines.append(f"Teacher {teacher.get('name')}: val top-1 {teacher.get('accuracy', float('nan')):.4f} ({teacher.get('path')}).")
+        lines.append(
+            f"Teacher {teacher.get('name')}: val top-1 {teacher.get('accuracy', float('nan')):.4f} "
+            f"({teacher.get('path')})."
+        )
     if metrics.get("resumed_at_epoch"):
         lines.append(f"Resumed after epoch {metrics['resumed_at_epoch']}.")
     return "\n".join(lines)
@@ -94,7 +99,8 @@ def _finished_run(run_dir: Path) -> dict:
         "role": metrics["role"],
         "model": metrics["model"],
         "method": metrics["method"],
-        "backend": metrics.get("backend") or "tensorflow",  # runs written before the backend was recorded ran on TensorFlow
+        "backend": metrics.get("backend")
+        or "tensorflow",  # runs written before the backend was recorded ran on TensorFlow
         "epoch": metrics["final_epoch"]["epoch"],
         "epochs": config.get("epochs", metrics["final_epoch"]["epoch"]),
         "final_val_accuracy": float(metrics["final_val_accuracy"]),
@@ -122,10 +128,16 @@ def find_runs(folder: str | os.PathLike) -> tuple[list[dict], list[tuple[Path, s
             try:
                 finished.append(_finished_run(root))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
-                reason = f"not valid JSON ({error})" if isinstance(error, json.JSONDecodeError) else f"{type(error).__name__}: {error}"
+                reason = (
+                    f"not valid JSON ({error})"
+                    if isinstance(error, json.JSONDecodeError)
+                    else f"{type(error).__name__}: {error}"
+                )
                 damaged.append((root, f"its metrics.json cannot be read: {reason}"))
         elif "run.json" in files:
-            damaged.append((root, "it holds run.json but no metrics.json (a finished run whose metrics.json was removed?)"))
+            damaged.append(
+                (root, "it holds run.json but no metrics.json (a finished run whose metrics.json was removed?)")
+            )
     return sorted(finished, key=lambda run: str(run["run_dir"])), sorted(damaged)
 
 
@@ -135,7 +147,11 @@ def unfinished_lines(unfinished: list[dict]) -> list[str]:
         return []
     lines = [f"{len(unfinished)} unfinished run(s):"]
     for run in unfinished:
-        action = f"continue it with stkd-keras {run['command']} --resume {run['output']}" if run["resumable"] else "start it over with --overwrite"
+        action = (
+            f"continue it with stkd-keras {run['command']} --resume {run['output']}"
+            if run["resumable"]
+            else "start it over with --overwrite"
+        )
         lines.append(f"  {run['output']}: {run['progress']}; {action}")
     return lines
 
@@ -153,7 +169,8 @@ def listing(folder: str | os.PathLike) -> list[str]:
     unfinished = runs.unfinished_runs(folder)
     if not (finished or damaged or unfinished):
         raise ValueError(
-            f"No stkd-keras run in {folder}: no metrics.json (a finished run) at any depth and no unfinished run to resume."
+            f"No stkd-keras run in {folder}: no metrics.json (a finished run) at any depth and no unfinished run to "
+            "resume."
         )
     lines = []
     if finished:
@@ -200,7 +217,9 @@ def curve_style(epochs) -> dict:
 def loss_terms(history: dict) -> list[str]:
     """The loss columns a run reported, whatever its method (dkd's tckd_loss and nckd_loss too): the total first, training before validation."""
     names = [key for key in history if key == "loss" or key.endswith("_loss")]
-    return sorted(names, key=lambda key: (key.startswith("val_"), key.removeprefix("val_") != "loss", key.removeprefix("val_")))
+    return sorted(
+        names, key=lambda key: (key.startswith("val_"), key.removeprefix("val_") != "loss", key.removeprefix("val_"))
+    )
 
 
 def curves_figure(run_dir: str | os.PathLike):
@@ -219,7 +238,9 @@ def curves_figure(run_dir: str | os.PathLike):
         term = key.removeprefix("val_")
         validation = key.startswith("val_")
         marks = {**style, "markerfacecolor": "none"} if validation and style else style  # hollow dots: validation
-        line, = axes[0].plot(epochs, history[key], label=key, linestyle="--" if validation else "-", color=colors.get(term), **marks)
+        (line,) = axes[0].plot(
+            epochs, history[key], label=key, linestyle="--" if validation else "-", color=colors.get(term), **marks
+        )
         colors[term] = line.get_color()  # a term and its validation twin share a colour
     axes[0].set_title("loss terms (dashed, hollow: validation)" if style else "loss terms (dashed: validation)")
     axes[0].set_ylabel("loss")

@@ -85,7 +85,8 @@ def output_path(output: str | os.PathLike) -> Path:
     size = len(os.fsencode(resolved.name))
     if size > limit:
         raise RunError(
-            f"The output name {resolved.name[:40]}... is {size} bytes long; at most {limit} fit beside the hidden folders a run "
+            f"The output name {resolved.name[:40]}... is {size} bytes long; at most {limit} fit beside the hidden "
+            "folders a run "
             "keeps next to it (.NAME.partial-PID): choose a shorter --output."
         )
     return resolved
@@ -130,7 +131,8 @@ def check_teacher_outside(teacher: str | os.PathLike, output: str | os.PathLike)
     folder = output_path(output)
     if model_file(resolved, "teacher").is_relative_to(folder):
         raise RunError(
-            f"The teacher {resolved} lies inside {folder}, which this run would replace; copy the teacher elsewhere and pass "
+            f"The teacher {resolved} lies inside {folder}, which this run would replace; copy the teacher elsewhere "
+            "and pass "
             "that copy as --teacher, or choose another --output."
         )
     return resolved
@@ -172,7 +174,10 @@ def output_lock(output: str | os.PathLike):
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise OutputInUse(f"{output} is in use by process {holder} (lock {path}); wait for it to finish or choose another --output.") from None
+            raise OutputInUse(
+                f"{output} is in use by process {holder} (lock {path}); wait for it to finish or choose another "
+                "--output."
+            ) from None
         try:
             current = os.stat(path).st_ino
         except FileNotFoundError:
@@ -207,7 +212,10 @@ def check_output_free(output: str | os.PathLike, overwrite: bool) -> Path:
                 "--overwrite replaces only a run folder, so choose another --output."
             )
         if not overwrite:
-            raise RunError(f"Output folder {output} already holds a run; pass --overwrite to replace it or choose another --output.")
+            raise RunError(
+                f"Output folder {output} already holds a run; pass --overwrite to replace it or choose another "
+                "--output."
+            )
     return output
 
 
@@ -230,7 +238,8 @@ def run_directory(output: str | os.PathLike, overwrite: bool = False, resume: bo
                 if not (read_run_file(staging) or {}).get("replaces_finished_run"):
                     raise RunError(f"Output folder {output} already holds a finished run; nothing to resume.")
                 log(
-                    f"Resuming the unfinished run started with --overwrite ({describe_unfinished(staging)}); the finished run in "
+                    f"Resuming the unfinished run started with --overwrite ({describe_unfinished(staging)}); the "
+                    "finished run in "
                     f"{output} stays until this one finishes and replaces it."
                 )
         else:
@@ -240,8 +249,11 @@ def run_directory(output: str | os.PathLike, overwrite: bool = False, resume: bo
                     resumable = (stale / RUN_FILE).is_file()
                     raise RunError(
                         f"An unfinished run of {output} exists ({describe_unfinished(stale)}); "
-                        + (f"continue it with --resume {output}, or start over with --overwrite." if resumable else
-                           f"it cannot be resumed (its {RUN_FILE} is missing), so start over with --overwrite, which discards it.")
+                        + (
+                            f"continue it with --resume {output}, or start over with --overwrite."
+                            if resumable
+                            else f"it cannot be resumed (its {RUN_FILE} is missing), so start over with --overwrite, which discards it."
+                        )
                     )
                 shutil.rmtree(stale, ignore_errors=True)
             staging = output.parent / f".{output.name}.partial-{os.getpid()}"
@@ -298,7 +310,11 @@ def _committed_epoch(folder: Path) -> int | None:
 
 def _resumable(staging: Path) -> bool:
     """A staging folder worth keeping: it holds a committed checkpoint, a finished teacher, or a finished run."""
-    return any(staging.rglob(STATE_FILE)) or any(staging.rglob(MODEL_FILES["teacher"])) or (staging / METRICS_FILE).is_file()
+    return (
+        any(staging.rglob(STATE_FILE))
+        or any(staging.rglob(MODEL_FILES["teacher"]))
+        or (staging / METRICS_FILE).is_file()
+    )
 
 
 def unfinished_runs(folder: str | os.PathLike) -> list[dict]:
@@ -315,7 +331,11 @@ def unfinished_runs(folder: str | os.PathLike) -> list[dict]:
         candidates |= {path for path in folder.rglob(".*.partial-*") if _STAGING.fullmatch(path.name)}
     found = []
     for staging in candidates:
-        if not staging.is_dir() or not _resumable(staging) or any(_STAGING.fullmatch(parent.name) for parent in staging.relative_to(folder.parent).parents):
+        if (
+            not staging.is_dir()
+            or not _resumable(staging)
+            or any(_STAGING.fullmatch(parent.name) for parent in staging.relative_to(folder.parent).parents)
+        ):
             continue
         output = staging.parent / _STAGING.fullmatch(staging.name)["output"]
         try:
@@ -325,10 +345,15 @@ def unfinished_runs(folder: str | os.PathLike) -> list[dict]:
         progress = describe_unfinished(staging)
         if damaged or not (staging / RUN_FILE).is_file():
             progress += f"; it cannot be resumed ({damaged or f'its {RUN_FILE} is missing'})"
-        found.append({
-            "output": output, "progress": progress, "command": saved.get("command", "distill"), "staging": staging,
-            "resumable": damaged is None and (staging / RUN_FILE).is_file(),
-        })
+        found.append(
+            {
+                "output": output,
+                "progress": progress,
+                "command": saved.get("command", "distill"),
+                "staging": staging,
+                "resumable": damaged is None and (staging / RUN_FILE).is_file(),
+            }
+        )
     return sorted(found, key=lambda run: str(run["output"]))
 
 
@@ -337,12 +362,15 @@ def find_unfinished_run(output: str | os.PathLike) -> Path:
     output = output_path(output)
     candidates = staging_folders(output)
     if not candidates:
-        raise RunError(f"No unfinished run of {output} to resume (looked for {output.parent}/.{output.name}.partial-PID).")
+        raise RunError(
+            f"No unfinished run of {output} to resume (looked for {output.parent}/.{output.name}.partial-PID)."
+        )
     return candidates[-1]
 
 
 def write_run_file(directory: Path, payload: dict) -> None:
     """Records how a run was started (its resolved configs), so --resume can rebuild it."""
+
     def encode(value):
         return value.to_dict() if isinstance(value, RunConfig) else value
 
@@ -400,5 +428,6 @@ def check_preprocessing_fits(preprocessing: dict, dataset: str, model_path) -> N
         shape = "x".join(str(size) for size in preprocessing.get("input_shape") or ()) or f"{channels}-channel"
         raise RunError(
             f"{model_path} was trained on {trained_on} ({shape} images) and cannot read {dataset} "
-            f"({'x'.join(str(size) for size in wanted)} images); use --dataset {trained_on}, or a model trained on {dataset}."
+            f"({'x'.join(str(size) for size in wanted)} images); use --dataset {trained_on}, or a model trained on "
+            f"{dataset}."
         )

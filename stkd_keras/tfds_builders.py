@@ -72,14 +72,18 @@ def _rgb_image_bytes(path: Path, size: int, encoding: str) -> bytes:
     try:
         image = tf.io.decode_image(data, channels=0, expand_animations=False)
     except tf.errors.OpError as error:
-        raise ValueError(f"Cannot decode image file {path}: corrupt, truncated or not an image ({error.message.splitlines()[-1]}).") from None
+        raise ValueError(
+            f"Cannot decode image file {path}: corrupt, truncated or not an image ({error.message.splitlines()[-1]})."
+        ) from None
     height, width, channels = image.shape
     if (height, width) != (size, size):
         raise ValueError(f"Image file {path} is {height}x{width}; expected {size}x{size}.")
     if channels == 3 and data.startswith(_MAGIC_BYTES[encoding]):
         return data
     rgb = tf.io.decode_image(data, channels=3, expand_animations=False)
-    encoded = tf.io.encode_jpeg(rgb, quality=100, chroma_downsampling=False) if encoding == "jpeg" else tf.io.encode_png(rgb)
+    encoded = (
+        tf.io.encode_jpeg(rgb, quality=100, chroma_downsampling=False) if encoding == "jpeg" else tf.io.encode_png(rgb)
+    )
     return encoded.numpy()
 
 
@@ -209,14 +213,20 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = _find_dataset_folder(
-            dl_manager, folder_name=TINY_IMAGENET_FOLDER, archive_name=TINY_IMAGENET_ARCHIVE, url=TINY_IMAGENET_URL, marker="wnids.txt"
+            dl_manager,
+            folder_name=TINY_IMAGENET_FOLDER,
+            archive_name=TINY_IMAGENET_ARCHIVE,
+            url=TINY_IMAGENET_URL,
+            marker="wnids.txt",
         )
         wnids = read_wnids(root / "wnids.txt")
         self.info.features["label"].names = wnids
         self.info.metadata["class_descriptions"] = list(tiny_imagenet_class_names(wnids, root / "words.txt"))
 
         _check_no_unknown_folders(root / "train", wnids)
-        train = [(path, label) for label, wnid in enumerate(wnids) for path in _image_files(root / "train" / wnid / "images")]
+        train = [
+            (path, label) for label, wnid in enumerate(wnids) for path in _image_files(root / "train" / wnid / "images")
+        ]
 
         annotations = root / "val" / "val_annotations.txt"
         label_of = {wnid: label for label, wnid in enumerate(wnids)}
@@ -226,7 +236,9 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
                 continue
             fields = line.split("\t")
             if len(fields) < 2 or fields[1].strip() not in label_of:
-                raise ValueError(f"{annotations} line {number}: {line!r} does not name a class of {root / 'wnids.txt'}.")
+                raise ValueError(
+                    f"{annotations} line {number}: {line!r} does not name a class of {root / 'wnids.txt'}."
+                )
             validation.append((root / "val" / "images" / fields[0].strip(), label_of[fields[1].strip()]))
         return {
             "train": self._generate_examples(root, train),
@@ -275,15 +287,22 @@ class Cinic10(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-        root = _find_dataset_folder(dl_manager, folder_name=CINIC10_FOLDER, archive_name=CINIC10_ARCHIVE, url=CINIC10_URL, marker="train")
+        root = _find_dataset_folder(
+            dl_manager, folder_name=CINIC10_FOLDER, archive_name=CINIC10_ARCHIVE, url=CINIC10_URL, marker="train"
+        )
         splits = {}
         for split, folder_name in CINIC10_SPLIT_FOLDERS.items():
             folder = root / folder_name
             _check_no_unknown_folders(folder, CINIC10_CLASSES)
-            examples = [(path, label) for label, name in enumerate(CINIC10_CLASSES) for path in _image_files(folder / name)]
+            examples = [
+                (path, label) for label, name in enumerate(CINIC10_CLASSES) for path in _image_files(folder / name)
+            ]
             splits[split] = self._generate_examples(root, examples)
         return splits
 
     def _generate_examples(self, root: Path, examples: list[tuple[Path, int]]):
         for path, label in examples:
-            yield path.relative_to(root).as_posix(), {"image": _rgb_image_bytes(path, 32, "png"), "label": label, "id": path.name}
+            yield (
+                path.relative_to(root).as_posix(),
+                {"image": _rgb_image_bytes(path, 32, "png"), "label": label, "id": path.name},
+            )

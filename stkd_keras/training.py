@@ -97,8 +97,11 @@ def _summarise_history(history: dict, holdout: int | None = None) -> dict:
         "final_val_accuracy": float(val_accuracy[-1]),
         "best_val_accuracy": float(val_accuracy[best]),
         "note": (
-            f"Validation is {holdout} training images held out from training" if holdout else "Validation is the test split"
-        ) + ". The saved model is the final-epoch model; best_epoch is reported for reference only.",
+            f"Validation is {holdout} training images held out from training"
+            if holdout
+            else "Validation is the test split"
+        )
+        + ". The saved model is the final-epoch model; best_epoch is reported for reference only.",
     }
 
 
@@ -142,7 +145,10 @@ def train(
         log(f"The {role} in {directory} had finished before the run stopped; keeping it.")
         return json.loads((directory / METRICS_FILE).read_text())
     if resume and config.strategy == "multi_worker":
-        raise RunError("--resume is not supported with --strategy multi_worker: the workers cannot share the chief's checkpoint; restart the run.")
+        raise RunError(
+            "--resume is not supported with --strategy multi_worker: the workers cannot share the chief's checkpoint; "
+            "restart the run."
+        )
     # A multi-worker or multi-process setup must exist before the process runs a TensorFlow op or a JAX computation.
     setup = setup or distribute.setup(config.strategy, backend.name())
     previous_policy = keras.mixed_precision.global_policy()
@@ -153,11 +159,21 @@ def train(
             exit_stack.enter_context(backend.determinism())  # and the process's own setting back afterwards
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
-        data_options = {"data_dir": config.data_dir, "download": config.download, "image_size": image_size_pair(config.image_size)}
+        data_options = {
+            "data_dir": config.data_dir,
+            "download": config.download,
+            "image_size": image_size_pair(config.image_size),
+        }
         holdout = config.validation_holdout
         # Read the data once to know its size; the step-indexed training stream is built below.
         _, train_info = data_lib.load(
-            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, holdout=holdout, **data_options
+            config.dataset,
+            "train",
+            config.batch_size,
+            subset=config.train_subset,
+            seed=config.seed,
+            holdout=holdout,
+            **data_options,
         )
         if train_info.classes_present is not None and train_info.classes_present < train_info.num_classes:
             log(
@@ -165,7 +181,12 @@ def train(
                 f"{train_info.num_classes} classes the model predicts."
             )
         val_data, val_info = data_lib.load(
-            config.dataset, "validation" if holdout else "test", max(config.batch_size, 256), subset=config.val_subset, holdout=holdout, **data_options
+            config.dataset,
+            "validation" if holdout else "test",
+            max(config.batch_size, 256),
+            subset=config.val_subset,
+            holdout=holdout,
+            **data_options,
         )
         # Variables (student, teacher, optimizer, metrics) are created in the distribution's scope. Under a
         # tf.distribute strategy Keras's fit splits each global batch over the replicas and the Distiller
@@ -178,12 +199,18 @@ def train(
             return progress.PassProgress(val_batches, label, log) if verbose != 0 else None
 
         teacher_progress = pass_progress(f"Measuring the teacher on {val_images}")
-        teacher, teacher_summary = _load_teacher(config, role, method, teacher_location, val_data, val_info, log, teacher_progress)
+        teacher, teacher_summary = _load_teacher(
+            config, role, method, teacher_location, val_data, val_info, log, teacher_progress
+        )
         model = get_model(config.model, train_info.num_classes, train_info.input_shape)
-        distiller = Distiller(model, teacher, method=method, seed=config.seed, **(config.method_options if role == "student" else {}))
+        distiller = Distiller(
+            model, teacher, method=method, seed=config.seed, **(config.method_options if role == "student" else {})
+        )
         # Full batches from an endless stream: an epoch is `steps` batches (one pass, rounded down).
         steps = config.steps_per_epoch or max(1, train_info.num_examples // config.batch_size)
-        distiller.compile(optimizer=make_optimizer(config, steps), metrics=_metrics_for_training(), jit_compile=config.jit_compile)
+        distiller.compile(
+            optimizer=make_optimizer(config, steps), metrics=_metrics_for_training(), jit_compile=config.jit_compile
+        )
         initial_epoch, past_history = checkpointing.restore(distiller, directory, log) if resume else (0, {})
         _build_before_fit(distiller, train_info, config.batch_size // setup.process_count)
         if setup.description:
@@ -194,13 +221,23 @@ def train(
             train_seconds = 0.0
         else:
             train_data, _ = data_lib.load(
-                config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, holdout=holdout,
-                stream=True, start_step=initial_epoch * steps, **data_options, **_shard(setup),
+                config.dataset,
+                "train",
+                config.batch_size,
+                subset=config.train_subset,
+                seed=config.seed,
+                holdout=holdout,
+                stream=True,
+                start_step=initial_epoch * steps,
+                **data_options,
+                **_shard(setup),
             )
             log(
                 f"Training {role} {model.name} ({model.count_params():,} parameters) with method {method!r} on "
-                f"{train_info.name} ({train_info.num_examples} training images) for {config.epochs} epoch(s) of {steps} steps "
-                f"on the {backend.name()} backend" + (f", resuming at epoch {initial_epoch + 1}." if initial_epoch else ".")
+                f"{train_info.name} ({train_info.num_examples} training images) for {config.epochs} epoch(s) of "
+                f"{steps} steps "
+                f"on the {backend.name()} backend"
+                + (f", resuming at epoch {initial_epoch + 1}." if initial_epoch else ".")
             )
             guard = checkpointing.StopOnNonFinite()
             run_callbacks = _run_callbacks(directory, guard, initial_epoch, past_history, log)
@@ -213,7 +250,11 @@ def train(
                 steps_per_epoch=steps,
                 shuffle=False,  # The pipeline shuffles.
                 # Keras's fit shows nothing while it validates: a long validation (JAX, PyTorch on CPU) gets its own progress.
-                callbacks=[*run_callbacks, *filter(None, [pass_progress(f"Validating on {val_images}")]), *(callbacks or [])],
+                callbacks=[
+                    *run_callbacks,
+                    *filter(None, [pass_progress(f"Validating on {val_images}")]),
+                    *(callbacks or []),
+                ],
                 verbose=verbose,
             )
             train_seconds = time.perf_counter() - started
@@ -262,7 +303,9 @@ _FINISHED_CHECKPOINTS = ".checkpoints-finished"
 TEACHER = "RunConfig.teacher (--teacher on the command line)"
 
 
-def _load_teacher(config: RunConfig, role: str, method: str, location, val_data, val_info, log, progress=None) -> tuple[keras.Model | None, dict | None]:
+def _load_teacher(
+    config: RunConfig, role: str, method: str, location, val_data, val_info, log, progress=None
+) -> tuple[keras.Model | None, dict | None]:
     """The frozen teacher of a method that needs one, measured on the validation split (None, None otherwise).
 
     `progress` (a `stkd_keras.progress.PassProgress`, or None for silence) follows the measurement.
@@ -288,7 +331,9 @@ def _run_callbacks(directory: Path, guard, initial_epoch: int, past_history: dic
     return [
         guard,
         checkpointing.LearningRateLogger(),
-        checkpointing.HistoryLogger(directory / "history.csv", append=initial_epoch > 0, committed_epochs=initial_epoch),
+        checkpointing.HistoryLogger(
+            directory / "history.csv", append=initial_epoch > 0, committed_epochs=initial_epoch
+        ),
         checkpointing.RunCheckpoint(directory, past_history, guard),
         *([tensorboard] if tensorboard else []),
     ]
@@ -326,7 +371,12 @@ class RunResult:
 
 
 def train_teacher(
-    config: RunConfig, output: str | os.PathLike, overwrite: bool = False, verbose: int | str = "auto", log=print, cluster: dict | None = None
+    config: RunConfig,
+    output: str | os.PathLike,
+    overwrite: bool = False,
+    verbose: int | str = "auto",
+    log=print,
+    cluster: dict | None = None,
 ) -> RunResult:
     """Trains `config.model` with cross-entropy into the run folder `output` (see the module docstring).
 
@@ -334,7 +384,17 @@ def train_teacher(
         RunError: When `output` already holds a run and `overwrite` is False, and as `train` does.
     """
     config = dataclasses.replace(config, method="ce", method_options={})
-    return _run("train-teacher", config, None, Path(output), resume=False, verbose=verbose, log=log, cluster=cluster, overwrite=overwrite)
+    return _run(
+        "train-teacher",
+        config,
+        None,
+        Path(output),
+        resume=False,
+        verbose=verbose,
+        log=log,
+        cluster=cluster,
+        overwrite=overwrite,
+    )
 
 
 def distill(
@@ -360,7 +420,9 @@ def distill(
     config.validate()
     needs_teacher = methods_lib.get_method(config.method).needs_teacher
     # A teacher to train first stands for the teacher; a method without one ignores it (the command line always makes one).
-    methods_lib.check_teacher(config.method, config.teacher if config.teacher is not None or not needs_teacher else teacher_config, TEACHER)
+    methods_lib.check_teacher(
+        config.method, config.teacher if config.teacher is not None or not needs_teacher else teacher_config, TEACHER
+    )
     if not needs_teacher or config.teacher is not None:
         teacher_config = None
     if config.teacher is not None:
@@ -370,7 +432,17 @@ def distill(
     warning = warmup_warning(config)
     if warning:
         log(warning)
-    return _run("distill", config, teacher_config, Path(output), resume=False, verbose=verbose, log=log, cluster=cluster, overwrite=overwrite)
+    return _run(
+        "distill",
+        config,
+        teacher_config,
+        Path(output),
+        resume=False,
+        verbose=verbose,
+        log=log,
+        cluster=cluster,
+        overwrite=overwrite,
+    )
 
 
 def warmup_warning(config: RunConfig) -> str | None:
@@ -384,14 +456,20 @@ def warmup_warning(config: RunConfig) -> str | None:
         return None
     suggested = max(1, round(config.epochs / 12))
     return (
-        f"Warning: {config.method}'s warm-up lasts {warmup} epochs, longer than this run's {config.epochs}: its distillation terms "
-        f"never reach full weight (they end at {config.epochs}/{warmup} of it). mdistiller warms up over 1/12 of its run; for "
+        f"Warning: {config.method}'s warm-up lasts {warmup} epochs, longer than this run's {config.epochs}: its "
+        "distillation terms "
+        f"never reach full weight (they end at {config.epochs}/{warmup} of it). mdistiller warms up over 1/12 of its "
+        "run; for "
         f"this one, warmup_epochs={suggested} (--warmup-epochs {suggested})."
     )
 
 
 def resume(
-    output: str | os.PathLike, verbose: int | str = "auto", log=print, cluster: dict | None = None, command: str | None = None
+    output: str | os.PathLike,
+    verbose: int | str = "auto",
+    log=print,
+    cluster: dict | None = None,
+    command: str | None = None,
 ) -> RunResult:
     """Continues the unfinished run of `output` from its last committed epoch, with the configs in its run.json.
 
@@ -406,17 +484,20 @@ def resume(
     saved = read_run_file(staging)
     if saved is None:
         raise RunError(
-            f"The unfinished run in {staging} recorded no run.json, so it cannot be resumed; start over with --overwrite, which discards it."
+            f"The unfinished run in {staging} recorded no run.json, so it cannot be resumed; start over with "
+            "--overwrite, which discards it."
         )
     if command is not None and saved["command"] != command:
         raise RunError(
-            f"The unfinished run of {output_path(output)} was started by `stkd-keras {saved['command']}`; continue it with "
+            f"The unfinished run of {output_path(output)} was started by `stkd-keras {saved['command']}`; continue it "
+            "with "
             f"stkd-keras {saved['command']} --resume {output}."
         )
     recorded = saved.get("backend", "tensorflow")
     if recorded != backend.name():
         raise RunError(
-            f"The run of {output} started on the {recorded} backend and must continue on it; this process runs Keras on "
+            f"The run of {output} started on the {recorded} backend and must continue on it; this process runs Keras "
+            "on "
             f"{backend.name()} (the command line switches by itself: stkd-keras distill --resume {output})."
         )
     recorded_teacher = saved.get("teacher_sha256")
@@ -425,7 +506,16 @@ def resume(
             f"The teacher {saved['config'].teacher} changed since this run started (its sha256 differs from the one in "
             f"{staging / RUN_FILE}); put the original back to resume, or start over with --overwrite."
         )
-    return _run(saved["command"], saved["config"], saved.get("teacher_config"), Path(output), resume=True, verbose=verbose, log=log, cluster=cluster)
+    return _run(
+        saved["command"],
+        saved["config"],
+        saved.get("teacher_config"),
+        Path(output),
+        resume=True,
+        verbose=verbose,
+        log=log,
+        cluster=cluster,
+    )
 
 
 def teacher_checksum(teacher: str | os.PathLike) -> str | None:
@@ -436,17 +526,29 @@ def teacher_checksum(teacher: str | os.PathLike) -> str | None:
         return None
 
 
-def _run(command, config, teacher_config, output: Path, resume: bool, verbose, log, cluster, overwrite: bool = False) -> RunResult:
+def _run(
+    command, config, teacher_config, output: Path, resume: bool, verbose, log, cluster, overwrite: bool = False
+) -> RunResult:
     """Runs (or resumes) a whole run: staging folder, run.json, the teacher first when asked, then the model."""
     output = output_path(output)
     setup = distribute.setup(config.strategy, backend.name(), cluster)
     if resume and setup.process_count > 1:
-        raise RunError("--resume is not supported for a run of several processes: only process 0 holds the checkpoint; restart the run.")
+        raise RunError(
+            "--resume is not supported for a run of several processes: only process 0 holds the checkpoint; restart "
+            "the run."
+        )
     if teacher_config is not None and not resume:
         # The teacher trains first: a dataset that cannot be read stops the run before it, not after.
         data_lib.load(
-            config.dataset, "train", config.batch_size, subset=config.train_subset, seed=config.seed, holdout=config.validation_holdout,
-            data_dir=config.data_dir, download=config.download, image_size=image_size_pair(config.image_size),
+            config.dataset,
+            "train",
+            config.batch_size,
+            subset=config.train_subset,
+            seed=config.seed,
+            holdout=config.validation_holdout,
+            data_dir=config.data_dir,
+            download=config.download,
+            image_size=image_size_pair(config.image_size),
         )
     if not setup.chief:  # The chief writes the run; the others train into a temporary folder.
         directory, final = distribute.worker_directory(), None
@@ -459,9 +561,13 @@ def _run(command, config, teacher_config, output: Path, resume: bool, verbose, l
             if teacher_config is not None:
                 config = dataclasses.replace(config, teacher=str((final or staging).absolute() / "teacher"))
             elif config.teacher is not None:
-                record["teacher_sha256"] = teacher_checksum(config.teacher)  # a teacher swapped before --resume is refused
+                record["teacher_sha256"] = teacher_checksum(
+                    config.teacher
+                )  # a teacher swapped before --resume is refused
             if final is not None and final.is_dir() and any(final.iterdir()):
-                record["replaces_finished_run"] = True  # started with --overwrite: --resume may continue it over the old run
+                record["replaces_finished_run"] = (
+                    True  # started with --overwrite: --resume may continue it over the old run
+                )
             write_run_file(staging, {**record, "config": config, "teacher_config": teacher_config})
         if command == "train-teacher":
             metrics = train(config, staging, role="teacher", verbose=verbose, log=log, resume=resume, setup=setup)
@@ -470,11 +576,31 @@ def _run(command, config, teacher_config, output: Path, resume: bool, verbose, l
             if teacher_config is not None:
                 teacher_dir = staging / "teacher"
                 if not (teacher_dir / METRICS_FILE).is_file():
-                    log(f"No trained teacher given: training a {teacher_config.model} teacher first (saved to {(final or staging) / 'teacher'}).")
+                    log(
+                        f"No trained teacher given: training a {teacher_config.model} teacher first (saved to "
+                        f"{(final or staging) / 'teacher'})."
+                    )
                     teacher_dir.mkdir(exist_ok=True)
-                    train(teacher_config, teacher_dir, role="teacher", verbose=verbose, log=log, resume=resume, setup=setup)
+                    train(
+                        teacher_config,
+                        teacher_dir,
+                        role="teacher",
+                        verbose=verbose,
+                        log=log,
+                        resume=resume,
+                        setup=setup,
+                    )
                 teacher_location = teacher_dir
-            metrics = train(config, staging, role="student", verbose=verbose, log=log, teacher_location=teacher_location, resume=resume, setup=setup)
+            metrics = train(
+                config,
+                staging,
+                role="student",
+                verbose=verbose,
+                log=log,
+                teacher_location=teacher_location,
+                resume=resume,
+                setup=setup,
+            )
     return RunResult(metrics, final)
 
 

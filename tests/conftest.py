@@ -12,7 +12,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # reused under `ATEN_CPU_CAPABILITY=default` (the second arithmetic of .ci/run), whose headers lack them, and g++
 # fails ("'at::vec' has not been declared"). One cache per capability keeps each run's kernels its own.
 os.environ.setdefault(
-    "TORCHINDUCTOR_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"torchinductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}-{os.getuid()}")
+    "TORCHINDUCTOR_CACHE_DIR",
+    os.path.join(
+        tempfile.gettempdir(), f"torchinductor-{os.environ.get('ATEN_CPU_CAPABILITY', 'native')}-{os.getuid()}"
+    ),
 )
 
 import keras

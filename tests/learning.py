@@ -43,8 +43,12 @@ def learned_margin(count: int) -> float:
 def assert_learned(name: str, before: float, after: float, count: int) -> None:
     """Asserts that `after` clears `before` by `learned_margin(count)`, and prints the figures (pytest -s shows them)."""
     line = before + learned_margin(count)
-    print(f"LEARNED {name}: before {before:.3f}, after {after:.3f}, line {line:.3f}, margin left {after - line:+.3f} ({count} images)")
+    print(
+        f"LEARNED {name}: before {before:.3f}, after {after:.3f}, line {line:.3f}, margin left {after - line:+.3f} "
+        f"({count} images)"
+    )
     assert after >= line, (
-        f"{name}: accuracy {after:.3f} after training is not {learned_margin(count):.3f} ({STANDARD_ERRORS:g} standard errors "
+        f"{name}: accuracy {after:.3f} after training is not {learned_margin(count):.3f} ({STANDARD_ERRORS:g} standard "
+        "errors "
         f"on {count} images) above {before:.3f} before training"
     )

@@ -82,11 +82,22 @@ def run_case(name: str) -> dict:
     keras.utils.set_random_seed(0)
     (x, y), (x_test, y_test) = fashion_arrays()
     teacher, student = models()
-    distiller = Distiller(student, teacher if get_method(method).needs_teacher else None, method=method, seed=7, **hyperparameters)
-    distiller.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    distiller = Distiller(
+        student, teacher if get_method(method).needs_teacher else None, method=method, seed=7, **hyperparameters
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(3e-3), metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")]
+    )
     logger = _StepLogs()
     history = distiller.fit(
-        x, y, batch_size=BATCH_SIZE, epochs=EPOCHS, shuffle=False, validation_data=(x_test, y_test), callbacks=[logger], verbose=0
+        x,
+        y,
+        batch_size=BATCH_SIZE,
+        epochs=EPOCHS,
+        shuffle=False,
+        validation_data=(x_test, y_test),
+        callbacks=[logger],
+        verbose=0,
     )
     return {"steps": logger.steps, "final_val_accuracy": float(history.history["val_accuracy"][-1])}
 
@@ -96,7 +107,9 @@ def _write_initial_weights() -> None:
     keras.utils.set_random_seed(0)
     (x, y), _ = fashion_arrays()
     teacher = small_cnn(16, (28, 28, 1), 10, name="reference_teacher")
-    teacher.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    teacher.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     teacher.fit(x, y, batch_size=32, epochs=3, verbose=0)
     student = small_cnn(8, (28, 28, 1), 10, name="reference_student")
     DATA.mkdir(exist_ok=True)

@@ -43,7 +43,9 @@ def test_stream_batch_is_a_function_of_seed_and_step():
     other = array_pipeline.ArrayStream(images, labels, seed=6, **options)
     assert not np.array_equal(other[3][0], batches[3][0])
     # 50 examples in batches of 16: batch 3 (positions 48..63) straddles passes 0 and 1 and is still full.
-    assert batches[3][0].shape == (16, 8, 8, 3) and batches[3][0].dtype == np.float32 and batches[3][1].dtype == np.int64
+    assert (
+        batches[3][0].shape == (16, 8, 8, 3) and batches[3][0].dtype == np.float32 and batches[3][1].dtype == np.int64
+    )
 
 
 def test_each_pass_is_a_permutation():
@@ -79,7 +81,9 @@ def test_augmentation_is_a_crop_of_the_padded_image(flip):
     # Pixels 1..255 inside, 0 only in the padding: exactly one offset and flip reproduces each image.
     count, padding = 40, 2
     images = random_images(count, (6, 7, 2), low=1, seed=1)
-    stream = array_pipeline.ArrayStream(images, np.arange(count), 32, (0.0, 0.0), (1.0, 1.0), crop_padding=padding, flip=flip, seed=2)
+    stream = array_pipeline.ArrayStream(
+        images, np.arange(count), 32, (0.0, 0.0), (1.0, 1.0), crop_padding=padding, flip=flip, seed=2
+    )
     matches = []
     for k in range(40):
         batch_images, batch_labels = stream[k]
@@ -196,7 +200,9 @@ def test_fit_with_steps_per_epoch_consumes_the_stream_in_order():
     for k in range(epochs * steps):
         np.testing.assert_allclose(seen[k], expected[k], atol=1e-6)
     # A run resumed at epoch 2 (start_step = 2 * steps) sees what the uninterrupted run saw in its last epoch.
-    resumed = fit_and_record(array_pipeline.ArrayStream(images, labels, start_step=2 * steps, **options), epochs, steps, initial_epoch=2)
+    resumed = fit_and_record(
+        array_pipeline.ArrayStream(images, labels, start_step=2 * steps, **options), epochs, steps, initial_epoch=2
+    )
     assert len(resumed) == steps
     for k in range(steps):
         np.testing.assert_allclose(resumed[k], seen[2 * steps + k], atol=1e-6)

@@ -82,7 +82,12 @@ def test_distill_runs_end_to_end_without_tensorflow(backend, tmp_path):
     output = tmp_path / "run"
     environment = {**os.environ, "KERAS_BACKEND": backend}
     result = subprocess.run(
-        [sys.executable, "-c", WITHOUT_TENSORFLOW, str(output), backend], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=900
+        [sys.executable, "-c", WITHOUT_TENSORFLOW, str(output), backend],
+        cwd=ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert "RESULT" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout.split("RESULT", 1)[1])
@@ -95,14 +100,19 @@ def test_distill_runs_end_to_end_without_tensorflow(backend, tmp_path):
     metrics = json.loads((output / "metrics.json").read_text())
     assert (metrics["backend"], metrics["replicas"]) == (backend, 1)
     assert metrics["environment"]["backend"] == backend and "tensorflow" not in metrics["environment"]
-    assert metrics["dataset"]["train"]["num_examples"] == 512 and metrics["teacher"]["path"] == str(output.absolute() / "teacher")
+    assert metrics["dataset"]["train"]["num_examples"] == 512 and metrics["teacher"]["path"] == str(
+        output.absolute() / "teacher"
+    )
     assert json.loads((output / "teacher" / "metrics.json").read_text())["backend"] == backend
     rows = (output / "history.csv").read_text().strip().splitlines()
     header = rows[0].split(",")
     assert len(rows) == 1 + 2 and {"loss", "ce_loss", "kd_loss", "val_accuracy", "learning_rate"} <= set(header)
     # The event files hold the same figures as history.csv, under Keras's TensorBoard names.
     scalars = read_scalars(output / "tensorboard")
-    history = {key: [float(row.split(",")[header.index(key)]) for row in rows[1:]] for key in ("loss", "val_accuracy", "learning_rate")}
+    history = {
+        key: [float(row.split(",")[header.index(key)]) for row in rows[1:]]
+        for key in ("loss", "val_accuracy", "learning_rate")
+    }
     np.testing.assert_allclose(scalars[("train", "epoch_loss")], history["loss"], rtol=1e-6)
     np.testing.assert_allclose(scalars[("validation", "epoch_accuracy")], history["val_accuracy"], rtol=1e-6)
     np.testing.assert_allclose(scalars[("train", "epoch_learning_rate")], history["learning_rate"], rtol=1e-6)
@@ -153,7 +163,11 @@ cli.main(["export", "--model", sys.argv[1], "--format", "onnx", "--quantize", "f
 
 def test_export_from_a_process_on_another_backend(tmp_path, teacher_on_jax):
     result = subprocess.run(
-        [sys.executable, "-c", EXPORT_FROM_JAX, str(teacher_on_jax), str(tmp_path / "export")], cwd=ROOT, capture_output=True, text=True, timeout=600
+        [sys.executable, "-c", EXPORT_FROM_JAX, str(teacher_on_jax), str(tmp_path / "export")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "export" / "export_report.json").read_text())
@@ -173,22 +187,35 @@ def teacher_on_jax(tmp_path_factory):
     "args, message",
     [
         (["--backend", "theano"], "'theano' is not one of 'tensorflow', 'jax', 'torch'"),
-        (["--backend", "tensorflow", "--strategy", "data_parallel"], "--strategy data_parallel runs on the JAX backend"),
+        (
+            ["--backend", "tensorflow", "--strategy", "data_parallel"],
+            "--strategy data_parallel runs on the JAX backend",
+        ),
         (["--backend", "torch", "--strategy", "data_parallel"], "has no torch support"),
-        (["--backend", "jax", "--strategy", "mirrored"], "--strategy mirrored is a TensorFlow strategy (tf.distribute) and cannot run on the jax backend"),
+        (
+            ["--backend", "jax", "--strategy", "mirrored"],
+            "--strategy mirrored is a TensorFlow strategy (tf.distribute) and cannot run on the jax backend",
+        ),
         (["--backend", "torch", "--strategy", "multi_worker"], "cannot run on the torch backend"),
     ],
 )
 def test_backend_and_strategy_errors(tmp_path, args, message):
-    result = CliRunner().invoke(cli, ["train-teacher", "--model", "cnn8", *args, *TINY, "--output", str(tmp_path / "run")])
+    result = CliRunner().invoke(
+        cli, ["train-teacher", "--model", "cnn8", *args, *TINY, "--output", str(tmp_path / "run")]
+    )
     assert result.exit_code != 0 and message in result.output, result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 
 def test_a_backend_whose_package_is_missing_names_the_package(monkeypatch):
     real = backend_choice.importlib.util.find_spec
-    monkeypatch.setattr(backend_choice.importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a))
-    with pytest.raises(ValueError, match=r"^The jax backend needs the jax package, which is not installed: pip install 'stkd-keras\[jax\]'\.$"):
+    monkeypatch.setattr(
+        backend_choice.importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a)
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"^The jax backend needs the jax package, which is not installed: pip install 'stkd-keras\[jax\]'\.$",
+    ):
         backend_choice.check_backend("jax")
     result = CliRunner().invoke(cli, ["evaluate", "--backend", "jax", "--model", "nowhere.keras"])
     assert result.exit_code == 1 and "needs the jax package" in result.output
@@ -203,19 +230,25 @@ def test_resume_refuses_another_backend_than_the_run_started_on(tmp_path):
     (staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text("{}")
     runs.write_run_file(staging, {"command": "train-teacher", "backend": "jax", "config": None})
     result = CliRunner().invoke(cli, ["train-teacher", "--resume", str(tmp_path / "run"), "--backend", "torch"])
-    assert result.exit_code == 2 and "the run to resume started on the jax backend and continues on it; drop --backend" in result.output
+    assert (
+        result.exit_code == 2
+        and "the run to resume started on the jax backend and continues on it; drop --backend" in result.output
+    )
 
 
 def test_backend_is_chosen_before_keras_is_imported():
     """In a fresh process `--backend` (or the resumed run's) is read before any option imports Keras."""
     script = (
         "import sys\nfrom stkd_keras.cli.main import cli\nassert 'keras' not in sys.modules\n"
-        "try:\n    cli.main(['train-teacher', '--model', 'cnn8', '--backend', 'torch', '--epochs', '0'], standalone_mode=False)\n"
+        "try:\n    cli.main(['train-teacher', '--model', 'cnn8', '--backend', 'torch', '--epochs', '0'], "
+        "standalone_mode=False)\n"
         "except Exception as error:\n    print(type(error).__name__)\n"
         "import keras\nprint(keras.backend.backend())\n"
     )
     environment = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["BadParameter", "torch"]
 
@@ -225,20 +258,36 @@ def test_the_runs_are_library_calls(tmp_path):
     from stkd_keras import runs, training
     from stkd_keras.config import RunConfig
 
-    config = RunConfig(model="cnn8", method="kd", epochs=1, train_subset=256, val_subset=128, seed=2, method_options={"temperature": 2.0})
+    config = RunConfig(
+        model="cnn8",
+        method="kd",
+        epochs=1,
+        train_subset=256,
+        val_subset=128,
+        seed=2,
+        method_options={"temperature": 2.0},
+    )
     messages = []
-    result = training.distill(config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append)
+    result = training.distill(
+        config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append
+    )
     assert result.output == tmp_path / "run" and (result.output / "teacher" / "teacher.keras").is_file()
     assert any(m.startswith("No trained teacher given: training a cnn8 teacher first") for m in messages)
-    assert not any("--" in m for m in messages)  # a Python caller is not told about command-line options ("No --teacher given")
+    assert not any(
+        "--" in m for m in messages
+    )  # a Python caller is not told about command-line options ("No --teacher given")
     assert result.metrics["teacher"]["path"] == str((tmp_path / "run").absolute() / "teacher")
     assert result.metrics["config"]["temperature"] == 2.0 and result.metrics["backend"] == keras.backend.backend()
     recorded = runs.read_run_file(result.output)
     assert recorded["command"] == "distill" and recorded["backend"] == keras.backend.backend()
     assert recorded["teacher_config"].method == "ce" and recorded["teacher_config"].method_options == {}
     with pytest.raises(runs.RunError, match="already holds a run; pass --overwrite"):
-        training.distill(config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append)
-    with pytest.raises(ValueError, match="Method 'kd' distils from a teacher, but none was given; pass RunConfig.teacher"):
+        training.distill(
+            config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append
+        )
+    with pytest.raises(
+        ValueError, match="Method 'kd' distils from a teacher, but none was given; pass RunConfig.teacher"
+    ):
         training.distill(config, tmp_path / "other", verbose=0)
     with pytest.raises(runs.RunError, match="No unfinished run of"):
         training.resume(tmp_path / "run", verbose=0)
@@ -253,9 +302,16 @@ def test_resume_of_a_run_of_several_processes_is_refused(tmp_path, monkeypatch):
     staging = tmp_path / ".run.partial-1"
     (staging / runs.CHECKPOINT_DIR).mkdir(parents=True)
     (staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text("{}")
-    runs.write_run_file(staging, {"command": "train-teacher", "backend": keras.backend.backend(), "config": RunConfig(model="cnn8")})
-    two_processes = distribute.Setup("data_parallel", contextlib.nullcontext, replicas=2, chief=True, process_index=0, process_count=2)
+    runs.write_run_file(
+        staging, {"command": "train-teacher", "backend": keras.backend.backend(), "config": RunConfig(model="cnn8")}
+    )
+    two_processes = distribute.Setup(
+        "data_parallel", contextlib.nullcontext, replicas=2, chief=True, process_index=0, process_count=2
+    )
     monkeypatch.setattr(distribute, "setup", lambda *args, **kwargs: two_processes)
-    with pytest.raises(runs.RunError, match="^--resume is not supported for a run of several processes: only process 0 holds the checkpoint"):
+    with pytest.raises(
+        runs.RunError,
+        match="^--resume is not supported for a run of several processes: only process 0 holds the checkpoint",
+    ):
         training.resume(tmp_path / "run")
     assert staging.is_dir() and not (tmp_path / "run").exists()  # nothing lost

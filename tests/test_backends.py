@@ -20,7 +20,12 @@ import learning
 ROOT = Path(__file__).resolve().parents[1]
 # The tests of the backend-neutral core: each runs as is on TensorFlow, JAX and PyTorch.
 CORE_TESTS = (
-    "tests/test_losses.py", "tests/test_mixup.py", "tests/test_methods.py", "tests/test_distiller.py", "tests/test_reference_run.py", "tests/test_progress.py",
+    "tests/test_losses.py",
+    "tests/test_mixup.py",
+    "tests/test_methods.py",
+    "tests/test_distiller.py",
+    "tests/test_reference_run.py",
+    "tests/test_progress.py",
 )
 BACKENDS = ("tensorflow", "jax", "torch")
 OTHER_BACKENDS = [backend for backend in BACKENDS if backend != keras.backend.backend()]
@@ -34,7 +39,9 @@ def _require(backend: str) -> None:
 
 def _run(arguments, backend: str, timeout: int, **kwargs):
     environment = {**os.environ, "KERAS_BACKEND": backend, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(arguments, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        arguments, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=timeout, **kwargs
+    )
 
 
 # Holds the learning tests of the core files; under `pytest -m learning` it runs just those on each backend.
@@ -43,7 +50,11 @@ def _run(arguments, backend: str, timeout: int, **kwargs):
 def test_core_tests_pass_on(backend, request):
     _require(backend)
     selection = ["-m", request.config.option.markexpr] if request.config.option.markexpr else []
-    result = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *selection, *CORE_TESTS], backend, timeout=1200)
+    result = _run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *selection, *CORE_TESTS],
+        backend,
+        timeout=1200,
+    )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
     print(f"{backend}: {summary}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
@@ -105,7 +116,12 @@ def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(back
     assert report["backend"] == backend and report["tensorflow_loaded"] == []
     # The student distilled for real: 0.134 above itself untrained (tests/learning.py). Seen on AMD EPYC (AVX2):
     # JAX 0.130 -> 0.632; PyTorch 0.150 -> 0.532 (avx2 kernels) and 0.482-0.506 (portable kernels): least margin left 0.198.
-    learning.assert_learned(f"stkd on {backend} without TensorFlow", report["untrained_accuracy"], report["val_accuracy"], report["validation_images"])
+    learning.assert_learned(
+        f"stkd on {backend} without TensorFlow",
+        report["untrained_accuracy"],
+        report["val_accuracy"],
+        report["validation_images"],
+    )
 
     if keras.backend.backend() != "tensorflow":
         pytest.skip("the export half runs the TensorFlow converters: run the tests on the TensorFlow backend")
@@ -117,11 +133,21 @@ def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(back
     directory = idx.find_fashion_mnist_idx()
     images, _ = idx.read_fashion_mnist_idx(directory, "test")
     x_test = (images[:16].astype("float32") / 255.0 - idx.FASHION_MNIST_MEAN[0]) / idx.FASHION_MNIST_STD[0]
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x_test, training=False)), np.load(tmp_path / "logits.npy"), atol=1e-4)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(x_test, training=False)), np.load(tmp_path / "logits.npy"), atol=1e-4
+    )
     # And goes through the export stage with its verification in each runtime.
     preprocessing = json.loads((tmp_path / "preprocessing.json").read_text())
     data = export_lib.load_export_data("fashion_mnist", preprocessing, verify_images=200, representative_images=50)
-    report = export_lib.export_model(model, tmp_path / "export", data, preprocessing, formats=("tflite", "onnx"), quantize="float32", log=lambda *_: None)
+    report = export_lib.export_model(
+        model,
+        tmp_path / "export",
+        data,
+        preprocessing,
+        formats=("tflite", "onnx"),
+        quantize="float32",
+        log=lambda *_: None,
+    )
     rows = {row["file"]: row for row in report["files"]}
     assert set(rows) == {"student_float32.tflite", "student_float32.onnx"}
     for row in rows.values():

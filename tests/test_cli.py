@@ -26,7 +26,19 @@ def digest(folder):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["train-teacher"], ["distill"], ["evaluate"], ["export"], ["report"], ["compare"], ["datasets"], ["models"], ["methods"]]
+    "command",
+    [
+        [],
+        ["train-teacher"],
+        ["distill"],
+        ["evaluate"],
+        ["export"],
+        ["report"],
+        ["compare"],
+        ["datasets"],
+        ["models"],
+        ["methods"],
+    ],
 )
 def test_help(command):
     result = run(*command, "--help")
@@ -42,10 +54,14 @@ def test_methods_lists_the_registry_with_defaults():
     rows = {line.split("|")[1].strip(): line for line in result.output.splitlines()[2:]}
     assert set(rows) == set(methods.list_methods())
     assert (
-        "| stkd | mixed images | mixup samples | temperature=4.0, logit_standardization=False, ce_weight=0.1, kd_weight=0.9, "
+        "| stkd | mixed images | mixup samples | temperature=4.0, logit_standardization=False, ce_weight=0.1, "
+        "kd_weight=0.9, "
         "mixup_alpha=0.2, lambda_per_sample=False, clean_kd_weight=0.0" in rows["stkd"]
     )
-    assert "| kd+ls | clean images | clean images | temperature=2.0, logit_standardization=True, ce_weight=0.1, kd_weight=9.0 |" in rows["kd+ls"]
+    assert (
+        "| kd+ls | clean images | clean images | temperature=2.0, logit_standardization=True, ce_weight=0.1, "
+        "kd_weight=9.0 |" in rows["kd+ls"]
+    )
     assert "tckd_weight=9.0, nckd_weight=72.0, warmup_epochs=20 |" in rows["dkd+ls"]
     assert "| ce | no teacher | clean images | - |" in rows["ce"]
     assert "clean_kd_weight=0.5" in rows["stkd_clean_kd"]
@@ -79,7 +95,9 @@ def test_distill_options_come_from_the_registry(tmp_path):
     assert "--lambda-per-sample / --lambda-per-batch" in help_text and "stkd_clean_kd: default 0.5" in help_text
     # A hyperparameter the chosen method does not have is refused before anything is written.
     result = run("distill", "--method", "ce", "--temperature", "2", "--output", tmp_path / "run", *TINY)
-    assert result.exit_code == 2 and "method 'ce' has no hyperparameter temperature (its options: none)" in result.output
+    assert (
+        result.exit_code == 2 and "method 'ce' has no hyperparameter temperature (its options: none)" in result.output
+    )
     result = run("distill", "--method", "mixup", "--kd-weight", "1", "--output", tmp_path / "run", *TINY)
     assert result.exit_code == 2 and "(its options: --mixup-alpha, --lambda-per-sample)" in result.output
     assert not (tmp_path / "run").exists()
@@ -89,14 +107,32 @@ def test_stkd_variants_from_the_command_line(teacher_run, tmp_path):
     help_text = run("distill", "--help").output
     assert "--mix-fraction FLOAT" in help_text and "--soft-target [teacher_on_mix|mixed_teacher]" in help_text
     result = run("distill", "--method", "stkd", "--soft-target", "bad", "--output", tmp_path / "bad", *TINY)
-    assert result.exit_code == 2 and "Invalid value for '--soft-target': 'bad' is not one of 'teacher_on_mix', 'mixed_teacher'." in result.output
+    assert (
+        result.exit_code == 2
+        and "Invalid value for '--soft-target': 'bad' is not one of 'teacher_on_mix', 'mixed_teacher'." in result.output
+    )
     result = run("distill", "--method", "stkd", "--mix-fraction", "0", "--output", tmp_path / "bad", *TINY)
-    assert result.exit_code == 1 and "Error: Expected `mix_fraction` to be a number in (0, 1]. Received: mix_fraction=0.0" in result.output
+    assert (
+        result.exit_code == 1
+        and "Error: Expected `mix_fraction` to be a number in (0, 1]. Received: mix_fraction=0.0" in result.output
+    )
     assert "Traceback" not in result.output and not (tmp_path / "bad").exists()
     output = tmp_path / "run"
     result = run(
-        "distill", "--teacher", teacher_run, "--student", "cnn8", "--method", "stkd", "--soft-target", "mixed_teacher",
-        "--mix-fraction", "0.5", "--output", output, *TINY,
+        "distill",
+        "--teacher",
+        teacher_run,
+        "--student",
+        "cnn8",
+        "--method",
+        "stkd",
+        "--soft-target",
+        "mixed_teacher",
+        "--mix-fraction",
+        "0.5",
+        "--output",
+        output,
+        *TINY,
     )
     assert result.exit_code == 0, result.output
     config = json.loads((output / "metrics.json").read_text())["config"]
@@ -120,18 +156,36 @@ def test_a_preset_named_with_a_plus_and_the_logit_standardization_flags(teacher_
     assert result.exit_code == 2 and "method 'ce' has no hyperparameter logit_standardization" in result.output
     output = tmp_path / "dkd+ls"
     result = run(
-        "distill", "--teacher", teacher_run, "--student", "cnn8", "--method", "dkd+ls", "--no-logit-standardization",
-        "--warmup-epochs", "2", "--output", output, *TINY,
+        "distill",
+        "--teacher",
+        teacher_run,
+        "--student",
+        "cnn8",
+        "--method",
+        "dkd+ls",
+        "--no-logit-standardization",
+        "--warmup-epochs",
+        "2",
+        "--output",
+        output,
+        *TINY,
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((output / "metrics.json").read_text())
     config = metrics["config"]
     assert metrics["method"] == config["method"] == "dkd+ls"
-    assert (config["logit_standardization"], config["warmup_epochs"], config["temperature"], config["nckd_weight"]) == (False, 2, 2.0, 72.0)
+    assert (config["logit_standardization"], config["warmup_epochs"], config["temperature"], config["nckd_weight"]) == (
+        False,
+        2,
+        2.0,
+        72.0,
+    )
     # A warm-up of 2 epochs in a 1-epoch run: the distillation terms end at half their weight, and the run says so.
     assert (
-        "Warning: dkd+ls's warm-up lasts 2 epochs, longer than this run's 1: its distillation terms never reach full weight "
-        "(they end at 1/2 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=1 (--warmup-epochs 1)."
+        "Warning: dkd+ls's warm-up lasts 2 epochs, longer than this run's 1: its distillation terms never reach full "
+        "weight "
+        "(they end at 1/2 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=1 "
+        "(--warmup-epochs 1)."
     ) in result.output
     with open(output / "history.csv") as f:
         assert {"ce_loss", "tckd_loss", "nckd_loss"} <= set(next(csv.DictReader(f)))
@@ -151,7 +205,9 @@ def test_train_distill_evaluate(teacher_run, tmp_path):
     assert teacher_metrics["role"] == "teacher" and teacher_metrics["method"] == "ce"
 
     student_dir = tmp_path / "student"
-    result = run("distill", "--teacher", teacher_run, "--student", "cnn8", "--method", "stkd", "--output", student_dir, *TINY)
+    result = run(
+        "distill", "--teacher", teacher_run, "--student", "cnn8", "--method", "stkd", "--output", student_dir, *TINY
+    )
     assert result.exit_code == 0, result.output
     assert "Student cnn8: final-epoch val top-1" in result.output
     metrics = json.loads((student_dir / "metrics.json").read_text())
@@ -185,7 +241,22 @@ def test_the_commands_show_progress_of_long_passes_unless_quiet(teacher_run, tmp
     from stkd_keras import progress
 
     monkeypatch.setattr(progress, "DELAY_SECONDS", 0)  # every pass counts as long
-    common = ["--teacher", teacher_run, "--student", "cnn8", "--method", "kd", "--epochs", 1, "--train-subset", 256, "--val-subset", 600, "--batch-size", 64]
+    common = [
+        "--teacher",
+        teacher_run,
+        "--student",
+        "cnn8",
+        "--method",
+        "kd",
+        "--epochs",
+        1,
+        "--train-subset",
+        256,
+        "--val-subset",
+        600,
+        "--batch-size",
+        64,
+    ]
     result = run("distill", *common, "--output", tmp_path / "run")
     assert result.exit_code == 0, result.output
     # 600 validation images in batches of 256: 3 batches; the line comes after the first.
@@ -211,7 +282,9 @@ def test_refuses_to_overwrite_a_run(teacher_run):
 def test_overwrite_replaces_a_run(tmp_path):
     output = tmp_path / "run"
     output.mkdir()
-    (output / "run.json").write_text('{"command": "train-teacher"}')  # an earlier run's marker: --overwrite replaces only runs
+    (output / "run.json").write_text(
+        '{"command": "train-teacher"}'
+    )  # an earlier run's marker: --overwrite replaces only runs
     (output / "old.txt").write_text("old")
     result = run("train-teacher", "--model", "cnn8", "--output", output, "--overwrite", *TINY)
     assert result.exit_code == 0, result.output
@@ -230,13 +303,27 @@ def test_distill_trains_a_teacher_when_none_is_given(tmp_path):
 
 
 def test_missing_dataset_message(tmp_path):
-    result = run("distill", "--dataset", "cifar10", "--no-download", "--data-dir", tmp_path, "--method", "ce", "--output", tmp_path / "run", *TINY)
+    result = run(
+        "distill",
+        "--dataset",
+        "cifar10",
+        "--no-download",
+        "--data-dir",
+        tmp_path,
+        "--method",
+        "ce",
+        "--output",
+        tmp_path / "run",
+        *TINY,
+    )
     assert result.exit_code == 1
     assert "Error: Dataset 'cifar10' is not on this machine" in result.output and "tfds build cifar10" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial-*"))
     # Without --teacher the run would train one first: the data is checked before, and no teacher is announced.
-    result = run("distill", "--dataset", "cifar10", "--no-download", "--data-dir", tmp_path, "--output", tmp_path / "run", *TINY)
+    result = run(
+        "distill", "--dataset", "cifar10", "--no-download", "--data-dir", tmp_path, "--output", tmp_path / "run", *TINY
+    )
     assert result.exit_code == 1 and "Error: Dataset 'cifar10' is not on this machine" in result.output
     assert "No trained teacher given" not in result.output
     assert not (tmp_path / "run").exists() and not list(tmp_path.glob(".run.partial-*"))
@@ -246,16 +333,26 @@ def test_a_model_from_another_dataset_is_named(tmp_path):
     """A model trained on CIFAR-10 asked to read Fashion-MNIST: which dataset each is, not an internal normalisation error."""
     folder = tmp_path / "cifar_run"
     folder.mkdir()
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_student")
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_student"
+    )
     model.save(folder / "student.keras")
-    preprocessing = {"dataset": "cifar10", "input_shape": [32, 32, 3], "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
+    preprocessing = {
+        "dataset": "cifar10",
+        "input_shape": [32, 32, 3],
+        "mean": [0.49, 0.48, 0.45],
+        "std": [0.25, 0.24, 0.26],
+    }
     (folder / "preprocessing.json").write_text(json.dumps(preprocessing))
     expected = f"Error: {folder} was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist (28x28x1 images); use --dataset cifar10"
     result = run("evaluate", "--model", folder, "--dataset", "fashion_mnist")
     assert result.exit_code == 1 and expected in result.output
     result = run("export", "--model", folder, "--dataset", "fashion_mnist", "--output", tmp_path / "exported")
     assert result.exit_code == 1
-    assert f"Error: {folder / 'student.keras'} was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist" in result.output
+    assert (
+        f"Error: {folder / 'student.keras'} was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist"
+        in result.output
+    )
     assert "Expected one mean" not in result.output and not (tmp_path / "exported").exists()
 
 
@@ -288,12 +385,14 @@ print("tensorflow" in sys.modules, "keras" in sys.modules)
     assert lines[:-1] == [
         "2 Error: Invalid value for '--student': 'resnet9' is not one of: " + ", ".join(MODEL_NAMES) + ".",
         "2 Error: Invalid value for '--epochs': -1 is not in the range x>=1.",
-        "2 Error: Invalid value for '--dataset': 'nope' is not one of: fashion_mnist, mnist, cifar10, cifar100, cinic10, tiny_imagenet, folder:PATH.",
+        "2 Error: Invalid value for '--dataset': 'nope' is not one of: fashion_mnist, mnist, cifar10, cifar100, "
+        "cinic10, tiny_imagenet, folder:PATH.",
         f"1 Error: {text} is not a Keras model file: a .keras file is a zip archive, and this one is not.",
         "1 Error: Expected `temperature` to be a finite number > 0. Received: temperature=-1.0",
         f"1 Error: Model file {tmp_path}/missing.keras does not exist.",
         f"1 Error: Model file {tmp_path}/missing.keras does not exist.",
-        "2 Error: Invalid value for --quantize: Expected --quantize values among float32, float16, dynamic, int8, none and all. Received: 'int4'",
+        "2 Error: Invalid value for --quantize: Expected --quantize values among float32, float16, dynamic, int8, none "
+        "and all. Received: 'int4'",
     ]
     assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists()
 
@@ -301,23 +400,51 @@ print("tensorflow" in sys.modules, "keras" in sys.modules)
 def test_tensorflow_start_up_noise_is_filtered(teacher_run):
     """A real command prints no TensorFlow start-up lines; an error line that is not known noise is still shown."""
     completed = subprocess.run(
-        [sys.executable, "-m", "stkd_keras.cli.main", "evaluate", "--model", str(teacher_run), "--subset", "64", "--json", str(teacher_run / "e.json")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "stkd_keras.cli.main",
+            "evaluate",
+            "--model",
+            str(teacher_run),
+            "--subset",
+            "64",
+            "--json",
+            str(teacher_run / "e.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr
-    for noise in ("absl::InitializeLog", "I0000", "cudart_stub", "cpu_feature_guard", "failed call to cuInit", "XNNPACK"):
+    for noise in (
+        "absl::InitializeLog",
+        "I0000",
+        "cudart_stub",
+        "cpu_feature_guard",
+        "failed call to cuInit",
+        "XNNPACK",
+    ):
         assert noise not in completed.stderr
     assert "top-1" in completed.stdout
     # `datasets` printed the start-up lines twice and tfds's "WARNING:absl:Variant folder ... has no dataset_info.json".
-    listing = subprocess.run([sys.executable, "-m", "stkd_keras.cli.main", "datasets"], capture_output=True, text=True, timeout=300)
+    listing = subprocess.run(
+        [sys.executable, "-m", "stkd_keras.cli.main", "datasets"], capture_output=True, text=True, timeout=300
+    )
     assert listing.returncode == 0 and listing.stdout.startswith("| dataset |"), listing.stderr
     assert listing.stderr == "", listing.stderr
     from stkd_keras import backend_choice
 
-    assert backend_choice._is_native_noise("I0000 00:00:1796015667.257494 762 port.cc:153] oneDNN custom operations are on.", False)
-    assert backend_choice._is_native_noise("E0000 00:00:17.99 848 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error", False)
+    assert backend_choice._is_native_noise(
+        "I0000 00:00:1796015667.257494 762 port.cc:153] oneDNN custom operations are on.", False
+    )
+    assert backend_choice._is_native_noise(
+        "E0000 00:00:17.99 848 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error", False
+    )
     # With an NVIDIA driver present, a failed cuInit is a real error; other errors are always kept.
-    assert not backend_choice._is_native_noise("E0000 00:00:17.99 848 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error", True)
+    assert not backend_choice._is_native_noise(
+        "E0000 00:00:17.99 848 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error", True
+    )
     assert not backend_choice._is_native_noise("E0000 00:00:17.99 848 some.cc:1] Out of memory", False)
 
 
@@ -328,8 +455,13 @@ def test_bad_teacher_inputs(tmp_path):
     text.write_text("not a model")  # the file exists: the message must not say "File not found"
     result = run("distill", "--teacher", text, "--output", tmp_path / "b", *TINY)
     assert result.exit_code == 1
-    assert f"Error: {text} is not a Keras model file: a .keras file is a zip archive, and this one is not." in result.output
-    wrong = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_teacher")
+    assert (
+        f"Error: {text} is not a Keras model file: a .keras file is a zip archive, and this one is not."
+        in result.output
+    )
+    wrong = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_teacher"
+    )
     wrong.save(tmp_path / "wrong.keras")
     result = run("distill", "--teacher", tmp_path / "wrong.keras", "--output", tmp_path / "c", *TINY)
     assert result.exit_code == 1
@@ -337,7 +469,10 @@ def test_bad_teacher_inputs(tmp_path):
     result = run("distill", "--teacher", tmp_path / "wrong.keras", "--method", "ce", "--output", tmp_path / "d", *TINY)
     assert result.exit_code == 2 and "uses no teacher" in result.output
     result = run("distill", "--temperature", "-1", "--output", tmp_path / "e", *TINY)
-    assert result.exit_code == 1 and "Error: Expected `temperature` to be a finite number > 0. Received: temperature=-1.0" in result.output
+    assert (
+        result.exit_code == 1
+        and "Error: Expected `temperature` to be a finite number > 0. Received: temperature=-1.0" in result.output
+    )
     assert not any((tmp_path / name).exists() for name in "abcde")
 
 
@@ -381,7 +516,20 @@ def test_folder_dataset_run_stores_and_reuses_its_normalisation(tmp_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(tf.io.encode_png(tf.fill((20, 20, 3), tf.constant(value, tf.uint8))).numpy())
     output = tmp_path / "run"
-    result = run("train-teacher", "--dataset", f"folder:{images}", "--image-size", 12, "--model", "cnn8", "--epochs", 1, "--quiet", "--output", output)
+    result = run(
+        "train-teacher",
+        "--dataset",
+        f"folder:{images}",
+        "--image-size",
+        12,
+        "--model",
+        "cnn8",
+        "--epochs",
+        1,
+        "--quiet",
+        "--output",
+        output,
+    )
     assert result.exit_code == 0, result.output
     stored = json.loads((output / "preprocessing.json").read_text())
     # Mean of equal numbers of shade-30 and shade-220 images, measured on the training split.

@@ -16,7 +16,11 @@ def write_run(root, name, method, seed, final, best, epochs=5, **config):
     folder = root / name
     folder.mkdir()
     metrics = {
-        "model": "resnet8", "method": method, "seed": seed, "final_val_accuracy": final, "best_val_accuracy": best,
+        "model": "resnet8",
+        "method": method,
+        "seed": seed,
+        "final_val_accuracy": final,
+        "best_val_accuracy": best,
         "teacher": {"name": "resnet14"} if method != "ce" else None,
         "config": {"dataset": "fashion_mnist", "epochs": epochs, "train_subset": 1000, **config},
     }
@@ -46,7 +50,10 @@ def test_statistics_and_paired_interval_by_hand(runs):
     versus = rows["stkd"]["versus_baseline"]
     half = 4.303 * 0.0208167 / math.sqrt(3)
     assert versus["difference"] == pytest.approx(0.0233333, abs=1e-6)
-    assert (versus["low"], versus["high"]) == (pytest.approx(0.0233333 - half, abs=1e-5), pytest.approx(0.0233333 + half, abs=1e-5))
+    assert (versus["low"], versus["high"]) == (
+        pytest.approx(0.0233333 - half, abs=1e-5),
+        pytest.approx(0.0233333 + half, abs=1e-5),
+    )
     assert versus["kind"] == "paired over 3 seeds"
     assert "versus_baseline" not in rows["kd"]
 
@@ -68,9 +75,16 @@ def test_ablation_rows_are_compared_with_the_baseline_setting(tmp_path):
     defaults = [0.80, 0.81, 0.79]
     alpha = [0.82, 0.82, 0.80]
     temperature = [0.78, 0.80, 0.79]
-    folders = [write_run(tmp_path, f"d{s}", "stkd", s, v, v, mixup_alpha=0.2, temperature=4.0) for s, v in enumerate(defaults)]
-    folders += [write_run(tmp_path, f"a{s}", "stkd", s, v, v, mixup_alpha=1.0, temperature=4.0) for s, v in enumerate(alpha)]
-    folders += [write_run(tmp_path, f"t{s}", "stkd", s, v, v, mixup_alpha=0.2, temperature=8.0) for s, v in enumerate(temperature)]
+    folders = [
+        write_run(tmp_path, f"d{s}", "stkd", s, v, v, mixup_alpha=0.2, temperature=4.0) for s, v in enumerate(defaults)
+    ]
+    folders += [
+        write_run(tmp_path, f"a{s}", "stkd", s, v, v, mixup_alpha=1.0, temperature=4.0) for s, v in enumerate(alpha)
+    ]
+    folders += [
+        write_run(tmp_path, f"t{s}", "stkd", s, v, v, mixup_alpha=0.2, temperature=8.0)
+        for s, v in enumerate(temperature)
+    ]
     runs = compare.load_runs(folders)
     rows = compare.compare(runs, baseline="stkd", baseline_setting={"mixup_alpha": 0.2, "temperature": 4})
     # Labels name only what differs from the defaults.
@@ -86,10 +100,22 @@ def test_ablation_rows_are_compared_with_the_baseline_setting(tmp_path):
     assert table.count("| baseline |") == 1
     with pytest.raises(ValueError, match="matches 2 settings"):
         compare.compare(runs, baseline="stkd", baseline_setting={"mixup_alpha": 0.2})
-    result = CliRunner().invoke(cli, ["compare", *map(str, folders), "--baseline", "stkd", "--baseline-setting", "temperature=9"])
+    result = CliRunner().invoke(
+        cli, ["compare", *map(str, folders), "--baseline", "stkd", "--baseline-setting", "temperature=9"]
+    )
     assert result.exit_code == 1 and "matches no setting" in result.output
     result = CliRunner().invoke(
-        cli, ["compare", *map(str, folders), "--baseline", "stkd", "--baseline-setting", "temperature=8", "--baseline-setting", "mixup_alpha=0.2"]
+        cli,
+        [
+            "compare",
+            *map(str, folders),
+            "--baseline",
+            "stkd",
+            "--baseline-setting",
+            "temperature=8",
+            "--baseline-setting",
+            "mixup_alpha=0.2",
+        ],
     )
     assert result.exit_code == 0 and "-1.00 [" not in result.output and "+1.00 [" in result.output
 
@@ -117,29 +143,51 @@ def test_the_markdown_table_keeps_every_figure_under_its_header_when_rendered(ru
 def test_runs_on_two_backends_are_two_settings_and_one_run_rows_say_why_they_have_no_spread(tmp_path):
     """A JAX and a PyTorch run, both seed 0, were "paired over 2 seeds"; one-run rows printed `± nan` and `[+nan, +nan]`."""
     folders = []
-    for backend, method, final in (("jax", "kd", 0.80), ("jax", "stkd", 0.83), ("torch", "kd", 0.70), ("torch", "stkd", 0.75)):
+    for backend, method, final in (
+        ("jax", "kd", 0.80),
+        ("jax", "stkd", 0.83),
+        ("torch", "kd", 0.70),
+        ("torch", "stkd", 0.75),
+    ):
         folder = write_run(tmp_path, f"{backend}_{method}", method, 0, final, final)
         metrics = json.loads((folder / "metrics.json").read_text())
         (folder / "metrics.json").write_text(json.dumps({**metrics, "backend": backend}))
         folders.append(folder)
     rows = compare.compare(compare.load_runs(folders), baseline="kd")
     assert [(row["setting"].rsplit(" | ", 1)[-1], row["method"], row["final"]["n"]) for row in rows] == [
-        ("backend=jax", "kd", 1), ("backend=jax", "stkd", 1), ("backend=torch", "kd", 1), ("backend=torch", "stkd", 1),
+        ("backend=jax", "kd", 1),
+        ("backend=jax", "stkd", 1),
+        ("backend=torch", "kd", 1),
+        ("backend=torch", "stkd", 1),
     ]
     # One run against one run: the difference stands, its interval cannot.
-    assert rows[1]["versus_baseline"]["difference"] == pytest.approx(0.03) and rows[3]["versus_baseline"]["difference"] == pytest.approx(0.05)
+    assert rows[1]["versus_baseline"]["difference"] == pytest.approx(0.03) and rows[3]["versus_baseline"][
+        "difference"
+    ] == pytest.approx(0.05)
     (table,) = markdown_tables.tables(compare.markdown(rows, "kd"))
     assert "nan" not in compare.markdown(rows, "kd")
-    assert table.column("final top-1 mean ± std") == ["80.00 ± - (one run)", "83.00 ± - (one run)", "70.00 ± - (one run)", "75.00 ± - (one run)"]
+    assert table.column("final top-1 mean ± std") == [
+        "80.00 ± - (one run)",
+        "83.00 ± - (one run)",
+        "70.00 ± - (one run)",
+        "75.00 ± - (one run)",
+    ]
     assert table.column("final - kd [95% CI]") == [
-        "baseline", "+3.00 (too few runs for an interval)", "baseline", "+5.00 (too few runs for an interval)",
+        "baseline",
+        "+3.00 (too few runs for an interval)",
+        "baseline",
+        "+5.00 (too few runs for an interval)",
     ]
     # Without its baseline method a row says so, instead of a bare "-".
-    (table,) = markdown_tables.tables(compare.markdown(compare.compare(compare.load_runs(folders[1:2]), baseline="kd"), "kd"))
+    (table,) = markdown_tables.tables(
+        compare.markdown(compare.compare(compare.load_runs(folders[1:2]), baseline="kd"), "kd")
+    )
     assert table.column("final - kd [95% CI]") == ["- (no kd run in this setting)"]
     # A metrics.json from before the backend was recorded reads as TensorFlow's, beside a new TensorFlow run.
     old, new = write_run(tmp_path, "old", "kd", 1, 0.8, 0.8), write_run(tmp_path, "new", "kd", 2, 0.8, 0.8)
-    (new / "metrics.json").write_text(json.dumps({**json.loads((new / "metrics.json").read_text()), "backend": "tensorflow"}))
+    (new / "metrics.json").write_text(
+        json.dumps({**json.loads((new / "metrics.json").read_text()), "backend": "tensorflow"})
+    )
     (row,) = compare.compare(compare.load_runs([old, new]), baseline="kd")
     assert row["final"]["n"] == 2 and "backend" not in row["setting"]
 
@@ -151,7 +199,9 @@ def test_t_quantiles():
 
 def test_cli_compare_writes_table_and_plot(runs, tmp_path):
     folders, _, _ = runs
-    result = CliRunner().invoke(cli, ["compare", *map(str, folders), "--markdown", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")])
+    result = CliRunner().invoke(
+        cli, ["compare", *map(str, folders), "--markdown", str(tmp_path / "t.md"), "--plot", str(tmp_path / "p.png")]
+    )
     assert result.exit_code == 0, result.output
     table = (tmp_path / "t.md").read_text()
     assert "| stkd | 3 | 83.33 ± 1.53 | 82.00 / 85.00 | 85.33 ± 1.53 | +2.33 [" in table
@@ -182,20 +232,35 @@ def test_two_run_grid_completes_and_skips_finished_runs(tmp_path):
         "dataset: fashion_mnist\nteacher: {model: cnn8, epochs: 1}\nstudent: cnn8\nmethods: [ce, stkd]\nseeds: [0]\n"
         "common: {train_subset: 256, val_subset: 128, epochs: 1, batch_size: 64}\nbaseline: ce\n"
     )
-    command = [sys.executable, str(root / "benchmarks" / "accuracy.py"), "--grid", str(grid), "--output", str(tmp_path / "out")]
+    command = [
+        sys.executable,
+        str(root / "benchmarks" / "accuracy.py"),
+        "--grid",
+        str(grid),
+        "--output",
+        str(tmp_path / "out"),
+    ]
     first = subprocess.run(command, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "[1/2] runs/default/ce/seed0: running" in first.stdout and "[2/2] runs/default/stkd/seed0: running" in first.stdout
+    assert (
+        "[1/2] runs/default/ce/seed0: running" in first.stdout
+        and "[2/2] runs/default/stkd/seed0: running" in first.stdout
+    )
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| ce | 1 |" in table and "| stkd | 1 |" in table
     assert json.loads((tmp_path / "out" / "environment.json").read_text())["runs"] == 2
     second = subprocess.run(command, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "[1/2] runs/default/ce/seed0: finished, skipped" in second.stdout
-    assert "[2/2] runs/default/stkd/seed0: finished, skipped" in second.stdout and "Training the teacher" not in second.stdout
+    assert (
+        "[2/2] runs/default/stkd/seed0: finished, skipped" in second.stdout
+        and "Training the teacher" not in second.stdout
+    )
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "grids").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "grids").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_shipped_grids_are_valid(path):
     """Every field a grid passes is a run option, and an ablation's baseline setting singles out one setting."""
     import dataclasses
@@ -219,7 +284,8 @@ def test_shipped_grids_are_valid(path):
     if grid.get("baseline_setting"):
         baseline = methods.get_method(grid["baseline"])
         configs = [
-            RunConfig.from_dict({**grid["common"], **setting, "method": baseline.name}).to_dict() for setting in settings
+            RunConfig.from_dict({**grid["common"], **setting, "method": baseline.name}).to_dict()
+            for setting in settings
         ]
         matches = [c for c in configs if all(c[k] == v for k, v in grid["baseline_setting"].items())]
         assert len(matches) == 1, matches
@@ -230,7 +296,9 @@ def test_a_variant_is_named_by_its_own_options_and_compared_in_the_baselines_set
     a temperature (kd has one) still makes a setting of its own."""
     folders = [write_run(tmp_path, f"kd{s}", "kd", s, v, v) for s, v in enumerate([0.80, 0.82])]
     folders += [write_run(tmp_path, f"stkd{s}", "stkd", s, v, v) for s, v in enumerate([0.81, 0.80])]
-    folders += [write_run(tmp_path, f"clean{s}", "stkd", s, v, v, clean_kd_weight=0.5) for s, v in enumerate([0.83, 0.85])]
+    folders += [
+        write_run(tmp_path, f"clean{s}", "stkd", s, v, v, clean_kd_weight=0.5) for s, v in enumerate([0.83, 0.85])
+    ]
     folders += [write_run(tmp_path, f"hot{s}", "stkd", s, v, v, temperature=2.0) for s, v in enumerate([0.79, 0.78])]
     rows = compare.compare(compare.load_runs(folders), baseline="kd")
     by_method = {(row["setting"].endswith("temperature=2.0"), row["method"]): row for row in rows}
@@ -246,9 +314,14 @@ def test_a_variant_is_named_by_its_own_options_and_compared_in_the_baselines_set
 def test_runs_validated_on_a_holdout_are_a_setting_of_their_own(tmp_path):
     """A config written before `validation_holdout` existed (no field) and one with it unset (None) share a setting;
     runs validated on held-out training images are compared only with each other, and the label says so."""
-    folders = [write_run(tmp_path, "kd0", "kd", 0, 0.80, 0.80), write_run(tmp_path, "kd1", "kd", 1, 0.82, 0.82, validation_holdout=None)]
+    folders = [
+        write_run(tmp_path, "kd0", "kd", 0, 0.80, 0.80),
+        write_run(tmp_path, "kd1", "kd", 1, 0.82, 0.82, validation_holdout=None),
+    ]
     folders += [write_run(tmp_path, f"stkd{s}", "stkd", s, v, v) for s, v in enumerate([0.81, 0.85])]
-    folders += [write_run(tmp_path, f"held{s}", "kd", s, v, v, validation_holdout=500) for s, v in enumerate([0.70, 0.72])]
+    folders += [
+        write_run(tmp_path, f"held{s}", "kd", s, v, v, validation_holdout=500) for s, v in enumerate([0.70, 0.72])
+    ]
     rows = compare.compare(compare.load_runs(folders), baseline="kd")
     assert len(rows) == 3
     stkd = next(row for row in rows if row["method"] == "stkd")
@@ -264,9 +337,17 @@ def test_a_grid_method_entry_carries_its_options(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     import accuracy
 
-    assert accuracy.method_entry("stkd mix_fraction=0.1 soft_target=mixed_teacher") == ("stkd", {"mix_fraction": 0.1, "soft_target": "mixed_teacher"})
-    assert accuracy.method_folder("stkd mix_fraction=0.1") == "stkd_mix_fraction-0.1" and accuracy.method_folder("kd+ls") == "kd+ls"
+    assert accuracy.method_entry("stkd mix_fraction=0.1 soft_target=mixed_teacher") == (
+        "stkd",
+        {"mix_fraction": 0.1, "soft_target": "mixed_teacher"},
+    )
+    assert (
+        accuracy.method_folder("stkd mix_fraction=0.1") == "stkd_mix_fraction-0.1"
+        and accuracy.method_folder("kd+ls") == "kd+ls"
+    )
     grid = tmp_path / "grid.yaml"
     grid.write_text("dataset: fashion_mnist\nstudent: cnn8\nmethods: [kd, stkd mix_fraction=2]\nseeds: [0]\n")
-    with pytest.raises(SystemExit, match=r"method 'stkd mix_fraction=2': Expected `mix_fraction` to be a number in \(0, 1\]"):
+    with pytest.raises(
+        SystemExit, match=r"method 'stkd mix_fraction=2': Expected `mix_fraction` to be a number in \(0, 1\]"
+    ):
         accuracy.load_grid(grid)

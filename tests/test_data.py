@@ -66,7 +66,9 @@ def test_training_pipeline_augments_reproducibly(pipeline):
     assert np.isclose(a, black, atol=1e-5).mean() > 0.3
 
 
-@pytest.mark.parametrize("name, classes, shape", [("cifar10", 10, (32, 32, 3)), ("cifar100", 100, (32, 32, 3)), ("mnist", 10, (28, 28, 1))])
+@pytest.mark.parametrize(
+    "name, classes, shape", [("cifar10", 10, (32, 32, 3)), ("cifar100", 100, (32, 32, 3)), ("mnist", 10, (28, 28, 1))]
+)
 def test_tfds_path_with_mock_data(name, classes, shape):
     with tfds.testing.mock_data(num_examples=24):
         dataset, info = data_lib.load(name, "train", batch_size=8, seed=0)
@@ -80,7 +82,9 @@ def test_tfds_path_with_mock_data(name, classes, shape):
 
 
 def test_missing_tfds_dataset_says_where_it_looked(tmp_path):
-    with pytest.raises(data_lib.DatasetNotFoundError, match=f"not on this machine.*{tmp_path}.*downloading is turned off"):
+    with pytest.raises(
+        data_lib.DatasetNotFoundError, match=f"not on this machine.*{tmp_path}.*downloading is turned off"
+    ):
         data_lib.load("cifar10", "train", data_dir=str(tmp_path), download=False)
 
 
@@ -94,7 +98,9 @@ def test_corrupt_idx_file(tmp_path):
     for pair in data_lib.IDX_FILES.values():
         for name in pair:
             (tmp_path / name).write_bytes((source / name).read_bytes())
-    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(struct.pack(">IIII", 2051, 10000, 28, 28) + b"\0" * 100))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">IIII", 2051, 10000, 28, 28) + b"\0" * 100)
+    )
     with pytest.raises(ValueError, match="truncated"):
         data_lib.load("fashion_mnist", "test", data_dir=str(tmp_path))
 
@@ -148,9 +154,13 @@ def collect(dataset):
 def test_folder_dataset_with_held_out_validation(tmp_path):
     root = make_folder(tmp_path / "fruit")
     (root / "apple" / "notes.txt").write_text("not an image")
-    train, info = data_lib.load(f"folder:{root}", "train", batch_size=4, image_size=(16, 16), augment=False, shuffle=False)
+    train, info = data_lib.load(
+        f"folder:{root}", "train", batch_size=4, image_size=(16, 16), augment=False, shuffle=False
+    )
     test, test_info = data_lib.load(f"folder:{root}", "test", batch_size=4, image_size=(16, 16))
-    assert info.class_names == ("apple", "banana", "cherry") and info.num_classes == 3 and info.input_shape == (16, 16, 3)
+    assert (
+        info.class_names == ("apple", "banana", "cherry") and info.num_classes == 3 and info.input_shape == (16, 16, 3)
+    )
     # 10% of 5 images rounds to 0, but every class keeps at least one for validation: 4 + 1 per class.
     assert info.num_examples == 12 and test_info.num_examples == 3
     images, labels = collect(train)
@@ -266,14 +276,18 @@ def test_holdout_sets_the_last_training_examples_of_the_fixed_shuffle_apart(pipe
     # A training subset keeps the examples it has without a holdout (the first of the same shuffle) ...
     with_holdout, info = data_lib.load("fashion_mnist", "train", subset=300, holdout=1000, **options)
     without, _ = data_lib.load("fashion_mnist", "train", subset=300, **options)
-    np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in with_holdout]), raw_labels[permutation[:300]])
+    np.testing.assert_array_equal(
+        np.concatenate([np.asarray(y) for _, y in with_holdout]), raw_labels[permutation[:300]]
+    )
     np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in without]), raw_labels[permutation[:300]])
     assert info.num_examples == 300
     # ... and the whole training split loses exactly the held-out 1000, with a subset of validation taking its first.
     _, whole = data_lib.load("fashion_mnist", "train", holdout=1000, **options)
     first, first_info = data_lib.load("fashion_mnist", "validation", subset=100, holdout=1000, **options)
     assert whole.num_examples == 59000 and first_info.num_examples == 100
-    np.testing.assert_array_equal(np.concatenate([np.asarray(y) for _, y in first]), raw_labels[permutation[-1000:-900]])
+    np.testing.assert_array_equal(
+        np.concatenate([np.asarray(y) for _, y in first]), raw_labels[permutation[-1000:-900]]
+    )
 
 
 def test_holdout_from_tfds_and_image_folders(tmp_path):
@@ -293,7 +307,9 @@ def test_holdout_from_tfds_and_image_folders(tmp_path):
 
 
 def test_numpy_stream_through_load_matches_its_definition():
-    stream, info = data_lib.load("fashion_mnist", "train", 32, subset=100, seed=7, stream=True, start_step=3, pipeline="numpy")
+    stream, info = data_lib.load(
+        "fashion_mnist", "train", 32, subset=100, seed=7, stream=True, start_step=3, pipeline="numpy"
+    )
     _, raw_labels = data_lib.read_fashion_mnist_idx(data_lib.find_fashion_mnist_idx(), "train")
     subset = np.random.default_rng(0).permutation(len(raw_labels))[:100]
     # Stream batch 3 holds positions 96..127: the last 4 of pass 0, then the first 28 of pass 1.
@@ -303,7 +319,12 @@ def test_numpy_stream_through_load_matches_its_definition():
     images, labels = stream[0]
     np.testing.assert_array_equal(labels, raw_labels[subset][expected])
     assert images.shape == (32, 28, 28, 1) and info.num_examples == 100
-    shards = [data_lib.load("fashion_mnist", "train", 32, subset=100, seed=7, stream=True, start_step=3, pipeline="numpy", shard=(i, 2))[0] for i in (0, 1)]
+    shards = [
+        data_lib.load(
+            "fashion_mnist", "train", 32, subset=100, seed=7, stream=True, start_step=3, pipeline="numpy", shard=(i, 2)
+        )[0]
+        for i in (0, 1)
+    ]
     np.testing.assert_array_equal(np.concatenate([shard[0][0] for shard in shards]), images)
 
 
@@ -313,8 +334,12 @@ def test_tf_data_stream_shards_concatenate_to_the_global_batch():
     shards = [collect(data_lib.load("fashion_mnist", "train", shard=(i, 3), **options)[0].take(2)) for i in range(3)]
     for batch in range(2):
         rows = slice(4 * batch, 4 * batch + 4)
-        np.testing.assert_array_equal(np.concatenate([shard[0][rows] for shard in shards]), full[0][12 * batch : 12 * batch + 12])
-        np.testing.assert_array_equal(np.concatenate([shard[1][rows] for shard in shards]), full[1][12 * batch : 12 * batch + 12])
+        np.testing.assert_array_equal(
+            np.concatenate([shard[0][rows] for shard in shards]), full[0][12 * batch : 12 * batch + 12]
+        )
+        np.testing.assert_array_equal(
+            np.concatenate([shard[1][rows] for shard in shards]), full[1][12 * batch : 12 * batch + 12]
+        )
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
@@ -322,7 +347,12 @@ def test_load_arrays(pipeline):
     images = np.random.default_rng(0).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(10)
     dataset, info = data_lib.load_arrays(images, labels, "cifar10", "test", batch_size=4, pipeline=pipeline)
-    assert info.source == "arrays" and info.num_examples == 10 and info.classes_present == 10 and info.class_names[3] == "3"
+    assert (
+        info.source == "arrays"
+        and info.num_examples == 10
+        and info.classes_present == 10
+        and info.class_names[3] == "3"
+    )
     values = np.concatenate([np.asarray(x) for x, _ in dataset])
     mean, std = np.array(data_lib.get_spec("cifar10").mean), np.array(data_lib.get_spec("cifar10").std)
     np.testing.assert_allclose(values, (images / 255.0 - mean) / std, atol=1e-5)
@@ -342,7 +372,9 @@ def test_numpy_pipeline_reads_tfds_and_folders_with_tensorflow(tmp_path):
     np.testing.assert_allclose(np.concatenate([x for x, _ in numpy_batches]), tf_images, atol=1e-6)
     np.testing.assert_array_equal(np.concatenate([y for _, y in numpy_batches]), tf_labels)
     root = make_folder(tmp_path / "fruit")
-    folder_batches, folder_info = data_lib.load(f"folder:{root}", "train", 4, image_size=(8, 8), augment=False, shuffle=False, pipeline="numpy")
+    folder_batches, folder_info = data_lib.load(
+        f"folder:{root}", "train", 4, image_size=(8, 8), augment=False, shuffle=False, pipeline="numpy"
+    )
     np.testing.assert_array_equal(np.concatenate([y for _, y in folder_batches]), [0] * 4 + [1] * 4 + [2] * 4)
     assert folder_info.num_examples == 12
 
@@ -354,7 +386,9 @@ def write_idx(directory, split, images, labels, gzipped):
         images_name, labels_name = images_name[:-3], labels_name[:-3]
     pack = gzip.compress if gzipped else bytes
     (directory / images_name).write_bytes(pack(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes()))
-    (directory / labels_name).write_bytes(pack(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()))
+    (directory / labels_name).write_bytes(
+        pack(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+    )
 
 
 @pytest.mark.parametrize("pipeline", PIPELINES)
@@ -372,7 +406,9 @@ def test_mnist_from_idx_files(tmp_path, pipeline):
     with pytest.warns(UserWarning, match="only 6 of its 10 classes"):
         stream, train_info = data_lib.load("mnist", "train", 4, data_dir=str(tmp_path), stream=True, pipeline=pipeline)
     assert train_info.num_examples == 6 and np.asarray(next(iter(stream))[0]).shape == (4, 28, 28, 1)
-    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(gzip.compress(struct.pack(">II", 2049, 6) + bytes([0, 1, 2, 3, 4, 10])))
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(struct.pack(">II", 2049, 6) + bytes([0, 1, 2, 3, 4, 10]))
+    )
     with pytest.raises(ValueError, match="label 10 out of range 0..9"):
         data_lib.load("mnist", "train", data_dir=str(tmp_path), pipeline=pipeline)
 
@@ -419,7 +455,15 @@ print(json.dumps(report))
 def test_load_without_tensorflow():
     root = Path(__file__).resolve().parents[1]
     environment = {**os.environ, "KERAS_BACKEND": "jax"}
-    result = subprocess.run([sys.executable, "-c", WITHOUT_TENSORFLOW], cwd=root, env=environment, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TENSORFLOW],
+        cwd=root,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == "jax" and report["pipeline"] == "numpy"

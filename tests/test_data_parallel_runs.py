@@ -21,8 +21,25 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = ["train-teacher", "--backend", "jax", "--model", "cnn8", "--epochs", "2", "--train-subset", "256", "--val-subset", "128",
-       "--batch-size", "64", "--seed", "5", "--deterministic", "--quiet"]
+RUN = [
+    "train-teacher",
+    "--backend",
+    "jax",
+    "--model",
+    "cnn8",
+    "--epochs",
+    "2",
+    "--train-subset",
+    "256",
+    "--val-subset",
+    "128",
+    "--batch-size",
+    "64",
+    "--seed",
+    "5",
+    "--deterministic",
+    "--quiet",
+]
 
 
 def _environment(devices: int | None = None) -> dict:
@@ -48,14 +65,19 @@ def _assert_same_run(run: Path, reference: Path):
     assert expected["loss"][0] > 0
     for key in expected:
         np.testing.assert_allclose(history[key], expected[key], rtol=1e-5, err_msg=key)
-    for a, b in zip(keras.saving.load_model(run / "teacher.keras").get_weights(), keras.saving.load_model(reference / "teacher.keras").get_weights()):
+    for a, b in zip(
+        keras.saving.load_model(run / "teacher.keras").get_weights(),
+        keras.saving.load_model(reference / "teacher.keras").get_weights(),
+    ):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
 def one_device(tmp_path_factory):
     output = tmp_path_factory.mktemp("one") / "run"
-    result = subprocess.run(_command("--output", output), cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        _command("--output", output), cwd=ROOT, env=_environment(), capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return output
 
@@ -65,7 +87,12 @@ def one_device(tmp_path_factory):
 def test_two_devices_in_one_process_match_one_device(tmp_path, one_device):
     output = tmp_path / "run"
     result = subprocess.run(
-        _command("--strategy", "data_parallel", "--output", output), cwd=ROOT, env=_environment(2), capture_output=True, text=True, timeout=600
+        _command("--strategy", "data_parallel", "--output", output),
+        cwd=ROOT,
+        env=_environment(2),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "keras.distribution.DataParallel over 2 device(s)." in result.stdout
@@ -84,9 +111,23 @@ def test_two_processes_on_localhost_match_one_device(tmp_path, one_device):
     output = tmp_path / "run"
     processes = [
         subprocess.Popen(
-            _command("--strategy", "data_parallel", "--coordinator-address", f"localhost:{port}", "--num-processes", 2, "--process-id", index,
-                     "--output", output),
-            cwd=ROOT, env=_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            _command(
+                "--strategy",
+                "data_parallel",
+                "--coordinator-address",
+                f"localhost:{port}",
+                "--num-processes",
+                2,
+                "--process-id",
+                index,
+                "--output",
+                output,
+            ),
+            cwd=ROOT,
+            env=_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         for index in (0, 1)
     ]

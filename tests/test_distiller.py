@@ -24,7 +24,9 @@ def make_student(seed=1, width=8, input_shape=(28, 28, 1), classes=10, **kwargs)
 
 
 def distiller_for(method, teacher, **kwargs):
-    return Distiller(make_student(), teacher if get_method(method).needs_teacher else None, method=method, seed=0, **kwargs)
+    return Distiller(
+        make_student(), teacher if get_method(method).needs_teacher else None, method=method, seed=0, **kwargs
+    )
 
 
 def weights_of(model):
@@ -79,7 +81,9 @@ def test_each_method_learns_fashion_mnist(method, fashion_arrays, trained_teache
         np.testing.assert_array_equal(before, after)
     assert any(not np.array_equal(b, a) for b, a in zip(student_before, weights_of(distiller.student)))
     # call / predict / evaluate use the student on clean images.
-    np.testing.assert_allclose(distiller.predict(x_test[:8], verbose=0), distiller.student.predict(x_test[:8], verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        distiller.predict(x_test[:8], verbose=0), distiller.student.predict(x_test[:8], verbose=0), atol=1e-6
+    )
 
 
 def test_ce_gives_the_same_update_as_plain_fit(fashion_arrays):
@@ -88,7 +92,9 @@ def test_ce_gives_the_same_update_as_plain_fit(fashion_arrays):
     plain = make_student()
     distilled = make_student()
     distilled.set_weights(plain.get_weights())
-    plain.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    plain.compile(
+        optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     plain.fit(x, y, batch_size=64, epochs=1, shuffle=False, verbose=0)
     distiller = Distiller(distilled, method="ce")
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))
@@ -107,7 +113,9 @@ def test_stkd_teacher_sees_the_mixed_images_and_naive_the_clean_ones(fashion_arr
         assert sorted(permutation.tolist()) == list(range(16)) and 0 <= lam <= 1
         mixed = lam * images + (1 - lam) * images[permutation]
         seen = mixed if teacher_sees_mixed else images
-        np.testing.assert_allclose(to_numpy(outputs["teacher_logits"]), to_numpy(trained_teacher(seen, training=False)), atol=1e-4)
+        np.testing.assert_allclose(
+            to_numpy(outputs["teacher_logits"]), to_numpy(trained_teacher(seen, training=False)), atol=1e-4
+        )
         assert "clean_logits" not in outputs  # no clean-image term asked for: no extra student pass
 
 
@@ -115,14 +123,18 @@ def test_stkd_loss_of_one_step_equals_numpy(fashion_arrays, trained_teacher):
     """compute_loss on the step's outputs against the STKD loss worked out in numpy, sample weights included."""
     (x, y), _ = fashion_arrays
     images, labels, weights = x[:32], y[:32], np.linspace(0.5, 1.5, 32).astype("float32")
-    distiller = Distiller(make_student(), trained_teacher, method="stkd", temperature=2.0, ce_weight=0.3, kd_weight=0.7, seed=5)
+    distiller = Distiller(
+        make_student(), trained_teacher, method="stkd", temperature=2.0, ce_weight=0.3, kd_weight=0.7, seed=5
+    )
     outputs = distiller(images, training=True)
     value = distiller.compute_loss(images, labels, outputs, sample_weight=weights, training=True)
     lam, p = float(to_numpy(outputs["lam"])), to_numpy(outputs["permutation"])
     one_hot = np.eye(10, dtype="float32")[labels]
     mixed_labels, mixed_weights = lam * one_hot + (1 - lam) * one_hot[p], lam * weights + (1 - lam) * weights[p]
     student_logits, teacher_logits = to_numpy(outputs["logits"]), to_numpy(outputs["teacher_logits"])
-    per_sample = 0.3 * -(mixed_labels * numpy_log_softmax(student_logits)).sum(-1) + 0.7 * numpy_kd(teacher_logits, student_logits, 2.0)
+    per_sample = 0.3 * -(mixed_labels * numpy_log_softmax(student_logits)).sum(-1) + 0.7 * numpy_kd(
+        teacher_logits, student_logits, 2.0
+    )
     assert float(to_numpy(value)) == pytest.approx(float(np.mean(per_sample * mixed_weights)), rel=1e-5)
 
 
@@ -136,7 +148,9 @@ def test_training_accuracy_is_scored_on_the_mixed_labels_and_named_so(fashion_ar
         outputs = distiller(images, training=True)
         if 0.1 < float(to_numpy(outputs["lam"])) < 0.4:
             break
-    distiller.compile(optimizer="sgd", metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy")])
+    distiller.compile(
+        optimizer="sgd", metrics=["accuracy", keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy")]
+    )
     logs = distiller.compute_metrics(images, labels, outputs)
     lam, p = float(to_numpy(outputs["lam"])), to_numpy(outputs["permutation"])
     one_hot = np.eye(10, dtype="float32")[labels]
@@ -158,7 +172,9 @@ def test_clean_kd_term_is_added_and_reported(fashion_arrays, trained_teacher):
     images, labels = x[:32], y[:32]
     outputs = distiller(images, training=True)
     # The clean term runs the student and the teacher on the un-mixed batch.
-    np.testing.assert_allclose(to_numpy(outputs["clean_teacher_logits"]), to_numpy(trained_teacher(images, training=False)), atol=1e-4)
+    np.testing.assert_allclose(
+        to_numpy(outputs["clean_teacher_logits"]), to_numpy(trained_teacher(images, training=False)), atol=1e-4
+    )
     value = float(to_numpy(distiller.compute_loss(images, labels, outputs, training=True)))
     without = Distiller(distiller.student, trained_teacher, method="stkd", seed=0)
     expected = float(to_numpy(without.compute_loss(images, labels, outputs, training=True)))
@@ -232,7 +248,9 @@ def test_fit_on_a_tf_data_pipeline_draws_no_shuffle_warning(fashion_arrays, trai
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         distiller.fit(dataset, epochs=1, verbose=0)
-    with pytest.warns(UserWarning, match="shuffle=True` was passed, but will be ignored"):  # asked for, it is Keras's to answer
+    with pytest.warns(
+        UserWarning, match="shuffle=True` was passed, but will be ignored"
+    ):  # asked for, it is Keras's to answer
         distiller.fit(dataset, epochs=1, verbose=0, shuffle=True)
 
 
@@ -248,7 +266,9 @@ def test_student_saves_and_loads_alone(tmp_path, trained_teacher, fashion_arrays
     # A plain Keras model: nothing in it needs stkd_keras to load.
     with zipfile.ZipFile(path) as archive:
         assert "stkd_keras" not in archive.read("config.json").decode()
-    np.testing.assert_allclose(to_numpy(restored(x[:4], training=False)), to_numpy(distiller.student(x[:4], training=False)), atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(restored(x[:4], training=False)), to_numpy(distiller.student(x[:4], training=False)), atol=1e-6
+    )
 
 
 def test_whole_distiller_saves_and_loads(tmp_path, trained_teacher, fashion_arrays):
@@ -262,23 +282,39 @@ def test_whole_distiller_saves_and_loads(tmp_path, trained_teacher, fashion_arra
     restored = keras.saving.load_model(path, compile=False)
     assert isinstance(restored, Distiller) and restored.method == "stkd" and restored.hyperparameters.temperature == 2.0
     assert int(to_numpy(restored.step)) == 4 and int(to_numpy(restored.epoch)) == 1
-    np.testing.assert_allclose(to_numpy(restored.predict(x[:8], verbose=0)), to_numpy(distiller.predict(x[:8], verbose=0)), atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(restored.predict(x[:8], verbose=0)), to_numpy(distiller.predict(x[:8], verbose=0)), atol=1e-6
+    )
     np.testing.assert_allclose(to_numpy(restored.teacher(x[:8])), to_numpy(trained_teacher(x[:8])), atol=1e-6)
     assert not restored.teacher.trainable
 
 
 def test_config_round_trip(trained_teacher):
     distiller = Distiller(
-        make_student(), trained_teacher, method="kd_mixup_naive", temperature=2.0, ce_weight=0.2, kd_weight=0.8,
-        mixup_alpha=0.4, lambda_per_sample=True, clean_kd_weight=0.1, seed=9, name="my_distiller",
+        make_student(),
+        trained_teacher,
+        method="kd_mixup_naive",
+        temperature=2.0,
+        ce_weight=0.2,
+        kd_weight=0.8,
+        mixup_alpha=0.4,
+        lambda_per_sample=True,
+        clean_kd_weight=0.1,
+        seed=9,
+        name="my_distiller",
     )
     config = distiller.get_config()
     restored = Distiller.from_config(config)
     assert restored.method == "kd_mixup_naive" and restored.seed == 9 and restored.name == "my_distiller"
     assert restored.hyperparameters == distiller.hyperparameters
     assert dataclasses.asdict(restored.hyperparameters) == {
-        "temperature": 2.0, "logit_standardization": False, "ce_weight": 0.2, "kd_weight": 0.8, "mixup_alpha": 0.4,
-        "lambda_per_sample": True, "clean_kd_weight": 0.1,
+        "temperature": 2.0,
+        "logit_standardization": False,
+        "ce_weight": 0.2,
+        "kd_weight": 0.8,
+        "mixup_alpha": 0.4,
+        "lambda_per_sample": True,
+        "clean_kd_weight": 0.1,
     }
     assert restored.student.name == distiller.student.name and restored.teacher.name == trained_teacher.name
     assert restored.student.count_params() == distiller.student.count_params()
@@ -326,7 +362,9 @@ def test_mixed_precision_step(fashion_arrays, trained_teacher, policy):
 def test_regularization_losses_are_added(fashion_arrays):
     (x, y), _ = fashion_arrays
     student = make_student()
-    regularized = keras.Sequential([student, keras.layers.Dense(10, kernel_regularizer=keras.regularizers.L2(0.5), name="extra")])
+    regularized = keras.Sequential(
+        [student, keras.layers.Dense(10, kernel_regularizer=keras.regularizers.L2(0.5), name="extra")]
+    )
     regularized.build((None, 28, 28, 1))
     distiller = Distiller(regularized, method="ce")
     logits = regularized(x[:16], training=False)
@@ -393,7 +431,10 @@ def test_validation_errors(trained_teacher):
         Distiller(student, trained_teacher, method="stkd", ce_weight=0, kd_weight=0)
     with pytest.raises(ValueError, match="mixup_alpha=0"):
         Distiller(student, trained_teacher, method="stkd", mixup_alpha=0)
-    with pytest.raises(ValueError, match=r"Method 'kd' has no hyperparameter `clean_kd_weight` \(its hyperparameters: temperature, logit_standardization, ce_weight, kd_weight\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"Method 'kd' has no hyperparameter `clean_kd_weight` \(its hyperparameters: temperature, logit_standardization, ce_weight, kd_weight\)",
+    ):
         Distiller(student, trained_teacher, method="kd", clean_kd_weight=0.5)
     with pytest.raises(ValueError, match="Method 'ce' has no hyperparameter `temperature`"):
         Distiller(student, method="ce", temperature=2.0)

@@ -26,7 +26,9 @@ def trained_and_untrained(tmp_path_factory):
     train, info = data_lib.load("fashion_mnist", "train", 32, subset=2000)
     model = get_model("resnet8", 10, (28, 28, 1))
     model.save(untrained)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(train, epochs=2, verbose=0, shuffle=False)  # the pipeline shuffles
     model.save(folder / "student.keras")
     write_json(folder / "preprocessing.json", preprocessing_record(info))
@@ -41,7 +43,9 @@ def student_run(trained_and_untrained):
 @pytest.fixture(scope="module")
 def export_data(student_run):
     preprocessing = json.loads((student_run / "preprocessing.json").read_text())
-    return export_lib.load_export_data("fashion_mnist", preprocessing, verify_images=300, representative_images=100), preprocessing
+    return export_lib.load_export_data(
+        "fashion_mnist", preprocessing, verify_images=300, representative_images=100
+    ), preprocessing
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +54,30 @@ def exported(student_run, export_data, tmp_path_factory):
     data, preprocessing = export_data
     model = keras.saving.load_model(student_run / "student.keras")
     output = tmp_path_factory.mktemp("exported")
-    report = export_lib.export_model(model, output, data, preprocessing, formats=("all",), quantize="all", log=lambda *_: None)
+    report = export_lib.export_model(
+        model, output, data, preprocessing, formats=("all",), quantize="all", log=lambda *_: None
+    )
     return output, {**{row["file"]: row for row in report["files"]}, "keras": report["keras_top1_accuracy"]}
 
 
 def test_export_plan_modes_per_format():
     tflite = [("tflite", mode) for mode in ("float32", "float16", "dynamic", "int8")]
-    assert export_lib.export_plan(("all",), None) == [("tflite", "float32"), ("tflite", "int8"), ("onnx", "float32"), ("onnx", "int8")]
+    assert export_lib.export_plan(("all",), None) == [
+        ("tflite", "float32"),
+        ("tflite", "int8"),
+        ("onnx", "float32"),
+        ("onnx", "int8"),
+    ]
     assert export_lib.export_plan(("tflite", "onnx"), "all") == tflite + [("onnx", "float32"), ("onnx", "int8")]
     assert export_lib.export_plan(("tflite",), ["int8", "none"]) == [("tflite", "float32"), ("tflite", "int8")]
-    assert export_lib.export_plan(("all",), "float16,int8") == [("tflite", "float16"), ("tflite", "int8"), ("onnx", "int8")]
-    with pytest.raises(export_lib.ExportError, match="ONNX export has no float16 mode; --quantize takes float32, int8 here"):
+    assert export_lib.export_plan(("all",), "float16,int8") == [
+        ("tflite", "float16"),
+        ("tflite", "int8"),
+        ("onnx", "int8"),
+    ]
+    with pytest.raises(
+        export_lib.ExportError, match="ONNX export has no float16 mode; --quantize takes float32, int8 here"
+    ):
         export_lib.export_plan(("onnx",), "float16")
     with pytest.raises(export_lib.ExportError, match="Received: 'int4'"):
         export_lib.export_plan(("tflite",), "float32,int4")
@@ -104,12 +121,19 @@ def test_metadata_travels_with_the_files(exported, export_data):
     _, preprocessing = export_data
     for name in ("student_float32.tflite", "student_int8.tflite", "student_float32.onnx", "student_int8.onnx"):
         metadata = export_lib.read_metadata(output / name)
-        assert metadata["preprocessing"]["mean"] == preprocessing["mean"] and metadata["preprocessing"]["std"] == preprocessing["std"]
+        assert (
+            metadata["preprocessing"]["mean"] == preprocessing["mean"]
+            and metadata["preprocessing"]["std"] == preprocessing["std"]
+        )
         assert metadata["class_names"][0] == "T-shirt/top" and metadata["input_shape"] == [1, 28, 28, 1]
     # Each file carries its own input type: the int8 TFLite file takes int8, the int8 ONNX file (QDQ) float32.
     expected_input = {
-        "student_float32.tflite": "float32", "student_float16.tflite": "float32", "student_dynamic.tflite": "float32",
-        "student_int8.tflite": "int8", "student_float32.onnx": "float32", "student_int8.onnx": "float32",
+        "student_float32.tflite": "float32",
+        "student_float16.tflite": "float32",
+        "student_dynamic.tflite": "float32",
+        "student_int8.tflite": "int8",
+        "student_float32.onnx": "float32",
+        "student_int8.onnx": "float32",
     }
     for name, dtype in expected_input.items():
         assert export_lib.read_metadata(output / name)["input_dtype"] == dtype
@@ -124,31 +148,72 @@ def test_metadata_travels_with_the_files(exported, export_data):
     # The int8 ONNX file is written as benchmarks/export.py found fastest on x86 with top-1 held: QDQ, uint8
     # activations, int8 per-channel weights in 7 bits (reduce_range), and says so.
     config = {"quant_format": "QDQ", "activations": "uint8", "per_channel": True, "reduce_range": True}
-    assert metadata["files"]["student_int8.onnx"]["onnx_int8"] == config == export_lib.read_metadata(output / "student_int8.onnx")["onnx_int8"]
+    assert (
+        metadata["files"]["student_int8.onnx"]["onnx_int8"]
+        == config
+        == export_lib.read_metadata(output / "student_int8.onnx")["onnx_int8"]
+    )
     import onnx
     from onnx import numpy_helper
 
     graph = onnx.load(str(output / "student_int8.onnx")).graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     quantize = [node for node in graph.node if node.op_type == "QuantizeLinear"]
-    assert quantize and {initializers[node.input[2]].data_type for node in quantize if node.input[2] in initializers} == {onnx.TensorProto.UINT8}
-    weights = [numpy_helper.to_array(tensor) for tensor in graph.initializer if tensor.data_type == onnx.TensorProto.INT8 and len(tensor.dims) == 4]
+    assert quantize and {
+        initializers[node.input[2]].data_type for node in quantize if node.input[2] in initializers
+    } == {onnx.TensorProto.UINT8}
+    weights = [
+        numpy_helper.to_array(tensor)
+        for tensor in graph.initializer
+        if tensor.data_type == onnx.TensorProto.INT8 and len(tensor.dims) == 4
+    ]
     assert weights and all(np.abs(weight).max() <= 64 for weight in weights)  # 7-bit: [-64, 64], not [-127, 127]
-    per_channel = [node for node in graph.node if node.op_type == "DequantizeLinear" and node.input[0] in initializers and len(initializers[node.input[0]].dims) == 4]
-    assert per_channel and all(len(initializers[node.input[1]].dims) == 1 and initializers[node.input[1]].dims[0] > 1 for node in per_channel)
+    per_channel = [
+        node
+        for node in graph.node
+        if node.op_type == "DequantizeLinear"
+        and node.input[0] in initializers
+        and len(initializers[node.input[0]].dims) == 4
+    ]
+    assert per_channel and all(
+        len(initializers[node.input[1]].dims) == 1 and initializers[node.input[1]].dims[0] > 1 for node in per_channel
+    )
 
 
 def test_overwrite_replaces_the_earlier_export_as_a_whole(student_run, export_data, tmp_path):
     """A second export with --overwrite leaves exactly its own files, all listed: the first call's files do not linger unlisted."""
     data, preprocessing = export_data
     model = keras.saving.load_model(student_run / "student.keras")
-    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,dynamic", log=lambda *_: None)
-    assert {p.name for p in tmp_path.iterdir()} == {"student_float32.tflite", "student_dynamic.tflite", "metadata.json", "export_report.json"}
+    export_lib.export_model(
+        model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,dynamic", log=lambda *_: None
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "student_float32.tflite",
+        "student_dynamic.tflite",
+        "metadata.json",
+        "export_report.json",
+    }
     (tmp_path / "notes.txt").write_text("mine")  # a file no export listed is left alone
     with pytest.raises(export_lib.ExportError, match="metadata.json already exists; pass --overwrite"):
-        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float16", log=lambda *_: None)
-    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float16", overwrite=True, log=lambda *_: None)
-    assert {p.name for p in tmp_path.iterdir()} == {"student_float16.tflite", "metadata.json", "export_report.json", "notes.txt"}
+        export_lib.export_model(
+            model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float16", log=lambda *_: None
+        )
+    export_lib.export_model(
+        model,
+        tmp_path,
+        data,
+        preprocessing,
+        formats=("tflite",),
+        quantize="float16",
+        overwrite=True,
+        log=lambda *_: None,
+    )
+    assert {p.name for p in tmp_path.iterdir()} == {
+        "student_float16.tflite",
+        "metadata.json",
+        "export_report.json",
+        "notes.txt",
+    }
     metadata = json.loads((tmp_path / "metadata.json").read_text())
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert list(metadata["files"]) == [row["file"] for row in report["files"]] == ["student_float16.tflite"]
@@ -159,7 +224,16 @@ def test_batch_dimension(exported, student_run, export_data, tmp_path):
     assert export_lib.TFLiteRunner(output / "student_float32.tflite").fixed_batch == 1
     data, preprocessing = export_data
     model = keras.saving.load_model(student_run / "student.keras")
-    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), quantize="float32", dynamic_batch=True, log=lambda *_: None)
+    export_lib.export_model(
+        model,
+        tmp_path,
+        data,
+        preprocessing,
+        formats=("tflite", "onnx"),
+        quantize="float32",
+        dynamic_batch=True,
+        log=lambda *_: None,
+    )
     assert export_lib.TFLiteRunner(tmp_path / "student_float32.tflite").fixed_batch is None
     assert export_lib.ONNXRunner(tmp_path / "student_float32.onnx").fixed_batch is None
 
@@ -191,7 +265,9 @@ def test_latency_times_the_runtime_call_apart_from_the_runner(exported, export_d
         return real_quantize(images, detail)
 
     monkeypatch.setattr(runtime, "_quantize", slow_quantize)
-    measured = export_lib.measure_latency(export_lib.runner_for(output / "student_int8.tflite"), image, repeats=5, warmup=1)
+    measured = export_lib.measure_latency(
+        export_lib.runner_for(output / "student_int8.tflite"), image, repeats=5, warmup=1
+    )
     assert measured["runtime_ms"] < 4 < 5 <= measured["end_to_end_ms"]
 
 
@@ -209,19 +285,27 @@ def test_failed_export_leaves_nothing_and_never_overwrites(student_run, export_d
 
     monkeypatch.setattr(export_lib.core, "_verify", verify_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), quantize="float32", log=lambda *_: None)
+        export_lib.export_model(
+            model, tmp_path, data, preprocessing, formats=("tflite", "onnx"), quantize="float32", log=lambda *_: None
+        )
     assert calls == ["student_float32.tflite", "student_float32.onnx"]
     assert list(tmp_path.iterdir()) == []  # no partial file, no staging folder
     monkeypatch.undo()
 
-    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None)
+    export_lib.export_model(
+        model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None
+    )
     before = (tmp_path / "student_float32.tflite").read_bytes()
     with pytest.raises(export_lib.ExportError, match="student_float32.tflite already exists; pass --overwrite"):
-        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None)
+        export_lib.export_model(
+            model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None
+        )
     assert (tmp_path / "student_float32.tflite").read_bytes() == before
 
 
-def test_an_export_killed_while_moving_its_files_is_cleaned_up_by_the_next(student_run, export_data, tmp_path, monkeypatch):
+def test_an_export_killed_while_moving_its_files_is_cleaned_up_by_the_next(
+    student_run, export_data, tmp_path, monkeypatch
+):
     """Killed after two of its files were moved: the next export removes them (it was refused: "already exists") and the
     staging folders that killed exports leave behind."""
     data, preprocessing = export_data
@@ -237,14 +321,21 @@ def test_an_export_killed_while_moving_its_files_is_cleaned_up_by_the_next(stude
 
     monkeypatch.setattr(export_lib.core.os, "replace", replace_then_die)
     with pytest.raises(KeyboardInterrupt):
-        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,int8", log=lambda *_: None)
+        export_lib.export_model(
+            model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,int8", log=lambda *_: None
+        )
     monkeypatch.undo()
     assert moved == [".export-pending.json", "student_float32.tflite", "student_int8.tflite"]
     (tmp_path / ".export-partial-killed").mkdir()  # what a SIGKILL leaves (its `finally` never ran)
     (tmp_path / ".export-partial-killed" / "student_float32.tflite").write_bytes(b"partial")
     messages = []
-    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,int8", log=messages.append)
-    assert f"An earlier export into {tmp_path} was stopped while moving its files into place; its files were removed." in messages
+    export_lib.export_model(
+        model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32,int8", log=messages.append
+    )
+    assert (
+        f"An earlier export into {tmp_path} was stopped while moving its files into place; its files were removed."
+        in messages
+    )
     listed = json.loads((tmp_path / "metadata.json").read_text())["files"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*listed, "metadata.json", "export_report.json"])
 
@@ -261,8 +352,13 @@ def test_model_needing_flex_ops_is_refused(tmp_path, export_data):
     data, preprocessing = export_data
     inputs = keras.Input((28, 28, 1))
     model = keras.Model(inputs, Determinant()(inputs), name="needs_flex")
-    with pytest.raises(export_lib.ExportError, match=r"needs_flex cannot be converted to TFLite with builtin ops only \(ops: .*MatrixDeterminant"):
-        export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None)
+    with pytest.raises(
+        export_lib.ExportError,
+        match=r"needs_flex cannot be converted to TFLite with builtin ops only \(ops: .*MatrixDeterminant",
+    ):
+        export_lib.export_model(
+            model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=lambda *_: None
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -271,18 +367,33 @@ def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
     output = tmp_path / "exported"
     result = runner.invoke(
         cli,
-        ["export", "--model", str(student_run / "student.keras"), "--verify-images", "200", "--representative-images", "50", "--output", str(output)],
+        [
+            "export",
+            "--model",
+            str(student_run / "student.keras"),
+            "--verify-images",
+            "200",
+            "--representative-images",
+            "50",
+            "--output",
+            str(output),
+        ],
     )
     assert result.exit_code == 0, result.output
     # The verification images are named for what they are: a subset, not evaluate's whole split.
-    assert "Keras top-1 on the first 200 fashion_mnist test images (the verification subset, not the whole split;" in result.output
+    assert (
+        "Keras top-1 on the first 200 fashion_mnist test images (the verification subset, not the whole split;"
+        in result.output
+    )
     report = json.loads((output / "export_report.json").read_text())
     rows = {row["file"]: row for row in report["files"]}
     # --format all without --quantize: float32 and int8 of every format.
     assert set(rows) == {"student_float32.tflite", "student_int8.tflite", "student_float32.onnx", "student_int8.onnx"}
     # evaluate measures the shipped file the same way: on the same 200 images it agrees with the report.
     for name in rows:
-        result = runner.invoke(cli, ["evaluate", "--model", str(output / name), "--dataset", "fashion_mnist", "--subset", "200"])
+        result = runner.invoke(
+            cli, ["evaluate", "--model", str(output / name), "--dataset", "fashion_mnist", "--subset", "200"]
+        )
         assert result.exit_code == 0, result.output
         evaluation = json.loads((output / f"evaluation_{name.replace('.', '_')}_fashion_mnist_test.json").read_text())
         assert evaluation["accuracy"] == pytest.approx(rows[name]["top1_accuracy"])
@@ -291,14 +402,55 @@ def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
     import sys
 
     completed = subprocess.run(
-        [sys.executable, "-m", "stkd_keras.cli.main", "evaluate", "--model", str(output / "student_int8.tflite"), "--subset", "64",
-         "--json", str(tmp_path / "e.json")], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "stkd_keras.cli.main",
+            "evaluate",
+            "--model",
+            str(output / "student_int8.tflite"),
+            "--subset",
+            "64",
+            "--json",
+            str(tmp_path / "e.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0 and "top-1" in completed.stdout and completed.stderr == "", completed.stderr
-    again = runner.invoke(cli, ["export", "--model", str(student_run / "student.keras"), "--format", "tflite", "--quantize", "int8", "--output", str(output)])
+    again = runner.invoke(
+        cli,
+        [
+            "export",
+            "--model",
+            str(student_run / "student.keras"),
+            "--format",
+            "tflite",
+            "--quantize",
+            "int8",
+            "--output",
+            str(output),
+        ],
+    )
     assert again.exit_code == 1 and "already exists; pass --overwrite" in again.output
-    wrong = runner.invoke(cli, ["export", "--model", str(student_run / "student.keras"), "--format", "onnx", "--quantize", "dynamic", "--output", str(tmp_path / "x")])
-    assert wrong.exit_code == 2 and "ONNX export has no dynamic mode; --quantize takes float32, int8 here." in wrong.output
+    wrong = runner.invoke(
+        cli,
+        [
+            "export",
+            "--model",
+            str(student_run / "student.keras"),
+            "--format",
+            "onnx",
+            "--quantize",
+            "dynamic",
+            "--output",
+            str(tmp_path / "x"),
+        ],
+    )
+    assert (
+        wrong.exit_code == 2 and "ONNX export has no dynamic mode; --quantize takes float32, int8 here." in wrong.output
+    )
     assert not (tmp_path / "x").exists()
 
 
@@ -306,8 +458,23 @@ def test_cli_export_verifies_on_the_whole_split(student_run, tmp_path):
     """--verify-images all: the Keras figure the export prints is evaluate's figure on the whole test split."""
     output = tmp_path / "exported"
     result = CliRunner().invoke(
-        cli, ["export", "--model", str(student_run / "student.keras"), "--format", "onnx", "--quantize", "float32", "--dynamic-batch",
-              "--verify-images", "all", "--representative-images", "50", "--output", str(output)],
+        cli,
+        [
+            "export",
+            "--model",
+            str(student_run / "student.keras"),
+            "--format",
+            "onnx",
+            "--quantize",
+            "float32",
+            "--dynamic-batch",
+            "--verify-images",
+            "all",
+            "--representative-images",
+            "50",
+            "--output",
+            str(output),
+        ],
     )
     assert result.exit_code == 0, result.output
     report = json.loads((output / "export_report.json").read_text())
@@ -315,8 +482,12 @@ def test_cli_export_verifies_on_the_whole_split(student_run, tmp_path):
     from stkd_keras.training import evaluate
 
     whole = evaluate(student_run / "student.keras", "fashion_mnist")
-    assert report["keras_top1_accuracy"] == pytest.approx(whole["accuracy"], abs=1e-6)  # Keras keeps its metric in float32
-    assert f"Keras top-1 on the whole fashion_mnist test split (10,000 images): {whole['accuracy']:.4f}" in result.output
+    assert report["keras_top1_accuracy"] == pytest.approx(
+        whole["accuracy"], abs=1e-6
+    )  # Keras keeps its metric in float32
+    assert (
+        f"Keras top-1 on the whole fashion_mnist test split (10,000 images): {whole['accuracy']:.4f}" in result.output
+    )
 
 
 # About 80 s (a distillation under tfmot in a child process): `pytest -m slow`, which .ci/run also runs. By default
@@ -325,35 +496,74 @@ def test_cli_export_verifies_on_the_whole_split(student_run, tmp_path):
 def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_run, tmp_path):
     """export --qat/--prune end to end: the bridge subprocess, the run's teacher/ folder and method, verification and the report."""
     # The run was distilled with KD at T = 2 (its metrics.json says so): the fine-tuning uses the same.
-    write_json(student_run / "metrics.json", {"final_val_accuracy": 0.7, "config": {"method": "kd", "temperature": 2.0, "ce_weight": 0.1, "kd_weight": 0.9}})
+    write_json(
+        student_run / "metrics.json",
+        {"final_val_accuracy": 0.7, "config": {"method": "kd", "temperature": 2.0, "ce_weight": 0.1, "kd_weight": 0.9}},
+    )
     teacher_dir = student_run / "teacher"
     if not (teacher_dir / "teacher.keras").is_file():
         teacher_dir.mkdir(exist_ok=True)
         keras.utils.set_random_seed(1)
         train, _ = data_lib.load("fashion_mnist", "train", 32, subset=1000)
         teacher = get_model("cnn16", 10, (28, 28, 1))
-        teacher.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        teacher.compile(
+            optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
         teacher.fit(train, epochs=1, verbose=0, shuffle=False)  # the pipeline shuffles
         teacher.save(teacher_dir / "teacher.keras")
     output = tmp_path / "exported"
     result = CliRunner().invoke(
         cli,
-        ["export", "--model", str(student_run / "student.keras"), "--format", "tflite", "--quantize", "int8", "--qat", "1",
-         "--prune", "0.5", "--finetune-subset", "512", "--verify-images", "200", "--representative-images", "50", "--output", str(output)],
+        [
+            "export",
+            "--model",
+            str(student_run / "student.keras"),
+            "--format",
+            "tflite",
+            "--quantize",
+            "int8",
+            "--qat",
+            "1",
+            "--prune",
+            "0.5",
+            "--finetune-subset",
+            "512",
+            "--verify-images",
+            "200",
+            "--representative-images",
+            "50",
+            "--output",
+            str(output),
+        ],
     )
     assert result.exit_code == 0, result.output
     # Said up front, then shown as it runs: images, epochs, steps, loss and time left.
-    assert "1 epoch(s) of quantization-aware training and 2 epochs of pruning to 50% sparsity on 512 training images (--finetune-subset)" in result.output
-    assert "Quantization-aware training: 1 epoch(s) on 512 fashion_mnist training images (8 steps of 64), method 'kd'." in result.output
-    assert "Pruning to 50% sparsity: 2 epoch(s) on 512 fashion_mnist training images (8 steps of 64), method 'kd'." in result.output
-    assert "  epoch 1/1, step 8/8: loss " in result.output and " left" in result.output and "  epoch 2/2 done: mean loss " in result.output
+    assert (
+        "1 epoch(s) of quantization-aware training and 2 epochs of pruning to 50% sparsity on 512 training images "
+        "(--finetune-subset)" in result.output
+    )
+    assert (
+        "Quantization-aware training: 1 epoch(s) on 512 fashion_mnist training images (8 steps of 64), method 'kd'."
+        in result.output
+    )
+    assert (
+        "Pruning to 50% sparsity: 2 epoch(s) on 512 fashion_mnist training images (8 steps of 64), method 'kd'."
+        in result.output
+    )
+    assert (
+        "  epoch 1/1, step 8/8: loss " in result.output
+        and " left" in result.output
+        and "  epoch 2/2 done: mean loss " in result.output
+    )
     rows = {row["file"]: row for row in json.loads((output / "export_report.json").read_text())["files"]}
     assert set(rows) == {"student_int8.tflite", "student_qat_int8.tflite", "student_pruned_int8.tflite"}
     for name in ("student_qat_int8.tflite", "student_pruned_int8.tflite"):
         runner = export_lib.TFLiteRunner(output / name)
         assert runner.input_dtype == "int8" and runner.output_dtype == "int8"
         assert rows[name]["tfmot"]["parity_max_abs_diff"]["student"] <= 1e-5
-        assert rows[name]["tfmot"]["teacher"] is not None  # fine-tuned with the distillation signal of the run's teacher
+        assert (
+            rows[name]["tfmot"]["teacher"] is not None
+        )  # fine-tuned with the distillation signal of the run's teacher
         assert rows[name]["tfmot"]["method"] == "kd" and rows[name]["tfmot"]["hyperparameters"]["temperature"] == 2.0
         # The bridge measured its int8 file on the same 200 test images, through its own code path.
         assert rows[name]["top1_accuracy"] == pytest.approx(rows[name]["tfmot"]["int8_top1_accuracy"], abs=1e-9)
@@ -368,20 +578,59 @@ def test_qat_fine_tuning_method_is_checked_before_any_work(student_run, tmp_path
     run.mkdir()
     for name in ("student.keras", "preprocessing.json"):
         shutil.copy(student_run / name, run / name)
-    write_json(run / "metrics.json", {"config": {"method": "stkd", "temperature": 4.0}, "teacher": {"path": str(tmp_path / "gone.keras")}})
+    write_json(
+        run / "metrics.json",
+        {"config": {"method": "stkd", "temperature": 4.0}, "teacher": {"path": str(tmp_path / "gone.keras")}},
+    )
     output = tmp_path / "exported"
     runner = CliRunner()
-    result = runner.invoke(cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--output", str(output)])
-    assert result.exit_code == 2 and "QAT/pruning fine-tuning: Method 'stkd' distils from a teacher, but none was given; pass --teacher (none was found beside the run)" in result.output
     result = runner.invoke(
-        cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--finetune-method", "mixup", "--finetune-option", "temperature=2", "--output", str(output)]
+        cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--output", str(output)]
+    )
+    assert (
+        result.exit_code == 2
+        and "QAT/pruning fine-tuning: Method 'stkd' distils from a teacher, but none was given; pass --teacher (none was found beside the run)"
+        in result.output
+    )
+    result = runner.invoke(
+        cli,
+        [
+            "export",
+            "--model",
+            str(run / "student.keras"),
+            "--qat",
+            "1",
+            "--finetune-method",
+            "mixup",
+            "--finetune-option",
+            "temperature=2",
+            "--output",
+            str(output),
+        ],
     )
     assert result.exit_code == 1 and "Error: Method 'mixup' has no hyperparameter `temperature`" in result.output
     result = runner.invoke(
-        cli, ["export", "--model", str(run / "student.keras"), "--qat", "1", "--finetune-method", "kd", "--teacher", str(student_run / "student.keras"),
-              "--finetune-option", "temperature=-1", "--output", str(output)]
+        cli,
+        [
+            "export",
+            "--model",
+            str(run / "student.keras"),
+            "--qat",
+            "1",
+            "--finetune-method",
+            "kd",
+            "--teacher",
+            str(student_run / "student.keras"),
+            "--finetune-option",
+            "temperature=-1",
+            "--output",
+            str(output),
+        ],
     )
-    assert result.exit_code == 1 and "Expected `temperature` to be a finite number > 0. Received: temperature=-1" in result.output
+    assert (
+        result.exit_code == 1
+        and "Expected `temperature` to be a finite number > 0. Received: temperature=-1" in result.output
+    )
     assert not output.exists()
 
 
@@ -393,7 +642,11 @@ def test_overwrite_removes_only_files_an_export_wrote_and_that_are_unchanged(stu
     # A folder whose metadata.json no export wrote is refused, even with --overwrite, and nothing in it changes.
     hostile = tmp_path / "hostile"
     hostile.mkdir()
-    for name, text in (("important.txt", "mine"), ("photo.jpg", "jpeg"), ("metadata.json", '{"files": ["important.txt", "photo.jpg"]}')):
+    for name, text in (
+        ("important.txt", "mine"),
+        ("photo.jpg", "jpeg"),
+        ("metadata.json", '{"files": ["important.txt", "photo.jpg"]}'),
+    ):
         (hostile / name).write_text(text)
     with pytest.raises(export_lib.ExportError, match="metadata.json was not written by stkd-keras export"):
         export_lib.export_model(model, hostile, data, preprocessing, quantize="float32", overwrite=True, **quiet)
@@ -407,8 +660,15 @@ def test_overwrite_removes_only_files_an_export_wrote_and_that_are_unchanged(stu
     with open(folder / "student_dynamic.tflite", "ab") as edited:
         edited.write(b"edited by hand")
     messages = []
-    export_lib.export_model(model, folder, data, preprocessing, quantize="float16", overwrite=True, formats=("tflite",), log=messages.append)
-    assert sorted(p.name for p in folder.iterdir()) == ["export_report.json", "metadata.json", "student_dynamic.tflite", "student_float16.tflite"]
+    export_lib.export_model(
+        model, folder, data, preprocessing, quantize="float16", overwrite=True, formats=("tflite",), log=messages.append
+    )
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "export_report.json",
+        "metadata.json",
+        "student_dynamic.tflite",
+        "student_float16.tflite",
+    ]
     assert any(m.startswith("Kept student_dynamic.tflite from the earlier export") for m in messages)
 
 
@@ -417,17 +677,23 @@ def test_an_interrupted_export_journal_removes_only_the_files_it_recorded(studen
     data, preprocessing = export_data
     model = keras.saving.load_model(student_run / "student.keras")
     (tmp_path / "important.txt").write_text("mine")
-    (tmp_path / ".export-pending.json").write_text(json.dumps({"write": {"important.txt": "0" * 64}, "remove": ["photo.jpg"]}))
+    (tmp_path / ".export-pending.json").write_text(
+        json.dumps({"write": {"important.txt": "0" * 64}, "remove": ["photo.jpg"]})
+    )
     (tmp_path / "photo.jpg").write_text("jpeg")
     messages = []
-    export_lib.export_model(model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=messages.append)
+    export_lib.export_model(
+        model, tmp_path, data, preprocessing, formats=("tflite",), quantize="float32", log=messages.append
+    )
     assert (tmp_path / "important.txt").read_text() == "mine" and (tmp_path / "photo.jpg").read_text() == "jpeg"
     assert any("except important.txt, changed since it wrote them" in m for m in messages)
 
 
 def test_export_is_one_library_call_as_the_command_makes_it(student_run, tmp_path):
     """`stkd-keras export` is its options and `export_run`: the same call from Python writes the same files."""
-    options = export_lib.ExportOptions(formats=("tflite",), quantize="float32,int8", verify_images=100, representative_images=50)
+    options = export_lib.ExportOptions(
+        formats=("tflite",), quantize="float32,int8", verify_images=100, representative_images=50
+    )
     report = export_lib.export_run(student_run, tmp_path / "py", options, log=lambda *_: None)
     assert [row["file"] for row in report["files"]] == ["student_float32.tflite", "student_int8.tflite"]
     assert report["verification_images"] == 100 and (tmp_path / "py" / "student_int8.tflite").is_file()
@@ -444,7 +710,9 @@ def test_export_is_one_library_call_as_the_command_makes_it(student_run, tmp_pat
     for name in ("student.keras", "preprocessing.json"):
         (lone / name).write_bytes((student_run / name).read_bytes())
     (lone / "metrics.json").write_text(json.dumps({"config": {"method": "kd"}}))
-    with pytest.raises(export_lib.ExportOptionError, match="QAT/pruning fine-tuning: Method 'kd' distils from a teacher") as refused:
+    with pytest.raises(
+        export_lib.ExportOptionError, match="QAT/pruning fine-tuning: Method 'kd' distils from a teacher"
+    ) as refused:
         export_lib.prepare_export(lone, export_lib.ExportOptions(qat_epochs=1))
     assert refused.value.option == "--teacher"
     job = export_lib.prepare_export(lone, export_lib.ExportOptions(qat_epochs=1, finetune_method="ce"))
@@ -453,8 +721,11 @@ def test_export_is_one_library_call_as_the_command_makes_it(student_run, tmp_pat
 
 @settings(max_examples=200, deadline=None)
 @given(
-    dtype=st.sampled_from([np.int8, np.uint8]), scale=st.floats(1e-4, 2.0), zero_point=st.integers(-128, 255),
-    seed=st.integers(0, 2**32 - 1), spread=st.floats(0.01, 500.0),
+    dtype=st.sampled_from([np.int8, np.uint8]),
+    scale=st.floats(1e-4, 2.0),
+    zero_point=st.integers(-128, 255),
+    seed=st.integers(0, 2**32 - 1),
+    spread=st.floats(0.01, 500.0),
 )
 def test_the_runner_quantises_as_the_tflite_formula(dtype, scale, zero_point, seed, spread):
     """The runner's in-place arithmetic (three times faster than np.clip's) is clip(round(x / scale + zero_point)) exactly."""
@@ -467,4 +738,6 @@ def test_the_runner_quantises_as_the_tflite_formula(dtype, scale, zero_point, se
     expected = np.clip(np.round(images / scale + zero_point), info.min, info.max).astype(dtype)
     np.testing.assert_array_equal(runtime._quantize(images, detail), expected)
     values = np.random.default_rng(seed).integers(info.min, info.max, (3, 10), endpoint=True).astype(dtype)
-    np.testing.assert_array_equal(runtime._dequantize(values, detail), ((values.astype(np.float32) - zero_point) * scale).astype(np.float32))
+    np.testing.assert_array_equal(
+        runtime._dequantize(values, detail), ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    )

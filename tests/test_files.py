@@ -7,7 +7,9 @@ def test_atomic_write_replaces_only_when_the_writer_finishes(tmp_path):
     path = tmp_path / "epoch-3.weights.h5"
     seen = []
     atomic_write(path, lambda temporary: (seen.append(temporary.name), temporary.write_text("new")))
-    assert path.read_text() == "new" and seen[0].endswith("-epoch-3.weights.h5")  # writers that check the suffix accept it
+    assert path.read_text() == "new" and seen[0].endswith(
+        "-epoch-3.weights.h5"
+    )  # writers that check the suffix accept it
 
     def fails(temporary):
         temporary.write_text("half")

@@ -34,7 +34,9 @@ def test_an_old_stkd_history_names_its_training_accuracy_mixed():
     _, history = reporting.read_run(STKD)
     # First row of the file: "0,0.37159454822540283,...,0.8587740659713745 (top5_accuracy),0.5023999810218811 (val_accuracy),..."
     assert history["epoch"] == [1, 2, 3]
-    assert history["mixed_accuracy"][0] == 0.37159454822540283 and history["mixed_top5_accuracy"][0] == 0.8587740659713745
+    assert (
+        history["mixed_accuracy"][0] == 0.37159454822540283 and history["mixed_top5_accuracy"][0] == 0.8587740659713745
+    )
     assert history["val_accuracy"][0] == 0.5023999810218811
     assert "accuracy" not in history and "top5_accuracy" not in history
 
@@ -42,7 +44,12 @@ def test_an_old_stkd_history_names_its_training_accuracy_mixed():
 def test_new_history_is_read_as_written(tmp_path):
     path = tmp_path / "history.csv"
     path.write_text("epoch,loss,mixed_accuracy,val_accuracy\n1,2.0,0.25,0.5\n2,1.5,0.5,0.75\n")
-    assert reporting.read_history(path, "stkd") == {"epoch": [1, 2], "loss": [2.0, 1.5], "mixed_accuracy": [0.25, 0.5], "val_accuracy": [0.5, 0.75]}
+    assert reporting.read_history(path, "stkd") == {
+        "epoch": [1, 2],
+        "loss": [2.0, 1.5],
+        "mixed_accuracy": [0.25, 0.5],
+        "val_accuracy": [0.5, 0.75],
+    }
     # A method this process does not know leaves the names as they are.
     assert "accuracy" in reporting.read_history(TEACHER / "history.csv", "not_registered_here")
 
@@ -117,7 +124,9 @@ def test_tensorboard_without_tensorflow_counts_epochs_from_one(tmp_path):
     def steps(split, tag):
         events = EventAccumulator(str(tmp_path / split))
         events.Reload()
-        return [event.step for event in (events.Scalars(tag) if tag in events.Tags()["scalars"] else events.Tensors(tag))]
+        return [
+            event.step for event in (events.Scalars(tag) if tag in events.Tags()["scalars"] else events.Tensors(tag))
+        ]
 
     assert steps("train", "epoch_mixed_accuracy") == steps("validation", "epoch_accuracy") == [1, 2]
 
@@ -133,5 +142,9 @@ def test_a_resumed_run_drops_the_row_of_an_epoch_its_checkpoint_lacks(tmp_path):
     # An old file (epochs from 0) is trimmed in its own numbering.
     old = tmp_path / "old.csv"
     old.write_text("epoch,accuracy,loss,val_accuracy\r\n0,0.25,2.0,0.5\r\n1,0.3,1.8,0.55\r\n")
-    log_epochs(HistoryLogger(old, append=True, committed_epochs=1), [1], {"loss": 1.5, "mixed_accuracy": 0.375, "val_accuracy": 0.625})
+    log_epochs(
+        HistoryLogger(old, append=True, committed_epochs=1),
+        [1],
+        {"loss": 1.5, "mixed_accuracy": 0.375, "val_accuracy": 0.625},
+    )
     assert [(row["epoch"], row["loss"]) for row in rows(old)] == [("0", "2.0"), ("1", "1.5")]

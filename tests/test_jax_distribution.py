@@ -31,7 +31,11 @@ BACKEND_ERROR = "--strategy data_parallel runs on the JAX backend"
 
 def jax_environment(**variables):
     """This environment on the JAX backend, without any device or cluster setting it may carry."""
-    inherited = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS" and not key.startswith("KERAS_DISTRIBUTION_")}
+    inherited = {
+        key: value
+        for key, value in os.environ.items()
+        if key != "XLA_FLAGS" and not key.startswith("KERAS_DISTRIBUTION_")
+    }
     return {**inherited, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "2", **variables}
 
 
@@ -42,7 +46,9 @@ def parse(returncode, stdout, stderr):
 
 def run_case(mode, environment, timeout=300):
     started = time.perf_counter()
-    run = subprocess.run([sys.executable, CASE, mode], check=False, env=environment, capture_output=True, text=True, timeout=timeout)
+    run = subprocess.run(
+        [sys.executable, CASE, mode], check=False, env=environment, capture_output=True, text=True, timeout=timeout
+    )
     print(f"{mode}: {time.perf_counter() - started:.1f} s")
     return parse(run.returncode, run.stdout, run.stderr)
 
@@ -116,7 +122,10 @@ def test_two_processes_match_one_device(one_device):
     for index, run in enumerate(runs):
         assert run["cluster"] and (run["process_count"], run["process_index"], run["chief"]) == (2, index, index == 0)
         assert len(run["mesh"]) == run["device_count"] == 2  # one CPU device each, both in the mesh
-        assert run["slice"] == [32 * index, 32 * index + 32]  # process 0 feeds rows 0-31 of each batch of 64, process 1 32-63
+        assert run["slice"] == [
+            32 * index,
+            32 * index + 32,
+        ]  # process 0 feeds rows 0-31 of each batch of 64, process 1 32-63
         assert_same_fit(run, one_device)
 
 
@@ -128,14 +137,19 @@ def no_cluster_environment(monkeypatch):
 
 
 def test_incomplete_or_bad_cluster_description_is_one_clear_error(no_cluster_environment):
-    with pytest.raises(ValueError, match=r"`num_processes` \(KERAS_DISTRIBUTION_NUM_PROCESSES\) and `process_id` .* are not given"):
+    with pytest.raises(
+        ValueError, match=r"`num_processes` \(KERAS_DISTRIBUTION_NUM_PROCESSES\) and `process_id` .* are not given"
+    ):
         jax_distribution.initialize("localhost:1234")
     no_cluster_environment.setenv(jax_distribution.JOB_ADDRESSES, "localhost:1234")
     no_cluster_environment.setenv(jax_distribution.NUM_PROCESSES, "2")
     with pytest.raises(ValueError, match=r"`process_id` \(KERAS_DISTRIBUTION_PROCESS_ID\) is not given"):
         jax_distribution.initialize()
     no_cluster_environment.setenv(jax_distribution.PROCESS_ID, "first")
-    with pytest.raises(ValueError, match="KERAS_DISTRIBUTION_PROCESS_ID to be an integer. Received: KERAS_DISTRIBUTION_PROCESS_ID='first'"):
+    with pytest.raises(
+        ValueError,
+        match="KERAS_DISTRIBUTION_PROCESS_ID to be an integer. Received: KERAS_DISTRIBUTION_PROCESS_ID='first'",
+    ):
         jax_distribution.initialize()
     with pytest.raises(ValueError, match="Received: num_processes=2, process_id=2"):
         jax_distribution.initialize(process_id=2)  # the argument wins over the environment
@@ -145,10 +159,21 @@ def test_other_backends_are_refused_in_one_sentence(no_cluster_environment):
     if keras.backend.backend() == "jax":  # this process cannot leave JAX: ask a TensorFlow one
         check = "from stkd_keras import jax_distribution; jax_distribution.data_parallel()"
         environment = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-        run = subprocess.run([sys.executable, "-c", check], check=False, env=environment, capture_output=True, text=True, timeout=120)
-        assert run.returncode != 0 and f"ValueError: {BACKEND_ERROR} (Keras 3.15's keras.distribution has no tensorflow support);" in run.stderr
+        run = subprocess.run(
+            [sys.executable, "-c", check], check=False, env=environment, capture_output=True, text=True, timeout=120
+        )
+        assert (
+            run.returncode != 0
+            and f"ValueError: {BACKEND_ERROR} (Keras 3.15's keras.distribution has no tensorflow support);"
+            in run.stderr
+        )
         return
-    calls = (jax_distribution.data_parallel, jax_distribution.initialize, jax_distribution.is_chief, lambda: jax_distribution.local_batch_slice(64))
+    calls = (
+        jax_distribution.data_parallel,
+        jax_distribution.initialize,
+        jax_distribution.is_chief,
+        lambda: jax_distribution.local_batch_slice(64),
+    )
     for call in calls:
         with pytest.raises(ValueError) as error:
             call()

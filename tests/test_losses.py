@@ -26,7 +26,9 @@ def test_two_class_kd_by_hand():
     assert float(losses.kd_loss(teacher, student, temperature=1.0)) == pytest.approx(0.5 * math.log(4 / 3), rel=1e-5)
     # At T=2 the student logits (2 ln 3, 0) soften to the same (3/4, 1/4); the T^2 factor gives 4x.
     student_t2 = np.array([[2 * math.log(3.0), 0.0]], "float32")
-    assert float(losses.kd_loss(teacher, student_t2, temperature=2.0)) == pytest.approx(4 * 0.5 * math.log(4 / 3), rel=1e-5)
+    assert float(losses.kd_loss(teacher, student_t2, temperature=2.0)) == pytest.approx(
+        4 * 0.5 * math.log(4 / 3), rel=1e-5
+    )
 
 
 def test_soft_cross_entropy_by_hand():
@@ -88,16 +90,22 @@ def test_dkd_matches_the_paper_in_numpy(temperature, mixed):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(got_tckd), tckd, rtol=1e-4, atol=1e-6 * temperature**2)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(got_nckd), nckd, rtol=1e-4, atol=1e-6 * temperature**2)
     expected = (1.0 * tckd + 8.0 * nckd).mean()
-    assert float(losses.dkd_loss(teacher, student, labels, temperature=temperature)) == pytest.approx(expected, rel=1e-4)
+    assert float(losses.dkd_loss(teacher, student, labels, temperature=temperature)) == pytest.approx(
+        expected, rel=1e-4
+    )
     expected = (2.0 * tckd + 0.5 * nckd).mean()
-    assert float(losses.dkd_loss(teacher, student, labels, alpha=2.0, beta=0.5, temperature=temperature)) == pytest.approx(expected, rel=1e-4)
+    assert float(
+        losses.dkd_loss(teacher, student, labels, alpha=2.0, beta=0.5, temperature=temperature)
+    ) == pytest.approx(expected, rel=1e-4)
 
 
 def test_dkd_reformulates_kd():
     """The DKD paper's identity, per sample: KD = TCKD + (1 - p^T_t) * NCKD, p^T_t the teacher's softened target probability."""
     teacher, student, labels, _ = dkd_arrays(5, batch=16, classes=10)
     for temperature in (1.0, 4.0):
-        tckd, nckd = (keras.ops.convert_to_numpy(v) for v in losses.dkd_divergences(teacher, student, labels, temperature))
+        tckd, nckd = (
+            keras.ops.convert_to_numpy(v) for v in losses.dkd_divergences(teacher, student, labels, temperature)
+        )
         p_target = np.exp(numpy_log_softmax(teacher.astype("float64") / temperature))[np.arange(16), labels.argmax(-1)]
         kd = keras.ops.convert_to_numpy(losses.kd_divergence(teacher, student, temperature))
         np.testing.assert_allclose(tckd + (1 - p_target) * nckd, kd, rtol=1e-4, atol=1e-6)
@@ -109,7 +117,9 @@ def test_dkd_of_two_classes_is_kd():
     teacher = np.array([[0.0, 0.0]], "float32")
     student = np.array([[math.log(3.0), 0.0]], "float32")
     tckd, nckd = losses.dkd_divergences(teacher, student, np.array([[0.0, 1.0]], "float32"), temperature=1.0)
-    assert float(tckd[0]) == pytest.approx(0.5 * math.log(4 / 3), rel=1e-5) and float(nckd[0]) == pytest.approx(0.0, abs=1e-7)
+    assert float(tckd[0]) == pytest.approx(0.5 * math.log(4 / 3), rel=1e-5) and float(nckd[0]) == pytest.approx(
+        0.0, abs=1e-7
+    )
 
 
 def test_dkd_stays_finite_when_the_target_probability_rounds_to_one():
@@ -138,7 +148,9 @@ def test_dkd_sample_weight_and_float16_logits():
 def test_standardize_logits_matches_numpy_with_the_unbiased_std():
     rng = np.random.default_rng(4)
     logits = (rng.normal(0, 5, (6, 10)) + rng.normal(0, 20, (6, 1))).astype("float32")
-    expected = (logits - logits.mean(-1, keepdims=True)) / (logits.astype("float64").std(-1, ddof=1, keepdims=True) + 1e-7)
+    expected = (logits - logits.mean(-1, keepdims=True)) / (
+        logits.astype("float64").std(-1, ddof=1, keepdims=True) + 1e-7
+    )
     got = keras.ops.convert_to_numpy(losses.standardize_logits(logits))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got.std(-1, ddof=1), 1.0, rtol=1e-5)
@@ -163,7 +175,9 @@ def test_kd_from_probabilities_is_kd_on_the_teachers_softmax(temperature):
 
 def test_kd_from_probabilities_by_hand_with_a_zero_probability():
     # p = (1, 0), student (ln 3, 0) at T = 1 -> q = (3/4, 1/4): KL = 1 * ln(1 / (3/4)) = ln(4/3); the class of p = 0 adds 0.
-    value = losses.kd_divergence_from_probabilities(np.array([[1.0, 0.0]], "float32"), np.array([[math.log(3.0), 0.0]], "float32"), 1.0)
+    value = losses.kd_divergence_from_probabilities(
+        np.array([[1.0, 0.0]], "float32"), np.array([[math.log(3.0), 0.0]], "float32"), 1.0
+    )
     assert float(value[0]) == pytest.approx(math.log(4 / 3), rel=1e-5)
     with pytest.raises(ValueError, match="temperature"):
         losses.kd_loss_from_probabilities(np.array([[1.0, 0.0]], "float32"), np.array([[0.0, 0.0]], "float32"), 0.0)
@@ -180,7 +194,9 @@ def test_stkd_matches_numpy_with_mixed_labels():
     expected = (0.1 * ce + 0.9 * numpy_kd(teacher.astype("float64"), student.astype("float64"), 4.0)).mean()
     assert float(losses.stkd_loss(labels, teacher, student, 4.0, 0.1, 0.9)) == pytest.approx(expected, rel=1e-4)
     loss_object = losses.STKDLoss(temperature=4.0, ce_weight=0.1, kd_weight=0.9)
-    assert float(loss_object({"labels": labels, "teacher_logits": teacher}, student)) == pytest.approx(expected, rel=1e-4)
+    assert float(loss_object({"labels": labels, "teacher_logits": teacher}, student)) == pytest.approx(
+        expected, rel=1e-4
+    )
 
 
 def test_sample_weight_weights_each_sample():

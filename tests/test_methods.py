@@ -60,7 +60,16 @@ def numpy_dkd(teacher, student, labels, temperature):
 def test_registry_lists_the_methods_and_the_preset_in_order():
     # Each preset follows its method; stkd+ls has a module of its own, imported after the built-in ones.
     assert methods.list_methods()[:10] == (
-        "ce", "kd", "kd+ls", "mixup", "kd_mixup_naive", "stkd", "stkd_clean_kd", "dkd", "dkd+ls", "stkd+ls"
+        "ce",
+        "kd",
+        "kd+ls",
+        "mixup",
+        "kd_mixup_naive",
+        "stkd",
+        "stkd_clean_kd",
+        "dkd",
+        "dkd+ls",
+        "stkd+ls",
     )
     with pytest.raises(ValueError, match=r"Expected `method` to be one of \('ce', 'kd'.*Received: method='crd'"):
         get_method("crd")
@@ -89,10 +98,20 @@ def test_what_each_method_declares(name, needs_teacher, mixes, teacher_sees):
 def test_defaults_are_the_standard_recipe():
     # The standard CIFAR-100 KD recipe (CRD/RepDistiller: T = 4, 0.1 CE + 0.9 KD) and mixup's Beta(0.2, 0.2).
     assert get_method("ce").defaults() == {}
-    assert get_method("kd").defaults() == {"temperature": 4.0, "logit_standardization": False, "ce_weight": 0.1, "kd_weight": 0.9}
+    assert get_method("kd").defaults() == {
+        "temperature": 4.0,
+        "logit_standardization": False,
+        "ce_weight": 0.1,
+        "kd_weight": 0.9,
+    }
     assert get_method("mixup").defaults() == {"mixup_alpha": 0.2, "lambda_per_sample": False}
     naive = {
-        "temperature": 4.0, "logit_standardization": False, "ce_weight": 0.1, "kd_weight": 0.9, "mixup_alpha": 0.2, "lambda_per_sample": False,
+        "temperature": 4.0,
+        "logit_standardization": False,
+        "ce_weight": 0.1,
+        "kd_weight": 0.9,
+        "mixup_alpha": 0.2,
+        "lambda_per_sample": False,
         "clean_kd_weight": 0.0,
     }
     stkd = {**naive, "mix_fraction": 1.0, "soft_target": "teacher_on_mix"}
@@ -107,22 +126,52 @@ def test_defaults_are_the_standard_recipe():
         ("kd", {"temperature": 0}, "Expected `temperature` to be a finite number > 0. Received: temperature=0"),
         ("kd", {"temperature": "hot"}, "Expected `temperature` to be a number > 0. Received: temperature='hot'"),
         ("kd", {"ce_weight": -0.1}, "Expected `ce_weight` to be a finite number >= 0. Received: ce_weight=-0.1"),
-        ("kd", {"logit_standardization": "yes"}, "Expected `logit_standardization` to be True or False. Received: logit_standardization='yes'"),
+        (
+            "kd",
+            {"logit_standardization": "yes"},
+            "Expected `logit_standardization` to be True or False. Received: logit_standardization='yes'",
+        ),
         ("dkd", {"warmup_epochs": 0}, "Expected `warmup_epochs` to be an int >= 1. Received: warmup_epochs=0"),
         ("dkd", {"warmup_epochs": 2.5}, "Expected `warmup_epochs` to be an int >= 1. Received: warmup_epochs=2.5"),
         ("dkd", {"warmup_epochs": True}, "Expected `warmup_epochs` to be an int >= 1. Received: warmup_epochs=True"),
         ("dkd", {"nckd_weight": -1}, "Expected `nckd_weight` to be a finite number >= 0. Received: nckd_weight=-1"),
         ("dkd", {"ce_weight": 0, "tckd_weight": 0, "nckd_weight": 0}, "at least one loss weight > 0"),
-        ("dkd", {"kd_weight": 1.0}, r"Method 'dkd' has no hyperparameter `kd_weight` \(its hyperparameters: temperature, logit_standardization, ce_weight"),
+        (
+            "dkd",
+            {"kd_weight": 1.0},
+            r"Method 'dkd' has no hyperparameter `kd_weight` \(its hyperparameters: temperature, "
+            r"logit_standardization, ce_weight",
+        ),
         ("stkd", {"ce_weight": 0, "kd_weight": 0}, "at least one loss weight > 0.*clean_kd_weight=0.0"),
         ("mixup", {"mixup_alpha": float("inf")}, "Expected `mixup_alpha` to be a finite number > 0"),
-        ("mixup", {"lambda_per_sample": "yes"}, "Expected `lambda_per_sample` to be True or False. Received: lambda_per_sample='yes'"),
-        ("mixup", {"temperature": 2.0}, r"Method 'mixup' has no hyperparameter `temperature` \(its hyperparameters: mixup_alpha, lambda_per_sample\)"),
+        (
+            "mixup",
+            {"lambda_per_sample": "yes"},
+            "Expected `lambda_per_sample` to be True or False. Received: lambda_per_sample='yes'",
+        ),
+        (
+            "mixup",
+            {"temperature": 2.0},
+            r"Method 'mixup' has no hyperparameter `temperature` \(its hyperparameters: mixup_alpha, "
+            r"lambda_per_sample\)",
+        ),
         ("ce", {"kd_weight": 1.0}, r"Method 'ce' has no hyperparameter `kd_weight` \(its hyperparameters: none\)"),
         ("stkd", {"mix_fraction": 0}, r"Expected `mix_fraction` to be a number in \(0, 1\]. Received: mix_fraction=0"),
-        ("stkd", {"mix_fraction": 1.5}, r"Expected `mix_fraction` to be a number in \(0, 1\]. Received: mix_fraction=1.5"),
-        ("stkd", {"mix_fraction": "half"}, r"Expected `mix_fraction` to be a number in \(0, 1\]. Received: mix_fraction='half'"),
-        ("stkd", {"soft_target": "bad"}, r"Expected `soft_target` to be one of \('teacher_on_mix', 'mixed_teacher'\). Received: soft_target='bad'"),
+        (
+            "stkd",
+            {"mix_fraction": 1.5},
+            r"Expected `mix_fraction` to be a number in \(0, 1\]. Received: mix_fraction=1.5",
+        ),
+        (
+            "stkd",
+            {"mix_fraction": "half"},
+            r"Expected `mix_fraction` to be a number in \(0, 1\]. Received: mix_fraction='half'",
+        ),
+        (
+            "stkd",
+            {"soft_target": "bad"},
+            r"Expected `soft_target` to be one of \('teacher_on_mix', 'mixed_teacher'\). Received: soft_target='bad'",
+        ),
         ("kd_mixup_naive", {"mix_fraction": 0.5}, "Method 'kd_mixup_naive' has no hyperparameter `mix_fraction`"),
     ],
 )
@@ -139,8 +188,17 @@ def test_clean_kd_needs_only_weights_that_are_not_all_zero():
 def context_arrays(batch=8, classes=5, seed=0):
     rng = np.random.default_rng(seed)
     labels = np.eye(classes, dtype="float32")[rng.integers(0, classes, batch)]
-    logits = {name: rng.normal(size=(batch, classes)).astype("float32") * 3 for name in ("student", "teacher", "clean_student", "clean_teacher")}
-    return labels, logits, rng.permutation(batch).astype("int32"), np.float32(0.3), rng.uniform(0.5, 1.5, batch).astype("float32")
+    logits = {
+        name: rng.normal(size=(batch, classes)).astype("float32") * 3
+        for name in ("student", "teacher", "clean_student", "clean_teacher")
+    }
+    return (
+        labels,
+        logits,
+        rng.permutation(batch).astype("int32"),
+        np.float32(0.3),
+        rng.uniform(0.5, 1.5, batch).astype("float32"),
+    )
 
 
 @pytest.mark.parametrize(
@@ -154,7 +212,9 @@ def context_arrays(batch=8, classes=5, seed=0):
 def test_loss_terms_equal_numpy(name, overrides):
     """Each method's terms on a context with mixing and sample weights, against the formulas worked out in numpy."""
     method = get_method(name)
-    values = method.make_hyperparameters(**({"temperature": 2.0} if "temperature" in method.defaults() else {}), **overrides)
+    values = method.make_hyperparameters(
+        **({"temperature": 2.0} if "temperature" in method.defaults() else {}), **overrides
+    )
     labels, logits, permutation, lam, weights = context_arrays()
     outputs = {"logits": logits["student"]}
     if method.needs_teacher:
@@ -172,7 +232,12 @@ def test_loss_terms_equal_numpy(name, overrides):
         mixed_labels = lam * labels + (1 - lam) * labels[permutation]
         mixed_weights = lam * weights + (1 - lam) * weights[permutation]
     np.testing.assert_allclose(to_numpy(context.labels), mixed_labels, rtol=1e-6)
-    expected = {"ce_loss": (np.mean(numpy_ce(mixed_labels, logits["student"]) * mixed_weights), getattr(values, "ce_weight", 1.0))}
+    expected = {
+        "ce_loss": (
+            np.mean(numpy_ce(mixed_labels, logits["student"]) * mixed_weights),
+            getattr(values, "ce_weight", 1.0),
+        )
+    }
     # With logit standardisation the KD terms see standardised logits, the cross-entropy the raw ones.
     soften = numpy_standardize if getattr(values, "logit_standardization", False) else (lambda z: z)
     if method.needs_teacher:
@@ -196,7 +261,10 @@ def test_evaluation_context_reports_the_clean_term_without_adding_it():
     context = batch_context(labels, {"logits": logits["student"], "teacher_logits": logits["teacher"]}, training=False)
     terms = method.loss_terms(context, values)
     kd = np.mean(numpy_kd(logits["teacher"], logits["student"], 4.0))
-    assert float(to_numpy(terms["clean_kd_loss"].value)) == pytest.approx(kd, rel=1e-5) and terms["clean_kd_loss"].weight == 0.0
+    assert (
+        float(to_numpy(terms["clean_kd_loss"].value)) == pytest.approx(kd, rel=1e-5)
+        and terms["clean_kd_loss"].weight == 0.0
+    )
 
 
 @pytest.mark.parametrize("name", ["dkd", "dkd+ls"])
@@ -214,7 +282,10 @@ def test_dkd_terms_equal_numpy(name):
     tckd, nckd = numpy_dkd(soften(logits["teacher"]), soften(logits["student"]), labels, values.temperature)
     ramp = 2 / 4  # min(1, (epoch + 1) / warmup_epochs) at epoch 1
     expected = {
-        "ce_loss": (np.mean(numpy_ce(labels, logits["student"]) * weights), values.ce_weight),  # raw logits, also with LS
+        "ce_loss": (
+            np.mean(numpy_ce(labels, logits["student"]) * weights),
+            values.ce_weight,
+        ),  # raw logits, also with LS
         "tckd_loss": (np.mean(tckd * weights), values.tckd_weight * ramp),
         "nckd_loss": (np.mean(nckd * weights), values.nckd_weight * ramp),
     }
@@ -238,11 +309,24 @@ def test_dkd_warmup_is_mdistillers(epoch, factor):
 
 def test_dkd_and_logit_standardization_presets_carry_the_published_settings():
     # mdistiller/engine/cfg.py: DKD CE_WEIGHT 1.0, ALPHA 1.0, BETA 8.0, T 4.0, WARMUP 20.
-    dkd = {"temperature": 4.0, "logit_standardization": False, "ce_weight": 1.0, "tckd_weight": 1.0, "nckd_weight": 8.0, "warmup_epochs": 20}
+    dkd = {
+        "temperature": 4.0,
+        "logit_standardization": False,
+        "ce_weight": 1.0,
+        "tckd_weight": 1.0,
+        "nckd_weight": 8.0,
+        "warmup_epochs": 20,
+    }
     assert get_method("dkd").defaults() == dkd
     # sunshangquan/logit-standardization-KD tools/train.py --logit-stand --base-temp 2 --kd-weight 9: DKD's alpha and beta
     # times 9 and T = 2; KD's T = 2 and KD weight 9, CE weight 0.1 (its mdistiller/engine/cfg.py).
-    assert get_method("dkd+ls").defaults() == {**dkd, "temperature": 2.0, "logit_standardization": True, "tckd_weight": 9.0, "nckd_weight": 72.0}
+    assert get_method("dkd+ls").defaults() == {
+        **dkd,
+        "temperature": 2.0,
+        "logit_standardization": True,
+        "tckd_weight": 9.0,
+        "nckd_weight": 72.0,
+    }
     kd_ls = {"temperature": 2.0, "logit_standardization": True, "ce_weight": 0.1, "kd_weight": 9.0}
     assert get_method("kd+ls").defaults() == kd_ls
     assert get_method("stkd+ls").defaults() == {**get_method("stkd").defaults(), **kd_ls}
@@ -266,7 +350,9 @@ def test_distiller_trains_with_dkd_and_kd_ls(name, fashion_arrays, trained_teach
     for epoch in range(2):
         if name == "dkd":
             ramp = (0.5, 1.0)[epoch]
-            expected = history["ce_loss"][epoch] + ramp * (history["tckd_loss"][epoch] + 8.0 * history["nckd_loss"][epoch])
+            expected = history["ce_loss"][epoch] + ramp * (
+                history["tckd_loss"][epoch] + 8.0 * history["nckd_loss"][epoch]
+            )
         else:
             expected = 0.1 * history["ce_loss"][epoch] + 9.0 * history["kd_loss"][epoch]
         assert np.isfinite(history["loss"][epoch]) and history["loss"][epoch] == pytest.approx(expected, rel=1e-4)
@@ -298,24 +384,34 @@ class _Recorder:
         ("stkd", 0.5, 2, 2, "mixed"),
     ],
 )
-def test_forward_runs_each_network_on_what_the_method_declares(name, clean_kd_weight, student_calls, teacher_calls, teacher_first_sees):
+def test_forward_runs_each_network_on_what_the_method_declares(
+    name, clean_kd_weight, student_calls, teacher_calls, teacher_first_sees
+):
     method = get_method(name)
     values = method.make_hyperparameters(**({} if clean_kd_weight is None else {"clean_kd_weight": clean_kd_weight}))
     images = np.random.default_rng(1).normal(size=(6, 4, 4, 1)).astype("float32")
     student, teacher = _Recorder(1.0), _Recorder(2.0)
-    outputs = forward(method, values, images, student, teacher if method.needs_teacher else None, keras.random.SeedGenerator(3))
+    outputs = forward(
+        method, values, images, student, teacher if method.needs_teacher else None, keras.random.SeedGenerator(3)
+    )
     assert len(student.seen) == student_calls and len(teacher.seen) == teacher_calls
-    assert all(training is True for _, training in student.seen) and all(training is False for _, training in teacher.seen)
+    assert all(training is True for _, training in student.seen) and all(
+        training is False for _, training in teacher.seen
+    )
     student_sees = images
     if method.mixes:
         lam, permutation = float(to_numpy(outputs["lam"])), to_numpy(outputs["permutation"])
         student_sees = lam * images + (1 - lam) * images[permutation]
     np.testing.assert_allclose(student.seen[0][0], student_sees, atol=1e-6)
     if teacher_first_sees:
-        np.testing.assert_allclose(teacher.seen[0][0], student_sees if teacher_first_sees == "mixed" else images, atol=1e-6)
+        np.testing.assert_allclose(
+            teacher.seen[0][0], student_sees if teacher_first_sees == "mixed" else images, atol=1e-6
+        )
     if student_calls == 2:
         np.testing.assert_allclose(student.seen[1][0], images)
-        np.testing.assert_allclose(to_numpy(outputs["clean_teacher_logits"]), 2.0 * images.reshape(6, -1)[:, :5], rtol=1e-6)
+        np.testing.assert_allclose(
+            to_numpy(outputs["clean_teacher_logits"]), 2.0 * images.reshape(6, -1)[:, :5], rtol=1e-6
+        )
     assert ("lam" in outputs) == method.mixes
 
 
@@ -349,7 +445,9 @@ def test_mix_fraction_mixes_only_the_first_samples(lambda_per_sample):
     np.testing.assert_array_equal(student.seen[0][0][3:], images[3:])
     np.testing.assert_array_equal(teacher.seen[0][0], student.seen[0][0])  # teacher_on_mix: the same virtual samples
     context = batch_context(labels, outputs)
-    np.testing.assert_allclose(to_numpy(context.labels), lam[:, None] * labels + (1 - lam[:, None]) * labels[permutation], atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(context.labels), lam[:, None] * labels + (1 - lam[:, None]) * labels[permutation], atol=1e-6
+    )
     np.testing.assert_array_equal(to_numpy(context.labels)[3:], labels[3:])
 
 
@@ -384,14 +482,19 @@ class _OtherFeatures(_Recorder):
 
 
 @pytest.mark.parametrize(
-    "mix_fraction, lambda_per_sample, clean_kd_weight, logit_standardization", [(1.0, False, 0.0, False), (0.5, True, 0.5, False), (0.5, False, 0.0, True)]
+    "mix_fraction, lambda_per_sample, clean_kd_weight, logit_standardization",
+    [(1.0, False, 0.0, False), (0.5, True, 0.5, False), (0.5, False, 0.0, True)],
 )
 def test_mixed_teacher_target_equals_numpy(mix_fraction, lambda_per_sample, clean_kd_weight, logit_standardization):
     """soft_target="mixed_teacher": the teacher runs once, on the clean images; its softmaxes are mixed like the labels."""
     method = get_method("stkd")
     values = method.make_hyperparameters(
-        soft_target="mixed_teacher", mix_fraction=mix_fraction, lambda_per_sample=lambda_per_sample, clean_kd_weight=clean_kd_weight,
-        temperature=2.0, logit_standardization=logit_standardization,
+        soft_target="mixed_teacher",
+        mix_fraction=mix_fraction,
+        lambda_per_sample=lambda_per_sample,
+        clean_kd_weight=clean_kd_weight,
+        temperature=2.0,
+        logit_standardization=logit_standardization,
     )
     assert method.teacher_input(values) == "clean" and method.teacher_input(method.make_hyperparameters()) == "mixed"
     images, labels = _images_and_labels()
@@ -410,21 +513,33 @@ def test_mixed_teacher_target_equals_numpy(mix_fraction, lambda_per_sample, clea
     teacher_probabilities = numpy_softmax(softened(teacher_logits) / 2.0)
     target = lam[:, None] * teacher_probabilities + (1 - lam[:, None]) * teacher_probabilities[permutation]
     kd = 2.0**2 * (target * (np.log(target) - numpy_log_softmax(softened(student_logits) / 2.0))).sum(-1)
-    mixed_labels, mixed_weights = lam[:, None] * labels + (1 - lam[:, None]) * labels[permutation], lam * weights + (1 - lam) * weights[permutation]
+    mixed_labels, mixed_weights = (
+        lam[:, None] * labels + (1 - lam[:, None]) * labels[permutation],
+        lam * weights + (1 - lam) * weights[permutation],
+    )
 
     terms = method.loss_terms(batch_context(labels, outputs, weights), values)
     assert tuple(terms) == method.term_names(values)
-    assert float(to_numpy(terms["kd_loss"].value)) == pytest.approx(np.mean(kd * mixed_weights), rel=1e-5) and terms["kd_loss"].weight == 0.9
-    assert float(to_numpy(terms["ce_loss"].value)) == pytest.approx(np.mean(numpy_ce(mixed_labels, student_logits) * mixed_weights), rel=1e-5)
+    assert (
+        float(to_numpy(terms["kd_loss"].value)) == pytest.approx(np.mean(kd * mixed_weights), rel=1e-5)
+        and terms["kd_loss"].weight == 0.9
+    )
+    assert float(to_numpy(terms["ce_loss"].value)) == pytest.approx(
+        np.mean(numpy_ce(mixed_labels, student_logits) * mixed_weights), rel=1e-5
+    )
     if clean_kd_weight:
         clean_kd = numpy_kd(teacher_logits, images.reshape(6, -1)[:, :5].astype("float64"), 2.0)
         assert float(to_numpy(terms["clean_kd_loss"].value)) == pytest.approx(np.mean(clean_kd), rel=1e-5)
 
     # In evaluation (the clean batch, no draw) the target is the teacher's own softmax: plain KD.
     clean_labels, logits, _, _, _ = context_arrays()
-    evaluation = batch_context(clean_labels, {"logits": logits["student"], "teacher_logits": logits["teacher"]}, training=False)
+    evaluation = batch_context(
+        clean_labels, {"logits": logits["student"], "teacher_logits": logits["teacher"]}, training=False
+    )
     value = method.loss_terms(evaluation, values)["kd_loss"].value
-    expected = np.mean(numpy_kd(softened(logits["teacher"].astype("float64")), softened(logits["student"].astype("float64")), 2.0))
+    expected = np.mean(
+        numpy_kd(softened(logits["teacher"].astype("float64")), softened(logits["student"].astype("float64")), 2.0)
+    )
     assert float(to_numpy(value)) == pytest.approx(expected, rel=1e-5)
 
 
@@ -445,24 +560,37 @@ def test_distiller_trains_stkd_with_the_mixed_teacher_on_half_of_each_batch(fash
 
 def test_registering_checks_the_declaration():
     with pytest.raises(ValueError, match="A method named 'stkd' is already registered"):
-        methods.register_method(type("Again", (DistillationMethod,), {"name": "stkd", "term_names": lambda self, h: ("ce_loss",)}))
+        methods.register_method(
+            type("Again", (DistillationMethod,), {"name": "stkd", "term_names": lambda self, h: ("ce_loss",)})
+        )
     with pytest.raises(ValueError, match=r"teacher_sees in \('clean', 'mixed'\). Received: teacher_sees='both'"):
-        methods.register_method(type("Both", (DistillationMethod,), {"name": "_both", "needs_teacher": True, "teacher_sees": "both"}))
+        methods.register_method(
+            type("Both", (DistillationMethod,), {"name": "_both", "needs_teacher": True, "teacher_sees": "both"})
+        )
     with pytest.raises(ValueError, match="hyperparameters to be a Hyperparameters dataclass"):
         methods.register_method(type("Loose", (DistillationMethod,), {"name": "_loose", "hyperparameters": dict}))
     with pytest.raises(ValueError, match=r"Silent must define loss_terms\(\), term_names\(\)\."):
         methods.register_method(type("Silent", (DistillationMethod,), {"name": "_silent"}))
     terms = {"term_names": lambda self, h: ("ce_loss",), "loss_terms": lambda self, c, h: {}}
-    with pytest.raises(ValueError, match=r"Mixer mixes, so its hyperparameters need .*Missing: \['lambda_per_sample', 'mixup_alpha'\]"):
+    with pytest.raises(
+        ValueError, match=r"Mixer mixes, so its hyperparameters need .*Missing: \['lambda_per_sample', 'mixup_alpha'\]"
+    ):
         methods.register_method(type("Mixer", (DistillationMethod,), {"name": "_mixer", "mixes": True, **terms}))
     with pytest.raises(ValueError, match="Method 'stkd' has no hyperparameter `warmup`"):
         methods.register_preset("_stkd_warm", "stkd", "bad preset", warmup=3)
     assert "_stkd_warm" not in methods.list_methods()
     # A hyperparameter named like a run's own setting would replace it silently in the run's flat config: refused.
-    Clash = dataclasses.make_dataclass("Clash", [("epochs", int, dataclasses.field(default=3)), ("seed", int, dataclasses.field(default=0))],
-                                       bases=(Hyperparameters,))
-    with pytest.raises(ValueError, match=r"Clashing's hyperparameters \['epochs', 'seed'\] share their names with a run's own settings"):
-        methods.register_method(type("Clashing", (DistillationMethod,), {"name": "_clash", "hyperparameters": Clash, **terms}))
+    Clash = dataclasses.make_dataclass(
+        "Clash",
+        [("epochs", int, dataclasses.field(default=3)), ("seed", int, dataclasses.field(default=0))],
+        bases=(Hyperparameters,),
+    )
+    with pytest.raises(
+        ValueError, match=r"Clashing's hyperparameters \['epochs', 'seed'\] share their names with a run's own settings"
+    ):
+        methods.register_method(
+            type("Clashing", (DistillationMethod,), {"name": "_clash", "hyperparameters": Clash, **terms})
+        )
     assert "_clash" not in methods.list_methods()
 
 
@@ -474,8 +602,12 @@ def test_reserved_names_are_the_run_settings_and_distiller_arguments():
     from stkd_keras.recipes import EXTRA_FIELDS
 
     distiller = set(inspect.signature(Distiller.__init__).parameters) - {"self", "kwargs"}
-    assert methods.RESERVED_NAMES == {field.name for field in dataclasses.fields(RunConfig)} | set(EXTRA_FIELDS) | distiller | set(_MODEL_KWARGS)
-    taken = {field for method in methods.list_methods() for field in get_method(method).hyperparameters.__dataclass_fields__}
+    assert methods.RESERVED_NAMES == {field.name for field in dataclasses.fields(RunConfig)} | set(
+        EXTRA_FIELDS
+    ) | distiller | set(_MODEL_KWARGS)
+    taken = {
+        field for method in methods.list_methods() for field in get_method(method).hyperparameters.__dataclass_fields__
+    }
     assert not taken & methods.RESERVED_NAMES  # the built-in methods keep clear of them
 
 
@@ -491,7 +623,8 @@ def test_registry_and_command_line_import_no_keras():
     """The command line lists methods and builds its options before a Keras backend is chosen."""
     code = (
         "import sys; import stkd_keras.methods, stkd_keras.cli.main; "
-        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if 'keras' in m)"
+        "assert 'keras' not in sys.modules and 'tensorflow' not in sys.modules, sorted(m for m in sys.modules if "
+        "'keras' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -517,7 +650,9 @@ def test_readme_adding_a_method_example_runs(fashion_arrays, trained_teacher):
     distiller.compile(optimizer="sgd")
     history = distiller.fit(x[:256], y[:256], batch_size=64, epochs=3, verbose=0).history
     for epoch, ramp in enumerate((0.5, 1.0, 1.0)):  # min(1, (epoch + 1) / 2)
-        assert history["loss"][epoch] == pytest.approx(history["ce_loss"][epoch] + ramp * history["kd_loss"][epoch], rel=1e-4)
+        assert history["loss"][epoch] == pytest.approx(
+            history["ce_loss"][epoch] + ramp * history["kd_loss"][epoch], rel=1e-4
+        )
 
 
 def test_hyperparameter_dataclasses_write_each_default_once():
@@ -530,6 +665,13 @@ def test_hyperparameter_dataclasses_write_each_default_once():
                     owners.setdefault(field_name, set()).add(klass.__qualname__)
     assert all(len(classes) == 1 for classes in owners.values()), owners
     assert set(owners) == {
-        "temperature", "logit_standardization", "ce_weight", "kd_weight", "mixup_alpha", "lambda_per_sample", "clean_kd_weight",
-        "mix_fraction", "soft_target",
+        "temperature",
+        "logit_standardization",
+        "ce_weight",
+        "kd_weight",
+        "mixup_alpha",
+        "lambda_per_sample",
+        "clean_kd_weight",
+        "mix_fraction",
+        "soft_target",
     }

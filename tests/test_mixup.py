@@ -39,7 +39,11 @@ def test_per_sample_lambda():
     perm = to_numpy(out.permutation)
     assert lam.shape == (16,)
     assert len(np.unique(lam)) == 16
-    np.testing.assert_allclose(to_numpy(out.images), lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[perm], atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(out.images),
+        lam[:, None, None, None] * images + (1 - lam[:, None, None, None]) * images[perm],
+        atol=1e-6,
+    )
     np.testing.assert_allclose(np.sum(to_numpy(out.labels), axis=-1), np.ones(16), rtol=1e-6)
     assert mixup_lib.apply_mixup(images, labels, seed=5).lam.shape == ()
 
@@ -96,7 +100,9 @@ def test_a_tiny_alpha_gives_the_same_lambdas_on_every_backend(alpha):
 def test_per_batch_lambda_statistics_over_many_batches():
     images, labels = batch(size=4)
     generator = keras.random.SeedGenerator(11)
-    lams = np.array([float(to_numpy(mixup_lib.apply_mixup(images, labels, alpha=0.2, seed=generator).lam)) for _ in range(300)])
+    lams = np.array(
+        [float(to_numpy(mixup_lib.apply_mixup(images, labels, alpha=0.2, seed=generator).lam)) for _ in range(300)]
+    )
     # Beta(0.2, 0.2): mean 1/2, variance 1 / (4 * 1.4) = 0.179. Over 300 draws the mean's standard error is
     # sqrt(0.179 / 300) = 0.024, and the variance's relative one sqrt((kurtosis - 1) / 300) = 0.028 (kurtosis
     # 3 - 6 / (2a + 3) = 1.24): both tolerances are over 3 standard errors. 1000 draws took 20 s on TensorFlow.

@@ -52,8 +52,22 @@ def test_cli_strategy_option_runs_mirrored(tmp_path):
 
     result = CliRunner().invoke(
         cli,
-        ["train-teacher", "--model", "cnn8", "--epochs", "1", "--train-subset", "128", "--val-subset", "64", "--strategy", "mirrored",
-         "--quiet", "--output", str(tmp_path / "run")],
+        [
+            "train-teacher",
+            "--model",
+            "cnn8",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "128",
+            "--val-subset",
+            "64",
+            "--strategy",
+            "mirrored",
+            "--quiet",
+            "--output",
+            str(tmp_path / "run"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "MirroredStrategy over 1 device(s)" in result.output  # this machine has one CPU device in-process

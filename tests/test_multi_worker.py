@@ -45,7 +45,10 @@ def free_ports(count):
 
 
 def cluster_env(ports, index):
-    config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
+    config = {
+        "cluster": {"worker": [f"localhost:{port}" for port in ports]},
+        "task": {"type": "worker", "index": index},
+    }
     return {**os.environ, "TF_CONFIG": json.dumps(config)}
 
 
@@ -53,7 +56,9 @@ def run_workers(command, count=2, timeout=400):
     """Runs `command` once per worker of a localhost cluster; returns the completed processes, chief first."""
     ports = free_ports(count)
     processes = [
-        subprocess.Popen(command, env=cluster_env(ports, index), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            command, env=cluster_env(ports, index), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for index in range(count)
     ]
     outputs = []
@@ -84,8 +89,23 @@ def test_two_workers_match_one_device():
 def test_cli_multi_worker_run_is_written_by_the_chief_only(tmp_path):
     output = tmp_path / "run"
     command = [
-        sys.executable, "-m", "stkd_keras.cli.main", "train-teacher", "--strategy", "multi_worker", "--model", "cnn8",
-        "--epochs", "1", "--train-subset", "128", "--val-subset", "64", "--quiet", "--output", str(output),
+        sys.executable,
+        "-m",
+        "stkd_keras.cli.main",
+        "train-teacher",
+        "--strategy",
+        "multi_worker",
+        "--model",
+        "cnn8",
+        "--epochs",
+        "1",
+        "--train-subset",
+        "128",
+        "--val-subset",
+        "64",
+        "--quiet",
+        "--output",
+        str(output),
     ]
     (chief, worker) = run_workers(command)
     assert chief[0] == 0, chief[2][-3000:]
@@ -122,7 +142,20 @@ def test_bad_or_missing_tf_config_is_one_clear_error(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="needs TF_CONFIG"):
         distribute.get_strategy("multi_worker")
     result = CliRunner().invoke(
-        cli, ["train-teacher", "--strategy", "multi_worker", "--model", "cnn8", "--epochs", "1", "--train-subset", "64", "--output", str(tmp_path / "r")]
+        cli,
+        [
+            "train-teacher",
+            "--strategy",
+            "multi_worker",
+            "--model",
+            "cnn8",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "64",
+            "--output",
+            str(tmp_path / "r"),
+        ],
     )
     assert result.exit_code == 1 and "needs TF_CONFIG" in result.output
     assert not any(tmp_path.iterdir())

@@ -19,7 +19,18 @@ def test_wheel_layout(tmp_path):
     for name in ("stkd_keras", "export", "cli"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
         check=True,
         capture_output=True,
     )
@@ -51,10 +62,21 @@ def test_the_readme_first_screen_says_what_it_is_and_how_to_install_one_backend(
     assert prose.startswith("**stkd-keras distils") and "Keras" in prose  # what it does, before any command
     # The two commands, word for word (CI runs the second through .ci/run).
     setup = "apt-get update && apt-get install -y dataset-fashion-mnist && pip install -r requirements.txt -e . && "
-    assert setup + "stkd-keras distill --dataset fashion_mnist" in first_screen and setup + "pytest\n" in first_screen + "\n"
-    assert "python3 -m venv .venv" in first_screen and "download.pytorch.org/whl/cpu" in first_screen and "CUDA build" in first_screen
+    assert (
+        setup + "stkd-keras distill --dataset fashion_mnist" in first_screen
+        and setup + "pytest\n" in first_screen + "\n"
+    )
+    assert (
+        "python3 -m venv .venv" in first_screen
+        and "download.pytorch.org/whl/cpu" in first_screen
+        and "CUDA build" in first_screen
+    )
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
-    named = {name for group in re.findall(r"pip install -e '\.\[([a-z,]+)\]'", first_screen) for name in group.split(",")}
+    named = {
+        name for group in re.findall(r"pip install -e '\.\[([a-z,]+)\]'", first_screen) for name in group.split(",")
+    }
     assert named == {"tensorflow", "export", "jax", "torch"} and named <= extras
     # What the first command gives, and where the reference starts.
-    assert "What command 1 gives" in first_screen and first_screen.index("What command 1 gives") < first_screen.index("## STKD in five lines")
+    assert "What command 1 gives" in first_screen and first_screen.index("What command 1 gives") < first_screen.index(
+        "## STKD in five lines"
+    )

@@ -17,12 +17,35 @@ STUDY = ROOT / "benchmarks" / "results" / "fashion_mnist_study"
 def dkd_run(folder: Path, epochs: int) -> Path:
     """A finished dkd run's metrics.json and history.csv, as `distill --method dkd` writes them (columns from a real run)."""
     folder.mkdir()
-    columns = ["epoch", "ce_loss", "loss", "mixed_accuracy", "nckd_loss", "tckd_loss", "learning_rate", "val_accuracy", "val_ce_loss",
-               "val_loss", "val_nckd_loss", "val_tckd_loss"]
-    rows = [[epoch, 1.0 / epoch, 2.0 / epoch, 0.5, 0.3 / epoch, 0.2 / epoch, 0.01, 0.6, 0.9, 1.9, 0.3, 0.2] for epoch in range(1, epochs + 1)]
+    columns = [
+        "epoch",
+        "ce_loss",
+        "loss",
+        "mixed_accuracy",
+        "nckd_loss",
+        "tckd_loss",
+        "learning_rate",
+        "val_accuracy",
+        "val_ce_loss",
+        "val_loss",
+        "val_nckd_loss",
+        "val_tckd_loss",
+    ]
+    rows = [
+        [epoch, 1.0 / epoch, 2.0 / epoch, 0.5, 0.3 / epoch, 0.2 / epoch, 0.01, 0.6, 0.9, 1.9, 0.3, 0.2]
+        for epoch in range(1, epochs + 1)
+    ]
     (folder / "history.csv").write_text("\n".join(",".join(map(str, row)) for row in [columns, *rows]) + "\n")
-    metrics = {"role": "student", "model": "resnet8", "method": "dkd", "final_val_accuracy": 0.6, "best_val_accuracy": 0.6,
-               "best_epoch": {"epoch": epochs}, "final_epoch": {"epoch": epochs}, "config": {"dataset": "fashion_mnist", "epochs": epochs}}
+    metrics = {
+        "role": "student",
+        "model": "resnet8",
+        "method": "dkd",
+        "final_val_accuracy": 0.6,
+        "best_val_accuracy": 0.6,
+        "best_epoch": {"epoch": epochs},
+        "final_epoch": {"epoch": epochs},
+        "config": {"dataset": "fashion_mnist", "epochs": epochs},
+    }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     return folder
 
@@ -36,9 +59,21 @@ def test_curves_show_the_terms_the_method_reports(tmp_path):
     figure = reporting.curves_figure(dkd_run(tmp_path / "dkd", epochs=20))
     plotted = {line.get_label() for line in figure.axes[0].get_lines()}
     # The loss panel once drew a fixed list (loss, ce_loss, kd_loss): DKD's own terms never appeared.
-    assert plotted == {"loss", "ce_loss", "tckd_loss", "nckd_loss", "val_loss", "val_ce_loss", "val_tckd_loss", "val_nckd_loss"}
+    assert plotted == {
+        "loss",
+        "ce_loss",
+        "tckd_loss",
+        "nckd_loss",
+        "val_loss",
+        "val_ce_loss",
+        "val_tckd_loss",
+        "val_nckd_loss",
+    }
     lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
-    assert lines["tckd_loss"].get_color() == lines["val_tckd_loss"].get_color() and lines["val_tckd_loss"].get_linestyle() == "--"
+    assert (
+        lines["tckd_loss"].get_color() == lines["val_tckd_loss"].get_color()
+        and lines["val_tckd_loss"].get_linestyle() == "--"
+    )
     for axis in figure.axes:  # a long run: integer ticks, no dots
         assert all(tick.is_integer() for tick in visible_ticks(axis))
         assert all(line.get_marker() in (None, "None", "") for line in axis.get_lines())
@@ -53,7 +88,7 @@ def test_a_one_epoch_run_shows_its_points_on_whole_epoch_ticks(tmp_path):
 
 
 def _overlaps(boxes) -> bool:
-    return any(a.overlaps(b) for index, a in enumerate(boxes) for b in boxes[index + 1:])
+    return any(a.overlaps(b) for index, a in enumerate(boxes) for b in boxes[index + 1 :])
 
 
 def test_the_study_figure_labels_do_not_overlap_and_its_marks_are_explained():

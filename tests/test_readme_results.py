@@ -27,16 +27,22 @@ def row(setting, method, finals, versus=None, baseline=False):
 
 
 def test_readme_section_matches_the_committed_results():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "readme_results.py"), "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "readme_results.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("path", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks" / "results").rglob("*.md"))])
+@pytest.mark.parametrize(
+    "path", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks" / "results").rglob("*.md"))]
+)
 def test_every_table_renders_with_its_figures_under_their_headers(path):
     """The result tables' setting cells held ` | `: 10 to 12 cells under 7 headers, the accuracy columns dropped on GitHub."""
     text = (ROOT / path).read_text()
     for table in markdown_tables.tables(text):
-        assert table.source_cells == [len(table.header)] * len(table.rows), f"{path}, the table at line {table.line}: {table.source_cells}"
+        assert table.source_cells == [len(table.header)] * len(table.rows), (
+            f"{path}, the table at line {table.line}: {table.source_cells}"
+        )
         if "final top-1 mean ± std" in table.header:
             for mean in table.column("final top-1 mean ± std"):
                 assert re.fullmatch(r"\d+\.\d\d ± (\d+\.\d\d|nan)", mean), (path, mean)
@@ -49,7 +55,10 @@ def test_verdict_needs_an_interval_that_excludes_zero():
 
 
 def test_methods_sentences_rank_each_regime_and_name_the_interval():
-    short, long = "fm | cnn16 <- resnet14 | 3 epochs | 5000 train images", "fm | cnn16 <- resnet14 | 12 epochs | 5000 train images"
+    short, long = (
+        "fm | cnn16 <- resnet14 | 3 epochs | 5000 train images",
+        "fm | cnn16 <- resnet14 | 12 epochs | 5000 train images",
+    )
     rows = [
         row(long, "kd", [0.85], baseline=True),
         row(long, "stkd", [0.87], versus=(0.02, 0.01, 0.03)),
@@ -62,7 +71,9 @@ def test_methods_sentences_rank_each_regime_and_name_the_interval():
         "- 3 epochs: final-epoch top-1 by mean: kd 80.00, stkd 79.00. "
         "Against kd: stkd no clear difference (-1.00 points [95% CI -3.00, +1.00])."
     )
-    assert sentences[1].startswith("- 12 epochs: final-epoch top-1 by mean: stkd 87.00, kd 85.00. Against kd: stkd better (+2.00 points")
+    assert sentences[1].startswith(
+        "- 12 epochs: final-epoch top-1 by mean: stkd 87.00, kd 85.00. Against kd: stkd better (+2.00 points"
+    )
 
 
 def test_ablation_sentences_sort_changes_by_their_effect(tmp_path):
@@ -74,14 +85,24 @@ def test_ablation_sentences_sort_changes_by_their_effect(tmp_path):
             folder = tmp_path / f"{name}{seed}"
             folder.mkdir()
             config = {"dataset": "fm", "epochs": 12, "train_subset": 5000, "mixup_alpha": alpha}
-            metrics = {"model": "cnn16", "method": "stkd", "seed": seed, "final_val_accuracy": final, "best_val_accuracy": final, "config": config}
+            metrics = {
+                "model": "cnn16",
+                "method": "stkd",
+                "seed": seed,
+                "final_val_accuracy": final,
+                "best_val_accuracy": final,
+                "config": config,
+            }
             (folder / "metrics.json").write_text(json.dumps(metrics))
             folders.append(folder)
     rows = compare.compare(compare.load_runs(folders), "stkd", {"mixup_alpha": 0.2})
     sentences = readme_results.ablation_sentences(rows)
     assert sentences[0] == "- 12 epochs | defaults: 80.50 ± 0.71 (the reference)."
     # Paired differences: alpha 1.0: +0.03, +0.03 (no spread: CI [3, 3], better); alpha 0.4: -0.01, 0.00.
-    assert sentences[1] == "- 12 epochs | mixup_alpha=1.0: better, +3.00 points [95% CI +3.00, +3.00] against the defaults."
+    assert (
+        sentences[1]
+        == "- 12 epochs | mixup_alpha=1.0: better, +3.00 points [95% CI +3.00, +3.00] against the defaults."
+    )
     assert sentences[2].startswith("- 12 epochs | mixup_alpha=0.4: no clear difference, -0.50 points")
 
 
@@ -102,7 +123,8 @@ def test_study_sentences_give_the_gap_the_best_student_and_any_stkd_win():
     runs = [{"teacher": {"accuracy": 0.9033}}, {"teacher": None}]
     # Teacher 90.33 against ce's mean 85.00: 5.33 points.
     assert readme_results.gap_sentences(rows, runs) == [
-        "- 20 epochs: the teacher reaches 90.33, the student trained alone (ce) 85.00: a gap of 5.33 points for distillation to close."
+        "- 20 epochs: the teacher reaches 90.33, the student trained alone (ce) 85.00: a gap of 5.33 points for "
+        "distillation to close."
     ]
     assert readme_results.best_sentences(rows, "kd") == [
         "- 20 epochs: the best student is dkd (87.50), +1.50 points [95% CI +0.50, +2.50] against kd; "
@@ -129,7 +151,9 @@ def _export_benchmark():
 
 def test_readme_export_section_matches_its_measurements():
     """The export tables and conclusions come from benchmarks/results/export/export.json, none typed by hand."""
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "export.py"), "--check"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "export.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -137,15 +161,26 @@ def test_the_onnx_int8_default_is_the_fastest_configuration_that_holds():
     bench = _export_benchmark()
 
     def config(quant_format, activations, per_channel, reduce_range, ms, top1):
-        return {"config": {"quant_format": quant_format, "activations": activations, "per_channel": per_channel, "reduce_range": reduce_range},
-                "name": f"{quant_format} {activations} {per_channel} {reduce_range}", "runtime_ms_1t": ms, "top1": top1}
+        return {
+            "config": {
+                "quant_format": quant_format,
+                "activations": activations,
+                "per_channel": per_channel,
+                "reduce_range": reduce_range,
+            },
+            "name": f"{quant_format} {activations} {per_channel} {reduce_range}",
+            "runtime_ms_1t": ms,
+            "top1": top1,
+        }
 
     rows = [
         config("QDQ", "int8", True, False, 0.341, 0.7746),
-        config("QDQ", "uint8", True, False, 0.150, 0.7704),     # fastest, but 0.53 points below Keras's 0.7757: does not hold
-        config("QDQ", "uint8", True, True, 0.188, 0.7742),      # within 5% of the fastest that holds (0.184 * 1.05 = 0.193)
+        config(
+            "QDQ", "uint8", True, False, 0.150, 0.7704
+        ),  # fastest, but 0.53 points below Keras's 0.7757: does not hold
+        config("QDQ", "uint8", True, True, 0.188, 0.7742),  # within 5% of the fastest that holds (0.184 * 1.05 = 0.193)
         config("QOperator", "uint8", False, True, 0.184, 0.7763),
-        config("QDQ", "uint8", False, True, 0.200, 0.7790),     # 8.7% slower: not tied, whatever its top-1
+        config("QDQ", "uint8", False, True, 0.200, 0.7790),  # 8.7% slower: not tied, whatever its top-1
     ]
     # Among the tied pair, QDQ (every execution provider reads it) comes before QOperator.
     assert bench.choose_onnx_config(rows, keras_top1=0.7757) is rows[2]

@@ -47,7 +47,9 @@ def _state(folder: Path, epoch: int) -> None:
 
 
 def _run_record(folder: Path) -> None:
-    runs.write_run_file(folder, {"command": "train-teacher", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    runs.write_run_file(
+        folder, {"command": "train-teacher", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)}
+    )
 
 
 def workspace(root: Path) -> None:
@@ -72,7 +74,9 @@ def checksums(root: Path) -> dict[str, str]:
         for name in files + [d for d in directories if os.path.islink(os.path.join(folder, d))]:
             path = Path(folder) / name
             key = str(path.relative_to(root))
-            found[key] = "link:" + os.readlink(path) if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+            found[key] = (
+                "link:" + os.readlink(path) if path.is_symlink() else hashlib.sha256(path.read_bytes()).hexdigest()
+            )
     return found
 
 
@@ -83,7 +87,12 @@ def spell(root: Path, name: str, spelling: str) -> Path:
     if spelling == "dotdot":
         return root / "docs" / "sub" / ".." / ".." / name
     link = root / f"link-{len(name)}" if len(name.encode()) > 200 else root / f"link-{name}"
-    target = {"symlink": root / name, "dangling": root / name, "link_to_docs": root / "docs", "link_to_done": root / "done"}[spelling]
+    target = {
+        "symlink": root / name,
+        "dangling": root / name,
+        "link_to_docs": root / "docs",
+        "link_to_done": root / "done",
+    }[spelling]
     if spelling == "symlink":
         target.mkdir(exist_ok=True)
     if not os.path.lexists(link):
@@ -96,7 +105,9 @@ def act(output: Path, action: str) -> None:
     if action == "report":
         runs.unfinished_runs(output)
         return
-    with runs.run_directory(output, overwrite=action == "overwrite", resume=action == "resume", log=lambda *_: None) as staging:
+    with runs.run_directory(
+        output, overwrite=action == "overwrite", resume=action == "resume", log=lambda *_: None
+    ) as staging:
         if action != "resume":
             _run_record(staging)
         (staging / "teacher.keras").write_text("new model")
@@ -115,7 +126,11 @@ def changed_outside(before: dict, after: dict, root: Path, output: Path) -> list
     for key in set(before) | set(after):
         path = root / key
         inside = Path(os.path.realpath(path.parent)) / path.name
-        own = inside == folder or inside.is_relative_to(folder) or any(part.startswith(staging_prefix) for part in path.relative_to(root).parts)
+        own = (
+            inside == folder
+            or inside.is_relative_to(folder)
+            or any(part.startswith(staging_prefix) for part in path.relative_to(root).parts)
+        )
         if before.get(key) != after.get(key) and not own and not path.name.startswith("link-"):
             changed.append(key)
     return sorted(changed)
@@ -159,7 +174,9 @@ def test_no_output_spelling_changes_another_run_or_a_users_file_many_examples(na
 
 
 @settings(max_examples=EXAMPLES, **SETTINGS)
-@given(spelling=st.sampled_from(["plain", "dotdot", "symlink_file", "symlink_folder", "run_folder"]), inside=st.booleans())
+@given(
+    spelling=st.sampled_from(["plain", "dotdot", "symlink_file", "symlink_folder", "run_folder"]), inside=st.booleans()
+)
 def test_a_teacher_inside_the_output_is_refused_however_it_is_spelled(spelling, inside):
     with tempfile.TemporaryDirectory() as temporary:
         root = Path(temporary)
@@ -186,7 +203,11 @@ def test_a_teacher_inside_the_output_is_refused_however_it_is_spelled(spelling, 
                     runs.check_teacher_outside(teacher, spelled_output)
             else:
                 resolved = runs.check_teacher_outside(teacher, spelled_output)
-                assert resolved == Path(os.path.realpath(teacher)) and ".." not in resolved.parts and not resolved.is_symlink()
+                assert (
+                    resolved == Path(os.path.realpath(teacher))
+                    and ".." not in resolved.parts
+                    and not resolved.is_symlink()
+                )
 
 
 def _zip() -> bytes:

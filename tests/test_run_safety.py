@@ -25,7 +25,11 @@ def invoke(*args):
 
 
 def checksums(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_an_output_in_use_is_refused_naming_the_holder_and_a_killed_holder_frees_it(tmp_path):
@@ -37,11 +41,15 @@ def test_an_output_in_use_is_refused_naming_the_holder_and_a_killed_holder_frees
         assert holder.stdout.readline().strip() == "locked"
         for args in (["train-teacher", *TINY, "--output", output], ["train-teacher", "--resume", output]):
             result = invoke(*args)
-            assert result.exit_code == 1 and f"{output} is in use by process {holder.pid}" in result.output, result.output
+            assert result.exit_code == 1 and f"{output} is in use by process {holder.pid}" in result.output, (
+                result.output
+            )
         with pytest.raises(runs.OutputInUse, match=f"in use by process {holder.pid}"):
             with runs.output_lock(output):
                 pass
-        assert sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", staging.name] and checksums(staging) == before
+        assert (
+            sorted(p.name for p in tmp_path.iterdir()) == [".run.lock", staging.name] and checksums(staging) == before
+        )
     finally:
         os.kill(holder.pid, signal.SIGKILL)
         holder.wait()
@@ -54,7 +62,9 @@ def _unfinished(tmp_path: Path, epoch: int) -> Path:
     staging = tmp_path / ".run.partial-4242"
     (staging / runs.CHECKPOINT_DIR).mkdir(parents=True)
     (staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": epoch, "history": {}}))
-    runs.write_run_file(staging, {"command": "train-teacher", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    runs.write_run_file(
+        staging, {"command": "train-teacher", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)}
+    )
     return staging
 
 
@@ -78,13 +88,16 @@ def test_report_lists_the_unfinished_runs_of_a_folder(tmp_path):
     nested = tmp_path / "grid" / ".seed1.partial-77"
     (nested / "teacher" / runs.CHECKPOINT_DIR).mkdir(parents=True)
     (nested / "teacher" / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 1}))
-    runs.write_run_file(nested, {"command": "distill", "config": RunConfig(epochs=5), "teacher_config": RunConfig(epochs=4)})
+    runs.write_run_file(
+        nested, {"command": "distill", "config": RunConfig(epochs=5), "teacher_config": RunConfig(epochs=4)}
+    )
     (tmp_path / "grid" / ".seed2.partial-78").mkdir()  # nothing committed: not resumable, not listed
     result = invoke("report", tmp_path)
     assert result.exit_code == 0, result.output
     assert result.output.splitlines() == [
         "2 unfinished run(s):",
-        f"  {tmp_path / 'grid' / 'seed1'}: its teacher at epoch 1 of 4; continue it with stkd-keras distill --resume {tmp_path / 'grid' / 'seed1'}",
+        f"  {tmp_path / 'grid' / 'seed1'}: its teacher at epoch 1 of 4; continue it with stkd-keras distill --resume "
+        f"{tmp_path / 'grid' / 'seed1'}",
         f"  {tmp_path / 'run'}: epoch 2 of 3; continue it with stkd-keras train-teacher --resume {tmp_path / 'run'}",
     ]
     # Asked about the run itself (its folder not yet created): the unfinished run beside it.
@@ -92,13 +105,25 @@ def test_report_lists_the_unfinished_runs_of_a_folder(tmp_path):
     result = invoke("report", tmp_path / "run")
     assert result.exit_code == 0 and result.output.splitlines()[1].startswith(f"  {tmp_path / 'run'}: epoch 2 of 3;")
     result = invoke("report", tmp_path / "grid" / ".seed2.partial-78")
-    assert result.exit_code == 1 and f"No stkd-keras run in {tmp_path / 'grid' / '.seed2.partial-78'}: no metrics.json" in result.output
+    assert (
+        result.exit_code == 1
+        and f"No stkd-keras run in {tmp_path / 'grid' / '.seed2.partial-78'}: no metrics.json" in result.output
+    )
 
 
-def _finished_run(folder: Path, role: str, model: str, method: str, backend, epoch: int, epochs: int, accuracy: float) -> None:
+def _finished_run(
+    folder: Path, role: str, model: str, method: str, backend, epoch: int, epochs: int, accuracy: float
+) -> None:
     folder.mkdir(parents=True)
-    metrics = {"role": role, "model": model, "method": method, "final_epoch": {"epoch": epoch}, "final_val_accuracy": accuracy,
-               "best_val_accuracy": accuracy, "config": {"epochs": epochs}}
+    metrics = {
+        "role": role,
+        "model": model,
+        "method": method,
+        "final_epoch": {"epoch": epoch},
+        "final_val_accuracy": accuracy,
+        "best_val_accuracy": accuracy,
+        "config": {"epochs": epochs},
+    }
     if backend:
         metrics["backend"] = backend
     (folder / runs.METRICS_FILE).write_text(json.dumps(metrics))
@@ -109,7 +134,9 @@ def test_report_lists_every_run_below_a_folder(tmp_path):
     """Finished runs with method, backend, epochs and final top-1; unfinished ones with the line that continues them;
     damaged ones named and skipped. The report once refused a folder of finished runs ("runs/metrics.json is missing")."""
     _finished_run(tmp_path / "kd" / "seed0", "student", "resnet8", "kd", "jax", 3, 3, 0.77571)
-    _finished_run(tmp_path / "kd" / "seed0" / "teacher", "teacher", "resnet14", "ce", None, 3, 3, 0.8279)  # written before backends were recorded
+    _finished_run(
+        tmp_path / "kd" / "seed0" / "teacher", "teacher", "resnet14", "ce", None, 3, 3, 0.8279
+    )  # written before backends were recorded
     _finished_run(tmp_path / "stkd", "student", "resnet8", "stkd", "torch", 5, 5, 0.1)
     _unfinished(tmp_path, epoch=2)
     (tmp_path / "broken").mkdir()
@@ -124,14 +151,21 @@ def test_report_lists_every_run_below_a_folder(tmp_path):
     assert lines[:5] == [
         "3 finished run(s):",
         f"  {tmp_path / 'kd' / 'seed0'}: student resnet8, method kd, jax, epoch 3 of 3, final val top-1 0.7757",
-        f"  {tmp_path / 'kd' / 'seed0' / 'teacher'}: teacher resnet14, method ce, tensorflow, epoch 3 of 3, final val top-1 0.8279",
+        f"  {tmp_path / 'kd' / 'seed0' / 'teacher'}: teacher resnet14, method ce, tensorflow, epoch 3 of 3, final val "
+        "top-1 0.8279",
         f"  {tmp_path / 'stkd'}: student resnet8, method stkd, torch, epoch 5 of 5, final val top-1 0.1000",
         "1 unfinished run(s):",
     ]
-    assert lines[5] == f"  {tmp_path / 'run'}: epoch 2 of 3; continue it with stkd-keras train-teacher --resume {tmp_path / 'run'}"
+    assert (
+        lines[5]
+        == f"  {tmp_path / 'run'}: epoch 2 of 3; continue it with stkd-keras train-teacher --resume {tmp_path / 'run'}"
+    )
     assert lines[6] == "2 damaged run(s), skipped:"
     assert lines[7].startswith(f"  {tmp_path / 'broken'}: its metrics.json cannot be read: not valid JSON")
-    assert lines[8] == f"  {tmp_path / 'gone'}: it holds run.json but no metrics.json (a finished run whose metrics.json was removed?)"
+    assert (
+        lines[8]
+        == f"  {tmp_path / 'gone'}: it holds run.json but no metrics.json (a finished run whose metrics.json was removed?)"
+    )
     assert len(lines) == 9
     # One run folder: its summary and curves, as before.
     result = invoke("report", tmp_path / "stkd")
@@ -142,7 +176,10 @@ def test_describe_unfinished_names_the_stage(tmp_path):
     staging = _unfinished(tmp_path, epoch=2)
     assert runs.describe_unfinished(staging) == "epoch 2 of 3"
     (staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).unlink()
-    runs.write_run_file(staging, {"command": "distill", "config": RunConfig(model="cnn8", epochs=5), "teacher_config": RunConfig(epochs=4)})
+    runs.write_run_file(
+        staging,
+        {"command": "distill", "config": RunConfig(model="cnn8", epochs=5), "teacher_config": RunConfig(epochs=4)},
+    )
     assert runs.describe_unfinished(staging) == "no epoch completed"
     (staging / "teacher" / runs.CHECKPOINT_DIR).mkdir(parents=True)
     (staging / "teacher" / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 3}))
@@ -162,8 +199,23 @@ def test_overwrite_never_deletes_the_teacher_the_run_reads(tmp_path):
     (run / "metrics.json").write_text("{}")
     before = checksums(run)
     for teacher in (run / "teacher", run / "teacher" / "teacher.keras"):
-        result = invoke("distill", "--teacher", teacher, "--student", "cnn8", "--method", "kd", *TINY[2:], "--output", run, "--overwrite")
-        assert result.exit_code == 1 and f"The teacher {teacher} lies inside {run}, which this run would replace" in result.output
+        result = invoke(
+            "distill",
+            "--teacher",
+            teacher,
+            "--student",
+            "cnn8",
+            "--method",
+            "kd",
+            *TINY[2:],
+            "--output",
+            run,
+            "--overwrite",
+        )
+        assert (
+            result.exit_code == 1
+            and f"The teacher {teacher} lies inside {run}, which this run would replace" in result.output
+        )
     assert checksums(run) == before
     assert keras.saving.load_model(run / "teacher" / "teacher.keras").name == "teacher"
 
@@ -189,7 +241,9 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(tmp_path):
     staging.mkdir()
     runs.write_run_file(staging, {"command": "train-teacher", "backend": "tensorflow", "config": config})
     with pytest.raises(KeyboardInterrupt):
-        training.train(config, staging, role="teacher", verbose=0, log=lambda *_: None, callbacks=[_stop_after_last_checkpoint(2)])
+        training.train(
+            config, staging, role="teacher", verbose=0, log=lambda *_: None, callbacks=[_stop_after_last_checkpoint(2)]
+        )
     state = json.loads((staging / runs.CHECKPOINT_DIR / runs.STATE_FILE).read_text())
     assert state["epoch"] == 2 and not (staging / "teacher.keras").exists()
     assert runs.describe_unfinished(staging) == "epoch 2 of 2"
@@ -205,12 +259,18 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(tmp_path):
 def test_a_run_killed_after_its_files_before_the_move_is_kept(tmp_path):
     """Finished in its staging folder (model, metrics.json, preprocessing.json) but not moved: resume moves it, trains nothing."""
     staging = _unfinished(tmp_path, epoch=3)
-    for name, text in (("teacher.keras", "model"), ("metrics.json", '{"final_val_accuracy": 0.5}'), ("preprocessing.json", "{}")):
+    for name, text in (
+        ("teacher.keras", "model"),
+        ("metrics.json", '{"final_val_accuracy": 0.5}'),
+        ("preprocessing.json", "{}"),
+    ):
         (staging / name).write_text(text)
     assert runs.describe_unfinished(staging) == "finished, not yet moved into place"
     from stkd_keras import training
 
-    metrics = training.train(RunConfig(model="cnn8", epochs=3), staging, role="teacher", resume=True, log=lambda *_: None)
+    metrics = training.train(
+        RunConfig(model="cnn8", epochs=3), staging, role="teacher", resume=True, log=lambda *_: None
+    )
     assert metrics == {"final_val_accuracy": 0.5} and not (staging / runs.CHECKPOINT_DIR).exists()
 
 
@@ -220,7 +280,9 @@ def test_a_run_killed_after_its_files_before_the_move_is_kept(tmp_path):
 def _finished(folder: Path, command: str = "train-teacher") -> Path:
     """A finished run folder as a run leaves it (its files stand in for the real ones; nothing here loads them)."""
     folder.mkdir(parents=True)
-    runs.write_run_file(folder, {"command": command, "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    runs.write_run_file(
+        folder, {"command": command, "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)}
+    )
     for name in ("teacher.keras", "metrics.json", "history.csv", "preprocessing.json"):
         (folder / name).write_text(name)
     return folder
@@ -231,7 +293,9 @@ def test_glob_characters_in_an_output_name_never_reach_a_sibling_run(tmp_path):
     sibling = tmp_path / ".exp1.partial-4242"
     (sibling / runs.CHECKPOINT_DIR).mkdir(parents=True)
     (sibling / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 1, "history": {}}))
-    runs.write_run_file(sibling, {"command": "train-teacher", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    runs.write_run_file(
+        sibling, {"command": "train-teacher", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)}
+    )
     before = checksums(sibling)
     for name in ("exp[1]", "exp?", "exp*", "e[x]p1"):
         output = tmp_path / name
@@ -266,7 +330,10 @@ def test_the_teacher_guard_follows_dotdot_and_symlinks(tmp_path, spelling):
         teacher.symlink_to(run / "teacher" / "teacher.keras")
     before = checksums(run)
     config = RunConfig(model="cnn8", method="kd", teacher=str(teacher), epochs=1)
-    with pytest.raises(runs.RunError, match=f"The teacher {run / 'teacher' / 'teacher.keras'} lies inside {run}, which this run would replace"):
+    with pytest.raises(
+        runs.RunError,
+        match=f"The teacher {run / 'teacher' / 'teacher.keras'} lies inside {run}, which this run would replace",
+    ):
         training.distill(config, run, overwrite=True, log=lambda *_: None)
     assert checksums(run) == before
 
@@ -288,12 +355,19 @@ def test_overwrite_replaces_only_a_run_folder(tmp_path):
     (docs / "important.txt").write_text("x")
     before = checksums(docs)
     for overwrite in (False, True):
-        with pytest.raises(runs.RunError, match=r"holds files that are not a stkd-keras run \(it has no run.json\); --overwrite replaces only a run folder"):
+        with pytest.raises(
+            runs.RunError,
+            match=r"holds files that are not a stkd-keras run \(it has no run.json\); --overwrite replaces only a run folder",
+        ):
             with runs.run_directory(docs, overwrite=overwrite):
                 pass
     assert checksums(docs) == before and sorted(p.name for p in tmp_path.iterdir()) == ["docs"]
     result = invoke("train-teacher", *TINY, "--output", docs, "--overwrite")
-    assert result.exit_code == 1 and "holds files that are not a stkd-keras run" in result.output and checksums(docs) == before
+    assert (
+        result.exit_code == 1
+        and "holds files that are not a stkd-keras run" in result.output
+        and checksums(docs) == before
+    )
     # A run folder and an empty folder are replaced.
     run = _finished(tmp_path / "run")
     (tmp_path / "empty").mkdir()
@@ -329,7 +403,10 @@ def test_a_killed_overwrite_run_is_resumable_and_says_what_it_replaces(tmp_path,
     assert unfinished["progress"] == "epoch 1 of 2" and unfinished["resumable"]
     result = invoke("train-teacher", "--resume", output, "--quiet")
     assert result.exit_code == 0, result.output
-    assert f"Resuming the unfinished run started with --overwrite (epoch 1 of 2); the finished run in {output} stays" in result.output
+    assert (
+        f"Resuming the unfinished run started with --overwrite (epoch 1 of 2); the finished run in {output} stays"
+        in result.output
+    )
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["resumed_at_epoch"] == 1 and metrics["config"]["epochs"] == 2
     assert runs.unfinished_runs(tmp_path) == []
@@ -348,7 +425,12 @@ def test_a_symlink_as_output_is_written_where_it_points(tmp_path):
     with runs.run_directory(link) as staging:
         (staging / "run.json").write_text("{}")
     assert link.is_symlink() and (tmp_path / "empty" / "run.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling", "empty", "link", "target"]  # no .replaced-PID left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dangling",
+        "empty",
+        "link",
+        "target",
+    ]  # no .replaced-PID left
 
 
 def test_an_output_name_too_long_for_the_file_system_is_refused_in_one_sentence(tmp_path):
@@ -364,20 +446,30 @@ def test_options_given_with_resume_are_refused_naming_them(tmp_path):
     """They were silently ignored: the run went on with its recorded epochs, learning rate and method."""
     _unfinished(tmp_path, epoch=1)
     before = checksums(tmp_path)
-    result = invoke("distill", "--resume", tmp_path / "run", "--epochs", "6", "--learning-rate", "0.001", "--method", "kd")
+    result = invoke(
+        "distill", "--resume", tmp_path / "run", "--epochs", "6", "--learning-rate", "0.001", "--method", "kd"
+    )
     assert result.exit_code == 2
-    assert ("--epochs, --learning-rate, --method cannot change a resumed run, which continues with the options recorded in its "
-            "run.json; drop them, or start a new run with --overwrite.") in result.output
+    assert (
+        "--epochs, --learning-rate, --method cannot change a resumed run, which continues with the options recorded in "
+        "its "
+        "run.json; drop them, or start a new run with --overwrite."
+    ) in result.output
     assert checksums(tmp_path) == before
 
 
 def test_resume_with_the_other_command_is_refused(tmp_path):
     """`train-teacher --resume` on a distill run reported "Saved .../teacher.keras", a file it never wrote."""
     staging = _unfinished(tmp_path, epoch=1)
-    runs.write_run_file(staging, {"command": "distill", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)})
+    runs.write_run_file(
+        staging, {"command": "distill", "backend": "tensorflow", "config": RunConfig(model="cnn8", epochs=3)}
+    )
     result = invoke("train-teacher", "--resume", tmp_path / "run")
     assert result.exit_code == 1
-    assert f"was started by `stkd-keras distill`; continue it with stkd-keras distill --resume {tmp_path / 'run'}." in result.output
+    assert (
+        f"was started by `stkd-keras distill`; continue it with stkd-keras distill --resume {tmp_path / 'run'}."
+        in result.output
+    )
 
 
 def test_a_swapped_teacher_is_refused_on_resume(tmp_path):
@@ -388,7 +480,15 @@ def test_a_swapped_teacher_is_refused_on_resume(tmp_path):
     teacher.write_bytes(_empty_zip())
     staging = _unfinished(tmp_path, epoch=1)
     config = RunConfig(model="cnn8", method="kd", teacher=str(teacher), epochs=3)
-    runs.write_run_file(staging, {"command": "distill", "backend": "tensorflow", "config": config, "teacher_sha256": training.teacher_checksum(teacher)})
+    runs.write_run_file(
+        staging,
+        {
+            "command": "distill",
+            "backend": "tensorflow",
+            "config": config,
+            "teacher_sha256": training.teacher_checksum(teacher),
+        },
+    )
     teacher.write_bytes(_empty_zip() + b"changed")
     result = invoke("distill", "--resume", tmp_path / "run")
     assert result.exit_code == 1 and f"The teacher {teacher} changed since this run started" in result.output
@@ -410,8 +510,12 @@ def test_damaged_run_records_are_named_and_report_lists_the_rest(tmp_path):
     result = invoke("report", tmp_path)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0] == "2 unfinished run(s):" and lines[1].startswith(f"  {grid / 'seed0'}: epoch 2 of 4; continue it with")
-    assert lines[2].startswith(f"  {tmp_path / 'run'}: epoch 1; it cannot be resumed ({damaged / runs.RUN_FILE} is damaged")
+    assert lines[0] == "2 unfinished run(s):" and lines[1].startswith(
+        f"  {grid / 'seed0'}: epoch 2 of 4; continue it with"
+    )
+    assert lines[2].startswith(
+        f"  {tmp_path / 'run'}: epoch 1; it cannot be resumed ({damaged / runs.RUN_FILE} is damaged"
+    )
     assert lines[2].endswith("; start it over with --overwrite")
     result = invoke("train-teacher", "--resume", tmp_path / "run")
     assert result.exit_code == 1 and f"{damaged / runs.RUN_FILE} is damaged" in result.output
@@ -424,8 +528,14 @@ def test_a_staging_folder_without_run_json_gives_one_way_out(tmp_path):
     resumed = invoke("train-teacher", "--resume", tmp_path / "run")
     restarted = invoke("train-teacher", *TINY, "--output", tmp_path / "run")
     assert resumed.exit_code == restarted.exit_code == 1
-    assert "recorded no run.json, so it cannot be resumed; start over with --overwrite, which discards it." in resumed.output
-    assert "it cannot be resumed (its run.json is missing), so start over with --overwrite, which discards it." in restarted.output
+    assert (
+        "recorded no run.json, so it cannot be resumed; start over with --overwrite, which discards it."
+        in resumed.output
+    )
+    assert (
+        "it cannot be resumed (its run.json is missing), so start over with --overwrite, which discards it."
+        in restarted.output
+    )
 
 
 @pytest.fixture
@@ -437,9 +547,14 @@ def small_filesystem(tmp_path):
         point = tmp_path / name
         point.mkdir()
         options = f"size={size}" + (",ro" if read_only else "")
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True, text=True
+        )
         if result.returncode != 0:
-            pytest.skip(f"mounting a tmpfs is not permitted here ({result.stderr.strip() or result.returncode}); benchmarks/faults.py says so too")
+            pytest.skip(
+                f"mounting a tmpfs is not permitted here ({result.stderr.strip() or result.returncode}); "
+                "benchmarks/faults.py says so too"
+            )
         mounted.append(point)
         return point
 
@@ -455,7 +570,19 @@ def test_a_read_only_file_system_is_one_sentence_for_every_command(tmp_path, sma
     for args in (
         ["train-teacher", *TINY, "--output", read_only / "run"],
         ["evaluate", "--model", model, "--subset", "64", "--json", read_only / "evaluation.json"],
-        ["export", "--model", model, "--format", "tflite", "--quantize", "float32", "--verify-images", "50", "--output", read_only / "export"],
+        [
+            "export",
+            "--model",
+            model,
+            "--format",
+            "tflite",
+            "--quantize",
+            "float32",
+            "--verify-images",
+            "50",
+            "--output",
+            read_only / "export",
+        ],
     ):
         result = invoke(*args)
         assert result.exit_code == 1, result.output
@@ -473,13 +600,33 @@ def test_a_full_disk_stops_the_run_in_one_sentence_and_resume_finishes_it(small_
     """It printed 23 tracebacks, then the process died of a segmentation fault."""
     disk = small_filesystem("disk", size="16m")
     output, filler = disk / "run", disk / "filler"
-    arguments = ["train-teacher", "--model", "cnn8", "--epochs", "2", "--train-subset", "128", "--val-subset", "64", "--quiet", "--output", str(output)]
-    result = subprocess.run([sys.executable, str(FILL_AFTER_THE_FIRST_EPOCH), str(filler), *arguments], capture_output=True, text=True, timeout=600)
+    arguments = [
+        "train-teacher",
+        "--model",
+        "cnn8",
+        "--epochs",
+        "2",
+        "--train-subset",
+        "128",
+        "--val-subset",
+        "64",
+        "--quiet",
+        "--output",
+        str(output),
+    ]
+    result = subprocess.run(
+        [sys.executable, str(FILL_AFTER_THE_FIRST_EPOCH), str(filler), *arguments],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     combined = result.stdout + result.stderr
     assert result.returncode == 1, combined[-3000:]
     assert "Traceback" not in combined, combined[-3000:]
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("Error: No space left on device (") and "free some space and run the command again" in last, last
+    assert (
+        last.startswith("Error: No space left on device (") and "free some space and run the command again" in last
+    ), last
     [unfinished] = runs.unfinished_runs(disk)
     assert unfinished["progress"] == "epoch 1 of 2" and unfinished["resumable"]
     filler.unlink()

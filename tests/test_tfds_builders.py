@@ -13,14 +13,25 @@ from stkd_keras import tfds_builders
 
 # Not sorted, so a test can tell the file's order from sorted order.
 WNIDS = ("n09999999", "n01443537", "n04067472")
-WORDS = {"n09999999": "made-up thing", "n01443537": "goldfish, Carassius auratus", "n04067472": "reel", "n00000001": "unused"}
+WORDS = {
+    "n09999999": "made-up thing",
+    "n01443537": "goldfish, Carassius auratus",
+    "n04067472": "reel",
+    "n00000001": "unused",
+}
 # id -> (label, colour written); one training image is grayscale.
 TINY_TRAIN = {
-    f"{wnid}_{i}.JPEG": (label, (40 + 60 * label, 200 - 60 * label, 100 + 50 * i)) for label, wnid in enumerate(WNIDS) for i in range(2)
+    f"{wnid}_{i}.JPEG": (label, (40 + 60 * label, 200 - 60 * label, 100 + 50 * i))
+    for label, wnid in enumerate(WNIDS)
+    for i in range(2)
 }
 TINY_GRAY = f"{WNIDS[1]}_1.JPEG"
 TINY_TRAIN[TINY_GRAY] = (1, (77, 77, 77))
-TINY_VALIDATION = {"val_0.JPEG": (2, (10, 120, 240)), "val_1.JPEG": (0, (250, 250, 5)), "val_2.JPEG": (1, (128, 64, 32))}
+TINY_VALIDATION = {
+    "val_0.JPEG": (2, (10, 120, 240)),
+    "val_1.JPEG": (0, (250, 250, 5)),
+    "val_2.JPEG": (1, (128, 64, 32)),
+}
 
 
 def _jpeg(colour, channels=3, size=64) -> bytes:
@@ -52,7 +63,10 @@ def _prepare(name, tmp_path, manual):
 
 
 def _examples(builder, split):
-    return {example["id"].decode(): example for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))}
+    return {
+        example["id"].decode(): example
+        for example in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False))
+    }
 
 
 def _stored_images(builder, split):
@@ -185,7 +199,9 @@ def test_cinic10(tmp_path, layout):
                 archive.add(tmp_path / "source" / folder, arcname=folder)
         # tfds.load passes download_config through download_and_prepare_kwargs.
         train = tfds.load(
-            "cinic10", split="train", data_dir=str(tmp_path / "tfds"),
+            "cinic10",
+            split="train",
+            data_dir=str(tmp_path / "tfds"),
             download_and_prepare_kwargs={"download_config": tfds.download.DownloadConfig(manual_dir=str(manual))},
         )
         assert int(train.cardinality()) == 10
@@ -237,7 +253,9 @@ def test_data_load_reads_tiny_imagenet_and_cinic10_from_data_dir(tmp_path):
 
     tiny = tmp_path / "tiny" / "tiny-imagenet-200"
     _write_tiny_imagenet(tiny)
-    test, info = data_lib.load("tiny_imagenet", "test", batch_size=8, data_dir=tiny.parent, tfds_dir=tmp_path / "tfds", download=False)
+    test, info = data_lib.load(
+        "tiny_imagenet", "test", batch_size=8, data_dir=tiny.parent, tfds_dir=tmp_path / "tfds", download=False
+    )
     assert info.input_shape == (64, 64, 3) and info.num_examples == len(TINY_VALIDATION)
     images, labels = next(iter(test))
     assert images.shape[1:] == (64, 64, 3)
@@ -247,7 +265,16 @@ def test_data_load_reads_tiny_imagenet_and_cinic10_from_data_dir(tmp_path):
 
     cinic = tmp_path / "cinic"
     _write_cinic10(cinic)
-    train, info = data_lib.load("cinic10", "train", batch_size=4, data_dir=cinic, tfds_dir=tmp_path / "tfds", download=False, augment=False, shuffle=False)
+    train, info = data_lib.load(
+        "cinic10",
+        "train",
+        batch_size=4,
+        data_dir=cinic,
+        tfds_dir=tmp_path / "tfds",
+        download=False,
+        augment=False,
+        shuffle=False,
+    )
     assert info.num_classes == 10 and info.num_examples == 10 and info.mean == tfds_builders.CINIC10_MEAN
     images, labels = next(iter(train))
     label = int(labels[0])

@@ -23,19 +23,35 @@ from stkd_keras.models import get_model
 from stkd_keras.models.layers import ChannelShuffle, ChannelSplit, conv_bn_relu
 
 EVAL_IMAGES = 500
-BRIDGE_OPTIONS = ["--dataset", "fashion_mnist", "--epochs", "1", "--train-subset", "1000", "--eval-subset", str(EVAL_IMAGES), "--representative", "100"]
+BRIDGE_OPTIONS = [
+    "--dataset",
+    "fashion_mnist",
+    "--epochs",
+    "1",
+    "--train-subset",
+    "1000",
+    "--eval-subset",
+    str(EVAL_IMAGES),
+    "--representative",
+    "100",
+]
 
 
 def train_briefly(model, images=2000, epochs=2):
     dataset, _ = data_lib.load("fashion_mnist", "train", 32, subset=images)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     model.fit(dataset, epochs=epochs, verbose=0, shuffle=False)  # data_lib.load already shuffles
     return model
 
 
 def run_bridge(*arguments):
     return subprocess.run(
-        [sys.executable, "-m", "stkd_keras.export.tfmot_bridge", *map(str, arguments)], capture_output=True, text=True, timeout=900
+        [sys.executable, "-m", "stkd_keras.export.tfmot_bridge", *map(str, arguments)],
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
 
 
@@ -104,13 +120,31 @@ def int8_kernel_zeros(path):
 def test_qat_distilled_student_parity_and_int8_file(saved_pair, evaluation_images, tmp_path):
     student, teacher = saved_pair
     output, report = run_bridge_ok(
-        tmp_path, "qat", "--model", student, "--teacher", teacher, "--mode", "qat", "--method", "kd", "--hyperparameters", '{"temperature": 2.0}'
+        tmp_path,
+        "qat",
+        "--model",
+        student,
+        "--teacher",
+        teacher,
+        "--mode",
+        "qat",
+        "--method",
+        "kd",
+        "--hyperparameters",
+        '{"temperature": 2.0}',
     )
     assert report["parity_max_abs_diff"]["student"] <= 1e-5
     assert report["parity_max_abs_diff"]["teacher"] <= 1e-5
     # Fine-tuned with the method and hyperparameters it was given, the others at the method's defaults.
-    assert report["teacher"] == str(teacher) and report["method"] == "kd" and report["loss"] == "Hinton KD on clean images"
-    assert report["hyperparameters"] == {"temperature": 2.0, "logit_standardization": False, "ce_weight": 0.1, "kd_weight": 0.9}
+    assert (
+        report["teacher"] == str(teacher) and report["method"] == "kd" and report["loss"] == "Hinton KD on clean images"
+    )
+    assert report["hyperparameters"] == {
+        "temperature": 2.0,
+        "logit_standardization": False,
+        "ce_weight": 0.1,
+        "kd_weight": 0.9,
+    }
 
     interpreter = Interpreter(model_path=str(output))
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
@@ -128,9 +162,13 @@ def test_qat_distilled_student_parity_and_int8_file(saved_pair, evaluation_image
 
 def test_prune_reaches_the_target_sparsity_in_the_int8_file(saved_pair, tmp_path):
     student, teacher = saved_pair
-    output, report = run_bridge_ok(tmp_path, "prune", "--model", student, "--teacher", teacher, "--mode", "prune", "--sparsity", "0.5")
+    output, report = run_bridge_ok(
+        tmp_path, "prune", "--model", student, "--teacher", teacher, "--mode", "prune", "--sparsity", "0.5"
+    )
     assert report["parity_max_abs_diff"]["student"] <= 1e-5
-    assert report["method"] == "stkd" and report["hyperparameters"]["mixup_alpha"] == 0.2  # with a teacher: STKD by default
+    assert (
+        report["method"] == "stkd" and report["hyperparameters"]["mixup_alpha"] == 0.2
+    )  # with a teacher: STKD by default
     pruning = report["pruning"]
     assert pruning["schedule"]["final_sparsity"] == 0.5
     assert set(pruning["per_layer_sparsity"]) == {"stage1_conv", "stage2_conv", "stage3_conv", "logits"}
@@ -159,7 +197,9 @@ def test_channel_shuffle_and_split_quantize_without_a_teacher(evaluation_images,
     untrained = learning.accuracy(model, images, labels)
     train_briefly(model).save(tmp_path / "mini_shuffle.keras")
 
-    output, report = run_bridge_ok(tmp_path, "mini_shuffle_qat", "--model", tmp_path / "mini_shuffle.keras", "--mode", "qat")
+    output, report = run_bridge_ok(
+        tmp_path, "mini_shuffle_qat", "--model", tmp_path / "mini_shuffle.keras", "--mode", "qat"
+    )
     assert report["parity_max_abs_diff"] == {"student": pytest.approx(0, abs=1e-5)}
     assert report["teacher"] is None and report["method"] == "ce" and report["hyperparameters"] == {}
     accuracy = int8_accuracy(output, images, labels)
@@ -178,11 +218,21 @@ def test_unsupported_layer_is_named_in_one_line(tmp_path):
     keras.Model(inputs, logits).save(tmp_path / "norm.keras")
 
     result = run_bridge(
-        "--model", tmp_path / "norm.keras", "--mode", "qat", *BRIDGE_OPTIONS, "--output", tmp_path / "x.tflite", "--report", tmp_path / "x.json"
+        "--model",
+        tmp_path / "norm.keras",
+        "--mode",
+        "qat",
+        *BRIDGE_OPTIONS,
+        "--output",
+        tmp_path / "x.tflite",
+        "--report",
+        tmp_path / "x.json",
     )
     assert result.returncode == 1
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("Error: Layer 'norm' of class LayerNormalization is not supported by the tf_keras bridge")
+    assert last_line.startswith(
+        "Error: Layer 'norm' of class LayerNormalization is not supported by the tf_keras bridge"
+    )
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "x.tflite").exists() and not (tmp_path / "x.json").exists()
 
@@ -191,14 +241,31 @@ def test_unsupported_layer_is_named_in_one_line(tmp_path):
     "arguments, message",
     [
         (["--method", "stkd"], "Error: Method 'stkd' distils from a teacher, but none was given; pass --teacher"),
-        (["--method", "mixup", "--hyperparameters", '{"temperature": 2}'], "Error: Method 'mixup' has no hyperparameter `temperature`"),
+        (
+            ["--method", "mixup", "--hyperparameters", '{"temperature": 2}'],
+            "Error: Method 'mixup' has no hyperparameter `temperature`",
+        ),
         (["--method", "hinton"], "Error: Expected `method` to be one of"),
-        (["--hyperparameters", "[1]"], "Error: Invalid value for --hyperparameters: Expected a JSON object. Received: [1]"),
+        (
+            ["--hyperparameters", "[1]"],
+            "Error: Invalid value for --hyperparameters: Expected a JSON object. Received: [1]",
+        ),
     ],
 )
 def test_bad_method_is_refused_before_any_work(arguments, message, saved_pair, tmp_path):
     student, _ = saved_pair
-    result = run_bridge("--model", student, "--mode", "qat", *arguments, *BRIDGE_OPTIONS, "--output", tmp_path / "x.tflite", "--report", tmp_path / "x.json")
+    result = run_bridge(
+        "--model",
+        student,
+        "--mode",
+        "qat",
+        *arguments,
+        *BRIDGE_OPTIONS,
+        "--output",
+        tmp_path / "x.tflite",
+        "--report",
+        tmp_path / "x.json",
+    )
     assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "x.tflite").exists() and not (tmp_path / "x.json").exists()
 
@@ -206,7 +273,17 @@ def test_bad_method_is_refused_before_any_work(arguments, message, saved_pair, t
 def test_help_lists_every_option():
     result = run_bridge("--help")
     assert result.returncode == 0
-    for option in ("--model", "--teacher", "--mode", "--method", "--hyperparameters", "--sparsity", "--representative", "--output", "--report"):
+    for option in (
+        "--model",
+        "--teacher",
+        "--mode",
+        "--method",
+        "--hyperparameters",
+        "--sparsity",
+        "--representative",
+        "--output",
+        "--report",
+    ):
         assert option in result.stdout
 
 
@@ -235,7 +312,11 @@ def test_the_fine_tuning_loss_is_the_distillers(method):
         distiller.epoch.assign(epoch)
         expected = float(distiller.compute_loss(images, labels, training=True))
         values = unit.make_hyperparameters()
-        got = float(tfmot_bridge.batch_loss(unit, values, images, labels, legacy_student, legacy_teacher, keras.random.SeedGenerator(7), epoch, 0))
+        got = float(
+            tfmot_bridge.batch_loss(
+                unit, values, images, labels, legacy_student, legacy_teacher, keras.random.SeedGenerator(7), epoch, 0
+            )
+        )
         assert got == pytest.approx(expected, rel=1e-5, abs=1e-5), (method, epoch)
         totals[epoch] = got
     if method.startswith("dkd"):
@@ -248,8 +329,17 @@ def test_the_fine_tuning_contract_is_one_dataclass_written_as_json(tmp_path):
     """The export and the bridge process once shared an untyped dict turned into argv; now one frozen dataclass, as JSON."""
     from stkd_keras.export.plan import FineTuning
 
-    spec = FineTuning(mode="prune", model="s.keras", dataset="fashion_mnist", mean=(0.286,), std=(0.353,), sparsity=0.7,
-                      method="dkd", hyperparameters={"temperature": 2.0}, initial_epoch=20)
+    spec = FineTuning(
+        mode="prune",
+        model="s.keras",
+        dataset="fashion_mnist",
+        mean=(0.286,),
+        std=(0.353,),
+        sparsity=0.7,
+        method="dkd",
+        hyperparameters={"temperature": 2.0},
+        initial_epoch=20,
+    )
     assert FineTuning.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match=r"takes the fields .*Received: \['dataset', 'epoch', 'mode', 'model'\]"):
         FineTuning.from_json('{"mode": "qat", "model": "m", "dataset": "d", "epoch": 3}')
@@ -270,7 +360,11 @@ def test_the_fine_tuning_contract_is_one_dataclass_written_as_json(tmp_path):
     assert result.returncode == 2 and "Missing option(s) --model, --dataset, --output, --report" in result.stderr
     path.write_text('{"mode": "qat", "dataset": "fashion_mnist"}')  # truncated by hand: no traceback, one line
     result = run_bridge("--spec", path)
-    assert result.returncode == 1 and "Error: A fine-tuning spec takes the fields" in result.stderr and "Traceback" not in result.stderr
+    assert (
+        result.returncode == 1
+        and "Error: A fine-tuning spec takes the fields" in result.stderr
+        and "Traceback" not in result.stderr
+    )
     path.write_text('{"mode": "qat", "model": "m.keras", "dataset": "fashion_mnist"')  # cut mid-way: not JSON
     result = run_bridge("--spec", path)
     assert result.returncode == 1 and "Error: Expecting" in result.stderr and "Traceback" not in result.stderr

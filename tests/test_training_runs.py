@@ -16,8 +16,23 @@ from stkd_keras import checkpointing, idx, methods, reporting, training
 from stkd_keras.cli.main import cli
 from stkd_keras.recipes import RecipeError, load_recipe
 
-SMALL = ["--student", "cnn8", "--teacher-model", "cnn8", "--method", "stkd", "--train-subset", "512", "--val-subset", "256",
-         "--batch-size", "64", "--seed", "3", "--quiet"]
+SMALL = [
+    "--student",
+    "cnn8",
+    "--teacher-model",
+    "cnn8",
+    "--method",
+    "stkd",
+    "--train-subset",
+    "512",
+    "--val-subset",
+    "256",
+    "--batch-size",
+    "64",
+    "--seed",
+    "3",
+    "--quiet",
+]
 
 
 def run(*args):
@@ -30,7 +45,10 @@ def student_weights(folder):
 
 # JAX on these CPUs compiles and steps slowest (about 70 s here): its resume runs with `pytest -m slow`.
 # TensorFlow by default; JAX and PyTorch (about 70 s and 50 s) under `pytest -m slow`, which .ci/run also runs.
-@pytest.mark.parametrize("backend", ["tensorflow", pytest.param("jax", marks=pytest.mark.slow), pytest.param("torch", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "backend",
+    ["tensorflow", pytest.param("jax", marks=pytest.mark.slow), pytest.param("torch", marks=pytest.mark.slow)],
+)
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, backend):
     """Kill a run with SIGKILL after its first student epoch, resume it, compare with a run never interrupted.
 
@@ -43,8 +61,20 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, backend):
     assert result.exit_code == 0, result.output
 
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "stkd_keras.cli.main", "distill", *SMALL, "--backend", backend, "--epochs", "3", "--deterministic",
-               "--output", str(killed)]
+    command = [
+        sys.executable,
+        "-m",
+        "stkd_keras.cli.main",
+        "distill",
+        *SMALL,
+        "--backend",
+        backend,
+        "--epochs",
+        "3",
+        "--deterministic",
+        "--output",
+        str(killed),
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -80,8 +110,23 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, backend):
 
 def test_same_seed_gives_identical_weights(tmp_path):
     for name in ("a", "b"):
-        result = run("train-teacher", "--model", "cnn8", "--epochs", 1, "--train-subset", 256, "--val-subset", 128, "--seed", 7,
-                     "--deterministic", "--quiet", "--output", tmp_path / name)
+        result = run(
+            "train-teacher",
+            "--model",
+            "cnn8",
+            "--epochs",
+            1,
+            "--train-subset",
+            256,
+            "--val-subset",
+            128,
+            "--seed",
+            7,
+            "--deterministic",
+            "--quiet",
+            "--output",
+            tmp_path / name,
+        )
         assert result.exit_code == 0, result.output
     weights_a = keras.saving.load_model(tmp_path / "a" / "teacher.keras").get_weights()
     weights_b = keras.saving.load_model(tmp_path / "b" / "teacher.keras").get_weights()
@@ -98,7 +143,8 @@ def test_recipe_fields_and_overrides(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         "dataset: fashion_mnist\nteacher_model: cnn8\nstudent: cnn8\nmethod: kd\nepochs: 2\nbatch_size: 64\n"
-        "learning_rate: 0.02\nlr_schedule: step\nlr_decay_epochs: [1]\ntemperature: 2\ntrain_subset: 256\nval_subset: 128\n"
+        "learning_rate: 0.02\nlr_schedule: step\nlr_decay_epochs: [1]\ntemperature: 2\ntrain_subset: 256\nval_subset: "
+        "128\n"
     )
     output = tmp_path / "run"
     result = run("distill", "--recipe", recipe, "--temperature", 3.0, "--quiet", "--output", output)
@@ -108,7 +154,11 @@ def test_recipe_fields_and_overrides(tmp_path):
     assert config["temperature"] == 3.0  # the command line overrides the recipe
     assert config["lr_decay_epochs"] == [1] and config["model"] == "cnn8"
     with open(output / "history.csv") as f:
-        rates = [float(row.split(",")[header.index("learning_rate")]) for header in [f.readline().strip().split(",")] for row in f]
+        rates = [
+            float(row.split(",")[header.index("learning_rate")])
+            for header in [f.readline().strip().split(",")]
+            for row in f
+        ]
     # Step schedule: 0.02 for epoch 1, then x0.1 from the start of epoch 2.
     assert rates == pytest.approx([0.02, 0.002])
 
@@ -137,7 +187,9 @@ def test_every_shipped_recipe_is_valid():
     assert len(recipes) >= 8
     for path in recipes:
         fields = load_recipe(path)
-        config = training.RunConfig.from_dict({k: v for k, v in fields.items() if k not in ("student", "teacher_model", "teacher_epochs")})
+        config = training.RunConfig.from_dict(
+            {k: v for k, v in fields.items() if k not in ("student", "teacher_model", "teacher_epochs")}
+        )
         config.validate()
         # A recipe's hyperparameters are its method's, all of them kept.
         assert set(fields) & set(methods.hyperparameter_fields()) <= set(config.method_options)
@@ -145,8 +197,26 @@ def test_every_shipped_recipe_is_valid():
 
 def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
     output = tmp_path / "run"
-    result = run("train-teacher", "--model", "cnn8", "--epochs", 3, "--train-subset", 256, "--val-subset", 64, "--optimizer", "sgd",
-                 "--learning-rate", 1e12, "--lr-schedule", "constant", "--quiet", "--output", output)
+    result = run(
+        "train-teacher",
+        "--model",
+        "cnn8",
+        "--epochs",
+        3,
+        "--train-subset",
+        256,
+        "--val-subset",
+        64,
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        1e12,
+        "--lr-schedule",
+        "constant",
+        "--quiet",
+        "--output",
+        output,
+    )
     assert result.exit_code == 1
     assert "Training diverged: the loss became" in result.output and "at epoch 1, step" in result.output
     assert not output.exists()
@@ -154,11 +224,27 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint
 
 def test_validation_holdout_validates_on_training_images_never_trained_on(tmp_path):
     output = tmp_path / "run"
-    result = run("train-teacher", "--model", "cnn8", "--epochs", 1, "--train-subset", 256, "--validation-holdout", 300, "--quiet", "--output", output)
+    result = run(
+        "train-teacher",
+        "--model",
+        "cnn8",
+        "--epochs",
+        1,
+        "--train-subset",
+        256,
+        "--validation-holdout",
+        300,
+        "--quiet",
+        "--output",
+        output,
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["config"]["validation_holdout"] == 300
-    assert metrics["dataset"]["validation"]["split"] == "validation" and metrics["dataset"]["validation"]["num_examples"] == 300
+    assert (
+        metrics["dataset"]["validation"]["split"] == "validation"
+        and metrics["dataset"]["validation"]["num_examples"] == 300
+    )
     assert metrics["dataset"]["train"]["num_examples"] == 256
     assert metrics["note"].startswith("Validation is 300 training images held out from training.")
     # The recorded accuracy is the saved model's on the last 300 of the training split's fixed shuffle, worked out here.
@@ -171,17 +257,49 @@ def test_validation_holdout_validates_on_training_images_never_trained_on(tmp_pa
 
 
 def test_near_chance_teacher_is_warned_about(tmp_path):
-    teacher = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10, kernel_initializer="zeros")], name="blank")
+    teacher = keras.Sequential(
+        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10, kernel_initializer="zeros")],
+        name="blank",
+    )
     teacher.save(tmp_path / "blank.keras")
-    result = run("distill", "--teacher", tmp_path / "blank.keras", *SMALL[:2], "--epochs", 1, "--train-subset", 128,
-                 "--val-subset", 128, "--quiet", "--output", tmp_path / "run")
+    result = run(
+        "distill",
+        "--teacher",
+        tmp_path / "blank.keras",
+        *SMALL[:2],
+        "--epochs",
+        1,
+        "--train-subset",
+        128,
+        "--val-subset",
+        128,
+        "--quiet",
+        "--output",
+        tmp_path / "run",
+    )
     assert result.exit_code == 0, result.output
     assert "Warning: the teacher is near chance" in result.output
 
 
 def test_report_prints_summary_and_draws_curves(tmp_path):
     output = tmp_path / "run"
-    assert run("train-teacher", "--model", "cnn8", "--epochs", 2, "--train-subset", 256, "--val-subset", 128, "--quiet", "--output", output).exit_code == 0
+    assert (
+        run(
+            "train-teacher",
+            "--model",
+            "cnn8",
+            "--epochs",
+            2,
+            "--train-subset",
+            256,
+            "--val-subset",
+            128,
+            "--quiet",
+            "--output",
+            output,
+        ).exit_code
+        == 0
+    )
     result = run("report", output)
     assert result.exit_code == 0, result.output
     metrics = json.loads((output / "metrics.json").read_text())
@@ -202,11 +320,17 @@ def test_report_prints_summary_and_draws_curves(tmp_path):
 
     events = EventAccumulator(str(output / "tensorboard" / "validation"))
     events.Reload()
-    recorded = events.Scalars("epoch_accuracy") if "epoch_accuracy" in events.Tags()["scalars"] else events.Tensors("epoch_accuracy")
+    recorded = (
+        events.Scalars("epoch_accuracy")
+        if "epoch_accuracy" in events.Tags()["scalars"]
+        else events.Tensors("epoch_accuracy")
+    )
     assert [event.step for event in recorded] == [1, 2]
     listed = run("report", tmp_path)  # the folder above the run: a listing of the runs in it
     assert listed.exit_code == 0 and listed.output.splitlines() == [
-        "1 finished run(s):", f"  {output}: teacher cnn8, method ce, tensorflow, epoch 2 of 2, final val top-1 {metrics['final_val_accuracy']:.4f}"
+        "1 finished run(s):",
+        f"  {output}: teacher cnn8, method ce, tensorflow, epoch 2 of 2, final val top-1 "
+        f"{metrics['final_val_accuracy']:.4f}",
     ]
     # Whole epochs on every x axis (a 2-epoch run once drew 1.0, 1.2, ... 2.0), and every y axis says what it shows.
     from stkd_keras.reporting import curves_figure
@@ -241,7 +365,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, fashio
     restored = distiller()
     epoch, history = checkpointing.restore(restored, tmp_path, log=messages.append)
     assert epoch == 1 and len(history["loss"]) == 1
-    assert any("epoch-2.weights.h5 cannot be loaded" in m for m in messages) and any("Resuming after epoch 1" in m for m in messages)
+    assert any("epoch-2.weights.h5 cannot be loaded" in m for m in messages) and any(
+        "Resuming after epoch 1" in m for m in messages
+    )
     assert int(restored.optimizer.iterations.numpy()) == 2  # 128 images / 64 per step, one epoch
 
 
@@ -262,7 +388,9 @@ def test_a_damaged_checkpoint_state_is_refused_naming_the_file(tmp_path, text, p
     state = folder / "state.json"
     good = json.dumps({"epoch": 2, "previous_epoch": 1, "seed_state": None, "history": {"loss": [2.0, 1.5] * 30}})
     state.write_text(good[:100] if text is None else text)
-    with pytest.raises(training.RunError, match=rf"The checkpoint state {state} is damaged \({problem}.*its checkpoints are kept"):
+    with pytest.raises(
+        training.RunError, match=rf"The checkpoint state {state} is damaged \({problem}.*its checkpoints are kept"
+    ):
         checkpointing.read_state(tmp_path)
 
 
@@ -277,7 +405,23 @@ def test_resume_refuses_a_truncated_state_and_keeps_the_checkpoints(tmp_path, mo
 
     monkeypatch.setattr(checkpointing.RunCheckpoint, "on_epoch_end", commit_then_fail)
     output = tmp_path / "run"
-    result = CliRunner().invoke(cli, ["train-teacher", "--model", "cnn8", "--epochs", "2", "--train-subset", "128", "--val-subset", "64", "--quiet", "--output", str(output)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train-teacher",
+            "--model",
+            "cnn8",
+            "--epochs",
+            "2",
+            "--train-subset",
+            "128",
+            "--val-subset",
+            "64",
+            "--quiet",
+            "--output",
+            str(output),
+        ],
+    )
     assert result.exit_code == 1 and "continue it with --resume" in result.output, result.output
     monkeypatch.undo()
     [staging] = [run["staging"] for run in runs.unfinished_runs(tmp_path)]
@@ -300,17 +444,40 @@ def test_both_checkpoints_damaged_is_one_sentence(tmp_path, fashion_arrays):
     model.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0, callbacks=[checkpointing.RunCheckpoint(tmp_path)])
     for path in (tmp_path / "checkpoints").glob("epoch-*.weights.h5"):
         path.write_bytes(path.read_bytes()[:1000])
-    with pytest.raises(training.RunError, match="No checkpoint in .* can be loaded \\(both are damaged\\); the run cannot be resumed"):
+    with pytest.raises(
+        training.RunError, match="No checkpoint in .* can be loaded \\(both are damaged\\); the run cannot be resumed"
+    ):
         checkpointing.restore(model, tmp_path, log=lambda *_: None)
 
 
 def test_an_exploding_run_with_a_finite_loss_stops_and_its_model_is_refused(tmp_path):
     """--learning-rate 1000 overflowed BatchNorm's moving variance to inf while the loss stayed finite: the run "succeeded"."""
     output = tmp_path / "run"
-    result = run("train-teacher", "--model", "cnn8", "--epochs", 3, "--train-subset", 512, "--val-subset", 64, "--optimizer", "sgd",
-                 "--learning-rate", 1000, "--lr-schedule", "constant", "--quiet", "--output", output)
+    result = run(
+        "train-teacher",
+        "--model",
+        "cnn8",
+        "--epochs",
+        3,
+        "--train-subset",
+        512,
+        "--val-subset",
+        64,
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        1000,
+        "--lr-schedule",
+        "constant",
+        "--quiet",
+        "--output",
+        output,
+    )
     assert result.exit_code == 1, result.output
-    assert "Training diverged: stage2_bn/moving_variance holds NaN or inf after epoch 1 (the loss stayed finite)" in result.output
+    assert (
+        "Training diverged: stage2_bn/moving_variance holds NaN or inf after epoch 1 (the loss stayed finite)"
+        in result.output
+    )
     assert "Start over with a lower --learning-rate and --overwrite" in result.output and not output.exists()
 
     from stkd_keras.models import small_cnn
@@ -320,12 +487,33 @@ def test_an_exploding_run_with_a_finite_loss_stops_and_its_model_is_refused(tmp_
     variance.assign(np.full(variance.shape, np.inf, "float32"))
     broken.save(tmp_path / "broken.keras")
     result = run_user("evaluate", "--model", tmp_path / "broken.keras", "--subset", 64)
-    assert result.exit_code == 1 and f"Model {tmp_path / 'broken.keras'} holds non-finite values (in {variance.path})" in result.output
+    assert (
+        result.exit_code == 1
+        and f"Model {tmp_path / 'broken.keras'} holds non-finite values (in {variance.path})" in result.output
+    )
 
 
 def test_a_loss_non_finite_before_any_update_is_not_blamed_on_the_learning_rate(tmp_path):
-    result = run_user("distill", "--student", "cnn8", "--teacher-model", "cnn8", "--teacher-epochs", 1, "--epochs", 1, "--temperature", 1e30,
-                      "--train-subset", 128, "--val-subset", 64, "--quiet", "--output", tmp_path / "run")
+    result = run_user(
+        "distill",
+        "--student",
+        "cnn8",
+        "--teacher-model",
+        "cnn8",
+        "--teacher-epochs",
+        1,
+        "--epochs",
+        1,
+        "--temperature",
+        1e30,
+        "--train-subset",
+        128,
+        "--val-subset",
+        64,
+        "--quiet",
+        "--output",
+        tmp_path / "run",
+    )
     assert result.exit_code == 1
     assert "at epoch 1, step 1" in result.output and "not the learning rate" in result.output
     assert "lower --learning-rate" not in result.output
@@ -339,14 +527,26 @@ def run_user(*args):
 @pytest.mark.parametrize(
     "method, epochs, options, expected",
     [
-        ("dkd", 1, {}, "dkd's warm-up lasts 20 epochs, longer than this run's 1: its distillation terms never reach full weight "
-                       "(they end at 1/20 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=1"),
+        (
+            "dkd",
+            1,
+            {},
+            "dkd's warm-up lasts 20 epochs, longer than this run's 1: its distillation terms never reach full weight "
+            "(they end at 1/20 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=1",
+        ),
         # 30 epochs: 1/12 of them is 2.5, rounded to 2.
-        ("dkd", 30, {"warmup_epochs": 40}, "(they end at 30/40 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=2"),
+        (
+            "dkd",
+            30,
+            {"warmup_epochs": 40},
+            "(they end at 30/40 of it). mdistiller warms up over 1/12 of its run; for this one, warmup_epochs=2",
+        ),
         ("dkd", 20, {}, None),  # the warm-up ends with the run's last epoch: full weight there
         ("kd", 1, {}, None),  # no warm-up at all
     ],
 )
 def test_a_warm_up_longer_than_the_run_is_warned_about(method, epochs, options, expected):
-    warning = training.warmup_warning(training.RunConfig(model="cnn8", method=method, epochs=epochs, method_options=options))
+    warning = training.warmup_warning(
+        training.RunConfig(model="cnn8", method=method, epochs=epochs, method_options=options)
+    )
     assert warning is None if expected is None else expected in warning

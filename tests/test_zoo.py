@@ -44,8 +44,25 @@ OWN_MODELS = {"cnn8", "cnn16", "cnn32"}
 # the default run keeps one or two members of every family and block type.
 # (Measured on 2 busy cores: 10-20 s for the small ones, up to 140 s for ResNet50; all 26 pass with -m slow.)
 SLOW = {
-    "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4", "wrn_16_2", "wrn_40_1",
-    "wrn_40_2", "vgg11", "vgg13", "vgg16", "vgg19", "ResNet18", "ResNet50", "cnn16", "cnn32",
+    "resnet14",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "resnet8x4",
+    "resnet32x4",
+    "wrn_16_2",
+    "wrn_40_1",
+    "wrn_40_2",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "ResNet18",
+    "ResNet50",
+    "cnn16",
+    "cnn32",
     "ShuffleV1",  # about 45 s; ShuffleV2 keeps a shuffle network in the default run
 }
 
@@ -81,11 +98,20 @@ def test_resnet8_parameter_count_by_hand():
     # stage2: 3x3x16x32, 3x3x32x32, 1x1x16x32 + 3 BN(32); stage3: same with 32->64; fc 64x10 + 10.
     # BN counts gamma and beta (PyTorch parameters; running stats are buffers).
     expected = (
-        27 * 16 + 32
-        + 2 * 9 * 16 * 16 + 2 * 32
-        + 9 * 16 * 32 + 9 * 32 * 32 + 16 * 32 + 3 * 64
-        + 9 * 32 * 64 + 9 * 64 * 64 + 32 * 64 + 3 * 128
-        + 64 * 10 + 10
+        27 * 16
+        + 32
+        + 2 * 9 * 16 * 16
+        + 2 * 32
+        + 9 * 16 * 32
+        + 9 * 32 * 32
+        + 16 * 32
+        + 3 * 64
+        + 9 * 32 * 64
+        + 9 * 64 * 64
+        + 32 * 64
+        + 3 * 128
+        + 64 * 10
+        + 10
     )
     assert expected == 78042
     assert models.count_trainable_parameters(models.resnet(8, 1, (32, 32, 3), 10)) == expected
@@ -129,7 +155,11 @@ def test_model_trains_saves_and_exports(name, tmp_path):
     # AMD EPYC (AVX2), oneDNN on and off, the least is cnn8's 2.259 -> 2.180 (3.5%), while the two arithmetics
     # differ by at most 0.07 at the third step (MobileNetV2; 0.0 for most networks) and never reorder the steps.
     # Eagerly: tracing the train step of a ShuffleNet into a graph took 32 s on 2 cores, the three eager steps 7 s.
-    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), run_eagerly=True)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        run_eagerly=True,
+    )
     losses = [float(model.train_on_batch(x, y)) for _ in range(3)]
     assert losses[-1] < losses[0]
 

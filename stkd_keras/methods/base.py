@@ -177,7 +177,8 @@ class DistillationMethod(abc.ABC):
             received = ", ".join(f"{name}={values[name]!r}" for name in unknown)
             listed = ", ".join(names) if names else "none"
             raise ValueError(
-                f"Method {self.name!r} has no hyperparameter `{unknown[0]}` (its hyperparameters: {listed}). Received: {received}"
+                f"Method {self.name!r} has no hyperparameter `{unknown[0]}` (its hyperparameters: {listed}). Received: "
+                f"{received}"
             )
         return self.hyperparameters(**values)
 
@@ -194,12 +195,42 @@ _REGISTRY: dict[str, DistillationMethod] = {}
 # options) and with the Distiller's own arguments: a hyperparameter named like one of these would silently replace it.
 # The RunConfig fields, the recipe fields (`stkd_keras.recipes.EXTRA_FIELDS`) and the Distiller's arguments;
 # tests/test_methods.py checks the set against them.
-RESERVED_NAMES = frozenset({
-    "dataset", "model", "method", "teacher", "epochs", "batch_size", "learning_rate", "momentum", "weight_decay", "method_options",
-    "seed", "train_subset", "val_subset", "validation_holdout", "steps_per_epoch", "jit_compile", "mixed_precision", "data_dir",
-    "download", "image_size", "optimizer", "lr_schedule", "lr_decay_epochs", "lr_decay_rate", "deterministic", "strategy",
-    "student", "teacher_model", "teacher_epochs", "name", "trainable", "dtype",
-})
+RESERVED_NAMES = frozenset(
+    {
+        "dataset",
+        "model",
+        "method",
+        "teacher",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "momentum",
+        "weight_decay",
+        "method_options",
+        "seed",
+        "train_subset",
+        "val_subset",
+        "validation_holdout",
+        "steps_per_epoch",
+        "jit_compile",
+        "mixed_precision",
+        "data_dir",
+        "download",
+        "image_size",
+        "optimizer",
+        "lr_schedule",
+        "lr_decay_epochs",
+        "lr_decay_rate",
+        "deterministic",
+        "strategy",
+        "student",
+        "teacher_model",
+        "teacher_epochs",
+        "name",
+        "trainable",
+        "dtype",
+    }
+)
 
 
 def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
@@ -217,18 +248,29 @@ def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
     if cls.name in _REGISTRY:
         raise ValueError(f"A method named {cls.name!r} is already registered ({type(_REGISTRY[cls.name]).__name__}).")
     if cls.needs_teacher and cls.teacher_sees not in TEACHER_INPUTS:
-        raise ValueError(f"Expected {cls.__name__}.teacher_sees in {TEACHER_INPUTS}. Received: teacher_sees={cls.teacher_sees!r}")
+        raise ValueError(
+            f"Expected {cls.__name__}.teacher_sees in {TEACHER_INPUTS}. Received: teacher_sees={cls.teacher_sees!r}"
+        )
     if not (dataclasses.is_dataclass(cls.hyperparameters) and issubclass(cls.hyperparameters, Hyperparameters)):
-        raise ValueError(f"Expected {cls.__name__}.hyperparameters to be a Hyperparameters dataclass. Received: {cls.hyperparameters!r}")
+        raise ValueError(
+            f"Expected {cls.__name__}.hyperparameters to be a Hyperparameters dataclass. Received: "
+            f"{cls.hyperparameters!r}"
+        )
     if cls.__abstractmethods__:
-        raise ValueError(f"{cls.__name__} must define {', '.join(f'{name}()' for name in sorted(cls.__abstractmethods__))}.")
+        raise ValueError(
+            f"{cls.__name__} must define {', '.join(f'{name}()' for name in sorted(cls.__abstractmethods__))}."
+        )
     taken = sorted(RESERVED_NAMES & {field.name for field in dataclasses.fields(cls.hyperparameters)})
     if taken:
         raise ValueError(
-            f"{cls.__name__}'s hyperparameters {taken} share their names with a run's own settings (a RunConfig field, a recipe "
-            f"field or a Distiller argument), where one would silently replace the other; rename them. Reserved: {sorted(RESERVED_NAMES)}"
+            f"{cls.__name__}'s hyperparameters {taken} share their names with a run's own settings (a RunConfig field, "
+            "a recipe "
+            "field or a Distiller argument), where one would silently replace the other; rename them. Reserved: "
+            f"{sorted(RESERVED_NAMES)}"
         )
-    missing = sorted(MIXUP_FIELDS - {field.name for field in dataclasses.fields(cls.hyperparameters)}) if cls.mixes else []
+    missing = (
+        sorted(MIXUP_FIELDS - {field.name for field in dataclasses.fields(cls.hyperparameters)}) if cls.mixes else []
+    )
     if missing:
         raise ValueError(
             f"{cls.__name__} mixes, so its hyperparameters need {sorted(MIXUP_FIELDS)} (e.g. by subclassing "
@@ -273,7 +315,9 @@ def get_method(name: str) -> DistillationMethod:
 
 def list_methods(needs_teacher: bool | None = None) -> tuple[str, ...]:
     """The names of the registered methods and presets, in registration order; only those that need (or not) a teacher if asked."""
-    return tuple(name for name, method in _REGISTRY.items() if needs_teacher is None or method.needs_teacher == needs_teacher)
+    return tuple(
+        name for name, method in _REGISTRY.items() if needs_teacher is None or method.needs_teacher == needs_teacher
+    )
 
 
 def check_teacher(method, teacher, how: str = "teacher") -> "DistillationMethod":
@@ -294,7 +338,8 @@ def check_teacher(method, teacher, how: str = "teacher") -> "DistillationMethod"
     method = get_method(method)  # a name, or the method itself
     if method.needs_teacher and teacher is None:
         raise ValueError(
-            f"Method {method.name!r} distils from a teacher, but none was given; pass {how}, or choose a method that trains "
+            f"Method {method.name!r} distils from a teacher, but none was given; pass {how}, or choose a method that "
+            "trains "
             f"alone: {list(list_methods(needs_teacher=False))}. Received: teacher=None"
         )
     if not method.needs_teacher and teacher is not None:
@@ -378,7 +423,9 @@ def forward(method: DistillationMethod, hyperparameters, images, student, teache
     student_images = images
     if method.mixes:
         batch_size = ops.shape(images)[0]
-        lam, permutation = mixup_lib.draw(batch_size, hyperparameters.mixup_alpha, hyperparameters.lambda_per_sample, seed)
+        lam, permutation = mixup_lib.draw(
+            batch_size, hyperparameters.mixup_alpha, hyperparameters.lambda_per_sample, seed
+        )
         mix_fraction = getattr(hyperparameters, "mix_fraction", 1.0)
         if mix_fraction < 1:
             lam = mixup_lib.mix_only_first(lam, batch_size, mix_fraction)
@@ -388,7 +435,8 @@ def forward(method: DistillationMethod, hyperparameters, images, student, teache
     if method.needs_teacher:
         if teacher_input not in TEACHER_INPUTS:
             raise ValueError(
-                f"Expected {type(method).__name__}.teacher_input() to return one of {TEACHER_INPUTS}. Received: {teacher_input!r}"
+                f"Expected {type(method).__name__}.teacher_input() to return one of {TEACHER_INPUTS}. Received: "
+                f"{teacher_input!r}"
             )
         outputs["teacher_logits"] = teacher_logits(teacher, student_images if teacher_input == "mixed" else images)
     outputs["logits"] = student(student_images, training=True)
@@ -396,7 +444,9 @@ def forward(method: DistillationMethod, hyperparameters, images, student, teache
         outputs["clean_logits"] = student(images, training=True)
         if method.needs_teacher:
             outputs["clean_teacher_logits"] = (
-                outputs["teacher_logits"] if teacher_input == "clean" or not method.mixes else teacher_logits(teacher, images)
+                outputs["teacher_logits"]
+                if teacher_input == "clean" or not method.mixes
+                else teacher_logits(teacher, images)
             )
     return outputs
 
@@ -439,7 +489,9 @@ def total_loss(terms: Mapping[str, LossTerm]):
     """sum(weight * value) over the terms, in their order."""
     total = None
     for term in terms.values():
-        weighted = term.value if isinstance(term.weight, (int, float)) and term.weight == 1 else term.weight * term.value
+        weighted = (
+            term.value if isinstance(term.weight, (int, float)) and term.weight == 1 else term.weight * term.value
+        )
         total = weighted if total is None else total + weighted
     if total is None:
         raise ValueError("A method's loss_terms() returned no terms.")
@@ -462,12 +514,22 @@ def one_hot_labels(labels, num_classes: int):
     if len(labels.shape) == 2 and labels.shape[-1] == 1:
         labels = ops.squeeze(labels, axis=-1)
     if len(labels.shape) != 1:
-        raise ValueError(f"Expected labels of shape (batch,) or (batch, {num_classes}). Received: labels.shape={tuple(labels.shape)}")
+        raise ValueError(
+            f"Expected labels of shape (batch,) or (batch, {num_classes}). Received: labels.shape={tuple(labels.shape)}"
+        )
     return ops.one_hot(ops.cast(labels, "int32"), num_classes, dtype="float32")
 
 
 def outputs_loss(
-    method, hyperparameters, labels, outputs: dict, sample_weight=None, epoch=0, step=0, training: bool = True, regularization_losses=()
+    method,
+    hyperparameters,
+    labels,
+    outputs: dict,
+    sample_weight=None,
+    epoch=0,
+    step=0,
+    training: bool = True,
+    regularization_losses=(),
 ) -> StepLoss:
     """The loss of a step from what `forward` returned (training) or the clean logits (evaluation), as `batch_context` takes them.
 
@@ -481,11 +543,21 @@ def outputs_loss(
     from keras import ops
 
     method = get_method(method)  # a name, or the method itself
-    context = batch_context(one_hot_labels(labels, outputs["logits"].shape[-1]), outputs, sample_weight, epoch=epoch, step=step, training=training)
+    context = batch_context(
+        one_hot_labels(labels, outputs["logits"].shape[-1]),
+        outputs,
+        sample_weight,
+        epoch=epoch,
+        step=step,
+        training=training,
+    )
     terms = dict(method.loss_terms(context, hyperparameters))
     declared = set(method.term_names(hyperparameters))
     if set(terms) != declared:
-        raise ValueError(f"Method {method.name!r} returned loss terms {sorted(terms)}, but its term_names() declared {sorted(declared)}.")
+        raise ValueError(
+            f"Method {method.name!r} returned loss terms {sorted(terms)}, but its term_names() declared "
+            f"{sorted(declared)}."
+        )
     total = total_loss(terms)
     regularization_losses = list(regularization_losses)
     if regularization_losses:
@@ -494,7 +566,17 @@ def outputs_loss(
 
 
 def step_loss(
-    method, hyperparameters, images, labels, student, teacher=None, seed=None, epoch=0, step=0, sample_weight=None, regularization_losses=None
+    method,
+    hyperparameters,
+    images,
+    labels,
+    student,
+    teacher=None,
+    seed=None,
+    epoch=0,
+    step=0,
+    sample_weight=None,
+    regularization_losses=None,
 ) -> StepLoss:
     """One training step's loss: `forward` (the mixup draw from `seed`, the teacher, the student) then `outputs_loss`.
 
@@ -506,5 +588,6 @@ def step_loss(
     outputs = forward(method, hyperparameters, images, student, teacher, seed)
     if regularization_losses is None:
         regularization_losses = student.losses
-    return outputs_loss(method, hyperparameters, labels, outputs, sample_weight, epoch, step, True, regularization_losses)
-
+    return outputs_loss(
+        method, hyperparameters, labels, outputs, sample_weight, epoch, step, True, regularization_losses
+    )

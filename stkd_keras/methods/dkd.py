@@ -37,13 +37,15 @@ class DKDHyperparameters(SoftenedLogitsHyperparameters):
         default=1.0, metadata={"help": "DKD: weight alpha >= 0 of the target-class term TCKD (mdistiller's DKD.ALPHA)."}
     )
     nckd_weight: float = dataclasses.field(
-        default=8.0, metadata={"help": "DKD: weight beta >= 0 of the non-target-class term NCKD (mdistiller's DKD.BETA)."}
+        default=8.0,
+        metadata={"help": "DKD: weight beta >= 0 of the non-target-class term NCKD (mdistiller's DKD.BETA)."},
     )
     warmup_epochs: int = dataclasses.field(
         default=20,
         metadata={
             "help": "DKD: epochs over which the TCKD and NCKD weights grow linearly to full, min(1, (epoch + 1) / warmup_epochs); "
-            "1 means no warm-up. mdistiller's 20 is 1/12 of its 240-epoch recipe: for much shorter runs keep that fraction "
+            "1 means no warm-up. mdistiller's 20 is 1/12 of its 240-epoch recipe: for much shorter runs keep that "
+            "fraction "
             "(e.g. 2 or 3 for 30 epochs)."
         },
     )
@@ -53,8 +55,14 @@ class DKDHyperparameters(SoftenedLogitsHyperparameters):
 
     def validate(self) -> None:
         super().validate()
-        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, numbers.Integral) or self.warmup_epochs < 1:
-            raise ValueError(f"Expected `warmup_epochs` to be an int >= 1. Received: warmup_epochs={self.warmup_epochs!r}")
+        if (
+            isinstance(self.warmup_epochs, bool)
+            or not isinstance(self.warmup_epochs, numbers.Integral)
+            or self.warmup_epochs < 1
+        ):
+            raise ValueError(
+                f"Expected `warmup_epochs` to be an int >= 1. Received: warmup_epochs={self.warmup_epochs!r}"
+            )
         self.warmup_epochs = int(self.warmup_epochs)
 
 
@@ -105,7 +113,8 @@ register_preset(
     "dkd",
     "DKD with logit standardisation (Sun et al., CVPR 2024): T 2, alpha 9, beta 72, w_ce 1, warm-up 20, the authors' "
     "resnet32x4 -> resnet8x4 CIFAR-100 settings (sunshangquan/logit-standardization-KD: tools/train.py --logit-stand "
-    "--base-temp 2 --kd-weight 9 on configs/cifar100/dkd/resnet32x4_resnet8x4.yaml, defaults in mdistiller/engine/cfg.py)",
+    "--base-temp 2 --kd-weight 9 on configs/cifar100/dkd/resnet32x4_resnet8x4.yaml, defaults in "
+    "mdistiller/engine/cfg.py)",
     temperature=2.0,
     ce_weight=1.0,
     tckd_weight=9.0,

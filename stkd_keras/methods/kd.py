@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 
-from stkd_keras.methods.base import BatchContext, DistillationMethod, Hyperparameters, LossTerm, register_method, register_preset
+from stkd_keras.methods.base import (
+    BatchContext,
+    DistillationMethod,
+    Hyperparameters,
+    LossTerm,
+    register_method,
+    register_preset,
+)
 from stkd_keras.methods.ce import cross_entropy
 from stkd_keras.validation import positive_finite
 
@@ -35,7 +42,8 @@ class SoftenedLogitsHyperparameters(Hyperparameters):
         self.temperature = positive_finite("temperature", self.temperature)
         if self.logit_standardization not in (True, False):
             raise ValueError(
-                f"Expected `logit_standardization` to be True or False. Received: logit_standardization={self.logit_standardization!r}"
+                "Expected `logit_standardization` to be True or False. Received: "
+                f"logit_standardization={self.logit_standardization!r}"
             )
         self.logit_standardization = bool(self.logit_standardization)
 
@@ -100,7 +108,8 @@ register_preset(
     "kd+ls",
     "kd",
     "KD with logit standardisation (Sun et al., CVPR 2024): T 2, w_kd 9, w_ce 0.1, the authors' CIFAR-100 settings "
-    "(sunshangquan/logit-standardization-KD: tools/train.py --logit-stand --base-temp 2 --kd-weight 9; mdistiller/engine/cfg.py)",
+    "(sunshangquan/logit-standardization-KD: tools/train.py --logit-stand --base-temp 2 --kd-weight 9; "
+    "mdistiller/engine/cfg.py)",
     temperature=2.0,
     ce_weight=0.1,
     kd_weight=9.0,

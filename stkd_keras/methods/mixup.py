@@ -13,7 +13,9 @@ from stkd_keras.validation import positive_finite
 class MixupHyperparameters(Hyperparameters):
     """How the mixing coefficients are drawn."""
 
-    mixup_alpha: float = dataclasses.field(default=0.2, metadata={"help": "a of the mixing coefficient lambda ~ Beta(a, a), a > 0."})
+    mixup_alpha: float = dataclasses.field(
+        default=0.2, metadata={"help": "a of the mixing coefficient lambda ~ Beta(a, a), a > 0."}
+    )
     lambda_per_sample: bool = dataclasses.field(
         default=False,
         metadata={"help": "One mixup lambda per sample instead of one per batch.", "off_flag": "--lambda-per-batch"},
@@ -23,7 +25,10 @@ class MixupHyperparameters(Hyperparameters):
         super().validate()
         self.mixup_alpha = positive_finite("mixup_alpha", self.mixup_alpha)
         if self.lambda_per_sample not in (True, False):
-            raise ValueError(f"Expected `lambda_per_sample` to be True or False. Received: lambda_per_sample={self.lambda_per_sample!r}")
+            raise ValueError(
+                "Expected `lambda_per_sample` to be True or False. Received: "
+                f"lambda_per_sample={self.lambda_per_sample!r}"
+            )
         self.lambda_per_sample = bool(self.lambda_per_sample)
 
 

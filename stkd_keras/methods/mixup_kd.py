@@ -17,7 +17,8 @@ class MixupKDHyperparameters(MixupHyperparameters, KDHyperparameters):
     """KD's temperature and weights, mixup's draw, and the weight of the optional KD term on clean images."""
 
     clean_kd_weight: float = dataclasses.field(
-        default=0.0, metadata={"help": "Weight >= 0 of an extra KD term on the clean images (the paper's loss has none)."}
+        default=0.0,
+        metadata={"help": "Weight >= 0 of an extra KD term on the clean images (the paper's loss has none)."},
     )
 
     def loss_weights(self) -> dict:
@@ -37,7 +38,9 @@ def mixup_kd_terms(context: BatchContext, hyperparameters: MixupKDHyperparameter
         if context.training:
             from stkd_keras import losses
 
-            teacher, student = softened_logits(context.clean_teacher_logits, context.clean_student_logits, hyperparameters)
+            teacher, student = softened_logits(
+                context.clean_teacher_logits, context.clean_student_logits, hyperparameters
+            )
             value = losses.kd_loss(teacher, student, hyperparameters.temperature)
             terms["clean_kd_loss"] = LossTerm(value, hyperparameters.clean_kd_weight)
         else:

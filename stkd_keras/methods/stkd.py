@@ -68,7 +68,9 @@ class STKDHyperparameters(MixupKDHyperparameters):
         super().validate()
         self.mix_fraction = unit_fraction("mix_fraction", self.mix_fraction)
         if self.soft_target not in SOFT_TARGETS:
-            raise ValueError(f"Expected `soft_target` to be one of {SOFT_TARGETS}. Received: soft_target={self.soft_target!r}")
+            raise ValueError(
+                f"Expected `soft_target` to be one of {SOFT_TARGETS}. Received: soft_target={self.soft_target!r}"
+            )
 
 
 def mixed_teacher_kd_loss(context, hyperparameters: STKDHyperparameters):
@@ -106,12 +108,15 @@ class STKD(MixupKD):
 
     def loss_terms(self, context, hyperparameters):
         mixed_teacher = hyperparameters.soft_target == "mixed_teacher"
-        return mixup_kd_terms(context, hyperparameters, mixed_teacher_kd_loss(context, hyperparameters) if mixed_teacher else None)
+        return mixup_kd_terms(
+            context, hyperparameters, mixed_teacher_kd_loss(context, hyperparameters) if mixed_teacher else None
+        )
 
 
 register_preset(
     "stkd_clean_kd",
     "stkd",
-    "STKD plus a KD term on the clean images (weight 0.5; the highest mean in the Fashion-MNIST ablation, its interval spanning zero)",
+    "STKD plus a KD term on the clean images (weight 0.5; the highest mean in the Fashion-MNIST ablation, its interval "
+    "spanning zero)",
     clean_kd_weight=0.5,
 )

@@ -14,8 +14,10 @@ from stkd_keras.methods.base import register_preset
 register_preset(
     "stkd+ls",
     "stkd",
-    "STKD with logit standardisation: KD's LS settings (T 2, w_kd 9, w_ce 0.1, from sunshangquan/logit-standardization-KD "
-    "tools/train.py --logit-stand --base-temp 2 --kd-weight 9 and mdistiller/engine/cfg.py); a new combination, not from either paper",
+    "STKD with logit standardisation: KD's LS settings (T 2, w_kd 9, w_ce 0.1, from "
+    "sunshangquan/logit-standardization-KD "
+    "tools/train.py --logit-stand --base-temp 2 --kd-weight 9 and mdistiller/engine/cfg.py); a new combination, not "
+    "from either paper",
     temperature=2.0,
     ce_weight=0.1,
     kd_weight=9.0,

@@ -19,9 +19,15 @@ BN_KWARGS = {"epsilon": 1e-5, "momentum": 0.9}
 # Initializers are named by their configs and built per layer: one shared instance would carry one
 # seed, drawn at import time (before any `set_random_seed`), and give same-shaped layers equal kernels.
 # kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, sqrt(2 / (k * k * C_out))).
-KAIMING_FAN_OUT = {"class_name": "VarianceScaling", "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"}}
+KAIMING_FAN_OUT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
 # PyTorch's default for conv and linear layers: U(+-1/sqrt(fan_in)).
-TORCH_DEFAULT = {"class_name": "VarianceScaling", "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"}}
+TORCH_DEFAULT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"},
+}
 
 
 def make_initializer(spec):
@@ -111,7 +117,8 @@ def grouped_conv1x1(x, filters, groups, name, initializer=KAIMING_FAN_OUT):
         return conv2d(x, filters, 1, name=name, initializer=initializer)
     parts = ChannelSplit(groups, name=f"{name}_split")(x)
     outputs = [
-        conv2d(part, filters // groups, 1, name=f"{name}_g{index}", initializer=initializer) for index, part in enumerate(parts)
+        conv2d(part, filters // groups, 1, name=f"{name}_g{index}", initializer=initializer)
+        for index, part in enumerate(parts)
     ]
     return layers.Concatenate(name=f"{name}_concat")(outputs)
 
@@ -128,7 +135,12 @@ def depthwise_conv(x, strides, name, initializer=None):
     else:
         padding = "same"
     return layers.DepthwiseConv2D(
-        3, strides=strides, padding=padding, use_bias=False, depthwise_initializer=make_initializer(initializer), name=name
+        3,
+        strides=strides,
+        padding=padding,
+        use_bias=False,
+        depthwise_initializer=make_initializer(initializer),
+        name=name,
     )(x)
 
 
@@ -151,13 +163,15 @@ def check_input(input_shape, num_classes, downsampling: int, model_name: str) ->
     shape = tuple(input_shape)
     if len(shape) != 3 or any(not isinstance(d, int) or d <= 0 for d in shape):
         raise ValueError(
-            f"Expected `input_shape` to be (height, width, channels) of positive ints. Received: input_shape={input_shape!r}"
+            "Expected `input_shape` to be (height, width, channels) of positive ints. Received: "
+            f"input_shape={input_shape!r}"
         )
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"Expected `num_classes` to be an int >= 2. Received: num_classes={num_classes!r}")
     if min(shape[0], shape[1]) < downsampling:
         raise ValueError(
-            f"{model_name} downsamples its input {downsampling}x, so it needs at least {downsampling}x{downsampling} pixels. "
+            f"{model_name} downsamples its input {downsampling}x, so it needs at least {downsampling}x{downsampling} "
+            "pixels. "
             f"Received: input_shape={shape}"
         )
     return shape
@@ -168,7 +182,11 @@ def finish_model(inputs, features, num_classes, name, include_features=False, de
     pooled = layers.GlobalAveragePooling2D(name="avg_pool")(features)
     # Logits in float32, so a mixed_float16 model still returns float32 logits.
     logits = layers.Dense(
-        num_classes, kernel_initializer=make_initializer(dense_initializer), bias_initializer="zeros", dtype="float32", name="logits"
+        num_classes,
+        kernel_initializer=make_initializer(dense_initializer),
+        bias_initializer="zeros",
+        dtype="float32",
+        name="logits",
     )(pooled)
     outputs = [logits, features] if include_features else logits
     return keras.Model(inputs, outputs, name=name)

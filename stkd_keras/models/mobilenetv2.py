@@ -28,7 +28,14 @@ def apply_inverted_residual(x, filters: int, strides: int, expansion: int, name:
     return y
 
 
-def mobilenet_v2(width_multiplier: float = 0.5, expansion: int = 6, input_shape=(32, 32, 3), num_classes: int = 100, name=None, include_features=False):
+def mobilenet_v2(
+    width_multiplier: float = 0.5,
+    expansion: int = 6,
+    input_shape=(32, 32, 3),
+    num_classes: int = 100,
+    name=None,
+    include_features=False,
+):
     """MobileNetV2 for small images returning logits (defaults: the KD literature's "MobileNetV2")."""
     if not width_multiplier > 0:
         raise ValueError(f"Expected `width_multiplier` > 0. Received: width_multiplier={width_multiplier!r}")
@@ -39,11 +46,17 @@ def mobilenet_v2(width_multiplier: float = 0.5, expansion: int = 6, input_shape=
     for stage, (t, c, n, s) in enumerate(SETTINGS):
         for block in range(n):
             x = apply_inverted_residual(
-                x, int(c * width_multiplier), s if block == 0 else 1, expansion if t != 1 else 1, name=f"stage{stage}_block{block + 1}"
+                x,
+                int(c * width_multiplier),
+                s if block == 0 else 1,
+                expansion if t != 1 else 1,
+                name=f"stage{stage}_block{block + 1}",
             )
     last_channels = 1280 if width_multiplier <= 1.0 else _make_divisible(1280 * width_multiplier)
     x = conv_bn_relu(x, last_channels, 1, 1, name="head")
-    return finish_model(inputs, x, num_classes, name, include_features, dense_initializer=keras.initializers.RandomNormal(stddev=0.01))
+    return finish_model(
+        inputs, x, num_classes, name, include_features, dense_initializer=keras.initializers.RandomNormal(stddev=0.01)
+    )
 
 
 def _make_divisible(value: float, divisor: int = 8) -> int:

@@ -46,7 +46,14 @@ def apply_bottleneck_block(x, planes: int, strides: int, name: str, expansion: i
     return relu(x, name=f"{name}_out")
 
 
-def resnet(depth: int, width_multiplier: int = 1, input_shape=(32, 32, 3), num_classes: int = 10, name=None, include_features=False):
+def resnet(
+    depth: int,
+    width_multiplier: int = 1,
+    input_shape=(32, 32, 3),
+    num_classes: int = 10,
+    name=None,
+    include_features=False,
+):
     """A CIFAR-style ResNet returning logits.
 
     Args:
@@ -67,7 +74,9 @@ def resnet(depth: int, width_multiplier: int = 1, input_shape=(32, 32, 3), num_c
     if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise ValueError(f"Expected `depth` = 6n + 2 with n >= 1 (8, 14, 20, 32, ...). Received: depth={depth!r}")
     if not isinstance(width_multiplier, int) or width_multiplier < 1:
-        raise ValueError(f"Expected `width_multiplier` to be an int >= 1. Received: width_multiplier={width_multiplier!r}")
+        raise ValueError(
+            f"Expected `width_multiplier` to be an int >= 1. Received: width_multiplier={width_multiplier!r}"
+        )
     name = name or (f"resnet{depth}" if width_multiplier == 1 else f"resnet{depth}x{width_multiplier}")
     input_shape = check_input(input_shape, num_classes, 4, name)
     filters = (32, 64, 128, 256) if width_multiplier == 4 else tuple(f * width_multiplier for f in (16, 16, 32, 64))

@@ -85,10 +85,14 @@ def apply_shufflev2_basic_block(x, name: str):
 
 def apply_shufflev2_down_block(x, filters: int, name: str):
     mid = filters // 2
-    left = batch_norm(depthwise_conv(x, 2, name=f"{name}_left_dw_conv", initializer=TORCH_DEFAULT), name=f"{name}_left_dw_bn")
+    left = batch_norm(
+        depthwise_conv(x, 2, name=f"{name}_left_dw_conv", initializer=TORCH_DEFAULT), name=f"{name}_left_dw_bn"
+    )
     left = conv_bn_relu(left, mid, 1, 1, name=f"{name}_left_1", initializer=TORCH_DEFAULT)
     right = conv_bn_relu(x, mid, 1, 1, name=f"{name}_right_1", initializer=TORCH_DEFAULT)
-    right = batch_norm(depthwise_conv(right, 2, name=f"{name}_right_dw_conv", initializer=TORCH_DEFAULT), name=f"{name}_right_dw_bn")
+    right = batch_norm(
+        depthwise_conv(right, 2, name=f"{name}_right_dw_conv", initializer=TORCH_DEFAULT), name=f"{name}_right_dw_bn"
+    )
     right = conv_bn_relu(right, mid, 1, 1, name=f"{name}_right_2", initializer=TORCH_DEFAULT)
     y = layers.Concatenate(name=f"{name}_concat")([left, right])
     return ChannelShuffle(2, name=f"{name}_shuffle")(y)

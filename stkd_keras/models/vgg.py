@@ -35,4 +35,6 @@ def vgg(depth: int, input_shape=(32, 32, 3), num_classes: int = 100, name=None, 
             x = conv_bn_relu(x, filters, 3, 1, name=f"block{block}_{index + 1}", use_bias=True)
         if block < 3 or (block == 3 and input_shape[0] >= 64):
             x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    return finish_model(inputs, x, num_classes, name, include_features, dense_initializer=keras.initializers.RandomNormal(stddev=0.01))
+    return finish_model(
+        inputs, x, num_classes, name, include_features, dense_initializer=keras.initializers.RandomNormal(stddev=0.01)
+    )

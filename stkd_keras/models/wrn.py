@@ -26,7 +26,9 @@ def apply_wide_block(x, filters: int, strides: int, name: str):
     return layers.Add(name=f"{name}_add")([shortcut, y])
 
 
-def wide_resnet(depth: int, widen_factor: int, input_shape=(32, 32, 3), num_classes: int = 100, name=None, include_features=False):
+def wide_resnet(
+    depth: int, widen_factor: int, input_shape=(32, 32, 3), num_classes: int = 100, name=None, include_features=False
+):
     """A Wide ResNet WRN-depth-k returning logits.
 
     Raises:
