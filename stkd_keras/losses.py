@@ -9,6 +9,14 @@ y_mix and the teacher and student logits on the same virtual sample:
 
     L = w_ce * CE(y_mix, softmax(z_s)) + w_kd * kd(z_t, z_s)
 
+The methods (`stkd_keras.methods`) build their terms from the per-sample
+pieces here: `kd_divergence`, `kd_loss`, `soft_cross_entropy`,
+`standardize_logits`, `dkd_divergences`, `kd_divergence_from_probabilities`.
+`stkd_loss`, `dkd_loss`, `KDLoss` and `STKDLoss` are deprecated (issue 22):
+they composed the objectives a second time, without the methods' logit
+standardisation, `mix_fraction` or clean-image term. A method's loss is
+`stkd_keras.methods.step_loss` (one training step) or a `Distiller`.
+
 All maths runs in float32, also when the logits come from a `mixed_float16`
 model: softmax and log of float16 logits lose the small probabilities that
 carry the similarity between classes.
@@ -16,10 +24,23 @@ carry the similarity between classes.
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 from keras import ops
 
-from stkd_keras.validation import positive_finite, validate_loss_weights  # noqa: F401  (validate_loss_weights: public here too)
+from stkd_keras.validation import positive_finite, validate_loss_weights
+
+
+def warn_deprecated(name: str, method: str) -> None:
+    """The deprecation of one of the composed losses, naming the method that replaces it."""
+    warnings.warn(
+        f"stkd_keras.losses.{name} is deprecated and will be removed in stkd-keras 0.2: it lacks the methods' logit "
+        f"standardisation, mix_fraction and clean-image term. Use Distiller(student, teacher, method={method!r}), or "
+        f"stkd_keras.methods.step_loss({method!r}, ...) for one step's loss.",
+        DeprecationWarning,
+        stacklevel=3,
+    )
 
 
 def validate_temperature(temperature) -> float:
@@ -153,6 +174,8 @@ def dkd_loss(
 ):
     """Batch mean of alpha * TCKD + beta * NCKD (`dkd_divergences`, T^2 included), weighted by `sample_weight` if given.
 
+    Deprecated (removed in 0.2): the registered method's own loss is `methods.step_loss`.
+
     The distillation part of DKD (Zhao et al., CVPR 2022) as mdistiller's
     `dkd_loss` computes it: summed over the classes, averaged over the
     batch; no cross-entropy and no warm-up (the `dkd` method adds both).
@@ -161,6 +184,7 @@ def dkd_loss(
     Example:
     >>> dkd_loss(teacher_logits, student_logits, one_hot_labels, alpha=1.0, beta=8.0, temperature=4.0)
     """
+    warn_deprecated("dkd_loss", "dkd")
     tckd, nckd = dkd_divergences(teacher_logits, student_logits, labels, temperature)
     return batch_mean(alpha * tckd + beta * nckd, sample_weight)
 
@@ -176,6 +200,8 @@ def stkd_loss(
 ):
     """The STKD objective, batch mean: w_ce * CE(y_mix, z_s) + w_kd * kd(z_t, z_s).
 
+    Deprecated (removed in 0.2): the registered method's own loss is `methods.step_loss`.
+
     Args:
         labels: Mixed one-hot labels y_mix, shape `(batch, num_classes)`.
         teacher_logits: Teacher logits on the mixed images.
@@ -188,6 +214,7 @@ def stkd_loss(
     Returns:
         A float32 scalar.
     """
+    warn_deprecated("stkd_loss", "stkd")
     per_sample = ce_weight * soft_cross_entropy(labels, student_logits) + kd_weight * kd_divergence(
         teacher_logits, student_logits, temperature
     )
@@ -197,6 +224,8 @@ def stkd_loss(
 @keras.saving.register_keras_serializable(package="stkd_keras")
 class KDLoss(keras.losses.Loss):
     """Hinton's KD term as a Keras loss: `y_true` are teacher logits, `y_pred` student logits.
+
+    Deprecated (removed in 0.2): the registered method's own loss is `methods.step_loss`.
 
     Args:
         temperature: Softening temperature T > 0.
@@ -211,6 +240,7 @@ class KDLoss(keras.losses.Loss):
     """
 
     def __init__(self, temperature=4.0, reduction="sum_over_batch_size", name="kd_loss", dtype="float32"):
+        warn_deprecated("KDLoss", "kd")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = validate_temperature(temperature)
 
@@ -224,6 +254,8 @@ class KDLoss(keras.losses.Loss):
 @keras.saving.register_keras_serializable(package="stkd_keras")
 class STKDLoss(keras.losses.Loss):
     """The STKD objective as a Keras loss.
+
+    Deprecated (removed in 0.2): the registered method's own loss is `methods.step_loss`.
 
     `y_true` is a dict `{"labels": y_mix, "teacher_logits": z_t}`; `y_pred` are
     the student logits on the same virtual samples.
@@ -250,6 +282,7 @@ class STKDLoss(keras.losses.Loss):
         name="stkd_loss",
         dtype="float32",
     ):
+        warn_deprecated("STKDLoss", "stkd")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = validate_temperature(temperature)
         self.ce_weight, self.kd_weight = validate_loss_weights(ce_weight=ce_weight, kd_weight=kd_weight)

@@ -7,13 +7,15 @@ lambda ~ Beta(a, a):
     y_mix = lambda * y + (1 - lambda) * y[p]
 
 `draw` takes lambda and p, `mix` applies them to images, labels or sample
-weights, and `apply_mixup` does both. Everything here is written in
+weights: every method's step mixes through them (`stkd_keras.methods.forward`).
+`apply_mixup`, which did both, is deprecated: a second public mixup path. Everything here is written in
 `keras.ops` and runs inside the compiled train step of every Keras backend;
 the Beta draw is the one backend-specific piece (`stkd_keras.backend`).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import keras
@@ -147,6 +149,9 @@ def apply_mixup(
 ) -> MixupBatch:
     """Builds mixup virtual samples from a batch.
 
+    Deprecated (removed in 0.2): `draw` then `mix`, as the methods' step
+    (`stkd_keras.methods.forward`) does.
+
     Args:
         images: Batch of images, shape `(batch, ...)`.
         labels: One-hot (or soft) labels, shape `(batch, num_classes)`.
@@ -168,6 +173,13 @@ def apply_mixup(
     >>> batch.images.shape == x.shape
     True
     """
+    warnings.warn(
+        "stkd_keras.mixup.apply_mixup is deprecated and will be removed in stkd-keras 0.2: a second mixup path beside "
+        "the methods' step. Use lam, permutation = mixup.draw(batch_size, alpha, per_sample, seed), then "
+        "mixup.mix(images, lam, permutation) and mixup.mix(labels, lam, permutation).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     if len(labels.shape) != 2:
         raise ValueError(
             f"Expected one-hot `labels` of shape (batch, num_classes). Received: labels.shape={tuple(labels.shape)}"

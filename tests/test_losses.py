@@ -242,3 +242,23 @@ def test_invalid_weights():
         losses.STKDLoss(ce_weight=0.0, kd_weight=0.0)
     with pytest.raises(ValueError, match="kd_weight"):
         losses.STKDLoss(kd_weight=-0.5)
+
+
+@pytest.mark.parametrize(
+    "build, name, method",
+    [
+        (lambda t, s, y: losses.stkd_loss(y, t, s), "stkd_loss", "stkd"),
+        (lambda t, s, y: losses.dkd_loss(t, s, y), "dkd_loss", "dkd"),
+        (lambda t, s, y: losses.KDLoss()(t, s), "KDLoss", "kd"),
+        (lambda t, s, y: losses.STKDLoss()({"labels": y, "teacher_logits": t}, s), "STKDLoss", "stkd"),
+    ],
+)
+def test_the_composed_losses_are_deprecated_for_the_methods_own(build, name, method):
+    """Issue 22: the objectives are defined once, by the methods; the composed losses point to them, still working."""
+    rng = np.random.default_rng(0)
+    teacher, student = rng.standard_normal((4, 5)).astype("float32"), rng.standard_normal((4, 5)).astype("float32")
+    labels = np.eye(5, dtype="float32")[[0, 1, 2, 3]]
+    with pytest.warns(DeprecationWarning, match=rf"stkd_keras.losses.{name} is deprecated .*method='{method}'") as seen:
+        value = build(teacher, student, labels)
+    assert np.isfinite(float(value))
+    assert seen[0].filename == __file__  # the warning points at the caller's line, not at the library

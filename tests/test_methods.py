@@ -653,6 +653,9 @@ def test_readme_adding_a_method_example_runs(fashion_arrays, trained_teacher):
         assert history["loss"][epoch] == pytest.approx(
             history["ce_loss"][epoch] + ramp * history["kd_loss"][epoch], rel=1e-4
         )
+    from stkd_keras.testing import check_method
+
+    assert check_method("warm_kd").training_terms == ("ce_loss", "kd_loss")  # as the README tells its reader to
 
 
 def test_hyperparameter_dataclasses_write_each_default_once():
@@ -675,3 +678,79 @@ def test_hyperparameter_dataclasses_write_each_default_once():
         "mix_fraction",
         "soft_target",
     }
+
+
+# Methods other test files register to probe the step (tests/test_distiller.py's `_test_probe`) start with "_".
+BUILT_IN = [name for name in methods.list_methods() if not name.startswith("_")]
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_check_method_passes_for_every_registered_method(name):
+    """The test kit on each method: a new method in stkd_keras/methods/ is tested here by adding nothing."""
+    from stkd_keras.testing import check_method
+
+    report = check_method(name)
+    unit = get_method(name)
+    assert report.training_terms == unit.term_names(unit.make_hyperparameters())
+    assert set(report.evaluation_terms) == set(report.training_terms)
+    assert report.bridge.startswith("checked" if keras.backend.backend() == "tensorflow" else "not run")
+
+
+def _probe_class(class_name, terms):
+    """A method whose `loss_terms` returns `terms(context)` and declares ("ce_loss",)."""
+    return type(
+        class_name,
+        (DistillationMethod,),
+        {
+            "name": f"_{class_name.lower()}",
+            "term_names": lambda self, h: ("ce_loss",),
+            "loss_terms": lambda self, context, h: terms(context),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    "class_name, terms, message",
+    [
+        (
+            "Undeclared",
+            lambda c: {"ce_loss": methods.LossTerm(ops.mean(c.student_logits)), "extra_loss": methods.LossTerm(0.0)},
+            r"Method '_undeclared': .*returned loss terms \['ce_loss', 'extra_loss'\]",
+        ),
+        (
+            "NotFinite",
+            lambda c: {"ce_loss": methods.LossTerm(ops.log(ops.zeros(())) * 0.0)},
+            "Method '_notfinite': training term ce_loss is nan, not a finite number",
+        ),
+        (
+            "PerSample",
+            lambda c: {"ce_loss": methods.LossTerm(ops.mean(c.student_logits, axis=-1))},
+            r"Method '_persample': training term ce_loss has shape \(8,\); a term is one scalar per batch",
+        ),
+    ],
+)
+def test_check_method_names_the_method_and_the_check_it_fails(class_name, terms, message):
+    from stkd_keras.testing import check_method, registered
+
+    with registered(_probe_class(class_name, terms)):
+        with pytest.raises(AssertionError, match=message):
+            check_method(f"_{class_name.lower()}", bridge=False)
+    assert f"_{class_name.lower()}" not in methods.list_methods()
+
+
+def test_check_method_wants_report_to_draw_every_term():
+    """`report` draws the columns ending in `_loss`: a term named otherwise would be missing from its curves."""
+    from stkd_keras.testing import check_method, registered
+
+    Quiet = type(
+        "Quiet",
+        (DistillationMethod,),
+        {
+            "name": "_quiet",
+            "term_names": lambda self, h: ("ce",),
+            "loss_terms": lambda self, context, h: {"ce": methods.LossTerm(ops.mean(context.student_logits))},
+        },
+    )
+    with registered(Quiet):
+        with pytest.raises(AssertionError, match=r"Method '_quiet': term_names\(\) must be distinct names ending"):
+            check_method("_quiet")

@@ -155,3 +155,12 @@ def test_labels_must_be_one_hot():
     images, labels = batch()
     with pytest.raises(ValueError, match="one-hot"):
         mixup_lib.apply_mixup(images, np.argmax(labels, axis=-1))
+
+
+def test_apply_mixup_is_deprecated_for_draw_and_mix():
+    """One public mixup path: `draw` then `mix`, as the methods' step. apply_mixup gives the same batch meanwhile."""
+    images, labels = np.arange(8, dtype="float32").reshape(4, 2), np.eye(4, dtype="float32")
+    with pytest.warns(DeprecationWarning, match=r"apply_mixup is deprecated .*mixup.draw\(batch_size"):
+        batch = mixup_lib.apply_mixup(images, labels, alpha=0.4, seed=3)
+    lam, permutation = mixup_lib.draw(4, 0.4, False, keras.random.SeedGenerator(3))
+    np.testing.assert_allclose(to_numpy(batch.images), to_numpy(mixup_lib.mix(images, lam, permutation)), rtol=1e-6)

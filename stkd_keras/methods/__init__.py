@@ -38,7 +38,9 @@ from stkd_keras.methods.base import (
     register_method,
     register_preset,
     step_loss,
+    teacher_logits,
     total_loss,
+    unregister_method,
 )
 
 # The built-in methods first, in the order the README's tables list them; then every other module.
@@ -68,5 +70,7 @@ __all__ = [
     "register_method",
     "register_preset",
     "step_loss",
+    "teacher_logits",
     "total_loss",
+    "unregister_method",
 ]

@@ -280,6 +280,17 @@ def register_method(cls: type[DistillationMethod]) -> type[DistillationMethod]:
     return cls
 
 
+def unregister_method(name: str) -> None:
+    """Removes a method or preset from the registry (for tests that register one for their own duration).
+
+    Raises:
+        ValueError: If no method of that name is registered.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"No method named {name!r} is registered.")
+    del _REGISTRY[name]
+
+
 def register_preset(name: str, method: str, description: str, **defaults) -> DistillationMethod:
     """Registers `name` as `method` with other default hyperparameters (checked now).
 
