@@ -12,7 +12,8 @@ with (an ablation's defaults). At the end every
 finished run is compared (`stkd-keras compare`) into OUTPUT/results.md and
 OUTPUT/results.png, with OUTPUT/environment.json beside them.
 
-Usage: python benchmarks/accuracy.py --grid benchmarks/grids/fashion_mnist_methods.yaml --output benchmarks/results/fashion_mnist_methods
+Usage: python benchmarks/accuracy.py --grid benchmarks/grids/fashion_mnist_methods.yaml \
+           --output benchmarks/results/fashion_mnist_methods
        python benchmarks/accuracy.py ... --compare-only   # the table of the runs finished so far; runs nothing
 """
 
@@ -63,7 +64,7 @@ def option_list(options: dict) -> list[str]:
 
 
 def method_entry(entry: str) -> tuple[str, dict]:
-    """A grid's method: a registered name, optionally with options, e.g. "stkd mix_fraction=0.1" (values read as YAML)."""
+    """A grid's method: a registered name, optionally with options (read as YAML), e.g. "stkd mix_fraction=0.1"."""
     name, *options = str(entry).split()
     values = {}
     for option in options:

@@ -95,7 +95,7 @@ def readme_student(run_dir: Path | None, work: Path, epochs: int, train_subset: 
 
 
 def load_student(run_dir: Path) -> dict:
-    """The run's student, its Keras top-1 and the whole test split (and 200 calibration images) with its preprocessing."""
+    """The run's student, its Keras top-1, the whole test split and 200 calibration images, with its preprocessing."""
     import keras
     import numpy as np
 
@@ -389,7 +389,10 @@ def conclusions(results: dict) -> list[str]:
     sentences = []
     environment = results["environment"]
     dot = environment.get("int8_dot_product") or []
-    cpu = f"this CPU ({environment['cpu']}, {'with ' + ', '.join(dot) if dot else 'AVX2 without VNNI or other int8 dot-product instructions'})"
+    cpu = (
+        f"this CPU ({environment['cpu']}, "
+        f"{'with ' + ', '.join(dot) if dot else 'AVX2 without VNNI or other int8 dot-product instructions'})"
+    )
     modes = results.get("modes")
     if modes:
         rows = {row["file"]: row for row in modes["rows"]}

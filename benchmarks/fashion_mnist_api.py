@@ -79,7 +79,7 @@ def main() -> None:
             return images, y[part]
 
     class Throughput(keras.callbacks.Callback):
-        """Training images/s over the epochs after the first: from each epoch's start to its validation (the device is synced there)."""
+        """Training images/s over the epochs after the first, each from its start to its validation (a device sync)."""
 
         def __init__(self):
             super().__init__()

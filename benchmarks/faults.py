@@ -214,7 +214,10 @@ class Bench:
     # ---- fixtures
 
     def build_fixtures(self) -> None:
-        """A distilled run with the teacher it trained (teacher/ inside it), a reference run from that teacher, its export, a CIFAR-shaped model."""
+        """A distilled run, a reference run from its teacher, its export, and a CIFAR-shaped model.
+
+        The distilled run keeps the teacher it trained inside it, in teacher/.
+        """
         self.fixtures.mkdir()
         self.teacher = self.fixtures / "run" / "teacher" / "teacher.keras"
         self.student = self.fixtures / "reference" / "student.keras"
@@ -321,12 +324,18 @@ def run_problems(output: Path, epochs: int = EPOCHS) -> list[str]:
 
 
 def leftovers(output: Path) -> list[str]:
-    """Staging folders and lock files beside `output` (an export's staging folder inside it is caught by `export_listing_problems`)."""
+    """Staging folders and lock files beside `output`.
+
+    An export's staging folder inside `output` is caught by `export_listing_problems`.
+    """
     return sorted(path.name for path in output.parent.glob(f".{output.name}.*"))
 
 
 def weight_difference(path: Path, reference: Path) -> str | None:
-    """None when the two models' weights agree within rtol 1e-5, atol 1e-6 (as tests/test_training_runs.py); else how they differ."""
+    """None when the two models' weights agree within rtol 1e-5, atol 1e-6, else how they differ.
+
+    The tolerances are those of tests/test_training_runs.py.
+    """
     import keras
     import numpy as np
 
@@ -336,12 +345,15 @@ def weight_difference(path: Path, reference: Path) -> str | None:
         return f"{len(weights)} weight arrays instead of {len(expected)}"
     for index, (a, b) in enumerate(zip(weights, expected)):
         if a.shape != b.shape or not np.allclose(a, b, rtol=1e-5, atol=1e-6):
-            return f"weight array {index} differs (max |diff| {float(np.max(np.abs(a - b))) if a.shape == b.shape else 'shape'})"
+            return (
+                f"weight array {index} differs "
+                f"(max |diff| {float(np.max(np.abs(a - b))) if a.shape == b.shape else 'shape'})"
+            )
     return None
 
 
 def export_listing_problems(folder: Path) -> list[str]:
-    """The folder must hold exactly the files its export_report.json lists (and metadata.json agrees), nothing hidden."""
+    """The folder must hold exactly the files its export_report.json lists, nothing hidden, and metadata.json agree."""
     try:
         report = json.loads((folder / "export_report.json").read_text())
         metadata = json.loads((folder / "metadata.json").read_text())
@@ -487,7 +499,7 @@ def describe_left(folder: Path, output: Path) -> str:
 
 
 def rerun_then_resume(bench: Bench, case: Case, folder: Path, output: Path, args: list) -> None:
-    """The same command again; when it answers that an unfinished run exists, `--resume` it. Then checks the finished run."""
+    """The same command again; if it says that an unfinished run exists, `--resume` it. Then check the finished run."""
     rerun = bench.run(args, folder)
     case.steps.append(rerun)
     if rerun.exit_code == 0:
@@ -530,7 +542,10 @@ def killed_after_first_epoch(bench: Bench) -> None:
     before = checksums(folder)
     refusal = bench.run(args, folder)
     case.steps.append(refusal)
-    expected = f"An unfinished run of {output} exists (epoch {epoch} of {EPOCHS}); continue it with --resume {output}, or start over with --overwrite."
+    expected = (
+        f"An unfinished run of {output} exists (epoch {epoch} of {EPOCHS}); "
+        f"continue it with --resume {output}, or start over with --overwrite."
+    )
     case.expect(
         refusal.exit_code == 1 and refusal.message == f"Error: {expected}",
         "the rerun was not refused naming the unfinished run",
@@ -664,7 +679,7 @@ def concurrent_exports(bench: Bench) -> None:
 
 
 def export_kill(bench: Bench, name: str, moment: float | None) -> None:
-    """SIGKILL an export at `moment` seconds (None: once its staging folder holds a file), check the final names, rerun it."""
+    """SIGKILL an export at `moment` seconds (None: once its staging folder holds a file), check the names, rerun it."""
     folder = bench.case_dir()
     output = folder / "export"
     args = [*bench.export_command, "--output", output]

@@ -20,7 +20,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Runs the CLI with the file system made full right after epoch 1's checkpoint is committed: the moment a real disk fills.
+# Runs the CLI with the file system made full right after epoch 1's checkpoint is committed: the moment a real
+# disk fills.
 FILL_AFTER_THE_FIRST_EPOCH = Path(__file__).resolve().parents[1] / "tests" / "fill_disk_after_first_epoch.py"
 
 
@@ -33,7 +34,7 @@ class Hostile:
     # ---- helpers
 
     def sums(self, folder: Path, own: tuple = ()) -> dict:
-        """faults.checksums of `folder`, leaving out the paths (relative to `folder`) that the case's command may change."""
+        """faults.checksums of `folder` but for the paths (relative to `folder`) that the case's command may change."""
         prefixes = tuple(f"{folder.name}/{name}" for name in own)
         return {key: value for key, value in self.kit.checksums(folder).items() if not key.startswith(prefixes)}
 
@@ -52,7 +53,7 @@ class Hostile:
         check=None,
         command: list | None = None,
     ) -> None:
-        """One command in `folder`: its exit code, its message, and nothing changed outside `own`; `check(case)` adds more."""
+        """One command in `folder`: its exit code and message, no change outside `own`; `check(case)` adds more."""
         case = self.kit.Case(name, self.bench.short(" ".join(str(arg) for arg in args)))
         before = self.sums(folder, own)
         step = self.bench.run(args, folder, command=command)
@@ -70,7 +71,7 @@ class Hostile:
         self.finish(case)
 
     def plant(self, folder: Path, output_name: str, **record) -> Path:
-        """A copy of the fixture's unfinished run, as the unfinished run of `folder/output_name`; `record` edits its run.json."""
+        """A copy of the fixture's unfinished run as that of `folder/output_name`; `record` edits its run.json."""
         staging = folder / f".{output_name}.partial-4242"
         shutil.copytree(self.unfinished, staging)
         if record:
@@ -407,7 +408,8 @@ class Hostile:
 
     def exploding(self) -> None:
         folder = self.bench.case_dir()
-        # The run of issue 20: its loss stays finite while BatchNorm's moving variance overflows; it was saved as a success.
+        # The run of issue 20: its loss stays finite while BatchNorm's moving variance overflows; it was saved as a
+        # success.
         self.one_command(
             "--learning-rate 1000 --lr-schedule constant on 500 images (finite loss, BatchNorm variance inf)",
             folder,

@@ -73,7 +73,7 @@ def methods_sentences(rows: list[dict], baseline: str) -> list[str]:
 
 
 def gap_sentences(rows: list[dict], runs: list[dict]) -> list[str]:
-    """The teacher's top-1 against the student trained alone (ce), per setting: whether distillation has room to help."""
+    """The teacher's top-1 against the student trained alone (ce), per setting: whether distillation can help."""
     teachers = {
         run["teacher"]["accuracy"] for run in runs if run.get("teacher") and run["teacher"].get("accuracy") is not None
     }
@@ -134,7 +134,8 @@ def grid_section(folder: Path) -> list[str]:
     environment = json.loads((folder / "environment.json").read_text())
     grid = yaml.safe_load((ROOT / environment["grid"]).read_text())
     runs = compare.load_runs(sorted(path.parent for path in (folder / "runs").rglob("metrics.json")))
-    # Whole seeds only, as `accuracy.py --compare-only` compares: a grid stopped part-way through a seed reads as fewer seeds.
+    # Whole seeds only, as `accuracy.py --compare-only` compares: a grid stopped part-way through a seed reads as
+    # fewer seeds.
     arms = len(grid.get("settings") or [{}]) * len(grid["methods"])
     runs = [run for run in runs if sum(other.get("seed") == run.get("seed") for other in runs) == arms]
     baseline = grid.get("baseline", "kd")

@@ -110,12 +110,14 @@ def _non_default_hyperparameters(run: dict) -> dict:
 
 
 def method_options(run: dict, baseline: str | None = None) -> dict:
-    """The options that make a run a variant of its method: non-default hyperparameters the `baseline` method does not have.
+    """The options that make a run a variant of its method.
 
-    E.g. `mix_fraction=0.5` of an `stkd` run compared with `kd`: kd has no
-    such option, so the row is the method "stkd mix_fraction=0.5" in the same
-    setting as kd. Options the baseline also has (a temperature) stay part of
-    the setting, as they would be for the baseline.
+    They are the run's non-default hyperparameters that the `baseline`
+    method does not have. E.g. `mix_fraction=0.5` of an `stkd` run compared
+    with `kd`: kd has no such option, so the row is the method
+    "stkd mix_fraction=0.5" in the same setting as kd. Options the baseline
+    also has (a temperature) stay part of the setting, as they would be for
+    the baseline.
     """
     if baseline is None:
         return {}
@@ -127,15 +129,18 @@ def method_options(run: dict, baseline: str | None = None) -> dict:
 
 
 def method_label(run: dict, baseline: str | None = None) -> str:
-    """The method as the tables name it: `stkd`, a preset such as `kd+ls`, or `stkd mix_fraction=0.5` (see `method_options`)."""
+    """The method as the tables name it: `stkd`, a preset (`kd+ls`), `stkd mix_fraction=0.5` (see `method_options`)."""
     options = method_options(run, baseline)
     return " ".join([run["method"], *(f"{name}={value}" for name, value in sorted(options.items()))])
 
 
 def _setting_fields(run: dict, baseline: str | None = None) -> dict:
-    """The config fields that define a run's setting: all but _NOT_SETTING and the method's own options (`method_options`);
-    hyperparameters only where not the method's defaults. A field set to None is left out, so that a run written before
-    the field existed (`validation_holdout`) shares the setting of a newer run that leaves it unset."""
+    """The config fields that define a run's setting.
+
+    All fields but _NOT_SETTING and the method's own options (`method_options`); hyperparameters only where not the
+    method's defaults. A field set to None is left out, so that a run written before the field existed
+    (`validation_holdout`) shares the setting of a newer run that leaves it unset.
+    """
     config = run["config"]
     names = methods_lib.hyperparameter_fields()
     fields = {k: v for k, v in config.items() if k not in _NOT_SETTING and k not in names and v is not None}
@@ -152,7 +157,7 @@ def _setting_key(run: dict, baseline: str | None = None) -> tuple:
 
 
 def _resolved_setting(key: tuple, run: dict) -> dict:
-    """A setting key's fields as values, the run's method's default hyperparameters filled in where the key omits them."""
+    """A setting key's fields as values, plus the default hyperparameters of the run's method that the key omits."""
     fields = {name: json.loads(value) for name, value in key}
     try:
         defaults = methods_lib.get_method(run["config"].get("method", run.get("method"))).defaults()
@@ -184,7 +189,10 @@ def setting_labels(runs: list[dict], reference: tuple | None = None, baseline: s
         config, fields = run["config"], resolved[key]
         base = resolved.get(reference, {}) if reference is not None else None
         teacher = ",".join(sorted(teachers[key])) or "-"
-        label = f"{config['dataset']} | {run['model']} <- {teacher} | {config['epochs']} epochs | {config.get('train_subset') or 'all'} train images"
+        label = (
+            f"{config['dataset']} | {run['model']} <- {teacher} | {config['epochs']} epochs | "
+            f"{config.get('train_subset') or 'all'} train images"
+        )
         if config.get("validation_holdout"):
             label += f" | validated on {config['validation_holdout']} held-out train images"
         shown = [name for name in varying if name in fields and (base is None or fields[name] != base.get(name))]
@@ -307,7 +315,10 @@ def markdown(rows: list[dict], baseline: str = "kd") -> str:
         if versus and math.isnan(versus["low"]):
             interval = f"{100 * versus['difference']:+.2f} ({versus['kind']})"
         elif versus:
-            interval = f"{100 * versus['difference']:+.2f} [{100 * versus['low']:+.2f}, {100 * versus['high']:+.2f}] ({versus['kind']})"
+            interval = (
+                f"{100 * versus['difference']:+.2f} "
+                f"[{100 * versus['low']:+.2f}, {100 * versus['high']:+.2f}] ({versus['kind']})"
+            )
         elif row.get("is_baseline", row["method"] == baseline):
             interval = "baseline"
         else:
@@ -341,7 +352,7 @@ def plot(rows: list[dict], path: str | os.PathLike) -> Path:
 
 
 def plot_figure(rows: list[dict]):
-    """The figure `plot` writes: per setting, each seed's final top-1 and their mean ± std per method, and val top-1 curves."""
+    """The figure `plot` writes: per setting, each seed's final top-1, their mean ± std per method, val top-1 curves."""
     import matplotlib
 
     matplotlib.use("Agg")

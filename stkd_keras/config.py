@@ -111,7 +111,7 @@ class RunConfig:
         self.hyperparameters()
 
     def hyperparameters(self) -> methods_lib.Hyperparameters:
-        """The method's hyperparameters: `method_options` over the method's defaults (raises `ValueError` for bad ones)."""
+        """The method's hyperparameters: `method_options` over the method's defaults; `ValueError` for bad ones."""
         return methods_lib.get_method(self.method).make_hyperparameters(**self.method_options)
 
     def to_dict(self) -> dict:

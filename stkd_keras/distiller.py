@@ -175,7 +175,7 @@ class Distiller(keras.Model):
 
     @property
     def mixup_seed_generator(self) -> keras.random.SeedGenerator:
-        """The `SeedGenerator` of the mixup draws: its state is checkpointed, so a resumed run draws as an uninterrupted one."""
+        """The `SeedGenerator` of the mixup draws, checkpointed so that a resumed run draws as an uninterrupted one."""
         return self._seed_generator
 
     @staticmethod

@@ -32,7 +32,7 @@ def environment() -> dict:
 
 
 def image_size_pair(size: int | None) -> tuple[int, int] | None:
-    """A run's `image_size` (one side of a square, or None for the dataset's own) as the (height, width) the data loaders take."""
+    """A run's `image_size` (a square's side, or None for the dataset's own) as the (height, width) loaders take."""
     return None if size is None else (size, size)
 
 
@@ -65,7 +65,7 @@ def check_model_fits_dataset(model: keras.Model, info: data_lib.DatasetInfo, wha
 
 
 def evaluate_model(model: keras.Model, dataset, progress=None) -> dict:
-    """Top-1, top-5 and CE loss of a logits model on (images, integer labels) batches (`progress`: a callback following the pass)."""
+    """Top-1, top-5 and CE loss of a logits model on (images, integer labels) batches (`progress`: a callback)."""
     model.compile(
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[

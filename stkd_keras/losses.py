@@ -73,7 +73,7 @@ def soft_cross_entropy(labels, logits):
 
 
 def batch_mean(values, sample_weight=None):
-    """Mean over the batch of per-sample values, each weighted by `sample_weight` if given (Keras's sum_over_batch_size)."""
+    """Batch mean of per-sample values, weighted by `sample_weight` if given (Keras's sum_over_batch_size)."""
     if sample_weight is None:
         return ops.mean(values)
     sample_weight = ops.reshape(ops.cast(sample_weight, "float32"), ops.shape(values))
@@ -151,7 +151,8 @@ def dkd_divergences(teacher_logits, student_logits, labels, temperature: float =
     def binary_log_probs(scaled_logits):
         log_probs = ops.log_softmax(scaled_logits, axis=-1)
         log_target = ops.sum(log_probs * target_mask, axis=-1)
-        # log(1 - p_t) as the log-sum of the other classes' probabilities (the target's, less 1000, adds exp(-1000) = 0).
+        # log(1 - p_t) as the log-sum of the other classes' probabilities (the target's, less 1000, adds
+        # exp(-1000) = 0).
         log_others = ops.logsumexp(log_probs - 1000.0 * target_mask, axis=-1)
         return ops.stack([log_target, log_others], axis=-1)
 

@@ -1,4 +1,4 @@
-"""Progress for passes over a split that would otherwise be silent: validation inside `fit`, evaluation, the teacher's check.
+"""Progress for otherwise silent passes over a split: validation inside `fit`, evaluation, the teacher's check.
 
 Keras's `fit` shows no progress while it validates (its progress bar only
 follows evaluation called on its own), and `evaluate(verbose=0)` shows none.

@@ -142,7 +142,7 @@ def find_runs(folder: str | os.PathLike) -> tuple[list[dict], list[tuple[Path, s
 
 
 def unfinished_lines(unfinished: list[dict]) -> list[str]:
-    """Lines naming each unfinished run (`stkd_keras.runs.unfinished_runs`), how far it got and the command that continues it."""
+    """Lines naming each unfinished run (`runs.unfinished_runs`), how far it got and the command that continues it."""
     if not unfinished:
         return []
     lines = [f"{len(unfinished)} unfinished run(s):"]
@@ -197,7 +197,10 @@ MARKED_EPOCHS = 12
 
 
 def epoch_axis(axis, epochs) -> None:
-    """Whole epochs on `axis`'s x axis: every epoch ticked for a short run (with half an epoch of room either side), else integer ticks."""
+    """Whole epochs on `axis`'s x axis: every epoch ticked for a short run, else integer ticks.
+
+    A short run's axis has half an epoch of room either side.
+    """
     from matplotlib.ticker import MaxNLocator
 
     epochs = sorted({int(epoch) for epoch in epochs})
@@ -215,7 +218,10 @@ def curve_style(epochs) -> dict:
 
 
 def loss_terms(history: dict) -> list[str]:
-    """The loss columns a run reported, whatever its method (dkd's tckd_loss and nckd_loss too): the total first, training before validation."""
+    """The loss columns a run reported, whatever its method: the total first, training before validation.
+
+    The method's own terms are among them (dkd's tckd_loss and nckd_loss too).
+    """
     names = [key for key in history if key == "loss" or key.endswith("_loss")]
     return sorted(
         names, key=lambda key: (key.startswith("val_"), key.removeprefix("val_") != "loss", key.removeprefix("val_"))
@@ -223,7 +229,7 @@ def loss_terms(history: dict) -> list[str]:
 
 
 def curves_figure(run_dir: str | os.PathLike):
-    """The matplotlib figure `plot_curves` writes: three panels over whole epochs (counted from 1), each axis labelled."""
+    """The matplotlib figure `plot_curves` writes: three panels over whole epochs (from 1), each axis labelled."""
     import matplotlib
 
     matplotlib.use("Agg")

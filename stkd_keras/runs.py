@@ -149,7 +149,7 @@ class OutputInUse(RunError):
 
 @contextlib.contextmanager
 def output_lock(output: str | os.PathLike):
-    """Holds an exclusive OS lock on `output` for the block; refuses at once, naming the holder, when another process has it.
+    """Holds an exclusive OS lock on `output` for the block; refuses at once, naming the holder, if another has it.
 
     The lock is `flock` on `.NAME.lock` beside the output, so a killed process
     frees it with its file descriptors. The file holds the holder's process id
@@ -252,7 +252,8 @@ def run_directory(output: str | os.PathLike, overwrite: bool = False, resume: bo
                         + (
                             f"continue it with --resume {output}, or start over with --overwrite."
                             if resumable
-                            else f"it cannot be resumed (its {RUN_FILE} is missing), so start over with --overwrite, which discards it."
+                            else f"it cannot be resumed (its {RUN_FILE} is missing), "
+                            "so start over with --overwrite, which discards it."
                         )
                     )
                 shutil.rmtree(stale, ignore_errors=True)

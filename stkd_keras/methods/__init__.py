@@ -2,7 +2,8 @@
 
     from stkd_keras.methods import get_method, list_methods
 
-    list_methods()                 # ('ce', 'kd', 'kd+ls', 'mixup', 'kd_mixup_naive', 'stkd', 'stkd_clean_kd', 'dkd', 'dkd+ls', 'stkd+ls')
+    list_methods()
+    # ('ce', 'kd', 'kd+ls', 'mixup', 'kd_mixup_naive', 'stkd', 'stkd_clean_kd', 'dkd', 'dkd+ls', 'stkd+ls')
     stkd = get_method("stkd")
     stkd.needs_teacher, stkd.mixes, stkd.teacher_sees   # True, True, 'mixed'
     stkd.make_hyperparameters(temperature=2.0)          # STKDHyperparameters(temperature=2.0, ...)

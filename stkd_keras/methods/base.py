@@ -143,7 +143,7 @@ class DistillationMethod(abc.ABC):
         return False
 
     def teacher_input(self, hyperparameters: Hyperparameters) -> str | None:
-        """What the teacher sees in training with these hyperparameters: "clean" or "mixed" (`teacher_sees` unless overridden)."""
+        """What the teacher sees in training with these hyperparameters, "clean" or "mixed"; default `teacher_sees`."""
         return self.teacher_sees
 
     @abc.abstractmethod
@@ -325,7 +325,10 @@ def get_method(name: str) -> DistillationMethod:
 
 
 def list_methods(needs_teacher: bool | None = None) -> tuple[str, ...]:
-    """The names of the registered methods and presets, in registration order; only those that need (or not) a teacher if asked."""
+    """The names of the registered methods and presets, in registration order.
+
+    With `needs_teacher`, only the methods that need a teacher (True) or those that do not (False).
+    """
     return tuple(
         name for name, method in _REGISTRY.items() if needs_teacher is None or method.needs_teacher == needs_teacher
     )
@@ -542,9 +545,10 @@ def outputs_loss(
     training: bool = True,
     regularization_losses=(),
 ) -> StepLoss:
-    """The loss of a step from what `forward` returned (training) or the clean logits (evaluation), as `batch_context` takes them.
+    """The loss of a step from what `forward` returned (training) or the clean logits (evaluation).
 
-    The one place a step's loss is put together, for the `Distiller` and for
+    `outputs` is in the form `batch_context` takes. The one place a step's
+    loss is put together, for the `Distiller` and for
     the QAT and pruning fine-tuning (`stkd_keras.export.tfmot_bridge`):
     the method's terms on the batch's context (labels one-hot or integer;
     `epoch` and `step` drive warm-ups such as DKD's), checked against the

@@ -43,10 +43,9 @@ class DKDHyperparameters(SoftenedLogitsHyperparameters):
     warmup_epochs: int = dataclasses.field(
         default=20,
         metadata={
-            "help": "DKD: epochs over which the TCKD and NCKD weights grow linearly to full, min(1, (epoch + 1) / warmup_epochs); "
-            "1 means no warm-up. mdistiller's 20 is 1/12 of its 240-epoch recipe: for much shorter runs keep that "
-            "fraction "
-            "(e.g. 2 or 3 for 30 epochs)."
+            "help": "DKD: epochs over which the TCKD and NCKD weights grow linearly to full, "
+            "min(1, (epoch + 1) / warmup_epochs); 1 means no warm-up. mdistiller's 20 is 1/12 of its 240-epoch "
+            "recipe: for much shorter runs keep that fraction (e.g. 2 or 3 for 30 epochs)."
         },
     )
 
@@ -82,7 +81,10 @@ class DKD(DistillationMethod):
     """w_ce * CE(y, z_s(x)) + warm-up * (alpha * TCKD(z_t(x), z_s(x)) + beta * NCKD(z_t(x), z_s(x)))."""
 
     name = "dkd"
-    description = "Decoupled KD (Zhao et al., CVPR 2022) on clean images: target and non-target terms weighted apart, with a warm-up"
+    description = (
+        "Decoupled KD (Zhao et al., CVPR 2022) on clean images: target and non-target terms weighted apart, "
+        "with a warm-up"
+    )
     hyperparameters = DKDHyperparameters
     needs_teacher = True
     teacher_sees = "clean"

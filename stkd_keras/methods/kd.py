@@ -32,8 +32,8 @@ class SoftenedLogitsHyperparameters(Hyperparameters):
     logit_standardization: bool = dataclasses.field(
         default=False,
         metadata={
-            "help": "Standardise teacher and student logits per sample, (z - mean) / (std + 1e-7), before the temperature of "
-            "the KD terms (Sun et al., CVPR 2024); cross-entropy keeps the raw logits."
+            "help": "Standardise teacher and student logits per sample, (z - mean) / (std + 1e-7), before the "
+            "temperature of the KD terms (Sun et al., CVPR 2024); cross-entropy keeps the raw logits."
         },
     )
 
@@ -49,7 +49,7 @@ class SoftenedLogitsHyperparameters(Hyperparameters):
 
 
 def softened_logits(teacher_logits, student_logits, hyperparameters: SoftenedLogitsHyperparameters) -> tuple:
-    """The teacher and student logits as a KD term softens them: standardised per sample if `logit_standardization`, else as given."""
+    """The teacher and student logits as a KD term softens them: standardised per sample if `logit_standardization`."""
     if not hyperparameters.logit_standardization:
         return teacher_logits, student_logits
     from stkd_keras import losses

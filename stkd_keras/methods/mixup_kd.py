@@ -1,6 +1,6 @@
-"""What `stkd` and `kd_mixup_naive` share: mixup for the student, KD from the teacher, an optional KD term on clean images.
+"""What `stkd` and `kd_mixup_naive` share.
 
-Registers no method itself.
+Mixup for the student, KD from the teacher, an optional KD term on clean images. Registers no method itself.
 """
 
 from __future__ import annotations

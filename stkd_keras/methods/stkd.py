@@ -47,19 +47,20 @@ SOFT_TARGETS = ("teacher_on_mix", "mixed_teacher")
 
 @dataclasses.dataclass
 class STKDHyperparameters(MixupKDHyperparameters):
-    """`MixupKDHyperparameters`, and the two STKD variants: how much of each batch is mixed, and what the soft target is."""
+    """`MixupKDHyperparameters` and the two STKD variants: how much of each batch is mixed, what the soft target is."""
 
     mix_fraction: float = dataclasses.field(
         default=1.0,
         metadata={
-            "help": "Fraction in (0, 1] of each batch replaced by mixup samples; the rest stays clean (Choi et al. 2023 mixed about 0.1)."
+            "help": "Fraction in (0, 1] of each batch replaced by mixup samples; the rest stays clean "
+            "(Choi et al. 2023 mixed about 0.1)."
         },
     )
     soft_target: str = dataclasses.field(
         default="teacher_on_mix",
         metadata={
-            "help": "KD target: teacher_on_mix, the teacher's softmax on the mixed image; or mixed_teacher, the teacher's "
-            "softmaxes on the two clean images, mixed like the labels.",
+            "help": "KD target: teacher_on_mix, the teacher's softmax on the mixed image; or mixed_teacher, the "
+            "teacher's softmaxes on the two clean images, mixed like the labels.",
             "choices": SOFT_TARGETS,
         },
     )
@@ -96,7 +97,10 @@ def mixed_teacher_kd_loss(context, hyperparameters: STKDHyperparameters):
 
 @register_method
 class STKD(MixupKD):
-    """w_ce * CE(y_mix, z_s(x_mix)) + w_kd * KD(z_t(x_mix), z_s(x_mix)), or KD from the mixed teacher targets (`soft_target`)."""
+    """w_ce * CE(y_mix, z_s(x_mix)) + w_kd * KD(z_t(x_mix), z_s(x_mix)); or KD from the mixed teacher targets.
+
+    `soft_target` chooses between the two KD targets.
+    """
 
     name = "stkd"
     description = "STKD: teacher and student on the same mixup samples"

@@ -36,7 +36,7 @@ def make_initializer(spec):
 
 
 def shuffle_channels(inputs, groups: int):
-    """ShuffleNet's channel shuffle of NHWC `inputs`: output channel j * groups + i is input channel i * (C / groups) + j.
+    """ShuffleNet's channel shuffle of NHWC `inputs`: output channel j * groups + i is input i * (C / groups) + j.
 
     Keras ops only, so the tf_keras twin of `ChannelShuffle` (the QAT bridge's) runs this same function.
     """
@@ -47,7 +47,7 @@ def shuffle_channels(inputs, groups: int):
 
 
 def split_channels(inputs, num_splits: int) -> list:
-    """The channel axis of `inputs` in `num_splits` equal, contiguous parts (shared with the tf_keras twin of `ChannelSplit`)."""
+    """The channel axis of `inputs` in `num_splits` equal, contiguous parts (the tf_keras `ChannelSplit` uses it)."""
     return ops.split(inputs, num_splits, axis=-1)
 
 
