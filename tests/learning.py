@@ -41,7 +41,7 @@ def learned_margin(count: int) -> float:
 
 
 def assert_learned(name: str, before: float, after: float, count: int) -> None:
-    """Asserts that `after` clears `before` by `learned_margin(count)`, and prints the figures (pytest -s shows them)."""
+    """Asserts that `after` clears `before` by `learned_margin(count)`; prints the figures (pytest -s shows them)."""
     line = before + learned_margin(count)
     print(
         f"LEARNED {name}: before {before:.3f}, after {after:.3f}, line {line:.3f}, margin left {after - line:+.3f} "

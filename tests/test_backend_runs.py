@@ -1,4 +1,4 @@
-"""Runs on every backend: `--backend`, the run machinery with TensorFlow absent, evaluation and export across backends, errors.
+"""Runs on every backend: `--backend`, runs without TensorFlow, evaluation and export across backends, errors.
 
 Keras fixes its backend once per process, so a command asked for another
 backend than this test process runs starts a child process (the CLI does that
@@ -29,7 +29,7 @@ def run(*args):
 
 
 def read_scalars(folder: Path) -> dict:
-    """{(split, tag): [values by step]} of the TensorBoard event files under `folder`, read with TensorBoard's own reader."""
+    """{(split, tag): [values by step]} of the TensorBoard event files under `folder`, read by TensorBoard's reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     scalars = {}
@@ -58,8 +58,9 @@ import json
 from stkd_keras.cli.main import cli
 
 output, backend = sys.argv[1], sys.argv[2]
-common = ["--backend", backend, "--dataset", "fashion_mnist", "--student", "cnn8", "--teacher-model", "cnn8", "--epochs", "2",
-          "--teacher-epochs", "1", "--train-subset", "512", "--val-subset", "256", "--batch-size", "64", "--seed", "1", "--quiet"]
+common = ["--backend", backend, "--dataset", "fashion_mnist", "--student", "cnn8", "--teacher-model", "cnn8",
+          "--epochs", "2", "--teacher-epochs", "1", "--train-subset", "512", "--val-subset", "256",
+          "--batch-size", "64", "--seed", "1", "--quiet"]
 codes = {}
 for name, args in (
     ("distill", ["distill", *common, "--output", output]),
@@ -132,7 +133,7 @@ def test_distill_runs_end_to_end_without_tensorflow(backend, tmp_path):
 
 
 def test_a_command_on_another_backend_runs_in_a_child_process_and_export_takes_any_student(tmp_path):
-    """This process runs Keras on one backend; `--backend torch` trains in a child, and the student exports and evaluates here."""
+    """`--backend` of another backend trains in a child process; the student exports and evaluates in this one."""
     other = "torch" if keras.backend.backend() != "torch" else "jax"
     output = tmp_path / "run"
     result = run("train-teacher", "--backend", other, "--model", "cnn8", "--epochs", 1, *TINY, "--output", output)
@@ -145,19 +146,25 @@ def test_a_command_on_another_backend_runs_in_a_child_process_and_export_takes_a
     assert mine.exit_code == 0 and theirs.exit_code == 0, mine.output + theirs.output
     here, there = (json.loads((tmp_path / name).read_text()) for name in ("here.json", "there.json"))
     assert (here["environment"]["backend"], there["environment"]["backend"]) == (keras.backend.backend(), other)
-    # Seen on AMD EPYC (AVX2), oneDNN on and off, PyTorch's avx2 and portable kernels: 16 of 128 in both, losses 1e-7 apart.
+    # Seen on AMD EPYC (AVX2), oneDNN on and off, PyTorch's avx2 and portable kernels: 16 of 128 in both, losses
+    # 1e-7 apart.
     assert here["accuracy"] == pytest.approx(there["accuracy"], abs=1 / 128 + 1e-9)
     assert here["loss"] == pytest.approx(there["loss"], rel=1e-4)
 
 
-# A process whose Keras runs on JAX calls `stkd-keras export`: the export (TensorFlow converters) runs in a child process.
+# A process whose Keras runs on JAX calls `stkd-keras export`: the export (TensorFlow converters) runs in a child
+# process.
 EXPORT_FROM_JAX = r"""
 import os, sys
 os.environ["KERAS_BACKEND"] = "jax"
 import keras
 assert keras.backend.backend() == "jax"
 from stkd_keras.cli.main import cli
-cli.main(["export", "--model", sys.argv[1], "--format", "onnx", "--quantize", "float32", "--verify-images", "64", "--output", sys.argv[2]], standalone_mode=True)
+cli.main(
+    ["export", "--model", sys.argv[1], "--format", "onnx", "--quantize", "float32", "--verify-images", "64",
+     "--output", sys.argv[2]],
+    standalone_mode=True,
+)
 """
 
 

@@ -1,4 +1,4 @@
-"""One core for every Keras backend: the core tests on JAX and PyTorch, training with TensorFlow absent, export from any backend.
+"""One core for every Keras backend: the core tests on JAX and PyTorch, training without TensorFlow, export from any.
 
 The Keras backend is fixed when Keras is imported, once per process, so each
 other backend runs in a subprocess of its own.
@@ -90,7 +90,9 @@ trainer.fit(x, y, batch_size=64, epochs=2, verbose=0)
 student = small_cnn(8, (28, 28, 1), 10, name="student")
 untrained = float(np.mean(keras.ops.convert_to_numpy(student(x_test, training=False)).argmax(-1) == y_test))
 distiller = Distiller(student, teacher, method="stkd", seed=0)
-distiller.compile(optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"], jit_compile=keras.backend.backend() == "jax")
+distiller.compile(
+    optimizer=keras.optimizers.Adam(3e-3), metrics=["accuracy"], jit_compile=keras.backend.backend() == "jax"
+)
 history = distiller.fit(x, y, batch_size=64, epochs=3, validation_data=(x_test, y_test), verbose=0).history
 student.save(output / "student.keras")
 np.save(output / "logits.npy", keras.ops.convert_to_numpy(student(x_test[:16], training=False)))
@@ -98,7 +100,9 @@ np.save(output / "logits.npy", keras.ops.convert_to_numpy(student(x_test[:16], t
     "dataset": "fashion_mnist", "input_shape": [28, 28, 1], "image_size": None, "mean": list(idx.FASHION_MNIST_MEAN),
     "std": list(idx.FASHION_MNIST_STD), "class_names": list(idx.FASHION_MNIST_CLASSES),
 }))
-tensorflow_loaded = [name for name, module in sys.modules.items() if name.split(".")[0] == "tensorflow" and module is not None]
+tensorflow_loaded = [
+    name for name, module in sys.modules.items() if name.split(".")[0] == "tensorflow" and module is not None
+]
 print(json.dumps({
     "backend": keras.backend.backend(), "untrained_accuracy": untrained, "val_accuracy": history["val_accuracy"][-1],
     "validation_images": len(y_test), "tensorflow_loaded": tensorflow_loaded,
@@ -115,7 +119,8 @@ def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(back
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["backend"] == backend and report["tensorflow_loaded"] == []
     # The student distilled for real: 0.134 above itself untrained (tests/learning.py). Seen on AMD EPYC (AVX2):
-    # JAX 0.130 -> 0.632; PyTorch 0.150 -> 0.532 (avx2 kernels) and 0.482-0.506 (portable kernels): least margin left 0.198.
+    # JAX 0.130 -> 0.632; PyTorch 0.150 -> 0.532 (avx2 kernels) and 0.482-0.506 (portable kernels): least margin
+    # left 0.198.
     learning.assert_learned(
         f"stkd on {backend} without TensorFlow",
         report["untrained_accuracy"],

@@ -70,7 +70,7 @@ def test_methods_lists_the_registry_with_defaults():
 
 
 def assert_renders_whole(output: str, first_header: str, names) -> None:
-    """A listing's table as a GFM renderer reads it: every row has the header's cells, and the names sit under the first."""
+    """A listing's table as a GFM renderer reads it: every row has the header's cells, the names under the first."""
     (table,) = markdown_tables.tables(output)
     assert table.header[0] == first_header
     assert table.source_cells == [len(table.header)] * len(table.rows), table.source_cells
@@ -78,7 +78,7 @@ def assert_renders_whole(output: str, first_header: str, names) -> None:
 
 
 def test_methods_table_says_what_the_teacher_sees_with_the_defaults(monkeypatch):
-    """A preset whose defaults run the teacher on the clean images (`stkd`'s mixed_teacher target) is listed with them."""
+    """A preset whose defaults run the teacher on clean images (`stkd`'s mixed_teacher target) is listed with them."""
     from stkd_keras import methods
 
     preset = methods.get_method("stkd_clean_kd")
@@ -236,8 +236,11 @@ def test_train_distill_evaluate(teacher_run, tmp_path):
 
 
 def test_the_commands_show_progress_of_long_passes_unless_quiet(teacher_run, tmp_path, monkeypatch):
-    """Passes over a split once ran tens of seconds without a word (validation in a JAX or PyTorch fit, evaluate, the
-    teacher's measurement): each says how far it has got; --quiet keeps them silent (tests/test_progress.py: the rule)."""
+    """Long passes over a split say how far they have got; --quiet keeps them silent.
+
+    They once ran tens of seconds without a word (validation in a JAX or PyTorch fit, evaluate, the teacher's
+    measurement). tests/test_progress.py tests the rule.
+    """
     from stkd_keras import progress
 
     monkeypatch.setattr(progress, "DELAY_SECONDS", 0)  # every pass counts as long
@@ -330,7 +333,7 @@ def test_missing_dataset_message(tmp_path):
 
 
 def test_a_model_from_another_dataset_is_named(tmp_path):
-    """A model trained on CIFAR-10 asked to read Fashion-MNIST: which dataset each is, not an internal normalisation error."""
+    """A CIFAR-10 model asked to read Fashion-MNIST: which dataset each is, not an internal normalisation error."""
     folder = tmp_path / "cifar_run"
     folder.mkdir()
     model = keras.Sequential(
@@ -344,7 +347,10 @@ def test_a_model_from_another_dataset_is_named(tmp_path):
         "std": [0.25, 0.24, 0.26],
     }
     (folder / "preprocessing.json").write_text(json.dumps(preprocessing))
-    expected = f"Error: {folder} was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist (28x28x1 images); use --dataset cifar10"
+    expected = (
+        f"Error: {folder} was trained on cifar10 (32x32x3 images) and cannot read fashion_mnist (28x28x1 images); "
+        "use --dataset cifar10"
+    )
     result = run("evaluate", "--model", folder, "--dataset", "fashion_mnist")
     assert result.exit_code == 1 and expected in result.output
     result = run("export", "--model", folder, "--dataset", "fashion_mnist", "--output", tmp_path / "exported")
@@ -484,7 +490,8 @@ def test_unknown_names_are_listed(tmp_path):
 def test_models_lists_the_zoo_with_counts():
     result = run("models", "--input-size", 32, "--num-classes", 100)
     assert result.exit_code == 0, result.output
-    # Reference counts (RepDistiller, 100 classes); resnet8 MACs worked out in tests/test_zoo.py at 10 classes + 64 * 90.
+    # Reference counts (RepDistiller, 100 classes); resnet8 MACs worked out in tests/test_zoo.py at 10 classes
+    # + 64 * 90.
     assert "| resnet8x4 | 1,233,540 |" in result.output and "| ShuffleV2 | 1,355,528 |" in result.output
     assert "| resnet8 | 83,892 | 12.5M |" in result.output
     small = run("models", "--input-size", 8)

@@ -132,7 +132,8 @@ def test_the_markdown_table_keeps_every_figure_under_its_header_when_rendered(ru
         assert table.source_cells == [7, 7]
         assert table.column("setting") == ["fashion_mnist | resnet8 <- resnet14 | 5 epochs | 1000 train images"] * 2
         assert table.column("method") == ["kd", "stkd"] and table.column("n") == ["3", "3"]
-        # By hand: kd 0.80, 0.82, 0.81 (mean 81.00, sd 1.00); stkd 0.83, 0.82, 0.85 (mean 83.33, sd 1.53); best = final + 1 / 2 points.
+        # By hand: kd 0.80, 0.82, 0.81 (mean 81.00, sd 1.00); stkd 0.83, 0.82, 0.85 (mean 83.33, sd 1.53);
+        # best = final + 1 / 2 points.
         assert table.column("final top-1 mean ± std") == ["81.00 ± 1.00", "83.33 ± 1.53"]
         assert table.column("final min / max") == ["80.00 / 82.00", "82.00 / 85.00"]
         assert table.column("best-epoch top-1 mean ± std") == ["82.00 ± 1.00", "85.33 ± 1.53"]
@@ -141,7 +142,7 @@ def test_the_markdown_table_keeps_every_figure_under_its_header_when_rendered(ru
 
 
 def test_runs_on_two_backends_are_two_settings_and_one_run_rows_say_why_they_have_no_spread(tmp_path):
-    """A JAX and a PyTorch run, both seed 0, were "paired over 2 seeds"; one-run rows printed `± nan` and `[+nan, +nan]`."""
+    """JAX and PyTorch runs, both seed 0, were "paired over 2 seeds"; one-run rows showed `± nan` and `[+nan, +nan]`."""
     folders = []
     for backend, method, final in (
         ("jax", "kd", 0.80),

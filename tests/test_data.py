@@ -430,7 +430,8 @@ report.update(
     is_py_dataset=isinstance(stream, keras.utils.PyDataset), num_batches=stream.num_batches, shape=list(images.shape),
     dtype=str(images.dtype), label_dtype=str(labels.dtype), num_examples=info.num_examples, source=info.source,
 )
-# Stream batch 0 is the first 64 of pass 0's order over the subset; each image a crop (or mirrored crop) of the padded one.
+# Stream batch 0 is the first 64 of pass 0's order over the subset; each image a crop (or mirrored crop) of the
+# padded one.
 raw, raw_labels = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), "train")
 subset = np.random.default_rng(0).permutation(len(raw_labels))[:256]
 chosen = subset[np.random.default_rng([0, 0]).permutation(256)[:64]]
@@ -439,7 +440,8 @@ pixels = np.rint((images * 0.3530 + 0.2860) * 255)
 padded = np.pad(raw[chosen], ((0, 0), (2, 2), (2, 2), (0, 0))).astype(float)
 crops = [padded[:, r : r + 28, c : c + 28] for r in range(5) for c in range(5)]
 report["crops_match"] = bool(all(
-    any(np.array_equal(pixels[i], crop[i]) or np.array_equal(pixels[i], crop[i][:, ::-1]) for crop in crops) for i in range(64)
+    any(np.array_equal(pixels[i], crop[i]) or np.array_equal(pixels[i], crop[i][:, ::-1]) for crop in crops)
+    for i in range(64)
 ))
 try:
     data.load("cifar10", "train", 64)

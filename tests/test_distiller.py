@@ -1,4 +1,4 @@
-"""The Distiller on whichever Keras backend runs the tests (tests/test_backends.py runs this file on JAX and PyTorch too)."""
+"""The Distiller on whichever Keras backend runs the tests (tests/test_backends.py runs it on JAX and PyTorch too)."""
 
 import dataclasses
 import math
@@ -139,7 +139,10 @@ def test_stkd_loss_of_one_step_equals_numpy(fashion_arrays, trained_teacher):
 
 
 def test_training_accuracy_is_scored_on_the_mixed_labels_and_named_so(fashion_arrays, trained_teacher):
-    """A mixing method's training step reports `mixed_accuracy`, numpy's accuracy on the mixed labels; evaluation `accuracy` on the real ones."""
+    """A mixing method's training step reports `mixed_accuracy`, numpy's accuracy on the mixed labels.
+
+    Evaluation reports `accuracy`, on the real labels.
+    """
     (x, y), _ = fashion_arrays
     images, labels = x[:64], y[:64]
     student = make_student()
@@ -272,7 +275,7 @@ def test_student_saves_and_loads_alone(tmp_path, trained_teacher, fashion_arrays
 
 
 def test_whole_distiller_saves_and_loads(tmp_path, trained_teacher, fashion_arrays):
-    """A `.keras` file of the Distiller itself: method, hyperparameters, both models, and the epoch and step counters."""
+    """A `.keras` file of the Distiller itself: method, hyperparameters, both models, the epoch and step counters."""
     (x, y), _ = fashion_arrays
     distiller = distiller_for("stkd", trained_teacher, temperature=2.0)
     distiller.compile(optimizer="sgd")
@@ -324,7 +327,7 @@ def test_config_round_trip(trained_teacher):
 
 
 def test_jit_compiled_step(fashion_arrays, trained_teacher):
-    """`jit_compile=True`: XLA on TensorFlow and JAX, torch.compile on PyTorch; the mixup draw advances between steps."""
+    """`jit_compile=True`: XLA on TensorFlow and JAX, torch.compile on PyTorch; each step draws a new mixup."""
     (x, y), _ = fashion_arrays
     distiller = distiller_for("stkd", trained_teacher, lambda_per_sample=True)
     distiller.compile(optimizer="sgd", metrics=["accuracy"], jit_compile=True)
@@ -433,7 +436,8 @@ def test_validation_errors(trained_teacher):
         Distiller(student, trained_teacher, method="stkd", mixup_alpha=0)
     with pytest.raises(
         ValueError,
-        match=r"Method 'kd' has no hyperparameter `clean_kd_weight` \(its hyperparameters: temperature, logit_standardization, ce_weight, kd_weight\)",
+        match=r"Method 'kd' has no hyperparameter `clean_kd_weight` "
+        r"\(its hyperparameters: temperature, logit_standardization, ce_weight, kd_weight\)",
     ):
         Distiller(student, trained_teacher, method="kd", clean_kd_weight=0.5)
     with pytest.raises(ValueError, match="Method 'ce' has no hyperparameter `temperature`"):

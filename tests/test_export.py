@@ -20,7 +20,7 @@ from stkd_keras.training import preprocessing_record, write_json
 
 @pytest.fixture(scope="module")
 def trained_and_untrained(tmp_path_factory):
-    """A resnet8 trained briefly on 2000 Fashion-MNIST images, saved as a run folder would be, and the same resnet8 untrained."""
+    """A resnet8 briefly trained on 2000 Fashion-MNIST images, saved as in a run folder; the same resnet8 untrained."""
     folder, untrained = tmp_path_factory.mktemp("run"), tmp_path_factory.mktemp("untrained") / "student.keras"
     keras.utils.set_random_seed(0)
     train, info = data_lib.load("fashion_mnist", "train", 32, subset=2000)
@@ -181,7 +181,7 @@ def test_metadata_travels_with_the_files(exported, export_data):
 
 
 def test_overwrite_replaces_the_earlier_export_as_a_whole(student_run, export_data, tmp_path):
-    """A second export with --overwrite leaves exactly its own files, all listed: the first call's files do not linger unlisted."""
+    """A second export with --overwrite leaves exactly its own files, all listed: none of the first call's linger."""
     data, preprocessing = export_data
     model = keras.saving.load_model(student_run / "student.keras")
     export_lib.export_model(
@@ -239,7 +239,7 @@ def test_batch_dimension(exported, student_run, export_data, tmp_path):
 
 
 def test_latency_times_the_runtime_call_apart_from_the_runner(exported, export_data, monkeypatch):
-    """`runtime_ms` is the runtime's own call on the input in place; `end_to_end_ms` adds the runner's quantising and dequantising."""
+    """`runtime_ms` times the runtime's call on the input in place; `end_to_end_ms` adds the runner's (de)quantising."""
     import time
 
     from stkd_keras.export import runtime
@@ -494,7 +494,7 @@ def test_cli_export_verifies_on_the_whole_split(student_run, tmp_path):
 # tests/test_tfmot_bridge.py covers QAT and pruning through the Python API, the same calls this command makes.
 @pytest.mark.slow
 def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_run, tmp_path):
-    """export --qat/--prune end to end: the bridge subprocess, the run's teacher/ folder and method, verification and the report."""
+    """export --qat/--prune end to end: the bridge subprocess, the run's teacher/ and method, verification, report."""
     # The run was distilled with KD at T = 2 (its metrics.json says so): the fine-tuning uses the same.
     write_json(
         student_run / "metrics.json",
@@ -571,7 +571,7 @@ def test_cli_export_with_qat_and_pruning_distils_from_the_runs_teacher(student_r
 
 
 def test_qat_fine_tuning_method_is_checked_before_any_work(student_run, tmp_path):
-    """A run distilled with STKD whose teacher is gone, and bad --finetune-option values: one sentence each, nothing written."""
+    """An STKD run whose teacher is gone, bad --finetune-option values: one sentence each, nothing written."""
     import shutil
 
     run = tmp_path / "run"
@@ -589,7 +589,8 @@ def test_qat_fine_tuning_method_is_checked_before_any_work(student_run, tmp_path
     )
     assert (
         result.exit_code == 2
-        and "QAT/pruning fine-tuning: Method 'stkd' distils from a teacher, but none was given; pass --teacher (none was found beside the run)"
+        and "QAT/pruning fine-tuning: Method 'stkd' distils from a teacher, but none was given; "
+        "pass --teacher (none was found beside the run)"
         in result.output
     )
     result = runner.invoke(
@@ -635,7 +636,7 @@ def test_qat_fine_tuning_method_is_checked_before_any_work(student_run, tmp_path
 
 
 def test_overwrite_removes_only_files_an_export_wrote_and_that_are_unchanged(student_run, export_data, tmp_path):
-    """`export --overwrite` deleted whatever a metadata.json listed: {"files": ["important.txt", "photo.jpg"]} took both."""
+    """`export --overwrite` deleted what metadata.json listed: {"files": ["important.txt", "photo.jpg"]} took both."""
     data, preprocessing = export_data
     model = keras.saving.load_model(student_run / "student.keras")
     quiet = {"formats": ("tflite",), "log": lambda *_: None}
@@ -728,7 +729,7 @@ def test_export_is_one_library_call_as_the_command_makes_it(student_run, tmp_pat
     spread=st.floats(0.01, 500.0),
 )
 def test_the_runner_quantises_as_the_tflite_formula(dtype, scale, zero_point, seed, spread):
-    """The runner's in-place arithmetic (three times faster than np.clip's) is clip(round(x / scale + zero_point)) exactly."""
+    """The runner's in-place arithmetic (3x faster than np.clip's) is clip(round(x / scale + zero_point)) exactly."""
     from stkd_keras.export import runtime
 
     info = np.iinfo(dtype)

@@ -1,4 +1,4 @@
-"""history.csv: epochs counted from 1 and the training accuracy on mixed labels named `mixed_accuracy`; older files read the same way."""
+"""history.csv: epochs from 1, training accuracy on mixed labels named `mixed_accuracy`; older files read the same."""
 
 import csv
 import json
@@ -12,7 +12,8 @@ from stkd_keras import compare, reporting
 from stkd_keras.checkpointing import HistoryLogger
 
 ROOT = Path(__file__).resolve().parents[1]
-# Written before this convention: epochs from 0, `accuracy` for the training accuracy (of a method that mixes: on mixed labels).
+# Written before this convention: epochs from 0, `accuracy` for the training accuracy (of a method that mixes: on
+# mixed labels).
 TEACHER = ROOT / "benchmarks" / "results" / "fashion_mnist_methods" / "teacher"
 STKD = ROOT / "benchmarks" / "results" / "fashion_mnist_methods" / "runs" / "epochs-3" / "stkd" / "seed0"
 
@@ -32,7 +33,8 @@ def test_an_old_teacher_history_reads_with_epochs_from_one():
 
 def test_an_old_stkd_history_names_its_training_accuracy_mixed():
     _, history = reporting.read_run(STKD)
-    # First row of the file: "0,0.37159454822540283,...,0.8587740659713745 (top5_accuracy),0.5023999810218811 (val_accuracy),..."
+    # First row of the file:
+    # "0,0.37159454822540283,...,0.8587740659713745 (top5_accuracy),0.5023999810218811 (val_accuracy),..."
     assert history["epoch"] == [1, 2, 3]
     assert (
         history["mixed_accuracy"][0] == 0.37159454822540283 and history["mixed_top5_accuracy"][0] == 0.8587740659713745

@@ -100,7 +100,10 @@ def test_dkd_matches_the_paper_in_numpy(temperature, mixed):
 
 
 def test_dkd_reformulates_kd():
-    """The DKD paper's identity, per sample: KD = TCKD + (1 - p^T_t) * NCKD, p^T_t the teacher's softened target probability."""
+    """The DKD paper's identity, per sample: KD = TCKD + (1 - p^T_t) * NCKD.
+
+    p^T_t is the teacher's softened target probability.
+    """
     teacher, student, labels, _ = dkd_arrays(5, batch=16, classes=10)
     for temperature in (1.0, 4.0):
         tckd, nckd = (
@@ -123,8 +126,8 @@ def test_dkd_of_two_classes_is_kd():
 
 
 def test_dkd_stays_finite_when_the_target_probability_rounds_to_one():
-    # At T = 1 a gap of 120 leaves the other classes e^-120 ~ 8e-53, below float32's smallest number: 1 - p_t rounds to 0
-    # (mdistiller takes torch.log of it). The log-space form still gives the float64 value.
+    # At T = 1 a gap of 120 leaves the other classes e^-120 ~ 8e-53, below float32's smallest number: 1 - p_t rounds
+    # to 0 (mdistiller takes torch.log of it). The log-space form still gives the float64 value.
     teacher = np.array([[120.0, 0.0, 1.0], [3.0, 0.5, -1.0]], "float32")
     student = np.array([[130.0, 2.0, 0.0], [1.0, 0.0, 2.0]], "float32")
     labels = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]], "float32")
@@ -174,7 +177,8 @@ def test_kd_from_probabilities_is_kd_on_the_teachers_softmax(temperature):
 
 
 def test_kd_from_probabilities_by_hand_with_a_zero_probability():
-    # p = (1, 0), student (ln 3, 0) at T = 1 -> q = (3/4, 1/4): KL = 1 * ln(1 / (3/4)) = ln(4/3); the class of p = 0 adds 0.
+    # p = (1, 0), student (ln 3, 0) at T = 1 -> q = (3/4, 1/4): KL = 1 * ln(1 / (3/4)) = ln(4/3); the class of
+    # p = 0 adds 0.
     value = losses.kd_divergence_from_probabilities(
         np.array([[1.0, 0.0]], "float32"), np.array([[math.log(3.0), 0.0]], "float32"), 1.0
     )

@@ -269,7 +269,7 @@ def test_evaluation_context_reports_the_clean_term_without_adding_it():
 
 @pytest.mark.parametrize("name", ["dkd", "dkd+ls"])
 def test_dkd_terms_equal_numpy(name):
-    """DKD's three terms, sample-weighted, at the second epoch of a 4-epoch warm-up, against the paper's definitions in numpy."""
+    """DKD's three terms, sample-weighted, at the second epoch of a 4-epoch warm-up, against the paper's in numpy."""
     method = get_method(name)
     values = method.make_hyperparameters(warmup_epochs=4)
     labels, logits, _, _, weights = context_arrays(classes=6)
@@ -318,8 +318,8 @@ def test_dkd_and_logit_standardization_presets_carry_the_published_settings():
         "warmup_epochs": 20,
     }
     assert get_method("dkd").defaults() == dkd
-    # sunshangquan/logit-standardization-KD tools/train.py --logit-stand --base-temp 2 --kd-weight 9: DKD's alpha and beta
-    # times 9 and T = 2; KD's T = 2 and KD weight 9, CE weight 0.1 (its mdistiller/engine/cfg.py).
+    # sunshangquan/logit-standardization-KD tools/train.py --logit-stand --base-temp 2 --kd-weight 9: DKD's alpha and
+    # beta times 9 and T = 2; KD's T = 2 and KD weight 9, CE weight 0.1 (its mdistiller/engine/cfg.py).
     assert get_method("dkd+ls").defaults() == {
         **dkd,
         "temperature": 2.0,
@@ -453,7 +453,7 @@ def test_mix_fraction_mixes_only_the_first_samples(lambda_per_sample):
 
 @pytest.mark.parametrize("lambda_per_sample", [False, True])
 def test_mix_fraction_one_is_the_step_of_before(lambda_per_sample):
-    """At 1 (the default) the step draws and mixes exactly as a method without the field: same draw, lambda untouched."""
+    """At 1 (the default) the step draws and mixes as a method without the field: the same draw, lambda untouched."""
     images, _ = _images_and_labels()
     lam, permutation = _first_draw(3, lambda_per_sample)
     seen = []
@@ -486,7 +486,7 @@ class _OtherFeatures(_Recorder):
     [(1.0, False, 0.0, False), (0.5, True, 0.5, False), (0.5, False, 0.0, True)],
 )
 def test_mixed_teacher_target_equals_numpy(mix_fraction, lambda_per_sample, clean_kd_weight, logit_standardization):
-    """soft_target="mixed_teacher": the teacher runs once, on the clean images; its softmaxes are mixed like the labels."""
+    """soft_target="mixed_teacher": the teacher runs once, on the clean images; its softmaxes mix like the labels."""
     method = get_method("stkd")
     values = method.make_hyperparameters(
         soft_target="mixed_teacher",
@@ -659,7 +659,7 @@ def test_readme_adding_a_method_example_runs(fashion_arrays, trained_teacher):
 
 
 def test_hyperparameter_dataclasses_write_each_default_once():
-    """The built-in methods' shared fields are inherited, not repeated: each default appears in exactly one class body."""
+    """The built-in methods' shared fields are inherited, not repeated: each default is in exactly one class body."""
     owners = {}
     for name in ("ce", "kd", "mixup", "kd_mixup_naive", "stkd", "stkd_clean_kd"):
         for klass in type(get_method(name)).hyperparameters.__mro__:

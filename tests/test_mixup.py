@@ -1,4 +1,4 @@
-"""Mixup draws and mixing on whichever Keras backend runs the tests (tests/test_backends.py runs this file on JAX and PyTorch too)."""
+"""Mixup draws and mixing on the tests' Keras backend (tests/test_backends.py runs this file on JAX and PyTorch too)."""
 
 import keras
 import numpy as np
@@ -123,7 +123,8 @@ def test_reproducible_with_seed():
 
 @pytest.mark.skipif(
     BACKEND != "tensorflow",
-    reason="TensorFlow's own XLA-safe Beta sampler; the compiled draw of every backend: test_distiller.py::test_jit_compiled_step",
+    reason="TensorFlow's own XLA-safe Beta sampler; the compiled draw of every backend: "
+    "test_distiller.py::test_jit_compiled_step",
 )
 def test_runs_under_xla():
     import tensorflow as tf

@@ -19,13 +19,18 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+    )
     sys.path.insert(0, {TESTS!r})
     import distribution_case
 
     results = {{
         label: distribution_case.fit(strategy)
-        for label, strategy in (("one", tf.distribute.OneDeviceStrategy("/cpu:0")), ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])))
+        for label, strategy in (
+            ("one", tf.distribute.OneDeviceStrategy("/cpu:0")),
+            ("mirrored", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+        )
     }}
     print("RESULT" + json.dumps(results))
     """

@@ -15,7 +15,7 @@ STUDY = ROOT / "benchmarks" / "results" / "fashion_mnist_study"
 
 
 def dkd_run(folder: Path, epochs: int) -> Path:
-    """A finished dkd run's metrics.json and history.csv, as `distill --method dkd` writes them (columns from a real run)."""
+    """The metrics.json and history.csv of a finished `distill --method dkd` run (columns from a real run)."""
     folder.mkdir()
     columns = [
         "epoch",

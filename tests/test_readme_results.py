@@ -37,7 +37,7 @@ def test_readme_section_matches_the_committed_results():
     "path", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "benchmarks" / "results").rglob("*.md"))]
 )
 def test_every_table_renders_with_its_figures_under_their_headers(path):
-    """The result tables' setting cells held ` | `: 10 to 12 cells under 7 headers, the accuracy columns dropped on GitHub."""
+    """Setting cells once held ` | `: 10 to 12 cells under 7 headers, and GitHub dropped the accuracy columns."""
     text = (ROOT / path).read_text()
     for table in markdown_tables.tables(text):
         assert table.source_cells == [len(table.header)] * len(table.rows), (
@@ -135,7 +135,10 @@ def test_study_sentences_give_the_gap_the_best_student_and_any_stkd_win():
 
 
 def test_short_labels_leave_out_the_validation_split_that_the_grid_header_names():
-    setting = "fashion_mnist | cnn16 <- resnet14 | 8 epochs | 5000 train images | validated on 5000 held-out train images | mix_fraction=0.1"
+    setting = (
+        "fashion_mnist | cnn16 <- resnet14 | 8 epochs | 5000 train images | "
+        "validated on 5000 held-out train images | mix_fraction=0.1"
+    )
     assert readme_results._short(setting) == "8 epochs | mix_fraction=0.1"
     assert readme_results._short("fashion_mnist | cnn16 <- resnet14 | 20 epochs | 5000 train images") == "20 epochs"
 

@@ -1,4 +1,4 @@
-"""Nothing that worked changed its results: a seeded short run of every method, against the run recorded before the redesign.
+"""Nothing that worked changed its results: each method's seeded short run against the run recorded before the redesign.
 
 tests/reference_run.py recorded tests/data/reference_run.json on TensorFlow
 with the code before methods became units and the Distiller ran on every

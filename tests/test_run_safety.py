@@ -17,7 +17,10 @@ from stkd_keras.cli.main import cli
 from stkd_keras.config import RunConfig
 
 TINY = ["--model", "cnn8", "--epochs", "1", "--train-subset", "128", "--val-subset", "64", "--quiet"]
-HOLD_LOCK = "import sys, time\nfrom stkd_keras.runs import output_lock\nwith output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n"
+HOLD_LOCK = (
+    "import sys, time\nfrom stkd_keras.runs import output_lock\n"
+    "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n"
+)
 
 
 def invoke(*args):
@@ -131,8 +134,12 @@ def _finished_run(
 
 
 def test_report_lists_every_run_below_a_folder(tmp_path):
-    """Finished runs with method, backend, epochs and final top-1; unfinished ones with the line that continues them;
-    damaged ones named and skipped. The report once refused a folder of finished runs ("runs/metrics.json is missing")."""
+    """Every run below a folder: finished, unfinished and damaged ones.
+
+    Finished runs with method, backend, epochs and final top-1; unfinished ones with the line that continues them;
+    damaged ones named and skipped. The report once refused a folder of finished runs ("runs/metrics.json is
+    missing").
+    """
     _finished_run(tmp_path / "kd" / "seed0", "student", "resnet8", "kd", "jax", 3, 3, 0.77571)
     _finished_run(
         tmp_path / "kd" / "seed0" / "teacher", "teacher", "resnet14", "ce", None, 3, 3, 0.8279
@@ -163,8 +170,8 @@ def test_report_lists_every_run_below_a_folder(tmp_path):
     assert lines[6] == "2 damaged run(s), skipped:"
     assert lines[7].startswith(f"  {tmp_path / 'broken'}: its metrics.json cannot be read: not valid JSON")
     assert (
-        lines[8]
-        == f"  {tmp_path / 'gone'}: it holds run.json but no metrics.json (a finished run whose metrics.json was removed?)"
+        lines[8] == f"  {tmp_path / 'gone'}: it holds run.json but no metrics.json "
+        "(a finished run whose metrics.json was removed?)"
     )
     assert len(lines) == 9
     # One run folder: its summary and curves, as before.
@@ -221,7 +228,7 @@ def test_overwrite_never_deletes_the_teacher_the_run_reads(tmp_path):
 
 
 def _stop_after_last_checkpoint(epochs: int):
-    """A callback raising after the checkpoint of the last epoch is committed, before the model is saved (a kill there)."""
+    """A callback raising after the last epoch's checkpoint is committed, before the model is saved (a kill there)."""
     import keras
 
     class Stop(keras.callbacks.Callback):
@@ -257,7 +264,7 @@ def test_a_run_killed_after_its_last_checkpoint_is_finished_by_resume(tmp_path):
 
 
 def test_a_run_killed_after_its_files_before_the_move_is_kept(tmp_path):
-    """Finished in its staging folder (model, metrics.json, preprocessing.json) but not moved: resume moves it, trains nothing."""
+    """Finished in its staging folder (model, metrics.json, preprocessing.json), not moved: resume only moves it."""
     staging = _unfinished(tmp_path, epoch=3)
     for name, text in (
         ("teacher.keras", "model"),
@@ -289,7 +296,7 @@ def _finished(folder: Path, command: str = "train-teacher") -> Path:
 
 
 def test_glob_characters_in_an_output_name_never_reach_a_sibling_run(tmp_path):
-    """`exp[1]` was turned into a glob pattern that matches `exp1`: its unfinished run was reported, resumed and deleted."""
+    """`exp[1]` was turned into a glob pattern matching `exp1`: its unfinished run was reported, resumed and deleted."""
     sibling = tmp_path / ".exp1.partial-4242"
     (sibling / runs.CHECKPOINT_DIR).mkdir(parents=True)
     (sibling / runs.CHECKPOINT_DIR / runs.STATE_FILE).write_text(json.dumps({"epoch": 1, "history": {}}))
@@ -357,7 +364,8 @@ def test_overwrite_replaces_only_a_run_folder(tmp_path):
     for overwrite in (False, True):
         with pytest.raises(
             runs.RunError,
-            match=r"holds files that are not a stkd-keras run \(it has no run.json\); --overwrite replaces only a run folder",
+            match=r"holds files that are not a stkd-keras run \(it has no run.json\); "
+            r"--overwrite replaces only a run folder",
         ):
             with runs.run_directory(docs, overwrite=overwrite):
                 pass
@@ -382,7 +390,7 @@ class _Killed(Exception):
 
 
 def test_a_killed_overwrite_run_is_resumable_and_says_what_it_replaces(tmp_path, monkeypatch):
-    """A run started with --overwrite over a finished run, killed after epoch 1: --resume answered "nothing to resume"."""
+    """A run with --overwrite over a finished run, killed after epoch 1: --resume answered "nothing to resume"."""
     from stkd_keras import checkpointing
 
     output = tmp_path / "run"
@@ -413,7 +421,7 @@ def test_a_killed_overwrite_run_is_resumable_and_says_what_it_replaces(tmp_path,
 
 
 def test_a_symlink_as_output_is_written_where_it_points(tmp_path):
-    """A dangling link failed after training (NotADirectoryError); a link to an empty folder was replaced by a real folder."""
+    """A dangling link failed after training (NotADirectoryError); a link to an empty folder was replaced."""
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "target")
     with runs.run_directory(dangling) as staging:

@@ -85,7 +85,7 @@ def saved_pair(tmp_path_factory):
 
 
 def int8_accuracy(path, images, labels):
-    """Top-1 accuracy of an int8 .tflite file, quantizing the inputs with the input tensor's own scale and zero point."""
+    """Top-1 accuracy of an int8 .tflite file, quantizing the inputs with the input tensor's scale and zero point."""
     interpreter = Interpreter(model_path=str(path))
     detail = interpreter.get_input_details()[0]
     scale, zero_point = detail["quantization"]
@@ -98,7 +98,7 @@ def int8_accuracy(path, images, labels):
 
 
 def int8_kernel_zeros(path):
-    """Zeros and size of the weight tensors of every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op of a .tflite file.
+    """Zeros and size of the weights of every CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED op of a .tflite file.
 
     Int8 quantization maps 0 to 0 (weights are symmetric, zero point 0) and BatchNorm folding scales
     whole output channels, so every weight pruned in float is still a zero here.
@@ -326,7 +326,7 @@ def test_the_fine_tuning_loss_is_the_distillers(method):
 
 
 def test_the_fine_tuning_contract_is_one_dataclass_written_as_json(tmp_path):
-    """The export and the bridge process once shared an untyped dict turned into argv; now one frozen dataclass, as JSON."""
+    """The export and the bridge process once shared an untyped dict as argv; now one frozen dataclass, as JSON."""
     from stkd_keras.export.plan import FineTuning
 
     spec = FineTuning(
@@ -343,7 +343,8 @@ def test_the_fine_tuning_contract_is_one_dataclass_written_as_json(tmp_path):
     assert FineTuning.from_json(spec.to_json()) == spec
     with pytest.raises(ValueError, match=r"takes the fields .*Received: \['dataset', 'epoch', 'mode', 'model'\]"):
         FineTuning.from_json('{"mode": "qat", "model": "m", "dataset": "d", "epoch": 3}')
-    # An edited spec: a field missing, or a value of the wrong kind, is one sentence too (the process shows it as an error line).
+    # An edited spec: a field missing, or a value of the wrong kind, is one sentence too (the process shows it as an
+    # error line).
     with pytest.raises(ValueError, match=r"\['dataset', 'mode', 'model'\] among them. Received: \['dataset', 'mode'\]"):
         FineTuning.from_json('{"mode": "qat", "dataset": "d"}')
     with pytest.raises(ValueError, match="Expected `epochs` to be an int >= 1. Received: epochs='3'"):

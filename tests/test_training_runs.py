@@ -451,7 +451,7 @@ def test_both_checkpoints_damaged_is_one_sentence(tmp_path, fashion_arrays):
 
 
 def test_an_exploding_run_with_a_finite_loss_stops_and_its_model_is_refused(tmp_path):
-    """--learning-rate 1000 overflowed BatchNorm's moving variance to inf while the loss stayed finite: the run "succeeded"."""
+    """--learning-rate 1000 made BatchNorm's moving variance inf while the loss stayed finite: the run "succeeded"."""
     output = tmp_path / "run"
     result = run(
         "train-teacher",
