@@ -149,8 +149,8 @@ def _progress(info, split: str, batch_size: int, log):
     )
 
 
-def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir, download, log=None) -> dict:
-    """Top-1 / top-5 of a .tflite or .onnx file in its own runtime, with the preprocessing embedded in it."""
+def _load_exported(path: Path):
+    """The runtime's runner of a .tflite or .onnx file, its embedded metadata and its preprocessing."""
     from stkd_keras.backend_choice import filtered_stderr
     from stkd_keras.export.runtime import read_metadata, runner_for
 
@@ -168,6 +168,30 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
             f"{path} carries no preprocessing metadata and no preprocessing.json lies beside it; export it with "
             "stkd-keras export."
         )
+    return runner, metadata, preprocessing
+
+
+def _runtime_logits(runner, data, follow) -> tuple[np.ndarray, np.ndarray]:
+    """The runner's logits and the labels over every batch of `data`, the pass followed by `follow` if given."""
+    from stkd_keras.backend_choice import filtered_stderr
+
+    logits, labels = [], []
+    if follow:
+        follow.on_test_begin()
+    with filtered_stderr():  # the delegate's line may come with the first call: one filter around the pass
+        for index, (images, batch_labels) in enumerate(data):  # a tf.data.Dataset or a keras.utils.PyDataset
+            logits.append(runner.predict(np.asarray(images)))
+            labels.append(np.asarray(batch_labels))
+            if follow:
+                follow.on_test_batch_end(index)
+    if follow:
+        follow.on_test_end()
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir, download, log=None) -> dict:
+    """Top-1 / top-5 of a .tflite or .onnx file in its own runtime, with the preprocessing embedded in it."""
+    runner, metadata, preprocessing = _load_exported(path)
     check_preprocessing_fits({"dataset": metadata.get("dataset"), **preprocessing}, dataset, path)
     input_shape = metadata.get("input_shape") or [None, *preprocessing["input_shape"]]
     data, info = data_lib.load(
@@ -186,19 +210,7 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
         raise RunError(
             f"{path} takes inputs {tuple(input_shape[1:])}, but dataset {dataset!r} has inputs {info.input_shape}."
         )
-    logits, labels = [], []
-    follow = _progress(info, split, batch_size, log)
-    if follow:
-        follow.on_test_begin()
-    with filtered_stderr():  # the delegate's line may come with the first call: one filter around the pass
-        for index, (images, batch_labels) in enumerate(data):  # a tf.data.Dataset or a keras.utils.PyDataset
-            logits.append(runner.predict(np.asarray(images)))
-            labels.append(np.asarray(batch_labels))
-            if follow:
-                follow.on_test_batch_end(index)
-    if follow:
-        follow.on_test_end()
-    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    logits, labels = _runtime_logits(runner, data, _progress(info, split, batch_size, log))
     if logits.shape[-1] != info.num_classes:
         raise RunError(f"{path} predicts {logits.shape[-1]} classes, but dataset {dataset!r} has {info.num_classes}.")
     # Stable, so ties (common in dequantized int8 logits) resolve to the lowest class as argmax does.
