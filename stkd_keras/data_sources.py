@@ -108,6 +108,9 @@ def chosen_examples(num_examples: int, split: str, subset: int | None, holdout: 
     return np.random.default_rng(0).permutation(num_examples)[start:stop][:subset]
 
 
+# --- Sources that need TensorFlow ----------------------------------------------------------------
+
+
 def tensorflow_missing(name: str, data_dir) -> DatasetNotFoundError:
     """The one-sentence error for a dataset that only TensorFlow can read, on a machine without it."""
     idx_hint = "use a dataset read from IDX files: fashion_mnist, or mnist with --data-dir holding its four IDX files"
