@@ -1,6 +1,6 @@
 """In-memory datasets as `keras.utils.PyDataset`s, with numpy alone: the data pipeline without TensorFlow.
 
-The same kind of pipeline as the `tf.data` one in `stkd_keras.data`: zero-pad
+The same kind of pipeline as the `tf.data` one in `stkd_keras.batches`: zero-pad
 by `crop_padding` pixels and crop back to h x w at a random offset, mirror
 left-right with probability 0.5 where `flip` is set (crop, then flip), then
 normalise to float32 with (x / 255 - mean) / std per channel. The draws are

@@ -11,21 +11,21 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from stkd_keras import array_pipeline
+from stkd_keras import array_pipeline, idx, image_folder
 from stkd_keras import data as data_lib
 
 PIPELINES = ("tf_data", "numpy")
 
 
 def test_fashion_mnist_offline_split_sizes_and_labels():
-    directory = data_lib.find_fashion_mnist_idx()
+    directory = idx.find_fashion_mnist_idx()
     # The IDX headers as published: magic 2051 (images) / 2049 (labels), then counts and 28x28.
     with gzip.open(directory / "train-images-idx3-ubyte.gz", "rb") as f:
         assert struct.unpack(">IIII", f.read(16)) == (2051, 60000, 28, 28)
     with gzip.open(directory / "t10k-labels-idx1-ubyte.gz", "rb") as f:
         assert struct.unpack(">II", f.read(8)) == (2049, 10000)
-    train_images, train_labels = data_lib.read_fashion_mnist_idx(directory, "train")
-    test_images, test_labels = data_lib.read_fashion_mnist_idx(directory, "test")
+    train_images, train_labels = idx.read_fashion_mnist_idx(directory, "train")
+    test_images, test_labels = idx.read_fashion_mnist_idx(directory, "test")
     assert train_images.shape == (60000, 28, 28, 1) and test_images.shape == (10000, 28, 28, 1)
     assert train_images.dtype == np.uint8 and train_images.min() == 0 and train_images.max() == 255
     # Fashion-MNIST is balanced: 6000 / 1000 images per class.
@@ -44,7 +44,7 @@ def test_pipeline_normalises_and_batches():
     assert images.shape == (10000, 28, 28, 1) and images.dtype == np.float32
     assert images.mean() == pytest.approx(0.0, abs=0.02) and images.std() == pytest.approx(1.0, abs=0.02)
     # The test split is neither shuffled nor augmented: it equals the normalised IDX data.
-    raw, raw_labels = data_lib.read_fashion_mnist_idx(data_lib.find_fashion_mnist_idx(), "test")
+    raw, raw_labels = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), "test")
     np.testing.assert_allclose(images, (raw / 255.0 - 0.2860) / 0.3530, atol=1e-5)
     np.testing.assert_array_equal(labels, raw_labels)
 
@@ -94,8 +94,8 @@ def test_missing_fashion_mnist_files(tmp_path):
 
 
 def test_corrupt_idx_file(tmp_path):
-    source = data_lib.find_fashion_mnist_idx()
-    for pair in data_lib.IDX_FILES.values():
+    source = idx.find_fashion_mnist_idx()
+    for pair in idx.IDX_FILES.values():
         for name in pair:
             (tmp_path / name).write_bytes((source / name).read_bytes())
     (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(
@@ -173,7 +173,7 @@ def test_folder_dataset_with_held_out_validation(tmp_path):
     for label, value in enumerate(SHADES.values()):
         np.testing.assert_allclose(images[labels == label], (value / 255.0 - mean) / std, atol=1e-4)
     # The held-out images are the same on every scan (seed-0 choice over sorted file names).
-    data_lib.scan_image_folder.cache_clear()
+    image_folder.scan_image_folder.cache_clear()
     _, again = collect(data_lib.load(f"folder:{root}", "test", batch_size=4, image_size=(16, 16))[0])
     np.testing.assert_array_equal(collect(test)[1], again)
 
@@ -202,7 +202,7 @@ def test_folder_corrupt_and_truncated_images_are_named(tmp_path):
     write_image(root / "cherry" / "cut.jpg", 200, encoding="jpeg")
     full = (root / "cherry" / "cut.jpg").read_bytes()
     (root / "cherry" / "cut.jpg").write_bytes(full[: len(full) // 2])
-    data_lib.scan_image_folder.cache_clear()
+    image_folder.scan_image_folder.cache_clear()
     with pytest.raises(ValueError, match=r"Cannot decode image file .*cherry/cut.jpg"):
         data_lib.load(f"folder:{root}", image_size=(16, 16))
 
@@ -254,7 +254,7 @@ def test_numpy_pipeline_reads_the_same_subset_as_tf_data(split):
     numpy_images = np.concatenate([x for x, _ in numpy_batches])
     numpy_labels = np.concatenate([y for _, y in numpy_batches])
     # The subset is the first 300 of np.random.default_rng(0).permutation(n), in that order.
-    raw, raw_labels = data_lib.read_fashion_mnist_idx(data_lib.find_fashion_mnist_idx(), split)
+    raw, raw_labels = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), split)
     order = np.random.default_rng(0).permutation(len(raw_labels))[:300]
     np.testing.assert_array_equal(numpy_labels, raw_labels[order])
     np.testing.assert_array_equal(numpy_labels, tf_labels)
@@ -265,7 +265,7 @@ def test_numpy_pipeline_reads_the_same_subset_as_tf_data(split):
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_holdout_sets_the_last_training_examples_of_the_fixed_shuffle_apart(pipeline):
     options = {"batch_size": 500, "augment": False, "shuffle": False, "pipeline": pipeline}
-    raw, raw_labels = data_lib.read_fashion_mnist_idx(data_lib.find_fashion_mnist_idx(), "train")
+    raw, raw_labels = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), "train")
     permutation = np.random.default_rng(0).permutation(60000)
     validation, validation_info = data_lib.load("fashion_mnist", "validation", holdout=1000, **options)
     images, labels = (np.concatenate([np.asarray(part) for part in parts]) for parts in zip(*validation))
@@ -310,7 +310,7 @@ def test_numpy_stream_through_load_matches_its_definition():
     stream, info = data_lib.load(
         "fashion_mnist", "train", 32, subset=100, seed=7, stream=True, start_step=3, pipeline="numpy"
     )
-    _, raw_labels = data_lib.read_fashion_mnist_idx(data_lib.find_fashion_mnist_idx(), "train")
+    _, raw_labels = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), "train")
     subset = np.random.default_rng(0).permutation(len(raw_labels))[:100]
     # Stream batch 3 holds positions 96..127: the last 4 of pass 0, then the first 28 of pass 1.
     positions = np.arange(96, 128)
@@ -381,7 +381,7 @@ def test_numpy_pipeline_reads_tfds_and_folders_with_tensorflow(tmp_path):
 
 def write_idx(directory, split, images, labels, gzipped):
     """MNIST-format files: magic 2051 / 2049, counts, 28 x 28, then the bytes."""
-    images_name, labels_name = data_lib.IDX_FILES[split]
+    images_name, labels_name = idx.IDX_FILES[split]
     if not gzipped:
         images_name, labels_name = images_name[:-3], labels_name[:-3]
     pack = gzip.compress if gzipped else bytes
