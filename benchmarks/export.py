@@ -100,9 +100,9 @@ def load_student(run_dir: Path) -> dict:
     import numpy as np
 
     from stkd_keras import export as export_lib
-    from stkd_keras import training
+    from stkd_keras.runs import read_preprocessing
 
-    data = export_lib.load_export_data("fashion_mnist", training.read_preprocessing(run_dir), None, 200)
+    data = export_lib.load_export_data("fashion_mnist", read_preprocessing(run_dir), None, 200)
     model = keras.saving.load_model(run_dir / "student.keras")
     keras_top1 = float(np.mean(model.predict(data.images, batch_size=256, verbose=0).argmax(-1) == data.labels))
     return {"run_dir": run_dir, "data": data, "model": model, "keras_top1": keras_top1}

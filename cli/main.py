@@ -700,7 +700,9 @@ def evaluate(
         if preprocessing is not None:
             runs.check_preprocessing_fits(preprocessing, dataset, model_path)
     _use_backend(ctx, backend)
-    training = _library()[3]
+    _library()  # registers the models' own layers, which a saved model may use
+    from stkd_keras import evaluation
+
     model_path = Path(model_path)
     if json_path is None:
         folder = model_path if model_path.is_dir() else model_path.parent
@@ -716,7 +718,7 @@ def evaluate(
         raise click.ClickException(
             f"Results file {json_path} already exists; pass --overwrite to replace it or choose --json."
         )
-    results = training.evaluate(
+    results = evaluation.evaluate(
         model_path,
         dataset,
         split=split,
@@ -726,7 +728,7 @@ def evaluate(
         download=download,
         log=None if quiet else click.echo,
     )
-    training.write_json(json_path, results)
+    runs.write_json(json_path, results)
     click.echo(
         f"{model_path} on {dataset}/{split} ({results['num_examples']} images): "
         f"top-1 {results['accuracy']:.4f}, top-5 {results['top5_accuracy']:.4f}. Wrote {json_path}."

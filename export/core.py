@@ -4,10 +4,12 @@ Every file is converted into a staging folder, loaded back in its own runtime
 (`ai_edge_litert`, `onnxruntime`), run on real evaluation images with the
 model's own preprocessing, and compared with the Keras student; only when
 every file is within its bound are they all moved into the output folder
-(`os.replace`, atomic per file, the set named first in a journal). A failed
-export leaves nothing under the final names; one killed while moving its files
-is cleaned up by the next export into the folder, as are the staging folders
-of killed exports. Existing files are replaced only with `overwrite=True`.
+(`os.replace`, atomic per file, the set named first in a journal:
+`stkd_keras.export.commit`). A failed export leaves nothing under the final
+names; one killed while moving its files is cleaned up by the next export into
+the folder, as are the staging folders of killed exports. Existing files are
+replaced only with `overwrite=True`. The steps: plan (`ExportPlan`, without
+TensorFlow), convert, verify, commit.
 
 Bounds: max |logit difference| <= 1e-4 for float32 (a miss aborts the export:
 the conversion is broken) and <= 1e-2 for float16 (a miss is reported and
@@ -18,6 +20,7 @@ agreement with Keras and top-1 accuracy (their cost is reported, not bounded).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,27 +31,24 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
 from stkd_keras.backend_choice import filtered_stderr
-from stkd_keras.export.plan import (  # noqa: F401  (re-exported)
+from stkd_keras.export.commit import commit, prepare_folder, staging_folder
+from stkd_keras.export.plan import (
     DEFAULT_OPSET,
-    DEFAULT_QUANTIZATIONS,
     FLOAT_BOUNDS,
-    FORMAT_QUANTIZATIONS,
-    FORMATS,
-    QUANTIZATIONS,
     ExportError,
+    ExportPlan,
     OnnxInt8Config,
     export_plan,
     file_name,
-    parse_quantizations,
-    planned_files,
 )
-from stkd_keras.export.runtime import METADATA_NAME, embed_tflite_metadata, runner_for
+from stkd_keras.export.runtime import embed_metadata, quantization_parameters, runner_for
 from stkd_keras.files import file_sha256
 from stkd_keras.runs import output_lock, output_path
 
@@ -70,7 +70,9 @@ def _input_signature(model, dynamic_batch: bool) -> list:
 
 
 def int8_converter_options(representative: np.ndarray) -> dict:
-    """The TFLite converter's settings for full-integer int8 (int8 ops, input and output), calibrated one image at a time on `representative`.
+    """The TFLite converter's settings for full-integer int8 (int8 ops, input and output).
+
+    Calibrated one image at a time on `representative`.
 
     One definition for the export (Keras's LiteRT export takes them as keyword
     arguments) and for the QAT/pruning bridge (set on tf_keras's converter).
@@ -127,7 +129,7 @@ def convert_tflite(
 
 
 def convert_onnx(model, path: Path, opset: int = DEFAULT_OPSET, dynamic_batch: bool = False) -> None:
-    """Writes the model as ONNX (Keras's export: tf2onnx `from_function` with an explicit signature), checked by `onnx.checker`."""
+    """Writes the model as ONNX (Keras's export: tf2onnx `from_function`, explicit signature), checked by onnx."""
     import onnx
 
     try:
@@ -148,7 +150,7 @@ def convert_onnx(model, path: Path, opset: int = DEFAULT_OPSET, dynamic_batch: b
 def quantize_onnx_int8(
     float_path: Path, output_path: Path, representative: np.ndarray, config: OnnxInt8Config = OnnxInt8Config()
 ) -> None:
-    """Static int8 quantization with a calibration reader over training images (`config`: format, types, granularity)."""
+    """Static int8 quantization, calibrated on training images (`config`: its format, types and granularity)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -206,110 +208,6 @@ def _verify(path: Path, quantization: str, data: ExportData, reference: np.ndarr
     return row
 
 
-def _quantization_parameters(path: Path) -> dict | None:
-    if path.suffix != ".tflite":
-        return None
-    runner = runner_for(path)
-    scale_in, zero_in = runner.input_detail["quantization"]
-    scale_out, zero_out = runner.output_detail["quantization"]
-    return {
-        "input": {"dtype": runner.input_dtype, "scale": float(scale_in), "zero_point": int(zero_in)},
-        "output": {"dtype": runner.output_dtype, "scale": float(scale_out), "zero_point": int(zero_out)},
-    }
-
-
-def _embed_onnx_metadata(proto, payload: dict):
-    entry = proto.metadata_props.add()
-    entry.key = METADATA_NAME
-    entry.value = json.dumps(payload, sort_keys=True)
-    return proto
-
-
-STAGING_PREFIX = ".export-partial-"
-PENDING_FILE = ".export-pending.json"
-
-
-def _recover_interrupted_export(output_dir: Path, log) -> None:
-    """Cleans up after an export into `output_dir` that was killed (the caller holds the folder's lock).
-
-    Its staging folders go. If it was killed while moving its files into
-    place (its journal, PENDING_FILE, is there), the files it named (its
-    own, and the earlier export's it was replacing, metadata.json and
-    export_report.json among them) are removed: the folder then holds no mix
-    of two exports, and the same command can run again. A file goes only
-    when its sha256 is one the journal recorded for it, so a file edited
-    since, or one a hand-edited journal names, stays.
-    """
-    for stale in output_dir.glob(STAGING_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    journal = output_dir / PENDING_FILE
-    if not journal.is_file():
-        return
-    try:
-        pending = json.loads(journal.read_text())
-    except (ValueError, UnicodeDecodeError):
-        pending = {}
-    recorded: dict[str, set[str]] = {}
-    for part in ("write", "remove"):
-        entries = pending.get(part) if isinstance(pending, dict) else None
-        for name, digest in entries.items() if isinstance(entries, dict) else ():
-            recorded.setdefault(str(name), set()).add(str(digest))
-    kept = [name for name, digests in sorted(recorded.items()) if not _remove_if_unchanged(output_dir, name, digests)]
-    journal.unlink()
-    log(
-        f"An earlier export into {output_dir} was stopped while moving its files into place; its files were removed"
-        + (f", except {', '.join(kept)}, changed since it wrote them." if kept else ".")
-    )
-
-
-def _remove_if_unchanged(folder: Path, name: str, digests: set[str]) -> bool:
-    """Removes `folder/name` when it is a plain file of the folder whose sha256 is one of `digests`; False when it stays."""
-    path = folder / name
-    if not name or Path(name).name != name or path.is_symlink() or not path.is_file():
-        return not path.exists()
-    if file_sha256(path) not in digests:
-        return False
-    path.unlink()
-    return True
-
-
-def _earlier_export(output_dir: Path) -> dict[str, str]:
-    """The files of the earlier export in `output_dir` with the sha256 it recorded for each (its metadata.json).
-
-    metadata.json and export_report.json are the export's own: either one
-    present but not written by an export refuses the folder. An export
-    written before checksums were recorded lists its files without them:
-    those files are kept, never removed unverified.
-
-    Raises:
-        ExportError: When metadata.json or export_report.json is not an export's.
-    """
-    owned: dict[str, str] = {}
-    for name, keys in (
-        ("metadata.json", ("files", "preprocessing")),
-        ("export_report.json", ("files", "keras_top1_accuracy")),
-    ):
-        path = output_dir / name
-        if not path.exists():
-            continue
-        try:
-            payload = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
-        except (ValueError, UnicodeDecodeError):
-            payload = None
-        if not isinstance(payload, dict) or not all(key in payload for key in keys):
-            raise ExportError(
-                f"{path} was not written by stkd-keras export, so this folder is not an export's; choose another "
-                "--output."
-            )
-        owned[name] = file_sha256(path)
-        if name == "metadata.json":
-            digests = payload.get("sha256") if isinstance(payload.get("sha256"), dict) else {}
-            listed = payload["files"] if isinstance(payload["files"], (dict, list)) else ()
-            owned.update({str(file): "" for file in listed if str(file) not in owned})  # no checksum: never removed
-            owned.update({str(file): str(digest) for file, digest in digests.items()})
-    return owned
-
-
 def export_model(
     model,
     output_dir: str | os.PathLike,
@@ -359,75 +257,51 @@ def export_model(
         ExportError: For an impossible request, a failed conversion, or a float32 file outside its bound.
         OutputInUse: When another process is exporting into `output_dir`.
     """
+    with _export_guard(output_dir):
+        plan = ExportPlan(
+            tuple(export_plan(formats, quantize)),
+            stem=stem,
+            fine_tunings=tuple(fine_tunings),
+            dynamic_batch=dynamic_batch,
+            opset=opset,
+        )
+        output_dir = output_path(output_dir)
+        return _export(model, output_dir, data, preprocessing, plan, overwrite=overwrite, source=source, log=log)
+
+
+@contextlib.contextmanager
+def _export_guard(output_dir) -> Iterator[None]:
+    """The output folder locked, the converters' noise kept out of stderr and warnings."""
     # One export into a folder at a time: a second is refused at once, naming the holder (runs.output_lock).
     # The converters' and runtimes' own C++ prints are left out of stderr; real errors are written back.
     with output_lock(output_dir), filtered_stderr(), warnings.catch_warnings():
         # Keras's ONNX export probes `np.object` (removed in NumPy 1.24) and NumPy warns about the probe itself.
         warnings.filterwarnings("ignore", message="In the future `np.object` will be defined", category=FutureWarning)
-        return _export_model(
-            model,
-            output_dir,
-            data,
-            preprocessing,
-            formats,
-            quantize,
-            dynamic_batch,
-            opset,
-            overwrite,
-            stem,
-            source,
-            tuple(fine_tunings),
-            log,
-        )
+        yield
 
 
-def _embed(path: Path, metadata: dict) -> None:
-    """Writes `metadata` into the file itself (TFLite metadata entry, ONNX metadata_props)."""
-    if path.suffix == ".tflite":
-        path.write_bytes(embed_tflite_metadata(path.read_bytes(), metadata))
-        return
-    import onnx
+@dataclasses.dataclass(frozen=True)
+class _Conversion:
+    """One export under way: what its convert and verify steps share."""
 
-    proto = onnx.load(str(path))
-    del proto.metadata_props[:]
-    onnx.save(_embed_onnx_metadata(proto, metadata), str(path))
+    model: object
+    plan: ExportPlan
+    data: ExportData
+    staging: Path
+    reference: np.ndarray  # the Keras model's logits on `data.images`
+    shared: dict  # the metadata every file carries
+    log: Callable
 
 
-def _export_model(
-    model,
-    output_dir,
-    data,
-    preprocessing,
-    formats,
-    quantize,
-    dynamic_batch,
-    opset,
-    overwrite,
-    stem,
-    source,
-    fine_tunings,
-    log,
-) -> dict:
-    """`export_model` with its output folder locked."""
-    plan = export_plan(formats, quantize)
-    output_dir = output_path(output_dir)
-    _recover_interrupted_export(output_dir, log)
-    modes = {fine_tuning.mode for fine_tuning in fine_tunings}
-    names = planned_files(stem, plan, "qat" in modes, "prune" in modes)
-    existing = [name for name in names if (output_dir / name).exists()]
-    if existing and not overwrite:
-        raise ExportError(
-            f"{output_dir / existing[0]} already exists; pass --overwrite to replace it or choose another --output."
-        )
-    previous = _earlier_export(output_dir) if output_dir.is_dir() else {}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=output_dir))
-    try:
+def _export(model, output_dir: Path, data, preprocessing, plan: ExportPlan, *, overwrite, source, log) -> dict:
+    """`export_model` with its output folder locked: ready the folder, convert and verify every file, commit them."""
+    previous = prepare_folder(output_dir, plan.files, overwrite, log)
+    with staging_folder(output_dir) as staging:
         reference = model.predict(data.images, batch_size=64, verbose=0).astype(np.float32)
         keras_accuracy = float(np.mean(reference.argmax(axis=-1) == data.labels))
         # What every file shares; what differs between files (dtypes, quantization) is in each file's own entry.
         shared = {
-            "input_shape": [1 if not dynamic_batch else None, *model.input_shape[1:]],
+            "input_shape": [1 if not plan.dynamic_batch else None, *model.input_shape[1:]],
             "input_name": "images",
             "output_name": "logits",
             "preprocessing": {k: preprocessing[k] for k in ("mean", "std", "pixel_scale") if k in preprocessing},
@@ -435,111 +309,98 @@ def _export_model(
             "dataset": preprocessing.get("dataset"),
             "source": {**(source or {}), "keras_top1_on_verification_images": keras_accuracy},
         }
+        job = _Conversion(model, plan, data, staging, reference, shared, log)
         rows = []
-
-        def finish(path: Path, export_format: str, quantization: str, extra: dict | None = None) -> None:
-            runner = runner_for(path)
-            own = {
-                "format": export_format,
-                "quantization": quantization,
-                "input_dtype": runner.input_dtype,
-                "output_dtype": runner.output_dtype,
-            }
-            if (export_format, quantization) == ("onnx", "int8"):
-                own["onnx_int8"] = dataclasses.asdict(OnnxInt8Config())  # how onnxruntime quantized it
-            _embed(path, {**shared, **own})
-            row = _verify(path, quantization, data, reference)
-            row.update({key: own[key] for key in ("onnx_int8",) if key in own}, **(extra or {}))
-            rows.append(row)
-
-        onnx_float = None
-        for export_format, quantization in plan:
-            path = staging / file_name(stem, export_format, quantization)
-            if export_format == "tflite":
-                log(f"Converting {model.name} to TFLite ({quantization})...")
-                convert_tflite(model, path, quantization, data.representative, dynamic_batch)
-            elif onnx_float is None:
-                log(f"Converting {model.name} to ONNX (opset {opset})...")
-                onnx_float = staging / ".float32.onnx"
-                convert_onnx(model, onnx_float, opset, dynamic_batch)
-            if export_format == "onnx" and quantization == "float32":
-                shutil.copyfile(onnx_float, path)
-            elif export_format == "onnx":
-                log(f"Quantizing the ONNX model to int8 ({OnnxInt8Config().name})...")
-                quantize_onnx_int8(onnx_float, path, data.representative)
-            finish(path, export_format, quantization)
-        for fine_tuning in fine_tunings:
-            path = staging / file_name(stem, "tflite", f"{fine_tuning.mode}+int8")
+        for export_format, quantization in plan.pairs:
+            path = _convert(job, export_format, quantization)
+            rows.append(_verify_file(job, path, export_format, quantization))
+        for fine_tuning in plan.fine_tunings:
+            path = staging / file_name(plan.stem, "tflite", f"{fine_tuning.mode}+int8")
             bridge_report = run_tfmot_bridge(fine_tuning, path, data, preprocessing, log)
-            finish(path, "tflite", f"{fine_tuning.mode}+int8", {"tfmot": bridge_report})
-        for row in rows:
-            if row.get("within_bound") is not False:
-                continue
-            message = (
-                f"{row['file']} differs from the Keras model by {row['max_abs_logit_diff']:.2e} in its logits, "
-                f"beyond the {row['bound']:.0e} bound for {row['quantization']}"
-            )
-            if row["quantization"] == "float32":
-                # float32 must reproduce Keras: a miss means a broken conversion.
-                raise ExportError(message + "; nothing was written.")
-            # float16 weights round to ~1e-3 relative: a known cost on large logits, reported, not fatal.
-            log(f"Warning: {message} (largest |logit| {row['max_abs_logit']:.1f}); see export_report.json.")
-        for row in rows:
-            row["quantization_parameters"] = _quantization_parameters(staging / row["file"])
-        files = {
-            row["file"]: {
-                key: row[key]
-                for key in (
-                    "format",
-                    "quantization",
-                    "input_dtype",
-                    "output_dtype",
-                    "quantization_parameters",
-                    "onnx_int8",
-                )
-                if key in row
-            }
-            for row in rows
-        }
-        # The checksums let a later `--overwrite` remove exactly these files, and only while they are unchanged.
-        metadata = {**shared, "files": files, "sha256": {name: file_sha256(staging / name) for name in files}}
-        report = {
-            "model": model.name,
-            "keras_top1_accuracy": keras_accuracy,
-            "verification_images": int(len(data.images)),
-            "verification_split": data.split,
-            "verification_is_whole_split": data.whole_split,
-            "files": rows,
-            "metadata": metadata,
-        }
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
-        (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        written = {
-            name: file_sha256(staging / name)
-            for name in [row["file"] for row in rows] + ["metadata.json", "export_report.json"]
-        }
-        # The earlier export's files this one does not replace go, so the folder holds what the JSON files list;
-        # only those it recorded a checksum for and that are unchanged since (a file edited since stays).
-        removed = {name: digest for name, digest in previous.items() if name not in written}
-        # Each move is atomic, the set is not: a journal names the set first, so that an export killed part-way
-        # through is cleaned up by the next one (`_recover_interrupted_export`) instead of leaving a mixed folder.
-        replaced = {name: previous[name] for name in written if name in previous}
-        (staging / PENDING_FILE).write_text(json.dumps({"write": written, "remove": {**removed, **replaced}}))
-        os.replace(staging / PENDING_FILE, output_dir / PENDING_FILE)
-        for name in written:
-            os.replace(staging / name, output_dir / name)
-        kept = [
-            name for name, digest in sorted(removed.items()) if not _remove_if_unchanged(output_dir, name, {digest})
-        ]
-        (output_dir / PENDING_FILE).unlink()
-        if kept:
-            log(
-                f"Kept {', '.join(kept)} from the earlier export in {output_dir}: changed since it wrote them, or "
-                "written without a checksum."
-            )
+            rows.append(_verify_file(job, path, "tflite", f"{fine_tuning.mode}+int8", {"tfmot": bridge_report}))
+        _check_bounds(rows, log)
+        report = _write_report(job, rows, keras_accuracy)
+        written = [row["file"] for row in rows] + ["metadata.json", "export_report.json"]
+        commit(staging, output_dir, written, previous, log)
         return report
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _convert(job: _Conversion, export_format: str, quantization: str) -> Path:
+    """Converts the model to one planned file in the staging folder; returns its path."""
+    model, plan, staging, log = job.model, job.plan, job.staging, job.log
+    path = staging / file_name(plan.stem, export_format, quantization)
+    onnx_float = staging / ".float32.onnx"  # converted once, for both ONNX files
+    if export_format == "tflite":
+        log(f"Converting {model.name} to TFLite ({quantization})...")
+        convert_tflite(model, path, quantization, job.data.representative, plan.dynamic_batch)
+    elif not onnx_float.exists():
+        log(f"Converting {model.name} to ONNX (opset {plan.opset})...")
+        convert_onnx(model, onnx_float, plan.opset, plan.dynamic_batch)
+    if export_format == "onnx" and quantization == "float32":
+        shutil.copyfile(onnx_float, path)
+    elif export_format == "onnx":
+        log(f"Quantizing the ONNX model to int8 ({OnnxInt8Config().name})...")
+        quantize_onnx_int8(onnx_float, path, job.data.representative)
+    return path
+
+
+def _verify_file(job: _Conversion, path: Path, export_format: str, quantization: str, extra: dict | None = None):
+    """Embeds the metadata in one converted file and verifies it against Keras; returns its report row."""
+    runner = runner_for(path)
+    own = {
+        "format": export_format,
+        "quantization": quantization,
+        "input_dtype": runner.input_dtype,
+        "output_dtype": runner.output_dtype,
+    }
+    if (export_format, quantization) == ("onnx", "int8"):
+        own["onnx_int8"] = dataclasses.asdict(OnnxInt8Config())  # how onnxruntime quantized it
+    embed_metadata(path, {**job.shared, **own})
+    row = _verify(path, quantization, job.data, job.reference)
+    row.update({key: own[key] for key in ("onnx_int8",) if key in own}, **(extra or {}))
+    return row
+
+
+def _check_bounds(rows: list[dict], log) -> None:
+    """Refuses a float32 file outside its bound; warns about a float16 one.
+
+    Raises:
+        ExportError: For a float32 file outside its bound.
+    """
+    for row in rows:
+        if row.get("within_bound") is not False:
+            continue
+        message = (
+            f"{row['file']} differs from the Keras model by {row['max_abs_logit_diff']:.2e} in its logits, "
+            f"beyond the {row['bound']:.0e} bound for {row['quantization']}"
+        )
+        if row["quantization"] == "float32":
+            # float32 must reproduce Keras: a miss means a broken conversion.
+            raise ExportError(message + "; nothing was written.")
+        # float16 weights round to ~1e-3 relative: a known cost on large logits, reported, not fatal.
+        log(f"Warning: {message} (largest |logit| {row['max_abs_logit']:.1f}); see export_report.json.")
+
+
+def _write_report(job: _Conversion, rows: list[dict], keras_accuracy: float) -> dict:
+    """Writes metadata.json and export_report.json into the staging folder; returns the report."""
+    for row in rows:
+        row["quantization_parameters"] = quantization_parameters(job.staging / row["file"])
+    keys = ("format", "quantization", "input_dtype", "output_dtype", "quantization_parameters", "onnx_int8")
+    files = {row["file"]: {key: row[key] for key in keys if key in row} for row in rows}
+    # The checksums let a later `--overwrite` remove exactly these files, and only while they are unchanged.
+    metadata = {**job.shared, "files": files, "sha256": {name: file_sha256(job.staging / name) for name in files}}
+    report = {
+        "model": job.model.name,
+        "keras_top1_accuracy": keras_accuracy,
+        "verification_images": int(len(job.data.images)),
+        "verification_split": job.data.split,
+        "verification_is_whole_split": job.data.whole_split,
+        "files": rows,
+        "metadata": metadata,
+    }
+    (job.staging / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    (job.staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
 
 
 def run_tfmot_bridge(fine_tuning, output_path: Path, data: ExportData, preprocessing: dict, log=print) -> dict:
@@ -597,7 +458,10 @@ def load_export_data(
     data_dir=None,
     download=True,
 ) -> ExportData:
-    """The first `verify_images` test images (None: the whole test split) and `representative_images` training images, with the model's preprocessing."""
+    """The first `verify_images` test images (None: the whole test split) and `representative_images` training images.
+
+    Both with the model's preprocessing.
+    """
     from stkd_keras import data as data_lib
 
     options = {

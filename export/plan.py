@@ -89,6 +89,29 @@ def planned_files(stem: str, plan: list[tuple[str, str]], qat: bool = False, pru
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportPlan:
+    """One export worked out before anything converts: its files, and how they are converted.
+
+    pairs: the (format, quantization) pairs of `export_plan`, one file each.
+    stem: the files' name stem (`file_name`).
+    fine_tunings: `FineTuning`s, one int8 TFLite file each, after QAT or pruning.
+    dynamic_batch: keep the batch dimension free (else fixed to 1). opset: the ONNX opset.
+    """
+
+    pairs: tuple[tuple[str, str], ...]
+    stem: str = "student"
+    fine_tunings: tuple = ()
+    dynamic_batch: bool = False
+    opset: int = DEFAULT_OPSET
+
+    @property
+    def files(self) -> list[str]:
+        """Every file the export writes, metadata.json and export_report.json included (`planned_files`)."""
+        modes = {fine_tuning.mode for fine_tuning in self.fine_tunings}
+        return planned_files(self.stem, list(self.pairs), "qat" in modes, "prune" in modes)
+
+
+@dataclasses.dataclass(frozen=True)
 class OnnxInt8Config:
     """How onnxruntime's static quantization writes an int8 ONNX file (`onnxruntime.quantization.quantize_static`).
 

@@ -232,3 +232,31 @@ def read_onnx_metadata(path: str | os.PathLike, name: str = METADATA_NAME) -> di
 def read_metadata(path: str | os.PathLike) -> dict | None:
     """The metadata embedded in an exported file (TFLite metadata entry or ONNX metadata_props)."""
     return read_tflite_metadata(path) if Path(path).suffix == ".tflite" else read_onnx_metadata(path)
+
+
+def embed_metadata(path: Path, metadata: dict) -> None:
+    """Writes `metadata` into an exported file (TFLite metadata entry, ONNX metadata_props), for `read_metadata`."""
+    if path.suffix == ".tflite":
+        path.write_bytes(embed_tflite_metadata(path.read_bytes(), metadata))
+        return
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_NAME
+    entry.value = json.dumps(metadata, sort_keys=True)
+    onnx.save(proto, str(path))
+
+
+def quantization_parameters(path: Path) -> dict | None:
+    """The input and output dtype, scale and zero point of a TFLite file (None for ONNX)."""
+    if path.suffix != ".tflite":
+        return None
+    runner = runner_for(path)
+    scale_in, zero_in = runner.input_detail["quantization"]
+    scale_out, zero_out = runner.output_detail["quantization"]
+    return {
+        "input": {"dtype": runner.input_dtype, "scale": float(scale_in), "zero_point": int(zero_in)},
+        "output": {"dtype": runner.output_dtype, "scale": float(scale_out), "zero_point": int(zero_out)},
+    }

@@ -51,6 +51,40 @@ def _environment_int(name: str) -> int | None:
         ) from None
 
 
+def _cluster_arguments(
+    coordinator_address: str | None, num_processes: int | None, process_id: int | None
+) -> tuple[str | None, int | None, int | None]:
+    """`initialize`'s three arguments, each left None read from its environment variable; all three or none.
+
+    Raises:
+        ValueError: When only some of the three are given, or they are out of range.
+    """
+    address = (
+        coordinator_address if coordinator_address is not None else os.environ.get(JOB_ADDRESSES, "").strip() or None
+    )
+    count = num_processes if num_processes is not None else _environment_int(NUM_PROCESSES)
+    index = process_id if process_id is not None else _environment_int(PROCESS_ID)
+    given = {
+        f"`coordinator_address` ({JOB_ADDRESSES})": address,
+        f"`num_processes` ({NUM_PROCESSES})": count,
+        f"`process_id` ({PROCESS_ID})": index,
+    }
+    missing = [name for name, value in given.items() if value is None]
+    if 0 < len(missing) < 3:
+        raise ValueError(
+            f"A multi-process run needs the coordinator address, the number of processes and this process's id, but "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not given; pass all three or none."
+        )
+    if count is not None and not (
+        isinstance(count, int) and isinstance(index, int) and count >= 1 and 0 <= index < count
+    ):
+        raise ValueError(
+            f"Expected `num_processes` >= 1 and 0 <= `process_id` < num_processes. Received: num_processes={count!r}, "
+            f"process_id={index!r}"
+        )
+    return address, count, index
+
+
 def initialize(
     coordinator_address: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> bool:
@@ -80,29 +114,7 @@ def initialize(
     distribution = jax_distribution.data_parallel()
     ```
     """
-    address = (
-        coordinator_address if coordinator_address is not None else os.environ.get(JOB_ADDRESSES, "").strip() or None
-    )
-    count = num_processes if num_processes is not None else _environment_int(NUM_PROCESSES)
-    index = process_id if process_id is not None else _environment_int(PROCESS_ID)
-    given = {
-        f"`coordinator_address` ({JOB_ADDRESSES})": address,
-        f"`num_processes` ({NUM_PROCESSES})": count,
-        f"`process_id` ({PROCESS_ID})": index,
-    }
-    missing = [name for name, value in given.items() if value is None]
-    if 0 < len(missing) < 3:
-        raise ValueError(
-            f"A multi-process run needs the coordinator address, the number of processes and this process's id, but "
-            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not given; pass all three or none."
-        )
-    if count is not None and not (
-        isinstance(count, int) and isinstance(index, int) and count >= 1 and 0 <= index < count
-    ):
-        raise ValueError(
-            f"Expected `num_processes` >= 1 and 0 <= `process_id` < num_processes. Received: num_processes={count!r}, "
-            f"process_id={index!r}"
-        )
+    address, count, index = _cluster_arguments(coordinator_address, num_processes, process_id)
     require_jax()
     if count is None:
         return False

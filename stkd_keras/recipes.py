@@ -5,7 +5,7 @@ parameters, the optimizer and schedule, epochs, batch size, weight decay and
 seed. `stkd-keras distill --recipe FILE` runs one; options given on the command
 line override single fields, and the resolved config is saved with the run.
 
-Fields are those of `stkd_keras.training.RunConfig`, the hyperparameters of
+Fields are those of `stkd_keras.config.RunConfig`, the hyperparameters of
 the registered methods (`stkd_keras.methods`: `temperature`, `mixup_alpha`,
 ...), plus `student` (the student architecture, same as `model`),
 `teacher_model` and `teacher_epochs` (the teacher trained first when

@@ -123,9 +123,9 @@ def test_distill_runs_end_to_end_without_tensorflow(backend, tmp_path):
     assert evaluation["environment"]["backend"] == backend and evaluation["num_examples"] == 256
     # The student loads here (another backend, another pipeline) and scores what the JAX process measured.
     model = keras.saving.load_model(output / "student.keras")
-    from stkd_keras import training
+    from stkd_keras.evaluation import evaluate
 
-    here = training.evaluate(output, "fashion_mnist", subset=256)
+    here = evaluate(output, "fashion_mnist", subset=256)
     # One image of slack for another backend's arithmetic. Seen on AMD EPYC (AVX2), oneDNN on and off: the same
     # 9 of 256 images right in both processes, the loss equal to 7 digits.
     assert here["accuracy"] == pytest.approx(evaluation["accuracy"], abs=1 / 256 + 1e-9)
@@ -263,7 +263,7 @@ def test_backend_is_chosen_before_keras_is_imported():
 def test_the_runs_are_library_calls(tmp_path):
     """What `stkd-keras distill` does (teacher first, staging, run.json) is `training.distill`, callable from Python."""
     from stkd_keras import runs, training
-    from stkd_keras.config import RunConfig
+    from stkd_keras.config import RunConfig, teacher_config_for
 
     config = RunConfig(
         model="cnn8",
@@ -276,7 +276,7 @@ def test_the_runs_are_library_calls(tmp_path):
     )
     messages = []
     result = training.distill(
-        config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append
+        config, tmp_path / "run", teacher_config_for(config, "cnn8"), verbose=0, log=messages.append
     )
     assert result.output == tmp_path / "run" and (result.output / "teacher" / "teacher.keras").is_file()
     assert any(m.startswith("No trained teacher given: training a cnn8 teacher first") for m in messages)
@@ -289,9 +289,7 @@ def test_the_runs_are_library_calls(tmp_path):
     assert recorded["command"] == "distill" and recorded["backend"] == keras.backend.backend()
     assert recorded["teacher_config"].method == "ce" and recorded["teacher_config"].method_options == {}
     with pytest.raises(runs.RunError, match="already holds a run; pass --overwrite"):
-        training.distill(
-            config, tmp_path / "run", training.teacher_config_for(config, "cnn8"), verbose=0, log=messages.append
-        )
+        training.distill(config, tmp_path / "run", teacher_config_for(config, "cnn8"), verbose=0, log=messages.append)
     with pytest.raises(
         ValueError, match="Method 'kd' distils from a teacher, but none was given; pass RunConfig.teacher"
     ):

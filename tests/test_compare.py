@@ -267,7 +267,7 @@ def test_shipped_grids_are_valid(path):
     import dataclasses
     import sys
 
-    from stkd_keras.training import RunConfig
+    from stkd_keras.config import RunConfig
 
     sys.path.insert(0, str(path.parents[1]))
     import accuracy

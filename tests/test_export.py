@@ -15,7 +15,8 @@ from stkd_keras import data as data_lib
 from stkd_keras import export as export_lib
 from stkd_keras.cli.main import cli
 from stkd_keras.models import get_model
-from stkd_keras.training import preprocessing_record, write_json
+from stkd_keras.run_steps import preprocessing_record
+from stkd_keras.runs import write_json
 
 
 @pytest.fixture(scope="module")
@@ -479,7 +480,7 @@ def test_cli_export_verifies_on_the_whole_split(student_run, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((output / "export_report.json").read_text())
     assert report["verification_images"] == 10000 and report["verification_is_whole_split"] is True
-    from stkd_keras.training import evaluate
+    from stkd_keras.evaluation import evaluate
 
     whole = evaluate(student_run / "student.keras", "fashion_mnist")
     assert report["keras_top1_accuracy"] == pytest.approx(

@@ -6,13 +6,15 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stkd_keras import checkpointing, idx, methods, reporting, training
+from stkd_keras import checkpointing, idx, methods, reporting, runs, training
+from stkd_keras.config import RunConfig
 from stkd_keras.cli.main import cli
 from stkd_keras.recipes import RecipeError, load_recipe
 
@@ -182,12 +184,12 @@ def test_recipe_validation(tmp_path, text, message):
 
 
 def test_every_shipped_recipe_is_valid():
-    root = training.Path(__file__).resolve().parents[1] / "recipes"
+    root = Path(__file__).resolve().parents[1] / "recipes"
     recipes = sorted(root.rglob("*.yaml"))
     assert len(recipes) >= 8
     for path in recipes:
         fields = load_recipe(path)
-        config = training.RunConfig.from_dict(
+        config = RunConfig.from_dict(
             {k: v for k, v in fields.items() if k not in ("student", "teacher_model", "teacher_epochs")}
         )
         config.validate()
@@ -389,14 +391,12 @@ def test_a_damaged_checkpoint_state_is_refused_naming_the_file(tmp_path, text, p
     good = json.dumps({"epoch": 2, "previous_epoch": 1, "seed_state": None, "history": {"loss": [2.0, 1.5] * 30}})
     state.write_text(good[:100] if text is None else text)
     with pytest.raises(
-        training.RunError, match=rf"The checkpoint state {state} is damaged \({problem}.*its checkpoints are kept"
+        runs.RunError, match=rf"The checkpoint state {state} is damaged \({problem}.*its checkpoints are kept"
     ):
         checkpointing.read_state(tmp_path)
 
 
 def test_resume_refuses_a_truncated_state_and_keeps_the_checkpoints(tmp_path, monkeypatch):
-    from stkd_keras import runs
-
     original = checkpointing.RunCheckpoint.on_epoch_end
 
     def commit_then_fail(self, epoch, logs=None):
@@ -445,7 +445,7 @@ def test_both_checkpoints_damaged_is_one_sentence(tmp_path, fashion_arrays):
     for path in (tmp_path / "checkpoints").glob("epoch-*.weights.h5"):
         path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(
-        training.RunError, match="No checkpoint in .* can be loaded \\(both are damaged\\); the run cannot be resumed"
+        runs.RunError, match="No checkpoint in .* can be loaded \\(both are damaged\\); the run cannot be resumed"
     ):
         checkpointing.restore(model, tmp_path, log=lambda *_: None)
 
@@ -546,7 +546,5 @@ def run_user(*args):
     ],
 )
 def test_a_warm_up_longer_than_the_run_is_warned_about(method, epochs, options, expected):
-    warning = training.warmup_warning(
-        training.RunConfig(model="cnn8", method=method, epochs=epochs, method_options=options)
-    )
+    warning = training.warmup_warning(RunConfig(model="cnn8", method=method, epochs=epochs, method_options=options))
     assert warning is None if expected is None else expected in warning
