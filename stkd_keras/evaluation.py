@@ -38,6 +38,10 @@ def image_size_pair(size: int | None) -> tuple[int, int] | None:
 
 def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
     """Loads a `.keras` model, or a run folder's model; one clear error when it cannot."""
+    # The zoo's own layers (ShuffleNet's ChannelShuffle, ChannelSplit) register with Keras when their module is
+    # imported; a process that only evaluates would not otherwise have imported it.
+    import stkd_keras.models.layers  # noqa: F401
+
     path = model_file(path, role)
     try:
         model = keras.saving.load_model(path, compile=False)

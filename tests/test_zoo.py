@@ -235,6 +235,25 @@ def test_plain_models_need_nothing_from_stkd_keras_to_load(tmp_path):
         assert "stkd_keras" not in archive.read("config.json").decode()
 
 
+def test_a_shufflenet_student_loads_in_a_process_that_only_evaluates(tmp_path):
+    """`evaluation.load_model` in a fresh process that never imported the zoo: ShuffleNet's own layers were unknown
+    ("Could not locate class 'ChannelShuffle'") until the CLI happened to import the models first."""
+    import subprocess
+    import sys
+
+    models.get_model("ShuffleV2", 10, (32, 32, 3)).save(tmp_path / "shuffle.keras")
+    script = (
+        "import sys\nfrom stkd_keras.evaluation import load_model\n"
+        "print(sum(layer.__class__.__name__ == 'ChannelShuffle' for layer in load_model(sys.argv[1]).layers))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "shuffle.keras")], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    # ShuffleNetV2 (Ma et al. 2018) at 1x: stages of 4, 8 and 4 blocks, one channel shuffle each.
+    assert result.stdout.split()[-1] == "16"
+
+
 def test_invalid_arguments():
     with pytest.raises(ValueError, match="depth"):
         models.resnet(9)
