@@ -29,7 +29,7 @@ from keras import ops
 
 from stkd_keras import backend
 from stkd_keras.methods import batch_context, check_teacher, forward, get_method, one_hot_labels, outputs_loss
-from stkd_keras.methods.base import teacher_logits
+from stkd_keras.methods.step import teacher_logits
 
 # Keyword arguments of keras.Model itself (what `Model.get_config` returns); all others are method hyperparameters.
 _MODEL_KWARGS = ("name", "trainable", "dtype")

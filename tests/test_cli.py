@@ -82,7 +82,7 @@ def test_methods_table_says_what_the_teacher_sees_with_the_defaults(monkeypatch)
     from stkd_keras import methods
 
     preset = methods.get_method("stkd_clean_kd")
-    monkeypatch.setattr(preset, "_default_overrides", {**preset._default_overrides, "soft_target": "mixed_teacher"})
+    monkeypatch.setattr(preset, "default_overrides", {**preset.default_overrides, "soft_target": "mixed_teacher"})
     rows = {line.split("|")[1].strip(): line for line in run("methods").output.splitlines()[2:]}
     assert rows["stkd_clean_kd"].startswith("| stkd_clean_kd | clean images | mixup samples |")
     assert rows["stkd"].startswith("| stkd | mixed images | mixup samples |")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from stkd_keras.methods.base import BatchContext, DistillationMethod, Hyperparameters, LossTerm, register_method
+from stkd_keras.methods.base import BatchContext, DistillationMethod, Hyperparameters, LossTerm
+from stkd_keras.methods.registry import register_method
 
 
 def cross_entropy(context: BatchContext):

@@ -23,7 +23,8 @@ from __future__ import annotations
 import dataclasses
 import numbers
 
-from stkd_keras.methods.base import DistillationMethod, LossTerm, register_method, register_preset
+from stkd_keras.methods.base import DistillationMethod, LossTerm
+from stkd_keras.methods.registry import register_method, register_preset
 from stkd_keras.methods.ce import cross_entropy
 from stkd_keras.methods.kd import SoftenedLogitsHyperparameters, softened_logits
 

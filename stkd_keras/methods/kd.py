@@ -12,15 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from stkd_keras.methods.base import (
-    BatchContext,
-    DistillationMethod,
-    Hyperparameters,
-    LossTerm,
-    register_method,
-    register_preset,
-)
+from stkd_keras.methods.base import BatchContext, DistillationMethod, Hyperparameters, LossTerm
 from stkd_keras.methods.ce import cross_entropy
+from stkd_keras.methods.registry import register_method, register_preset
 from stkd_keras.validation import positive_finite
 
 

@@ -7,7 +7,7 @@ It separates what STKD's shared virtual sample adds from mixup alone.
 
 from __future__ import annotations
 
-from stkd_keras.methods.base import register_method
+from stkd_keras.methods.registry import register_method
 from stkd_keras.methods.mixup_kd import MixupKD
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from stkd_keras.methods.base import Hyperparameters, register_method
+from stkd_keras.methods.base import Hyperparameters
+from stkd_keras.methods.registry import register_method
 from stkd_keras.methods.ce import CrossEntropy
 from stkd_keras.validation import positive_finite
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from stkd_keras.methods.base import register_method, register_preset
+from stkd_keras.methods.registry import register_method, register_preset
 from stkd_keras.methods.kd import softened_logits
 from stkd_keras.methods.mixup_kd import MixupKD, MixupKDHyperparameters, mixup_kd_terms
 from stkd_keras.validation import unit_fraction

@@ -9,7 +9,7 @@ combination, and whether those settings suit it, is new.
 
 from __future__ import annotations
 
-from stkd_keras.methods.base import register_preset
+from stkd_keras.methods.registry import register_preset
 
 register_preset(
     "stkd+ls",
