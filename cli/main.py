@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from stkd_keras import backend_choice
+from stkd_keras import backend_selection
 from stkd_keras.markdown import markdown_row
 
 DEFAULT_TEACHER_MODEL = "resnet14"
@@ -216,14 +216,14 @@ def _training_options(function):
         click.option(
             "--backend",
             default=None,
-            type=click.Choice(backend_choice.BACKENDS),
+            type=click.Choice(backend_selection.BACKENDS),
             help="Keras backend to train on [default: KERAS_BACKEND if set, else tensorflow; --resume: the run's own].",
         ),
         click.option(
             "--strategy",
             default="default",
             show_default=True,
-            type=click.Choice(backend_choice.STRATEGIES),
+            type=click.Choice(backend_selection.STRATEGIES),
             help="TensorFlow: mirrored (all local GPUs, MirroredStrategy), multi_worker (the machines in TF_CONFIG; every worker runs "
             "the same command). JAX: data_parallel (keras.distribution.DataParallel over all devices of all "
             "processes).",
@@ -411,10 +411,10 @@ class _BackendCommand(click.Command):
         wanted = (
             self.fixed_backend or _option_value(args, "--backend") or _recorded_backend(_option_value(args, "--resume"))
         )
-        wanted = wanted or backend_choice.default_backend()
-        if wanted in backend_choice.BACKENDS and backend_choice.loaded_backend() is None:
+        wanted = wanted or backend_selection.default_backend()
+        if wanted in backend_selection.BACKENDS and backend_selection.loaded_backend() is None:
             try:
-                backend_choice.select(wanted)
+                backend_selection.select(wanted)
             except ValueError:
                 pass  # reported in one sentence by the command itself
         return super().parse_args(ctx, args)
@@ -424,7 +424,7 @@ def _check_backend(backend: str | None) -> None:
     """A --backend whose package is missing, in one sentence, before anything else is checked or loaded."""
     if backend is not None:
         try:
-            backend_choice.check_backend(backend)
+            backend_selection.check_backend(backend)
         except ValueError as error:
             raise click.ClickException(str(error)) from None
 
@@ -437,11 +437,11 @@ def _use_backend(ctx: click.Context, backend: str | None, resume: str | None = N
             f"the run to resume started on the {recorded} backend and continues on it; drop --backend.",
             param_hint="--backend",
         )
-    wanted = backend or recorded or backend_choice.default_backend()
+    wanted = backend or recorded or backend_selection.default_backend()
     try:
-        if backend_choice.select(wanted):
+        if backend_selection.select(wanted):
             # The data pipeline (tf.data) and the export use TensorFlow on every backend where it is installed.
-            backend_choice.import_tensorflow_quietly()
+            backend_selection.import_tensorflow_quietly()
             return wanted
     except ValueError as error:
         raise click.ClickException(str(error)) from None
@@ -677,7 +677,7 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
 @click.option(
     "--backend",
     default=None,
-    type=click.Choice(backend_choice.BACKENDS),
+    type=click.Choice(backend_selection.BACKENDS),
     help="Keras backend to run a .keras model on (it may have been trained on any) [default: KERAS_BACKEND if set, else tensorflow].",
 )
 @click.option("--quiet", is_flag=True, help="No progress while evaluating; only the result.")
@@ -1023,7 +1023,7 @@ def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
 )
 def list_datasets(data_dir):
     """List the datasets, where each would be read from, and whether it is available on this machine."""
-    backend_choice.import_tensorflow_quietly()  # its start-up lines are not the listing's
+    backend_selection.import_tensorflow_quietly()  # its start-up lines are not the listing's
     data = _library()[0]
     click.echo("| dataset | classes | input | available | read from |")
     click.echo("| --- | ---: | --- | --- | --- |")

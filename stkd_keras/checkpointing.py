@@ -26,7 +26,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stkd_keras.backend_choice import tensorflow_available
+from stkd_keras.backend_selection import tensorflow_available
 from stkd_keras.files import atomic_write
 from stkd_keras.runs import CHECKPOINT_DIR, STATE_FILE, RunError
 

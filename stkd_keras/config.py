@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from stkd_keras import methods as methods_lib
-from stkd_keras.backend_choice import STRATEGIES
+from stkd_keras.backend_selection import STRATEGIES
 
 # The zoo's names, known without importing Keras (so the CLI checks --model at once);
 # tests/test_zoo.py checks them against `stkd_keras.models.list_models()`.

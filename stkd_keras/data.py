@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stkd_keras.backend_choice import tensorflow_available
+from stkd_keras.backend_selection import tensorflow_available
 from stkd_keras.idx import FASHION_MNIST_CLASSES, FASHION_MNIST_MEAN, FASHION_MNIST_STD, idx_file_names
 
 if TYPE_CHECKING:

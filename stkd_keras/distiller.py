@@ -27,7 +27,7 @@ import sys
 import keras
 from keras import ops
 
-from stkd_keras import backend
+from stkd_keras import backend_ops
 from stkd_keras.methods import batch_context, check_teacher, forward, get_method, one_hot_labels, outputs_loss
 from stkd_keras.methods.step import teacher_logits
 
@@ -256,7 +256,7 @@ class Distiller(keras.Model):
             self._lambda_tracker.update_state(ops.mean(y_pred["lam"]))
         if training:
             self.step.assign_add(1)
-        return backend.scale_loss_for_distribution(total)
+        return backend_ops.scale_loss_for_distribution(total)
 
     def compute_metrics(self, x, y, y_pred, sample_weight=None):
         training = isinstance(y_pred, dict)

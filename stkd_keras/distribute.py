@@ -38,7 +38,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 
-from stkd_keras.backend_choice import STRATEGIES, check_strategy
+from stkd_keras.backend_selection import STRATEGIES, check_strategy
 
 _multi_worker_strategy = None
 

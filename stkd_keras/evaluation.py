@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stkd_keras import backend
+from stkd_keras import backend_ops
 from stkd_keras import data as data_lib
 from stkd_keras.checkpointing import non_finite_variable
 from stkd_keras.runs import RunError, check_preprocessing_fits, model_file, read_preprocessing
@@ -27,7 +27,7 @@ def environment() -> dict:
         "keras": keras.__version__,
         "numpy": np.__version__,
         "platform": platform.platform(),
-        **backend.describe(),
+        **backend_ops.describe(),
     }
 
 
@@ -155,7 +155,7 @@ def _progress(info, split: str, batch_size: int, log):
 
 def _load_exported(path: Path):
     """The runtime's runner of a .tflite or .onnx file, its embedded metadata and its preprocessing."""
-    from stkd_keras.backend_choice import filtered_stderr
+    from stkd_keras.backend_selection import filtered_stderr
     from stkd_keras.export.runtime import read_metadata, runner_for
 
     if not path.is_file():
@@ -177,7 +177,7 @@ def _load_exported(path: Path):
 
 def _runtime_logits(runner, data, follow) -> tuple[np.ndarray, np.ndarray]:
     """The runner's logits and the labels over every batch of `data`, the pass followed by `follow` if given."""
-    from stkd_keras.backend_choice import filtered_stderr
+    from stkd_keras.backend_selection import filtered_stderr
 
     logits, labels = [], []
     if follow:

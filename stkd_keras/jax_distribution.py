@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 
-from stkd_keras.backend_choice import check_strategy
+from stkd_keras.backend_selection import check_strategy
 
 JOB_ADDRESSES = "KERAS_DISTRIBUTION_JOB_ADDRESSES"
 NUM_PROCESSES = "KERAS_DISTRIBUTION_NUM_PROCESSES"
@@ -33,7 +33,7 @@ PROCESS_ID = "KERAS_DISTRIBUTION_PROCESS_ID"
 
 
 def require_jax() -> None:
-    """Raises a one-sentence ValueError unless the Keras backend is JAX (`backend_choice.check_strategy`)."""
+    """Raises a one-sentence ValueError unless the Keras backend is JAX (`backend_selection.check_strategy`)."""
     import keras
 
     check_strategy("data_parallel", keras.backend.backend())

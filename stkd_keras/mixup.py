@@ -10,7 +10,7 @@ lambda ~ Beta(a, a):
 weights: every method's step mixes through them (`stkd_keras.methods.forward`).
 `apply_mixup`, which did both, is deprecated: a second public mixup path. Everything here is written in
 `keras.ops` and runs inside the compiled train step of every Keras backend;
-the Beta draw is the one backend-specific piece (`stkd_keras.backend`).
+the Beta draw is the one backend-specific piece (`stkd_keras.backend_ops`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from stkd_keras import backend
+from stkd_keras import backend_ops
 from stkd_keras.validation import positive_finite
 
 
@@ -53,7 +53,7 @@ def sample_beta(shape, alpha: float, seed=None):
     """Draws float32 samples from the symmetric Beta(alpha, alpha) distribution.
 
     Compiles inside the train step of every backend (on TensorFlow, under XLA
-    too, unlike `keras.random.beta`; see `stkd_keras.backend`).
+    too, unlike `keras.random.beta`; see `stkd_keras.backend_ops`).
 
     Args:
         shape: Shape of the returned tensor.
@@ -71,7 +71,7 @@ def sample_beta(shape, alpha: float, seed=None):
     Example:
     >>> lam = sample_beta((), 0.2, seed=keras.random.SeedGenerator(0))
     """
-    return backend.sample_beta(shape, validate_alpha(alpha), seed)
+    return backend_ops.sample_beta(shape, validate_alpha(alpha), seed)
 
 
 def random_permutation(batch_size, seed=None):

@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stkd_keras import backend, checkpointing, distribute, progress
+from stkd_keras import backend_ops, checkpointing, distribute, progress
 from stkd_keras import data as data_lib
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
@@ -92,7 +92,7 @@ def prepare_run(
     contexts.callback(keras.mixed_precision.set_global_policy, keras.mixed_precision.global_policy())
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
-        contexts.enter_context(backend.determinism())  # and the process's own setting back afterwards
+        contexts.enter_context(backend_ops.determinism())  # and the process's own setting back afterwards
     if config.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     train_info, val_data, val_info = _load_run_data(config, log)
@@ -218,7 +218,7 @@ def fit_run(run: PreparedRun, verbose: int | str = "auto", log=print, callbacks:
     log(
         f"Training {run.role} {run.model.name} ({run.model.count_params():,} parameters) with method {run.method!r} on "
         f"{run.train_info.name} ({run.train_info.num_examples} training images) for {config.epochs} epoch(s) of "
-        f"{run.steps} steps on the {backend.name()} backend"
+        f"{run.steps} steps on the {backend_ops.name()} backend"
         + (f", resuming at epoch {run.initial_epoch + 1}." if run.initial_epoch else ".")
     )
     guard = checkpointing.StopOnNonFinite()
@@ -261,7 +261,7 @@ def finish_run(run: PreparedRun, history: dict, train_seconds: float) -> dict:
         "train_seconds": round(train_seconds, 2),
         "resumed_at_epoch": run.initial_epoch or None,
         "seed": config.seed,
-        "backend": backend.name(),
+        "backend": backend_ops.name(),
         "replicas": run.setup.replicas,
         "config": config.to_dict(),
         "dataset": {"train": run.train_info.to_dict(), "validation": run.val_info.to_dict()},

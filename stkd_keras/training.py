@@ -33,7 +33,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from stkd_keras import backend, checkpointing, distribute
+from stkd_keras import backend_ops, checkpointing, distribute
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
 from stkd_keras.files import atomic_write, file_sha256
@@ -100,7 +100,7 @@ def train(
             "restart the run."
         )
     # A multi-worker or multi-process setup must exist before the process runs a TensorFlow op or a JAX computation.
-    setup = setup or distribute.setup(config.strategy, backend.name())
+    setup = setup or distribute.setup(config.strategy, backend_ops.name())
     contexts = contextlib.ExitStack()
     try:
         run = prepare_run(
@@ -255,11 +255,11 @@ def resume(
             f"stkd-keras {saved['command']} --resume {output}."
         )
     recorded = saved.get("backend", "tensorflow")
-    if recorded != backend.name():
+    if recorded != backend_ops.name():
         raise RunError(
             f"The run of {output} started on the {recorded} backend and must continue on it; this process runs Keras "
             "on "
-            f"{backend.name()} (the command line switches by itself: stkd-keras distill --resume {output})."
+            f"{backend_ops.name()} (the command line switches by itself: stkd-keras distill --resume {output})."
         )
     recorded_teacher = saved.get("teacher_sha256")
     if recorded_teacher is not None and teacher_checksum(saved["config"].teacher) != recorded_teacher:
@@ -292,7 +292,7 @@ def _run(
 ) -> RunResult:
     """Runs (or resumes) a whole run: staging folder, run.json, the teacher first when asked, then the model."""
     output = output_path(output)
-    setup = distribute.setup(config.strategy, backend.name(), cluster)
+    setup = distribute.setup(config.strategy, backend_ops.name(), cluster)
     if resume and setup.process_count > 1:
         raise RunError(
             "--resume is not supported for a run of several processes: only process 0 holds the checkpoint; restart "
@@ -320,7 +320,7 @@ def _run(
 
 def _write_run_record(staging: Path, final: Path | None, command: str, config, teacher_config) -> RunConfig:
     """Writes a new run's run.json; returns its config, the teacher it trains first named by its final path."""
-    record = {"command": command, "backend": backend.name()}
+    record = {"command": command, "backend": backend_ops.name()}
     if teacher_config is not None:
         config = dataclasses.replace(config, teacher=str((final or staging).absolute() / "teacher"))
     elif config.teacher is not None:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stkd_keras import backend_choice
+from stkd_keras import backend_selection
 from stkd_keras.cli.main import cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,15 +215,15 @@ def test_backend_and_strategy_errors(tmp_path, args, message):
 
 
 def test_a_backend_whose_package_is_missing_names_the_package(monkeypatch):
-    real = backend_choice.importlib.util.find_spec
+    real = backend_selection.importlib.util.find_spec
     monkeypatch.setattr(
-        backend_choice.importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a)
+        backend_selection.importlib.util, "find_spec", lambda name, *a: None if name == "jax" else real(name, *a)
     )
     with pytest.raises(
         ValueError,
         match=r"^The jax backend needs the jax package, which is not installed: pip install 'stkd-keras\[jax\]'\.$",
     ):
-        backend_choice.check_backend("jax")
+        backend_selection.check_backend("jax")
     result = CliRunner().invoke(cli, ["evaluate", "--backend", "jax", "--model", "nowhere.keras"])
     assert result.exit_code == 1 and "needs the jax package" in result.output
 

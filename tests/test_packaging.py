@@ -39,7 +39,7 @@ def test_wheel_layout(tmp_path):
     top_level = {name.split("/")[0] for name in names}
     assert top_level == {"stkd_keras", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
     assert "stkd_keras/cli/main.py" in names and "stkd_keras/export/__init__.py" in names
-    assert {"stkd_keras/methods/__init__.py", "stkd_keras/methods/stkd.py", "stkd_keras/backend.py"} <= set(names)
+    assert {"stkd_keras/methods/__init__.py", "stkd_keras/methods/stkd.py", "stkd_keras/backend_ops.py"} <= set(names)
     # The core installs without TensorFlow: backends, data pipelines and export are extras.
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]

@@ -42,7 +42,7 @@ def name() -> str:
 
 
 def sample_beta(shape, alpha: float, seed=None):
-    """Float32 draws from the symmetric Beta(alpha, alpha) that compile in the backend's step (see the module docstring)."""
+    """Float32 draws from the symmetric Beta(alpha, alpha) that compile in the backend's step (see the module doc)."""
     if name() == "tensorflow":
         return _tensorflow_sample_beta(shape, alpha, seed)
     if name() == "torch":
@@ -55,7 +55,7 @@ def sample_beta(shape, alpha: float, seed=None):
 
 
 def _log_space_beta(shape, alpha: float, seed):
-    """Beta(alpha, alpha) as sigmoid(log X - log Y), X and Y ~ Gamma(alpha) drawn in log space (no underflow for small alpha)."""
+    """Beta(alpha, alpha) as sigmoid(log X - log Y), X, Y ~ Gamma(alpha) drawn in log space (no underflow)."""
 
     def log_gamma_draw():
         boosted = keras.random.gamma(shape, alpha + 1.0, dtype="float32", seed=seed)
@@ -93,7 +93,7 @@ def scale_loss_for_distribution(loss):
 
 @contextlib.contextmanager
 def determinism():
-    """Bit-identical reruns on CPU while the block runs: TensorFlow's op determinism, PyTorch's deterministic algorithms.
+    """Bit-identical reruns on CPU in the block: TensorFlow's op determinism, PyTorch's deterministic algorithms.
 
     The process's earlier setting comes back afterwards: left on, TensorFlow's
     op determinism would silently turn off XLA (`jit_compile=True`) for every
