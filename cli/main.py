@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from stkd_keras import backend_selection
+from stkd_keras import backend_selection, native_stderr
 from stkd_keras.markdown import markdown_row
 
 DEFAULT_TEACHER_MODEL = "resnet14"
@@ -441,7 +441,7 @@ def _use_backend(ctx: click.Context, backend: str | None, resume: str | None = N
     try:
         if backend_selection.select(wanted):
             # The data pipeline (tf.data) and the export use TensorFlow on every backend where it is installed.
-            backend_selection.import_tensorflow_quietly()
+            native_stderr.import_tensorflow_quietly()
             return wanted
     except ValueError as error:
         raise click.ClickException(str(error)) from None
@@ -1023,7 +1023,7 @@ def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
 )
 def list_datasets(data_dir):
     """List the datasets, where each would be read from, and whether it is available on this machine."""
-    backend_selection.import_tensorflow_quietly()  # its start-up lines are not the listing's
+    native_stderr.import_tensorflow_quietly()  # its start-up lines are not the listing's
     data = _library()[0]
     click.echo("| dataset | classes | input | available | read from |")
     click.echo("| --- | ---: | --- | --- | --- |")

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from stkd_keras.backend_selection import filtered_stderr
+from stkd_keras.native_stderr import filtered_stderr
 from stkd_keras.export.commit import commit, prepare_folder, staging_folder
 from stkd_keras.export.plan import (
     DEFAULT_OPSET,

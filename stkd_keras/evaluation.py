@@ -155,7 +155,7 @@ def _progress(info, split: str, batch_size: int, log):
 
 def _load_exported(path: Path):
     """The runtime's runner of a .tflite or .onnx file, its embedded metadata and its preprocessing."""
-    from stkd_keras.backend_selection import filtered_stderr
+    from stkd_keras.native_stderr import filtered_stderr
     from stkd_keras.export.runtime import read_metadata, runner_for
 
     if not path.is_file():
@@ -177,7 +177,7 @@ def _load_exported(path: Path):
 
 def _runtime_logits(runner, data, follow) -> tuple[np.ndarray, np.ndarray]:
     """The runner's logits and the labels over every batch of `data`, the pass followed by `follow` if given."""
-    from stkd_keras.backend_selection import filtered_stderr
+    from stkd_keras.native_stderr import filtered_stderr
 
     logits, labels = [], []
     if follow:
