@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stkd_keras import backend_ops, checkpointing, distribute, progress
+from stkd_keras import backend_ops, checkpointing, distribution, progress
 from stkd_keras import data as data_lib
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
@@ -45,7 +45,7 @@ class PreparedRun:
     directory: Path
     role: str
     method: str
-    setup: distribute.Setup
+    setup: distribution.Setup
     model: keras.Model
     distiller: Distiller
     train_info: data_lib.DatasetInfo
@@ -74,7 +74,7 @@ def prepare_run(
     config: RunConfig,
     directory: Path,
     role: str,
-    setup: distribute.Setup,
+    setup: distribution.Setup,
     contexts: contextlib.ExitStack,
     *,
     teacher_location: str | os.PathLike | None = None,
@@ -363,7 +363,7 @@ def _build_before_fit(distiller: Distiller, info: data_lib.DatasetInfo, batch_si
     distiller.evaluate(images, np.zeros((batch_size,), "int64"), batch_size=batch_size, verbose=0)
 
 
-def _shard(setup: distribute.Setup) -> dict:
+def _shard(setup: distribution.Setup) -> dict:
     """The data options of one process of a multi-process JAX run: its share of every global batch."""
     if setup.process_count == 1:
         return {}

@@ -3,7 +3,7 @@
 The parts of a run live in their own modules: the configuration
 (`stkd_keras.config.RunConfig`), run folders and staging (`stkd_keras.runs`),
 checkpoints and the per-epoch logs (`stkd_keras.checkpointing`), the
-distribution engines (`stkd_keras.distribute`), evaluation
+distribution engines (`stkd_keras.distribution`), evaluation
 (`stkd_keras.evaluation`), and the steps of training one model
 (`stkd_keras.run_steps`). This module assembles them: `train` prepares one
 model's run (seeding, precision, distribution, data, teacher and student,
@@ -33,7 +33,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from stkd_keras import backend_ops, checkpointing, distribute
+from stkd_keras import backend_ops, checkpointing, distribution
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
 from stkd_keras.files import atomic_write, file_sha256
@@ -68,7 +68,7 @@ def train(
     log=print,
     teacher_location: str | os.PathLike | None = None,
     resume: bool = False,
-    setup: distribute.Setup | None = None,
+    setup: distribution.Setup | None = None,
     callbacks: list | None = None,
 ) -> dict:
     """Trains a model (teacher or student) into an existing folder and returns its metrics.
@@ -100,7 +100,7 @@ def train(
             "restart the run."
         )
     # A multi-worker or multi-process setup must exist before the process runs a TensorFlow op or a JAX computation.
-    setup = setup or distribute.setup(config.strategy, backend_ops.name())
+    setup = setup or distribution.setup(config.strategy, backend_ops.name())
     contexts = contextlib.ExitStack()
     try:
         run = prepare_run(
@@ -292,7 +292,7 @@ def _run(
 ) -> RunResult:
     """Runs (or resumes) a whole run: staging folder, run.json, the teacher first when asked, then the model."""
     output = output_path(output)
-    setup = distribute.setup(config.strategy, backend_ops.name(), cluster)
+    setup = distribution.setup(config.strategy, backend_ops.name(), cluster)
     if resume and setup.process_count > 1:
         raise RunError(
             "--resume is not supported for a run of several processes: only process 0 holds the checkpoint; restart "
@@ -302,7 +302,7 @@ def _run(
         # The teacher trains first: a dataset that cannot be read stops the run before it, not after.
         read_training_split(config)
     if not setup.chief:  # The chief writes the run; the others train into a temporary folder.
-        directory, final = distribute.worker_directory(), None
+        directory, final = distribution.worker_directory(), None
     else:
         directory, final = run_directory(output, overwrite, resume=resume, log=log), output
     with directory as staging:

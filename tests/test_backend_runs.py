@@ -301,7 +301,7 @@ def test_the_runs_are_library_calls(tmp_path):
 def test_resume_of_a_run_of_several_processes_is_refused(tmp_path, monkeypatch):
     import contextlib
 
-    from stkd_keras import distribute, runs, training
+    from stkd_keras import distribution, runs, training
     from stkd_keras.config import RunConfig
 
     staging = tmp_path / ".run.partial-1"
@@ -310,10 +310,10 @@ def test_resume_of_a_run_of_several_processes_is_refused(tmp_path, monkeypatch):
     runs.write_run_file(
         staging, {"command": "train-teacher", "backend": keras.backend.backend(), "config": RunConfig(model="cnn8")}
     )
-    two_processes = distribute.Setup(
+    two_processes = distribution.Setup(
         "data_parallel", contextlib.nullcontext, replicas=2, chief=True, process_index=0, process_count=2
     )
-    monkeypatch.setattr(distribute, "setup", lambda *args, **kwargs: two_processes)
+    monkeypatch.setattr(distribution, "setup", lambda *args, **kwargs: two_processes)
     with pytest.raises(
         runs.RunError,
         match="^--resume is not supported for a run of several processes: only process 0 holds the checkpoint",

@@ -82,7 +82,7 @@ def one_device(tmp_path_factory):
     return output
 
 
-# tests/test_jax_distribution.py checks two devices in one process through the Python API in the default run.
+# tests/test_jax_data_parallel.py checks two devices in one process through the Python API in the default run.
 @pytest.mark.slow
 def test_two_devices_in_one_process_match_one_device(tmp_path, one_device):
     output = tmp_path / "run"
@@ -101,7 +101,7 @@ def test_two_devices_in_one_process_match_one_device(tmp_path, one_device):
     _assert_same_run(output, one_device)
 
 
-# About 70 s: `pytest -m slow`, which .ci/run also runs. By default tests/test_jax_distribution.py joins two
+# About 70 s: `pytest -m slow`, which .ci/run also runs. By default tests/test_jax_data_parallel.py joins two
 # processes on localhost through the same keras.distribution calls, and two devices in one process.
 @pytest.mark.slow
 def test_two_processes_on_localhost_match_one_device(tmp_path, one_device):

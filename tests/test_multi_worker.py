@@ -17,15 +17,15 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stkd_keras import distribute
+from stkd_keras import tf_strategies
 from stkd_keras.cli.main import cli
 
 TESTS = str(Path(__file__).resolve().parent)
 SCRIPT = textwrap.dedent(
     f"""
     import json, sys
-    from stkd_keras import distribute
-    strategy = distribute.get_strategy(sys.argv[1])  # before any TensorFlow op
+    from stkd_keras import tf_strategies
+    strategy = tf_strategies.get_strategy(sys.argv[1])  # before any TensorFlow op
     sys.path.insert(0, {TESTS!r})
     import distribution_case
 
@@ -119,7 +119,7 @@ def test_cli_multi_worker_run_is_written_by_the_chief_only(tmp_path):
 
 def test_chief_is_worker_zero_unless_a_chief_task_exists(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    assert distribute.is_chief() and distribute.cluster_task() is None
+    assert tf_strategies.is_chief() and tf_strategies.cluster_task() is None
     workers = {"worker": ["a:1", "b:2"]}
     for cluster, task, chief in (
         (workers, {"type": "worker", "index": 0}, True),
@@ -128,19 +128,19 @@ def test_chief_is_worker_zero_unless_a_chief_task_exists(monkeypatch):
         ({**workers, "chief": ["c:3"]}, {"type": "chief", "index": 0}, True),
     ):
         monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": task}))
-        assert distribute.is_chief() is chief, (cluster, task)
+        assert tf_strategies.is_chief() is chief, (cluster, task)
 
 
 def test_bad_or_missing_tf_config_is_one_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG is not a cluster description"):
-        distribute.is_chief()
+        tf_strategies.is_chief()
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {}, "task": {"type": "worker", "index": 0}}))
     with pytest.raises(ValueError, match="names no `worker` or `chief` hosts"):
-        distribute.cluster_task()
+        tf_strategies.cluster_task()
     monkeypatch.delenv("TF_CONFIG")
     with pytest.raises(ValueError, match="needs TF_CONFIG"):
-        distribute.get_strategy("multi_worker")
+        tf_strategies.get_strategy("multi_worker")
     result = CliRunner().invoke(
         cli,
         [

@@ -5,7 +5,7 @@ Keras's JAX trainer runs each step under `jax.jit` on the *global* batch:
 devices and shards the batch along it, and XLA inserts the reductions. The
 loss, BatchNormalization statistics and the mixup draws are those of the
 global batch, so a run over N devices reports what one device reports on the
-same global batch, to float32 rounding (tests/test_jax_distribution.py). No
+same global batch, to float32 rounding (tests/test_jax_data_parallel.py). No
 Keras internals are patched.
 
 Several processes (hosts, or processes on one host): every process runs the
@@ -110,8 +110,8 @@ def initialize(
 
     Example:
     ```python
-    jax_distribution.initialize("10.0.0.1:1234", num_processes=2, process_id=0)  # process 1 passes 1
-    distribution = jax_distribution.data_parallel()
+    jax_data_parallel.initialize("10.0.0.1:1234", num_processes=2, process_id=0)  # process 1 passes 1
+    distribution = jax_data_parallel.data_parallel()
     ```
     """
     address, count, index = _cluster_arguments(coordinator_address, num_processes, process_id)

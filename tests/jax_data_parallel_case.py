@@ -1,9 +1,9 @@
-"""The STKD fit that tests/test_jax_distribution.py compares across devices and processes (run as a script).
+"""The STKD fit that tests/test_jax_data_parallel.py compares across devices and processes (run as a script).
 
-`python tests/jax_distribution_case.py MODE` under KERAS_BACKEND=jax prints RESULT{json}. The test sets up the
+`python tests/jax_data_parallel_case.py MODE` under KERAS_BACKEND=jax prints RESULT{json}. The test sets up the
 devices in the environment before JAX starts (XLA_FLAGS, KERAS_DISTRIBUTION_*). MODE:
 - `one`: no distribution, one CPU device: the reference.
-- `data_parallel`: `jax_distribution.initialize()` (a cluster when the environment names one) and
+- `data_parallel`: `jax_data_parallel.initialize()` (a cluster when the environment names one) and
   `data_parallel()`; every process feeds its rows (`local_batch_slice`) of each global batch of 64.
 
 STKD with a teacher, BatchNormalization in both networks and the Distiller's seeded mixup draws inside the
@@ -20,7 +20,7 @@ import time
 
 import keras
 
-from stkd_keras import Distiller, idx, jax_distribution
+from stkd_keras import Distiller, idx, jax_data_parallel
 from stkd_keras.models import small_cnn
 
 GLOBAL_BATCH = 64
@@ -55,18 +55,18 @@ def main(mode):
     result = {"mode": mode}
     start, stop = 0, GLOBAL_BATCH
     if mode == "data_parallel":
-        result["cluster"] = jax_distribution.initialize()
-        distribution = jax_distribution.data_parallel()
-        start, stop = jax_distribution.local_batch_slice(GLOBAL_BATCH)
+        result["cluster"] = jax_data_parallel.initialize()
+        distribution = jax_data_parallel.data_parallel()
+        start, stop = jax_data_parallel.local_batch_slice(GLOBAL_BATCH)
         result.update(
             mesh=[str(device) for device in distribution.device_mesh.devices.flatten()],
-            process_index=jax_distribution.process_index(),
-            process_count=jax_distribution.process_count(),
-            device_count=jax_distribution.device_count(),
-            chief=jax_distribution.is_chief(),
+            process_index=jax_data_parallel.process_index(),
+            process_count=jax_data_parallel.process_count(),
+            device_count=jax_data_parallel.device_count(),
+            chief=jax_data_parallel.is_chief(),
         )
         try:
-            jax_distribution.local_batch_slice(GLOBAL_BATCH + 1)
+            jax_data_parallel.local_batch_slice(GLOBAL_BATCH + 1)
         except ValueError as error:
             result["uneven_batch_error"] = str(error)
     elif mode != "one":

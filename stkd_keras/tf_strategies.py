@@ -1,18 +1,14 @@
-"""Distribution for training: one device, all local devices, or several processes and machines.
+"""TensorFlow's `tf.distribute` strategies for training, and the mend that lets Keras 3 fit under the multi-worker one.
 
-Two engines, both supported by Keras, one per backend (`setup` picks):
-- On TensorFlow, `tf.distribute` strategies:
-  - `default`: TensorFlow's default strategy (one device).
-  - `mirrored`: `tf.distribute.MirroredStrategy` over all local GPUs.
-  - `multi_worker`: `tf.distribute.MultiWorkerMirroredStrategy` over the
-    workers named in the `TF_CONFIG` environment variable. Every worker runs
-    the same command; the chief (task `chief`, or `worker` 0 when there is
-    none) writes the run folder and the others train into a temporary folder.
-- On JAX, `keras.distribution` (`stkd_keras.jax_distribution`):
-  - `data_parallel`: `keras.distribution.DataParallel` over every device of
-    every process; several processes or hosts join through
-    `keras.distribution.initialize` first. Process 0 writes the run folder.
-- On PyTorch (and on any backend with `default`): one device.
+- `default`: TensorFlow's default strategy (one device).
+- `mirrored`: `tf.distribute.MirroredStrategy` over all local GPUs.
+- `multi_worker`: `tf.distribute.MultiWorkerMirroredStrategy` over the
+  workers named in the `TF_CONFIG` environment variable. Every worker runs
+  the same command; the chief (task `chief`, or `worker` 0 when there is
+  none) writes the run folder and the others train into a temporary folder.
+
+`stkd_keras.distribution.setup` picks these on TensorFlow, and
+`stkd_keras.jax_data_parallel` on JAX.
 
 Keras 3 (up to 3.15 at least) fails `fit` under MultiWorkerMirroredStrategy
 (keras-team/keras#20585) in two places, both in the TensorFlow trainer:
@@ -30,15 +26,10 @@ tests/test_multi_worker.py with two worker processes on localhost).
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 
-from stkd_keras.backend_selection import STRATEGIES, check_strategy
+from stkd_keras.backend_selection import STRATEGIES
 
 _multi_worker_strategy = None
 
@@ -68,7 +59,7 @@ def cluster_task() -> tuple[str, int] | None:
 
 
 def is_chief() -> bool:
-    """Whether this process writes results: the chief task, worker 0 when there is none, or a process outside a cluster."""
+    """Whether this process writes results: the chief task, worker 0 when there is none, or a process in no cluster."""
     task = cluster_task()
     if task is None:
         return True
@@ -144,73 +135,3 @@ def enable_multi_worker_fit() -> None:
     trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
     trainer.reduce_per_replica = reduce_per_replica
     trainer._stkd_multi_worker_fit = True
-
-
-@contextlib.contextmanager
-def worker_directory():
-    """A temporary run folder for a worker that is not the chief (removed afterwards)."""
-    folder = tempfile.mkdtemp(prefix="stkd-worker-")
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@dataclasses.dataclass
-class Setup:
-    """How a run is spread over devices: the scope its variables are created in, and who writes results.
-
-    `process_index` / `process_count` are those of a multi-process JAX run,
-    in which each process feeds its share of every global batch.
-    """
-
-    strategy: str
-    scope: Callable[[], contextlib.AbstractContextManager]
-    replicas: int
-    chief: bool
-    description: str | None = None
-    process_index: int = 0
-    process_count: int = 1
-
-
-def setup(name: str, backend: str, cluster: dict | None = None) -> Setup:
-    """The `Setup` of strategy `name` on the Keras backend `backend` (see the module docstring).
-
-    `cluster` holds `coordinator_address`, `num_processes` and `process_id`
-    for a multi-process JAX run (unset fields come from Keras's environment
-    variables). Must run before the process runs a TensorFlow op or a JAX
-    computation.
-
-    Raises:
-        ValueError: For a strategy the backend cannot run, or a bad cluster description.
-    """
-    check_strategy(name, backend)
-    if backend == "tensorflow":
-        strategy = get_strategy(name)
-        description = None
-        if name == "mirrored":
-            description = f"MirroredStrategy over {strategy.num_replicas_in_sync} device(s): {', '.join(strategy.extended.worker_devices)}."
-        elif name == "multi_worker":
-            task, index = cluster_task()
-            description = f"MultiWorkerMirroredStrategy: {strategy.num_replicas_in_sync} replica(s) in sync; this is {task} {index}."
-        chief = is_chief() if name == "multi_worker" else True
-        return Setup(name, strategy.scope, strategy.num_replicas_in_sync, chief, description)
-    if name == "data_parallel":
-        from stkd_keras import jax_distribution
-
-        jax_distribution.initialize(**(cluster or {}))
-        distribution = jax_distribution.data_parallel()
-        count, index = jax_distribution.process_count(), jax_distribution.process_index()
-        description = f"keras.distribution.DataParallel over {jax_distribution.device_count()} device(s)" + (
-            f" in {count} processes; this is process {index}." if count > 1 else "."
-        )
-        return Setup(
-            name,
-            distribution.scope,
-            jax_distribution.device_count(),
-            jax_distribution.is_chief(),
-            description,
-            index,
-            count,
-        )
-    return Setup(name, contextlib.nullcontext, 1, True)

@@ -1,7 +1,7 @@
 """`keras.distribution.DataParallel` on JAX over two devices, and over two processes, gives what one device gives.
 
 Keras fixes its backend, and JAX its devices and cluster, when they start, so every run is a subprocess of
-tests/jax_distribution_case.py under KERAS_BACKEND=jax (the tests themselves may run on any backend). The fit is
+tests/jax_data_parallel_case.py under KERAS_BACKEND=jax (the tests themselves may run on any backend). The fit is
 STKD with a teacher, BatchNormalization and the Distiller's seeded mixup draws inside the step. Keras's JAX
 trainer jits the step on the global batch (the batch sharded, the variables replicated), so batch statistics,
 mixup draws and the loss are the global batch's and the runs agree to float32 rounding. Measured on a 2-core
@@ -21,10 +21,10 @@ import keras
 import numpy as np
 import pytest
 
-from stkd_keras import jax_distribution
+from stkd_keras import jax_data_parallel
 
 TESTS = Path(__file__).resolve().parent
-CASE = str(TESTS / "jax_distribution_case.py")
+CASE = str(TESTS / "jax_data_parallel_case.py")
 LOSS_KEYS = ("loss", "ce_loss", "kd_loss", "mixup_lambda", "mixed_accuracy")
 BACKEND_ERROR = "--strategy data_parallel runs on the JAX backend"
 
@@ -131,7 +131,7 @@ def test_two_processes_match_one_device(one_device):
 
 @pytest.fixture
 def no_cluster_environment(monkeypatch):
-    for name in (jax_distribution.JOB_ADDRESSES, jax_distribution.NUM_PROCESSES, jax_distribution.PROCESS_ID):
+    for name in (jax_data_parallel.JOB_ADDRESSES, jax_data_parallel.NUM_PROCESSES, jax_data_parallel.PROCESS_ID):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -140,24 +140,24 @@ def test_incomplete_or_bad_cluster_description_is_one_clear_error(no_cluster_env
     with pytest.raises(
         ValueError, match=r"`num_processes` \(KERAS_DISTRIBUTION_NUM_PROCESSES\) and `process_id` .* are not given"
     ):
-        jax_distribution.initialize("localhost:1234")
-    no_cluster_environment.setenv(jax_distribution.JOB_ADDRESSES, "localhost:1234")
-    no_cluster_environment.setenv(jax_distribution.NUM_PROCESSES, "2")
+        jax_data_parallel.initialize("localhost:1234")
+    no_cluster_environment.setenv(jax_data_parallel.JOB_ADDRESSES, "localhost:1234")
+    no_cluster_environment.setenv(jax_data_parallel.NUM_PROCESSES, "2")
     with pytest.raises(ValueError, match=r"`process_id` \(KERAS_DISTRIBUTION_PROCESS_ID\) is not given"):
-        jax_distribution.initialize()
-    no_cluster_environment.setenv(jax_distribution.PROCESS_ID, "first")
+        jax_data_parallel.initialize()
+    no_cluster_environment.setenv(jax_data_parallel.PROCESS_ID, "first")
     with pytest.raises(
         ValueError,
         match="KERAS_DISTRIBUTION_PROCESS_ID to be an integer. Received: KERAS_DISTRIBUTION_PROCESS_ID='first'",
     ):
-        jax_distribution.initialize()
+        jax_data_parallel.initialize()
     with pytest.raises(ValueError, match="Received: num_processes=2, process_id=2"):
-        jax_distribution.initialize(process_id=2)  # the argument wins over the environment
+        jax_data_parallel.initialize(process_id=2)  # the argument wins over the environment
 
 
 def test_other_backends_are_refused_in_one_sentence(no_cluster_environment):
     if keras.backend.backend() == "jax":  # this process cannot leave JAX: ask a TensorFlow one
-        check = "from stkd_keras import jax_distribution; jax_distribution.data_parallel()"
+        check = "from stkd_keras import jax_data_parallel; jax_data_parallel.data_parallel()"
         environment = {**os.environ, "KERAS_BACKEND": "tensorflow"}
         run = subprocess.run(
             [sys.executable, "-c", check], check=False, env=environment, capture_output=True, text=True, timeout=120
@@ -169,10 +169,10 @@ def test_other_backends_are_refused_in_one_sentence(no_cluster_environment):
         )
         return
     calls = (
-        jax_distribution.data_parallel,
-        jax_distribution.initialize,
-        jax_distribution.is_chief,
-        lambda: jax_distribution.local_batch_slice(64),
+        jax_data_parallel.data_parallel,
+        jax_data_parallel.initialize,
+        jax_data_parallel.is_chief,
+        lambda: jax_data_parallel.local_batch_slice(64),
     )
     for call in calls:
         with pytest.raises(ValueError) as error:
