@@ -21,7 +21,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stkd_keras import backend_ops, checkpointing, distribution, progress
+from stkd_keras import backend_ops, checkpoints, distribution, progress
 from stkd_keras import data as data_lib
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
@@ -64,7 +64,7 @@ def finished_run_metrics(directory: Path, role: str, log=print) -> dict | None:
     if not all(path.is_file() for path in finished):
         return None
     # Killed after its last file was written, before the run folder moved into place: the work is done.
-    for leftover in (checkpointing.CHECKPOINT_DIR, _FINISHED_CHECKPOINTS):
+    for leftover in (checkpoints.CHECKPOINT_DIR, _FINISHED_CHECKPOINTS):
         shutil.rmtree(directory / leftover, ignore_errors=True)
     log(f"The {role} in {directory} had finished before the run stopped; keeping it.")
     return json.loads((directory / METRICS_FILE).read_text())
@@ -109,7 +109,7 @@ def prepare_run(
     # Full batches from an endless stream: an epoch is `steps` batches (one pass, rounded down).
     steps = config.steps_per_epoch or max(1, train_info.num_examples // config.batch_size)
     distiller = _compiled_distiller(config, role, method, model, teacher, steps)
-    initial_epoch, past_history = checkpointing.restore(distiller, directory, log) if resume else (0, {})
+    initial_epoch, past_history = checkpoints.restore(distiller, directory, log) if resume else (0, {})
     _build_before_fit(distiller, train_info, config.batch_size // setup.process_count)
     if setup.description:
         log(setup.description)
@@ -221,7 +221,7 @@ def fit_run(run: PreparedRun, verbose: int | str = "auto", log=print, callbacks:
         f"{run.steps} steps on the {backend_ops.name()} backend"
         + (f", resuming at epoch {run.initial_epoch + 1}." if run.initial_epoch else ".")
     )
-    guard = checkpointing.StopOnNonFinite()
+    guard = checkpoints.StopOnNonFinite()
     run_callbacks = _run_callbacks(directory, guard, run.initial_epoch, run.past_history, log)
     validating = f"Validating on {run.validation_label}"
     started = time.perf_counter()
@@ -242,7 +242,7 @@ def fit_run(run: PreparedRun, verbose: int | str = "auto", log=print, callbacks:
     )
     train_seconds = time.perf_counter() - started
     if guard.failure:
-        state = checkpointing.read_state(directory)
+        state = checkpoints.read_state(directory)
         kept = f"the last good checkpoint (epoch {state['epoch']}) is kept" if state else "no epoch completed"
         raise RunError(f"Training diverged: {guard.failure}; {kept}. {guard.advice()}")
     return train_seconds
@@ -271,8 +271,8 @@ def finish_run(run: PreparedRun, history: dict, train_seconds: float) -> dict:
     write_json(directory / PREPROCESSING_FILE, preprocessing_record(run.train_info, config.image_size))
     # Renamed first (atomic), then deleted: a kill part-way through never leaves a half-deleted checkpoint that
     # --resume would read as "no epoch committed".
-    if (directory / checkpointing.CHECKPOINT_DIR).exists():
-        os.replace(directory / checkpointing.CHECKPOINT_DIR, directory / _FINISHED_CHECKPOINTS)
+    if (directory / checkpoints.CHECKPOINT_DIR).exists():
+        os.replace(directory / checkpoints.CHECKPOINT_DIR, directory / _FINISHED_CHECKPOINTS)
     shutil.rmtree(directory / _FINISHED_CHECKPOINTS, ignore_errors=True)
     return metrics
 
@@ -335,14 +335,12 @@ def _load_teacher(
 
 def _run_callbacks(directory: Path, guard, initial_epoch: int, past_history: dict, log) -> list:
     """The callbacks of every run: divergence guard, learning-rate log, history.csv, checkpoints, TensorBoard."""
-    tensorboard = checkpointing.tensorboard_callback(directory / "tensorboard", log)
+    tensorboard = checkpoints.tensorboard_callback(directory / "tensorboard", log)
     return [
         guard,
-        checkpointing.LearningRateLogger(),
-        checkpointing.HistoryLogger(
-            directory / "history.csv", append=initial_epoch > 0, committed_epochs=initial_epoch
-        ),
-        checkpointing.RunCheckpoint(directory, past_history, guard),
+        checkpoints.LearningRateLogger(),
+        checkpoints.HistoryLogger(directory / "history.csv", append=initial_epoch > 0, committed_epochs=initial_epoch),
+        checkpoints.RunCheckpoint(directory, past_history, guard),
         *([tensorboard] if tensorboard else []),
     ]
 

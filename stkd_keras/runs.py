@@ -4,7 +4,7 @@ A run writes into a staging folder beside its output folder and renames it
 into place only when it has finished, so an interrupted or failed run leaves
 no half-written model under the output name, and an existing run folder is
 replaced only when the caller allows it (`overwrite=True`). A staging folder
-that holds a committed checkpoint (`stkd_keras.checkpointing`) or a finished
+that holds a committed checkpoint (`stkd_keras.checkpoints`) or a finished
 teacher is kept, for `--resume`.
 
 Nothing here imports Keras: the command line reads a run's `run.json` (and
@@ -29,7 +29,7 @@ MODEL_FILES = {"teacher": "teacher.keras", "student": "student.keras"}
 PREPROCESSING_FILE = "preprocessing.json"
 METRICS_FILE = "metrics.json"
 RUN_FILE = "run.json"
-# Where `stkd_keras.checkpointing` commits a run's state.
+# Where `stkd_keras.checkpoints` commits a run's state.
 CHECKPOINT_DIR = "checkpoints"
 STATE_FILE = "state.json"
 # The hidden folders beside an output: `.NAME.partial-PID` (a run being written), `.NAME.replaced-PID` (the run it
@@ -302,7 +302,7 @@ def describe_unfinished(staging: Path) -> str:
 
 
 def _committed_epoch(folder: Path) -> int | None:
-    """The last epoch committed by `stkd_keras.checkpointing` in `folder`, or None."""
+    """The last epoch committed by `stkd_keras.checkpoints` in `folder`, or None."""
     try:
         return int(json.loads((folder / CHECKPOINT_DIR / STATE_FILE).read_text())["epoch"])
     except (OSError, ValueError, KeyError, TypeError):

@@ -2,7 +2,7 @@
 
 The parts of a run live in their own modules: the configuration
 (`stkd_keras.config.RunConfig`), run folders and staging (`stkd_keras.runs`),
-checkpoints and the per-epoch logs (`stkd_keras.checkpointing`), the
+checkpoints and the per-epoch logs (`stkd_keras.checkpoints`), the
 distribution engines (`stkd_keras.distribution`), evaluation
 (`stkd_keras.evaluation`), and the steps of training one model
 (`stkd_keras.run_steps`). This module assembles them: `train` prepares one
@@ -33,7 +33,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from stkd_keras import backend_ops, checkpointing, distribution
+from stkd_keras import backend_ops, checkpoints, distribution
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
 from stkd_keras.files import atomic_write, file_sha256
@@ -79,7 +79,7 @@ def train(
     teacher from elsewhere than `config.teacher` (a teacher trained in the
     staging folder of this run, recorded under its final path). With
     `resume=True` the run continues after the last committed checkpoint in
-    `directory` (see `stkd_keras.checkpointing`). `setup` is the
+    `directory` (see `stkd_keras.checkpoints`). `setup` is the
     distribution of the run (default: `config.strategy` set up here);
     `callbacks` are passed to `fit` after the run's own.
 
@@ -115,7 +115,7 @@ def train(
             log=log,
         )
         train_seconds = fit_run(run, verbose, log, callbacks)
-        history = checkpointing.read_state(directory)["history"]
+        history = checkpoints.read_state(directory)["history"]
         atomic_write(directory / MODEL_FILES[role], run.model.save)
     finally:
         contexts.close()  # leaves the distribution's scope and puts the precision policy back, also on errors

@@ -8,11 +8,11 @@ tmpfs mounted for the purpose.
 
 import sys
 
-from stkd_keras import checkpointing
+from stkd_keras import checkpoints
 from stkd_keras.cli.main import cli
 
 filler, arguments = sys.argv[1], sys.argv[2:]
-commit = checkpointing.RunCheckpoint.on_epoch_end
+commit = checkpoints.RunCheckpoint.on_epoch_end
 
 
 def commit_then_fill(self, epoch, logs=None):
@@ -28,5 +28,5 @@ def commit_then_fill(self, epoch, logs=None):
                     pass
 
 
-checkpointing.RunCheckpoint.on_epoch_end = commit_then_fill
+checkpoints.RunCheckpoint.on_epoch_end = commit_then_fill
 cli.main(arguments, prog_name="stkd-keras")

@@ -391,18 +391,18 @@ class _Killed(Exception):
 
 def test_a_killed_overwrite_run_is_resumable_and_says_what_it_replaces(tmp_path, monkeypatch):
     """A run with --overwrite over a finished run, killed after epoch 1: --resume answered "nothing to resume"."""
-    from stkd_keras import checkpointing
+    from stkd_keras import checkpoints
 
     output = tmp_path / "run"
     assert invoke("train-teacher", *TINY, "--output", output).exit_code == 0
     finished = checksums(output)
-    original = checkpointing.RunCheckpoint.on_epoch_end
+    original = checkpoints.RunCheckpoint.on_epoch_end
 
     def commit_then_die(self, epoch, logs=None):
         original(self, epoch, logs)
         raise _Killed("killed after epoch 1")
 
-    monkeypatch.setattr(checkpointing.RunCheckpoint, "on_epoch_end", commit_then_die)
+    monkeypatch.setattr(checkpoints.RunCheckpoint, "on_epoch_end", commit_then_die)
     result = invoke("train-teacher", *TINY[:2], "--epochs", "2", *TINY[4:], "--output", output, "--overwrite")
     assert isinstance(result.exception, _Killed)
     monkeypatch.undo()

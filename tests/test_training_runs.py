@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from stkd_keras import checkpointing, idx, methods, reporting, runs, training
+from stkd_keras import checkpoints, idx, methods, reporting, runs, training
 from stkd_keras.config import RunConfig
 from stkd_keras.cli.main import cli
 from stkd_keras.recipes import RecipeError, load_recipe
@@ -81,7 +81,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, backend):
     deadline = time.time() + 300
     while time.time() < deadline:
         partial = list(tmp_path.glob(".killed.partial-*"))
-        state = checkpointing.read_state(partial[0]) if partial else None
+        state = checkpoints.read_state(partial[0]) if partial else None
         if state and state["epoch"] >= 1:
             break
         time.sleep(0.2)
@@ -358,14 +358,14 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_one_before(tmp_path, fashio
         return model
 
     trained = distiller()
-    trained.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0, callbacks=[checkpointing.RunCheckpoint(tmp_path)])
-    state = checkpointing.read_state(tmp_path)
+    trained.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0, callbacks=[checkpoints.RunCheckpoint(tmp_path)])
+    state = checkpoints.read_state(tmp_path)
     assert (state["epoch"], state["previous_epoch"]) == (2, 1)
     latest = tmp_path / "checkpoints" / "epoch-2.weights.h5"
     latest.write_bytes(latest.read_bytes()[:1000])  # truncated mid-write, as a crash would leave it
     messages = []
     restored = distiller()
-    epoch, history = checkpointing.restore(restored, tmp_path, log=messages.append)
+    epoch, history = checkpoints.restore(restored, tmp_path, log=messages.append)
     assert epoch == 1 and len(history["loss"]) == 1
     assert any("epoch-2.weights.h5 cannot be loaded" in m for m in messages) and any(
         "Resuming after epoch 1" in m for m in messages
@@ -393,17 +393,17 @@ def test_a_damaged_checkpoint_state_is_refused_naming_the_file(tmp_path, text, p
     with pytest.raises(
         runs.RunError, match=rf"The checkpoint state {state} is damaged \({problem}.*its checkpoints are kept"
     ):
-        checkpointing.read_state(tmp_path)
+        checkpoints.read_state(tmp_path)
 
 
 def test_resume_refuses_a_truncated_state_and_keeps_the_checkpoints(tmp_path, monkeypatch):
-    original = checkpointing.RunCheckpoint.on_epoch_end
+    original = checkpoints.RunCheckpoint.on_epoch_end
 
     def commit_then_fail(self, epoch, logs=None):
         original(self, epoch, logs)
         raise RuntimeError("stopped after epoch 1")
 
-    monkeypatch.setattr(checkpointing.RunCheckpoint, "on_epoch_end", commit_then_fail)
+    monkeypatch.setattr(checkpoints.RunCheckpoint, "on_epoch_end", commit_then_fail)
     output = tmp_path / "run"
     result = CliRunner().invoke(
         cli,
@@ -441,13 +441,13 @@ def test_both_checkpoints_damaged_is_one_sentence(tmp_path, fashion_arrays):
     (x, y), _ = fashion_arrays
     model = Distiller(get_model("cnn8", 10, (28, 28, 1)), method="ce")
     model.compile(optimizer="sgd")
-    model.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0, callbacks=[checkpointing.RunCheckpoint(tmp_path)])
+    model.fit(x[:128], y[:128], batch_size=64, epochs=2, verbose=0, callbacks=[checkpoints.RunCheckpoint(tmp_path)])
     for path in (tmp_path / "checkpoints").glob("epoch-*.weights.h5"):
         path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(
         runs.RunError, match="No checkpoint in .* can be loaded \\(both are damaged\\); the run cannot be resumed"
     ):
-        checkpointing.restore(model, tmp_path, log=lambda *_: None)
+        checkpoints.restore(model, tmp_path, log=lambda *_: None)
 
 
 def test_an_exploding_run_with_a_finite_loss_stops_and_its_model_is_refused(tmp_path):
