@@ -16,7 +16,7 @@ import numpy as np
 
 from stkd_keras import backend_ops
 from stkd_keras import data as data_lib
-from stkd_keras.checkpoints import non_finite_variable
+from stkd_keras.divergence import non_finite_variable
 from stkd_keras.runs import RunError, check_preprocessing_fits, model_file, read_preprocessing
 
 

@@ -21,14 +21,14 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stkd_keras import backend_ops, checkpoints, distribution, progress
+from stkd_keras import backend_ops, checkpoints, distribution, divergence, progress, run_logs
 from stkd_keras import data as data_lib
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
 from stkd_keras.distiller import Distiller
 from stkd_keras.evaluation import check_model_fits_dataset, environment, evaluate_model, image_size_pair, load_model
 from stkd_keras.models import get_model
-from stkd_keras.runs import METRICS_FILE, MODEL_FILES, PREPROCESSING_FILE, RunError, write_json
+from stkd_keras.runs import CHECKPOINT_DIR, METRICS_FILE, MODEL_FILES, PREPROCESSING_FILE, RunError, write_json
 
 # Where a finished run's checkpoints go to be deleted.
 _FINISHED_CHECKPOINTS = ".checkpoints-finished"
@@ -64,7 +64,7 @@ def finished_run_metrics(directory: Path, role: str, log=print) -> dict | None:
     if not all(path.is_file() for path in finished):
         return None
     # Killed after its last file was written, before the run folder moved into place: the work is done.
-    for leftover in (checkpoints.CHECKPOINT_DIR, _FINISHED_CHECKPOINTS):
+    for leftover in (CHECKPOINT_DIR, _FINISHED_CHECKPOINTS):
         shutil.rmtree(directory / leftover, ignore_errors=True)
     log(f"The {role} in {directory} had finished before the run stopped; keeping it.")
     return json.loads((directory / METRICS_FILE).read_text())
@@ -221,7 +221,7 @@ def fit_run(run: PreparedRun, verbose: int | str = "auto", log=print, callbacks:
         f"{run.steps} steps on the {backend_ops.name()} backend"
         + (f", resuming at epoch {run.initial_epoch + 1}." if run.initial_epoch else ".")
     )
-    guard = checkpoints.StopOnNonFinite()
+    guard = divergence.StopOnNonFinite()
     run_callbacks = _run_callbacks(directory, guard, run.initial_epoch, run.past_history, log)
     validating = f"Validating on {run.validation_label}"
     started = time.perf_counter()
@@ -271,8 +271,8 @@ def finish_run(run: PreparedRun, history: dict, train_seconds: float) -> dict:
     write_json(directory / PREPROCESSING_FILE, preprocessing_record(run.train_info, config.image_size))
     # Renamed first (atomic), then deleted: a kill part-way through never leaves a half-deleted checkpoint that
     # --resume would read as "no epoch committed".
-    if (directory / checkpoints.CHECKPOINT_DIR).exists():
-        os.replace(directory / checkpoints.CHECKPOINT_DIR, directory / _FINISHED_CHECKPOINTS)
+    if (directory / CHECKPOINT_DIR).exists():
+        os.replace(directory / CHECKPOINT_DIR, directory / _FINISHED_CHECKPOINTS)
     shutil.rmtree(directory / _FINISHED_CHECKPOINTS, ignore_errors=True)
     return metrics
 
@@ -335,11 +335,11 @@ def _load_teacher(
 
 def _run_callbacks(directory: Path, guard, initial_epoch: int, past_history: dict, log) -> list:
     """The callbacks of every run: divergence guard, learning-rate log, history.csv, checkpoints, TensorBoard."""
-    tensorboard = checkpoints.tensorboard_callback(directory / "tensorboard", log)
+    tensorboard = run_logs.tensorboard_callback(directory / "tensorboard", log)
     return [
         guard,
-        checkpoints.LearningRateLogger(),
-        checkpoints.HistoryLogger(directory / "history.csv", append=initial_epoch > 0, committed_epochs=initial_epoch),
+        run_logs.LearningRateLogger(),
+        run_logs.HistoryLogger(directory / "history.csv", append=initial_epoch > 0, committed_epochs=initial_epoch),
         checkpoints.RunCheckpoint(directory, past_history, guard),
         *([tensorboard] if tensorboard else []),
     ]

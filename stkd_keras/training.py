@@ -2,7 +2,8 @@
 
 The parts of a run live in their own modules: the configuration
 (`stkd_keras.config.RunConfig`), run folders and staging (`stkd_keras.runs`),
-checkpoints and the per-epoch logs (`stkd_keras.checkpoints`), the
+checkpoints (`stkd_keras.checkpoints`), the per-epoch logs
+(`stkd_keras.run_logs`), the divergence guard (`stkd_keras.divergence`), the
 distribution engines (`stkd_keras.distribution`), evaluation
 (`stkd_keras.evaluation`), and the steps of training one model
 (`stkd_keras.run_steps`). This module assembles them: `train` prepares one

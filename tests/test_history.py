@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from stkd_keras import compare, reporting
-from stkd_keras.checkpoints import HistoryLogger
+from stkd_keras.run_logs import HistoryLogger
 
 ROOT = Path(__file__).resolve().parents[1]
 # Written before this convention: epochs from 0, `accuracy` for the training accuracy (of a method that mixes: on
@@ -116,7 +116,7 @@ def test_a_run_resumed_into_an_old_history_keeps_its_columns_and_numbering(tmp_p
 def test_tensorboard_without_tensorflow_counts_epochs_from_one(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from stkd_keras.checkpoints import TensorBoardScalars
+    from stkd_keras.run_logs import TensorBoardScalars
 
     writer = TensorBoardScalars(tmp_path)
     for epoch in (0, 1):
