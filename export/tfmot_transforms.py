@@ -23,16 +23,8 @@ from stkd_keras.export.plan import BridgeError
 PRUNING_RAMP_FRACTION = 0.8
 
 
-def quantize(model, tf_keras, tfmot, custom_layers: tuple):
-    """`quantize_model`, with a no-op quantize config for the weightless channel layers.
-
-    Raises:
-        BridgeError: Naming the layer tfmot's default 8-bit scheme cannot quantize. tfmot decides after its
-            graph transforms (a BatchNormalization that is a convolution's sole consumer is folded into it; any
-            other BatchNormalization, as in pre-activation WRN blocks or after ShuffleV1's grouped-conv
-            concatenation, is rejected), so there is no pre-check.
-    """
-    quantization = tfmot.quantization.keras
+def _no_op_quantize_config(quantization):
+    """A tfmot `QuantizeConfig` class for the weightless channel layers (their outputs keep their inputs' ranges)."""
 
     class NoOpQuantizeConfig(quantization.QuantizeConfig):
         """For layers that only move values (reshape, transpose, split): nothing to quantize, ranges pass through."""
@@ -55,6 +47,38 @@ def quantize(model, tf_keras, tfmot, custom_layers: tuple):
         def get_config(self):
             return {}
 
+    return NoOpQuantizeConfig
+
+
+def _quantize_error(model, error: Exception) -> BridgeError:
+    """One sentence for a tfmot failure: the layer it cannot quantize, else the first line of its message."""
+    # tfmot: "Layer NAME:<class 'MODULE.CLASS'> is not supported. You can quantize this layer by passing ..."
+    unsupported = re.match(r"Layer (\S+):<class '(?:[\w.]+\.)?(\w+)'> is not supported", str(error))
+    if unsupported:
+        name, class_name = unsupported.groups()
+        hint = (
+            " (tfmot folds a BatchNormalization into the convolution before it, and only when it is that "
+            "convolution's sole consumer)"
+            if class_name == "BatchNormalization"
+            else ""
+        )
+        return BridgeError(f"tfmot's quantize_model cannot quantize layer {name!r} of class {class_name}{hint}.")
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return BridgeError(f"tfmot's quantize_model failed on model {model.name!r}: {first_line}")
+
+
+def quantize(model, tf_keras, tfmot, custom_layers: tuple):
+    """`quantize_model`, with a no-op quantize config for the weightless channel layers.
+
+    Raises:
+        BridgeError: Naming the layer tfmot's default 8-bit scheme cannot quantize. tfmot decides after its
+            graph transforms (a BatchNormalization that is a convolution's sole consumer is folded into it; any
+            other BatchNormalization, as in pre-activation WRN blocks or after ShuffleV1's grouped-conv
+            concatenation, is rejected), so there is no pre-check.
+    """
+    quantization = tfmot.quantization.keras
+    NoOpQuantizeConfig = _no_op_quantize_config(quantization)
+
     def annotate(layer):
         if isinstance(layer, custom_layers):
             return quantization.quantize_annotate_layer(layer, quantize_config=NoOpQuantizeConfig())
@@ -68,21 +92,7 @@ def quantize(model, tf_keras, tfmot, custom_layers: tuple):
             # quantize_model(m) is quantize_apply(quantize_annotate_model(m)); split to keep the custom annotations.
             return quantization.quantize_apply(quantization.quantize_annotate_model(annotated))
     except (ValueError, RuntimeError, TypeError) as error:
-        # tfmot: "Layer NAME:<class 'MODULE.CLASS'> is not supported. You can quantize this layer by passing ..."
-        unsupported = re.match(r"Layer (\S+):<class '(?:[\w.]+\.)?(\w+)'> is not supported", str(error))
-        if unsupported:
-            name, class_name = unsupported.groups()
-            hint = (
-                " (tfmot folds a BatchNormalization into the convolution before it, and only when it is that "
-                "convolution's sole consumer)"
-                if class_name == "BatchNormalization"
-                else ""
-            )
-            raise BridgeError(
-                f"tfmot's quantize_model cannot quantize layer {name!r} of class {class_name}{hint}."
-            ) from None
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BridgeError(f"tfmot's quantize_model failed on model {model.name!r}: {first_line}") from None
+        raise _quantize_error(model, error) from None
 
 
 PRUNABLE_CLASSES = ("Conv2D", "DepthwiseConv2D", "Dense")
