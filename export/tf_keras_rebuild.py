@@ -1,8 +1,9 @@
 """Keras 3 -> tf_keras: a Keras 3 functional model rebuilt layer by layer as a legacy Keras model, same weights.
 
-Part of the QAT/pruning bridge (`stkd_keras.export.tfmot_bridge`), which alone imports it, in its own process:
+Part of the QAT/pruning bridge (`stkd_keras.export.tfmot_bridge`), which runs it in its own process:
 tensorflow-model-optimization works only with `tf_keras`. Every function takes the `tf_keras` module as an
-argument, so importing this module loads neither.
+argument, so importing this module loads neither; the method test kit (`stkd_keras.testing`) also rebuilds with it,
+without tfmot.
 
 The rebuilt model is checked against the Keras 3 one on real images (`check_parity`, to `PARITY_TOLERANCE`).
 

@@ -8,9 +8,9 @@ or the same fields as options:
     python -m stkd_keras.export.tfmot_bridge --model student.keras --dataset NAME \\
         --mode qat|prune --output OUT.tflite --report OUT.json [options]
 
-and nothing else in stkd-keras imports it (nor the modules it runs: `tf_keras_rebuild`,
-`tfmot_transforms`, `tfmot_fine_tune`, `tf_keras_tflite`). tensorflow-model-optimization
-(tfmot 0.8.1) works only with legacy Keras (`tf_keras`, Keras 2): importing it
+and nothing else in stkd-keras imports it (of the modules it runs, `tf_keras_rebuild`, `tfmot_transforms`,
+`tfmot_fine_tune` and `tf_keras_tflite`, only the method test kit `stkd_keras.testing` uses two, without tfmot).
+tensorflow-model-optimization (tfmot 0.8.1) works only with legacy Keras (`tf_keras`, Keras 2): importing it
 sets `TF_USE_LEGACY_KERAS=1` for the whole process, and `quantize_model`
 rejects Keras 3 models. Keeping it in a subprocess leaves every other process
 on Keras 3 and lets a tfmot failure end with one line on stderr, which the

@@ -1,9 +1,10 @@
 """The QAT/pruning fine-tuning: a tf_keras student trained with its run's distillation method, step by step.
 
-Part of the QAT/pruning bridge (`stkd_keras.export.tfmot_bridge`), which alone imports it, in its own process
+Part of the QAT/pruning bridge (`stkd_keras.export.tfmot_bridge`), which runs it in its own process
 (tf_keras, legacy Keras). The step's loss is the Distiller's own (`stkd_keras.methods.step_loss`), so a method
 fine-tunes as it trained: for STKD (Zhao et al. 2021, arXiv 2103.10047) each batch is mixed, the teacher sees
-the same mixed images, and the student learns the STKD loss.
+the same mixed images, and the student learns the STKD loss. The method test kit (`stkd_keras.testing`)
+checks that `batch_loss` equals the Distiller's loss for every registered method.
 """
 
 from __future__ import annotations
