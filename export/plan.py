@@ -23,6 +23,13 @@ class ExportError(RuntimeError):
     """An export cannot be done or did not verify; the message is meant for the user as it is."""
 
 
+class BridgeError(RuntimeError):
+    """A model the QAT/pruning bridge cannot rebuild, quantize or prune, or a rebuild that does not match.
+
+    Its message is one sentence for the user: the bridge process ends with it on stderr.
+    """
+
+
 def _quantize_names(quantize) -> list[str]:
     items = [] if quantize is None else [quantize] if isinstance(quantize, str) else list(quantize)
     return [part.strip() for item in items for part in str(item).split(",") if part.strip()]
@@ -150,8 +157,9 @@ class OnnxInt8Config:
 
 @dataclasses.dataclass(frozen=True)
 class FineTuning:
-    """What a QAT or pruning bridge process does: the one contract between an export and `stkd_keras.export.tfmot_bridge`.
+    """What a QAT or pruning bridge process does: the one contract between an export and the bridge.
 
+    The bridge is `stkd_keras.export.tfmot_bridge`, a process of its own.
     The export writes it as JSON (`to_json`) and starts the bridge with
     `--spec FILE`; the bridge's command-line options build the same object.
     mode: "qat" or "prune". model / teacher: the Keras 3 .keras files.

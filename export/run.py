@@ -189,17 +189,42 @@ def fine_tunings(job: ExportJob, options: ExportOptions) -> tuple:
     return tuple(planned)
 
 
+def fine_tuning_line(job: ExportJob, options: ExportOptions, option_names: Mapping[str, str] | None = None) -> str:
+    """What the QAT/pruning fine-tuning will do, said before it starts: its steps, images and method.
+
+    `option_names` spells an `ExportOptions` field as the caller's user knows it (the command line: its option);
+    a field not in it is named as itself.
+    """
+    subset = (option_names or {}).get("finetune_subset", "finetune_subset")
+    steps = [f"{options.qat_epochs} epoch(s) of quantization-aware training"] if options.qat_epochs else []
+    steps += (
+        [f"{PRUNE_EPOCHS} epochs of pruning to {options.prune_sparsity:.0%} sparsity"] if options.prune_sparsity else []
+    )
+    images = (
+        f"{options.finetune_subset:,} training images ({subset})"
+        if options.finetune_subset
+        else f"the whole {job.dataset} training split ({subset} N for fewer)"
+    )
+    return (
+        f"QAT/pruning fine-tuning: {' and '.join(steps)} on {images}, method {job.method.name!r}"
+        + (f" with {job.hyperparameters}" if job.hyperparameters else "")
+        + "; each step prints its progress and an estimate of its time once it has measured a few batches."
+    )
+
+
 def export_run(
     model_path: str | os.PathLike,
     output: str | os.PathLike,
     options: ExportOptions = ExportOptions(),
     log=print,
     job: ExportJob | None = None,
+    option_names: Mapping[str, str] | None = None,
 ) -> dict:
     """Exports a student (a run folder or its .keras file) into `output`; returns the report (also export_report.json).
 
     Runs on the TensorFlow backend (its converters). `job` is `prepare_export`'s
-    result, when the caller has already resolved it.
+    result, when the caller has already resolved it. `option_names` spells
+    `ExportOptions` fields in what is logged (`fine_tuning_line`).
     """
     from stkd_keras.evaluation import load_model
     from stkd_keras.export.core import export_model, load_export_data
@@ -209,22 +234,7 @@ def export_run(
         log(note)
     model = load_model(job.student_file)
     if options.fine_tunes:
-        steps = [f"{options.qat_epochs} epoch(s) of quantization-aware training"] if options.qat_epochs else []
-        steps += (
-            [f"{PRUNE_EPOCHS} epochs of pruning to {options.prune_sparsity:.0%} sparsity"]
-            if options.prune_sparsity
-            else []
-        )
-        images = (
-            f"{options.finetune_subset:,} training images (--finetune-subset)"
-            if options.finetune_subset
-            else f"the whole {job.dataset} training split (--finetune-subset N for fewer)"
-        )
-        log(
-            f"QAT/pruning fine-tuning: {' and '.join(steps)} on {images}, method {job.method.name!r}"
-            + (f" with {job.hyperparameters}" if job.hyperparameters else "")
-            + "; each step prints its progress and an estimate of its time once it has measured a few batches."
-        )
+        log(fine_tuning_line(job, options, option_names))
     data = load_export_data(
         job.dataset,
         job.preprocessing,

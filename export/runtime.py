@@ -28,7 +28,7 @@ def _limits(dtype) -> tuple:
 
 
 def _quantize(images: np.ndarray, detail: dict) -> np.ndarray:
-    """round(x / scale + zero_point), clipped to the integer type: the runtime's own arithmetic, in float32, in place."""
+    """round(x / scale + zero_point) clipped to the integer type: the runtime's own arithmetic, float32, in place."""
     if detail["dtype"] == np.float32:
         return np.asarray(images, dtype=np.float32)
     scale, zero_point = detail["quantization"]
@@ -140,7 +140,7 @@ class TFLiteRunner(_Runner):
         return _dequantize(self.interpreter.get_tensor(self.output_detail["index"]), self.output_detail)
 
     def invoke_call(self, images: np.ndarray):
-        """Puts `images` in the input tensor and returns the interpreter's own `invoke`, for timing the runtime alone."""
+        """Puts `images` in the input tensor; returns the interpreter's own `invoke`, to time the runtime alone."""
         self._set_input(images)
         return self.interpreter.invoke
 

@@ -187,6 +187,29 @@ def listing(folder: str | os.PathLike) -> list[str]:
     return lines
 
 
+def report(folder: str | os.PathLike, plot_path: str | os.PathLike | None = None, log=print) -> None:
+    """What `stkd-keras report FOLDER` shows, to `log`: a run's summary and curves, or the runs in a folder.
+
+    On a run folder (one holding metrics.json): its summary, its training curves drawn to `plot_path` (default:
+    curves.png in it), and the unfinished runs inside it. On any other folder: the `listing` of the runs below it.
+
+    Raises:
+        ValueError: When the folder holds no run of any kind.
+    """
+    from stkd_keras import runs
+
+    folder = Path(folder)
+    if not (folder / runs.METRICS_FILE).is_file():
+        log("\n".join(listing(folder)))
+        return
+    log(summary(folder))
+    path = plot_curves(folder, Path(plot_path) if plot_path else folder / "curves.png")
+    log(f"Wrote {path}.")
+    unfinished = runs.unfinished_runs(folder)
+    if unfinished:
+        log("\n".join(unfinished_lines(unfinished)))
+
+
 def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Draws loss parts, accuracy and learning rate per epoch into a PNG; returns its path."""
     return save_figure(curves_figure(run_dir), path, dpi=100)

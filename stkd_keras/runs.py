@@ -432,3 +432,37 @@ def check_preprocessing_fits(preprocessing: dict, dataset: str, model_path) -> N
             f"({'x'.join(str(size) for size in wanted)} images); use --dataset {trained_on}, or a model trained on "
             f"{dataset}."
         )
+
+
+def check_evaluable(model_path: str | os.PathLike, dataset: str) -> None:
+    """Checks without Keras that a model can be evaluated on `dataset`, so a mistake is answered before it loads.
+
+    An exported .tflite / .onnx file must exist; a Keras model must be a .keras file (or its run folder) whose
+    recorded preprocessing, if any, fits the dataset.
+
+    Raises:
+        RunError: For a missing or non-Keras model file, or a dataset the model's normalisation cannot take.
+    """
+    if Path(model_path).suffix in (".tflite", ".onnx"):
+        if not Path(model_path).is_file():
+            raise RunError(f"Model file {model_path} does not exist.")
+        return
+    model_file(model_path)
+    preprocessing = read_preprocessing(model_path)
+    if preprocessing is not None:
+        check_preprocessing_fits(preprocessing, dataset, model_path)
+
+
+def evaluation_file(model_path: str | os.PathLike, dataset: str, split: str) -> Path:
+    """Where an evaluation's results go unless told: beside the model, named for the dataset and split.
+
+    `evaluation_fashion_mnist_test.json` for a Keras model (or its run folder); an exported file's name comes
+    first (`evaluation_student_int8_tflite_fashion_mnist_test.json`); a `folder:PATH` dataset is named
+    `folder-<last part of PATH>`.
+    """
+    model_path = Path(model_path)
+    folder = model_path if model_path.is_dir() else model_path.parent
+    label = f"folder-{Path(dataset[len('folder:') :]).name}" if dataset.startswith("folder:") else dataset
+    if model_path.suffix in (".tflite", ".onnx"):
+        return folder / f"evaluation_{model_path.name.replace('.', '_')}_{label}_{split}.json"
+    return folder / f"evaluation_{label}_{split}.json"

@@ -19,7 +19,7 @@ of the process:
    the logs.
 4. The Distiller's config round trip: `get_config` is JSON and `from_config`
    gives back the method and its hyperparameters.
-5. One step of the QAT/pruning fine-tuning (`stkd_keras.export.tfmot_bridge`,
+5. One step of the QAT/pruning fine-tuning (`stkd_keras.export.tfmot_fine_tune`,
    tf_keras models): its loss equals the Distiller's on the same weights,
    batch, mixup draw and epoch (`bridge_step_losses`). This needs TensorFlow as
    the Keras backend and tf_keras; `bridge=None` runs it where they are there.
@@ -191,21 +191,22 @@ def bridge_step_losses(name: str, epochs=(0, 25), seed: int = 7) -> dict[int, tu
     import tf_keras
 
     from stkd_keras import Distiller, methods
-    from stkd_keras.export import tfmot_bridge
+    from stkd_keras.export.tf_keras_rebuild import custom_layer_classes, to_tf_keras
+    from stkd_keras.export.tfmot_fine_tune import batch_loss
 
     method = methods.get_method(name)
     student = tiny_model("bridge_student")
     teacher = tiny_model("bridge_teacher", width=6, seed=1) if method.needs_teacher else None
     images, labels = tiny_batch()
-    custom = tfmot_bridge.custom_layer_classes(tf_keras)
-    legacy_student = tfmot_bridge.to_tf_keras(student, tf_keras, custom)
-    legacy_teacher = None if teacher is None else tfmot_bridge.to_tf_keras(teacher, tf_keras, custom)
+    custom = custom_layer_classes(tf_keras)
+    legacy_student = to_tf_keras(student, tf_keras, custom)
+    legacy_teacher = None if teacher is None else to_tf_keras(teacher, tf_keras, custom)
     losses = {}
     for epoch in epochs:
         distiller = Distiller(student, teacher, method=name, seed=seed)
         distiller.epoch.assign(epoch)
         expected = float(distiller.compute_loss(images, labels, training=True))
-        got = tfmot_bridge.batch_loss(
+        got = batch_loss(
             method,
             method.make_hyperparameters(),
             images,

@@ -197,7 +197,9 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Tiny-ImageNet-200: 100,000 training and 10,000 validation 64x64 images of 200 ImageNet classes.",
+            description=(
+                "Tiny-ImageNet-200: 100,000 training and 10,000 validation 64x64 images of 200 ImageNet classes."
+            ),
             features=tfds.features.FeaturesDict(
                 {
                     "image": tfds.features.Image(shape=(64, 64, 3), encoding_format="jpeg"),
@@ -283,7 +285,10 @@ class Cinic10(tfds.core.GeneratorBasedBuilder):
             ),
             supervised_keys=("image", "label"),
             homepage="https://github.com/BayesWatch/cinic-10",
-            citation="Darlow, L. N., Crowley, E. J., Antoniou, A. and Storkey, A. J. CINIC-10 is not ImageNet or CIFAR-10. arXiv:1810.03505, 2018.",
+            citation=(
+                "Darlow, L. N., Crowley, E. J., Antoniou, A. and Storkey, A. J. CINIC-10 is not ImageNet or CIFAR-10. "
+                "arXiv:1810.03505, 2018."
+            ),
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):

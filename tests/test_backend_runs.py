@@ -2,7 +2,7 @@
 
 Keras fixes its backend once per process, so a command asked for another
 backend than this test process runs starts a child process (the CLI does that
-itself, `cli.main._use_backend`); the runs with TensorFlow blocked from import
+itself, `cli.backends.use_backend`); the runs with TensorFlow blocked from import
 run in a subprocess of their own.
 """
 

@@ -743,3 +743,26 @@ def test_the_runner_quantises_as_the_tflite_formula(dtype, scale, zero_point, se
     np.testing.assert_array_equal(
         runtime._dequantize(values, detail), ((values.astype(np.float32) - zero_point) * scale).astype(np.float32)
     )
+
+
+def test_the_fine_tuning_line_names_options_in_the_callers_words():
+    """The library says what a QAT/pruning fine-tuning will do in its own terms (the `ExportOptions` field); the
+    command line passes its option word for it, so each user reads the name they set."""
+    from stkd_keras.export.run import ExportJob, fine_tuning_line
+    from stkd_keras.methods import get_method
+
+    job = ExportJob(Path("s.keras"), {}, "fashion_mnist", {}, {}, get_method("kd"), {"temperature": 4.0})
+    line = fine_tuning_line(job, export_lib.ExportOptions(qat_epochs=1))
+    assert line.startswith(
+        "QAT/pruning fine-tuning: 1 epoch(s) of quantization-aware training on the whole fashion_mnist training split "
+        "(finetune_subset N for fewer), method 'kd' with {'temperature': 4.0};"
+    )
+    line = fine_tuning_line(
+        job,
+        export_lib.ExportOptions(prune_sparsity=0.5, finetune_subset=5000),
+        option_names={"finetune_subset": "--finetune-subset"},
+    )
+    assert line.startswith(
+        "QAT/pruning fine-tuning: 2 epochs of pruning to 50% sparsity on 5,000 training images (--finetune-subset), "
+        "method 'kd'"
+    )

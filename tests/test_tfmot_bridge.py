@@ -295,7 +295,8 @@ def test_the_fine_tuning_loss_is_the_distillers(method):
     import tf_keras
 
     from stkd_keras import Distiller
-    from stkd_keras.export import tfmot_bridge
+    from stkd_keras.export.tf_keras_rebuild import custom_layer_classes, to_tf_keras
+    from stkd_keras.export.tfmot_fine_tune import batch_loss
     from stkd_keras.methods import get_method
 
     unit = get_method(method)
@@ -303,9 +304,9 @@ def test_the_fine_tuning_loss_is_the_distillers(method):
     student, teacher = get_model("cnn8", 10, (28, 28, 1)), get_model("cnn16", 10, (28, 28, 1))
     rng = np.random.default_rng(0)
     images, labels = rng.standard_normal((16, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 16)
-    custom = tfmot_bridge.custom_layer_classes(tf_keras)
-    legacy_student = tfmot_bridge.to_tf_keras(student, tf_keras, custom)
-    legacy_teacher = tfmot_bridge.to_tf_keras(teacher, tf_keras, custom) if unit.needs_teacher else None
+    custom = custom_layer_classes(tf_keras)
+    legacy_student = to_tf_keras(student, tf_keras, custom)
+    legacy_teacher = to_tf_keras(teacher, tf_keras, custom) if unit.needs_teacher else None
     totals = {}
     for epoch in (0, 25):
         distiller = Distiller(student, teacher if unit.needs_teacher else None, method=method, seed=7)
@@ -313,7 +314,7 @@ def test_the_fine_tuning_loss_is_the_distillers(method):
         expected = float(distiller.compute_loss(images, labels, training=True))
         values = unit.make_hyperparameters()
         got = float(
-            tfmot_bridge.batch_loss(
+            batch_loss(
                 unit, values, images, labels, legacy_student, legacy_teacher, keras.random.SeedGenerator(7), epoch, 0
             )
         )

@@ -168,7 +168,7 @@ def outputs_loss(
 
     `outputs` is in the form `batch_context` takes. The one place a step's
     loss is put together, for the `Distiller` and for
-    the QAT and pruning fine-tuning (`stkd_keras.export.tfmot_bridge`):
+    the QAT and pruning fine-tuning (`stkd_keras.export.tfmot_fine_tune`):
     the method's terms on the batch's context (labels one-hot or integer;
     `epoch` and `step` drive warm-ups such as DKD's), checked against the
     names it declared, summed with their weights, plus `regularization_losses`
