@@ -78,6 +78,8 @@ print("RESULT" + json.dumps({"codes": codes, "tensorflow_loaded": loaded}))
 """
 
 
+# Slow (80 s): its default-run twin is tests/test_backends.py's training with TensorFlow absent, on PyTorch.
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax"])
 def test_distill_runs_end_to_end_without_tensorflow(backend, tmp_path):
     output = tmp_path / "run"
@@ -168,6 +170,9 @@ cli.main(
 """
 
 
+# Slow (a minute, with its JAX teacher): the default run exports another backend's student in
+# test_a_command_on_another_backend_runs_in_a_child_process_and_export_takes_any_student.
+@pytest.mark.slow
 def test_export_from_a_process_on_another_backend(tmp_path, teacher_on_jax):
     result = subprocess.run(
         [sys.executable, "-c", EXPORT_FROM_JAX, str(teacher_on_jax), str(tmp_path / "export")],

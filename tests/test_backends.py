@@ -44,14 +44,11 @@ def _run(arguments, backend: str, timeout: int, **kwargs):
     )
 
 
-# Holds the learning tests of the core files; under `pytest -m learning` it runs just those on each backend.
-@pytest.mark.learning
-@pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_core_tests_pass_on(backend, request):
+def _core_suite(backend: str, selection: str) -> None:
+    """The core test files selected by the marker expression `selection`, in one subprocess on `backend`."""
     _require(backend)
-    selection = ["-m", request.config.option.markexpr] if request.config.option.markexpr else []
     result = _run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *selection, *CORE_TESTS],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-m", selection, *CORE_TESTS],
         backend,
         timeout=1200,
     )
@@ -59,6 +56,21 @@ def test_core_tests_pass_on(backend, request):
     print(f"{backend}: {summary}")
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
     assert " passed" in summary and "failed" not in summary
+
+
+# The default run proves the core on every backend; what training learns on the two others (the learning tests,
+# about 4.5 minutes of the two subprocesses) is proved by the twin below, in `pytest -m slow` and in .ci/run's
+# second arithmetic (`pytest -m learning`).
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_core_tests_pass_on(backend):
+    _core_suite(backend, "not slow and not learning")
+
+
+@pytest.mark.slow
+@pytest.mark.learning
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_core_learning_tests_pass_on(backend):
+    _core_suite(backend, "learning")
 
 
 # Trains a teacher and an STKD student from numpy arrays with `tensorflow` blocked from import, then saves the
@@ -111,7 +123,8 @@ print(json.dumps({
 
 
 @pytest.mark.learning
-@pytest.mark.parametrize("backend", ["jax", "torch"])
+# PyTorch in the default run, JAX in `pytest -m slow` (tests/test_backend_runs.py runs the command line on JAX).
+@pytest.mark.parametrize("backend", [pytest.param("jax", marks=pytest.mark.slow), "torch"])
 def test_trains_without_tensorflow_and_the_student_exports_under_tensorflow(backend, tmp_path, fashion_arrays):
     _require(backend)
     result = _run([sys.executable, "-c", TRAIN_WITHOUT_TENSORFLOW, str(tmp_path)], backend, timeout=600)

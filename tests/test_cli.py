@@ -474,6 +474,8 @@ def test_unknown_names_are_listed(tmp_path):
     assert result.exit_code == 2 and "'resnet9' is not one of" in result.output and "resnet8x4" in result.output
 
 
+# Slow (25 s: it builds every model of the zoo); the default run checks the counts in tests/test_zoo.py.
+@pytest.mark.slow
 def test_models_lists_the_zoo_with_counts():
     result = run("models", "--input-size", 32, "--num-classes", 100)
     assert result.exit_code == 0, result.output

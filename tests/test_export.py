@@ -455,6 +455,8 @@ def test_cli_export_and_evaluate_exported_files(student_run, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+# Slow (20 s): the default run verifies on a subset in test_cli_export_and_evaluate_exported_files.
+@pytest.mark.slow
 def test_cli_export_verifies_on_the_whole_split(student_run, tmp_path):
     """--verify-images all: the Keras figure the export prints is evaluate's figure on the whole test split."""
     output = tmp_path / "exported"

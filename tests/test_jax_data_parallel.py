@@ -93,6 +93,8 @@ def test_two_devices_in_one_process_match_one_device(one_device):
     assert_same_fit(run, one_device)
 
 
+# Slow (30 s): the default run has two devices in one process against one device, above.
+@pytest.mark.slow
 def test_two_processes_match_one_device(one_device):
     port = free_port()
     started = time.perf_counter()

@@ -68,6 +68,8 @@ def run_workers(command, count=2, timeout=400):
     return outputs
 
 
+# Slow (30 s): the default run starts two workers through the command line (the chief writes, the other not).
+@pytest.mark.slow
 def test_two_workers_match_one_device():
     single = subprocess.run([sys.executable, "-c", SCRIPT, "default"], capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]

@@ -181,6 +181,8 @@ def test_prune_reaches_the_target_sparsity_in_the_int8_file(saved_pair, tmp_path
     assert pruning["overall_sparsity"] == pytest.approx(0.5, abs=0.02)
 
 
+# Slow (30 s): the default run quantizes with QAT and prunes a resnet (above); this one ShuffleNet's own layers.
+@pytest.mark.slow
 @pytest.mark.learning
 def test_channel_shuffle_and_split_quantize_without_a_teacher(evaluation_images, tmp_path):
     keras.utils.set_random_seed(1)
