@@ -44,11 +44,11 @@ def _run(arguments, backend: str, timeout: int, **kwargs):
     )
 
 
-def _core_suite(backend: str, selection: str) -> None:
-    """The core test files selected by the marker expression `selection`, in one subprocess on `backend`."""
+def _core_suite(backend: str, selection: list[str], files) -> None:
+    """The tests of `files` that pytest's `selection` options (-m, -k) select, in one subprocess on `backend`."""
     _require(backend)
     result = _run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-m", selection, *CORE_TESTS],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", *selection, *files],
         backend,
         timeout=1200,
     )
@@ -58,19 +58,21 @@ def _core_suite(backend: str, selection: str) -> None:
     assert " passed" in summary and "failed" not in summary
 
 
-# The default run proves the core on every backend; what training learns on the two others (the learning tests,
-# about 4.5 minutes of the two subprocesses) is proved by the twin below, in `pytest -m slow` and in .ci/run's
-# second arithmetic (`pytest -m learning`).
+# The default run checks the losses, mixup, every method (`stkd_keras.testing.check_method`: its terms and one
+# compiled `fit` step) and progress on the two other backends, none of which trains a teacher first. The whole core
+# there, the Distiller's tests and what training learns (about 7 minutes of the two subprocesses), is the twin below:
+# in `pytest -m slow`, and in .ci/run's second arithmetic (`pytest -m learning`).
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_core_tests_pass_on(backend):
-    _core_suite(backend, "not slow and not learning")
+    files = [name for name in CORE_TESTS if "distiller" not in name]
+    _core_suite(backend, ["-m", "not slow and not learning", "-k", "not (distiller_trains or readme)"], files)
 
 
 @pytest.mark.slow
 @pytest.mark.learning
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_core_learning_tests_pass_on(backend):
-    _core_suite(backend, "learning")
+def test_whole_core_passes_on(backend):
+    _core_suite(backend, ["-m", "not slow"], CORE_TESTS)
 
 
 # Trains a teacher and an STKD student from numpy arrays with `tensorflow` blocked from import, then saves the

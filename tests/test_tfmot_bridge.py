@@ -160,6 +160,8 @@ def test_qat_distilled_student_parity_and_int8_file(saved_pair, evaluation_image
     assert (report["int8_input_dtype"], report["int8_output_dtype"]) == ("int8", "int8")
 
 
+# Slow (25 s): the default run fine-tunes with QAT (above); `pytest -m slow` prunes here and through the CLI.
+@pytest.mark.slow
 def test_prune_reaches_the_target_sparsity_in_the_int8_file(saved_pair, tmp_path):
     student, teacher = saved_pair
     output, report = run_bridge_ok(
