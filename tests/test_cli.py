@@ -235,6 +235,9 @@ def test_train_distill_evaluate(teacher_run, tmp_path):
     assert again.exit_code == 1 and "already exists" in again.output
 
 
+# Slow (13 s): tests/test_progress.py checks the rule (a slow pass says how long; validation inside fit on every
+# backend) in the default run.
+@pytest.mark.slow
 def test_the_commands_show_progress_of_long_passes_unless_quiet(teacher_run, tmp_path, monkeypatch):
     """Long passes over a split say how far they have got; --quiet keeps them silent.
 
@@ -403,6 +406,8 @@ print("tensorflow" in sys.modules, "keras" in sys.modules)
     assert not (tmp_path / "a").exists() and not (tmp_path / "e").exists()
 
 
+# Slow (14 s): tests/test_native_stderr.py checks the filter in the default run.
+@pytest.mark.slow
 def test_tensorflow_start_up_noise_is_filtered(teacher_run):
     """A real command prints no TensorFlow start-up lines; an error line that is not known noise is still shown."""
     completed = subprocess.run(
