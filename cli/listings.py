@@ -73,20 +73,20 @@ def list_method_table():
 @click.option("--channels", default=3, show_default=True, type=click.IntRange(min=1), help="Input channels.")
 @click.option("--num-classes", default=100, show_default=True, type=click.IntRange(min=2), help="Number of classes.")
 def list_zoo(input_size, channels, num_classes):
-    """List the model zoo with trainable parameters and MACs per image at the given input size."""
-    from stkd_keras import models
+    """List the models --student and --teacher-model take by name (the zoo, then keras.applications), with
+    trainable parameters and MACs per image at the given input size."""
+    native_stderr.import_tensorflow_quietly()
+    from stkd_keras import architectures, models
 
     click.echo(f"Models at {input_size}x{input_size}x{channels}, {num_classes} classes:")
-    click.echo("| model | parameters | MACs |")
-    click.echo("| --- | ---: | ---: |")
-    for name in models.list_models():
+    click.echo("| model | from | parameters | MACs |")
+    click.echo("| --- | --- | ---: | ---: |")
+    for name in [*models.list_models(), *architectures.application_names()]:
+        origin = "zoo" if name in models.list_models() else "keras.applications"
         try:
-            model = models.get_model(name, num_classes, (input_size, input_size, channels))
+            model = architectures.build_model(name, num_classes, (input_size, input_size, channels))
         except ValueError as error:
-            click.echo(markdown_row([name, "-", error]))
+            click.echo(markdown_row([name, origin, "-", error]))
             continue
-        click.echo(
-            markdown_row(
-                [name, f"{models.count_trainable_parameters(model):,}", f"{models.count_macs(model) / 1e6:,.1f}M"]
-            )
-        )
+        parameters = models.count_trainable_parameters(model)
+        click.echo(markdown_row([name, origin, f"{parameters:,}", f"{models.count_macs(model) / 1e6:,.1f}M"]))

@@ -20,14 +20,13 @@ from stkd_keras.cli.listings import list_datasets, list_method_table, list_zoo
 from stkd_keras.cli.options import (
     CountOrAll,
     DatasetName,
+    ModelName,
     apply_recipe,
-    choice_of,
     data_options,
     field_values,
     hyperparameter_options,
     method_names,
     method_options,
-    model_names,
     run_config,
     training_options,
 )
@@ -46,7 +45,18 @@ def cli():
 @cli.command("train-teacher", cls=BackendCommand)
 @data_options
 @click.option(
-    "--model", default="resnet20", show_default=True, type=choice_of(model_names), help="Teacher architecture."
+    "--model",
+    default="resnet20",
+    show_default=True,
+    type=ModelName(),
+    help="Teacher architecture: a zoo or keras.applications name (`stkd-keras models`), a .keras file, or "
+    "module:function.",
+)
+@click.option(
+    "--weights",
+    default=None,
+    help="Start from these weights: a .weights.h5 / .h5 file, or imagenet (never downloaded; the classifier is "
+    "rebuilt).",
 )
 @training_options
 @user_errors
@@ -57,9 +67,12 @@ def train_teacher(ctx, output, overwrite, quiet, resume, backend, **options):
     def prepare():
         renames = {
             "teacher_model": "model",
+            "teacher_weights": "weights",
             "teacher_epochs": "epochs",
             "student": None,
+            "student_weights": None,
             "model": None,
+            "weights": None,
             "teacher": None,
         }
         config = run_config(apply_recipe(ctx, options, renames), method="ce")
@@ -82,14 +95,26 @@ def train_teacher(ctx, output, overwrite, quiet, resume, backend, **options):
     "--teacher-model",
     default=DEFAULT_TEACHER_MODEL,
     show_default=True,
-    type=choice_of(model_names),
-    help="Architecture of the teacher trained when --teacher is not given.",
+    type=ModelName(),
+    help="Architecture of the teacher trained when --teacher is not given (as --student).",
 )
+@click.option("--teacher-weights", default=None, help="Starting weights of that teacher (as --student-weights).")
 @click.option(
     "--teacher-epochs", default=None, type=click.IntRange(min=1), help="Epochs of that teacher (default: --epochs)."
 )
 @click.option(
-    "--student", default="resnet8", show_default=True, type=choice_of(model_names), help="Student architecture."
+    "--student",
+    default="resnet8",
+    show_default=True,
+    type=ModelName(),
+    help="Student architecture: a zoo or keras.applications name (`stkd-keras models`), a .keras file, or "
+    "module:function.",
+)
+@click.option(
+    "--student-weights",
+    default=None,
+    help="Start the student from these weights: a .weights.h5 / .h5 file (e.g. ImageNet weights downloaded "
+    "elsewhere), or imagenet (looked for in ~/.keras/models, never downloaded); the classifier is rebuilt.",
 )
 @click.option(
     "--method",
@@ -115,14 +140,21 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
     from stkd_keras.runs import model_file
 
     def prepare():
-        merged = apply_recipe(ctx, options, {"model": "student"})
+        merged = apply_recipe(ctx, options, {"model": "student", "weights": "student_weights"})
         hyperparameters = method_options(ctx, merged)
-        teacher, teacher_model, teacher_epochs = (
+        teacher, teacher_model, teacher_weights, teacher_epochs = (
             merged.pop("teacher"),
             merged.pop("teacher_model"),
+            merged.pop("teacher_weights"),
             merged.pop("teacher_epochs"),
         )
-        config = run_config(merged, model=merged.pop("student"), teacher=teacher, method_options=hyperparameters)
+        config = run_config(
+            merged,
+            model=merged.pop("student"),
+            weights=merged.pop("student_weights"),
+            teacher=teacher,
+            method_options=hyperparameters,
+        )
         if teacher is not None:
             try:
                 check_teacher(config.method, teacher, "--teacher")  # without one, distill trains a teacher first
@@ -131,7 +163,9 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
         if teacher is not None:
             model_file(teacher, "teacher")  # a missing or non-Keras teacher file is named before anything loads
         config.validate()
-        teacher_config = teacher_config_for(config, teacher_model, teacher_epochs)
+        teacher_config = teacher_config_for(config, teacher_model, teacher_epochs, teacher_weights)
+        if teacher is None:
+            teacher_config.validate()
         return lambda training, **run: training.distill(
             config, output, teacher_config, overwrite, log=click.echo, **run
         )

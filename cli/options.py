@@ -12,19 +12,19 @@ import click
 from stkd_keras import backend_selection
 
 
-def choice_of(names_getter):
-    """A click type that lists the valid names in its error, built lazily."""
+class ModelName(click.ParamType):
+    """A model: a zoo or keras.applications name, a .keras file, or module:function (`stkd_keras.architectures`)."""
 
-    class _Names(click.ParamType):
-        name = "name"
+    name = "model"
 
-        def convert(self, value, param, ctx):
-            names = names_getter()
-            if value not in names:
-                self.fail(f"{value!r} is not one of: {', '.join(names)}.", param, ctx)
-            return value
+    def convert(self, value, param, ctx):
+        from stkd_keras import architectures  # Keras-free: a wrong name answers without loading a backend
 
-    return _Names()
+        try:
+            architectures.kind_of(value)
+        except architectures.ArchitectureError as error:
+            self.fail(str(error), param, ctx)
+        return value
 
 
 def _dataset_names():
@@ -60,13 +60,6 @@ class CountOrAll(click.ParamType):
         if count < 1:
             self.fail(f"expected a positive number of images or 'all', got {value!r}.", param, ctx)
         return count
-
-
-def model_names():
-    """The zoo's model names, read without Keras."""
-    from stkd_keras.config import MODEL_NAMES  # Keras-free, checked against the zoo in tests/test_zoo.py
-
-    return list(MODEL_NAMES)
 
 
 def method_names():

@@ -38,6 +38,9 @@ class RunConfig:
     (never trained on) instead of the test split (`stkd_keras.data.load`'s
     `holdout`), to choose settings without reading the test split.
 
+    `model` names the architecture (`stkd_keras.architectures`: a zoo name, a keras.applications name, a .keras
+    file or module:function) and `weights` the file its training starts from (None: fresh weights).
+
     `method_options` holds the method's hyperparameters given for this run;
     the others take the method's defaults (`stkd_keras.methods`). Written out
     (`to_dict`, in metrics.json and run.json) the config is one flat mapping
@@ -47,6 +50,7 @@ class RunConfig:
 
     dataset: str = "fashion_mnist"
     model: str = "resnet8"
+    weights: str | None = None
     method: str = "ce"
     teacher: str | None = None
     epochs: int = 10
@@ -74,6 +78,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Raises `ValueError` for a value no run can use."""
+        from stkd_keras import architectures
+
+        architectures.check_weights_option(self.model, self.weights)  # and that `model` names an architecture
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -146,11 +153,14 @@ class RunConfig:
         return cls(**fields, method_options=options)
 
 
-def teacher_config_for(config: RunConfig, model: str, epochs: int | None = None) -> RunConfig:
+def teacher_config_for(
+    config: RunConfig, model: str, epochs: int | None = None, weights: str | None = None
+) -> RunConfig:
     """The config of the teacher `distill` trains first when none is given: the student's run, with cross-entropy."""
     return dataclasses.replace(
         config,
         model=model,
+        weights=weights,
         method="ce",
         method_options={},
         teacher=None,

@@ -8,9 +8,10 @@ line override single fields, and the resolved config is saved with the run.
 Fields are those of `stkd_keras.config.RunConfig`, the hyperparameters of
 the registered methods (`stkd_keras.methods`: `temperature`, `mixup_alpha`,
 ...), plus `student` (the student architecture, same as `model`),
-`teacher_model` and `teacher_epochs` (the teacher trained first when
-`teacher` is not given). Unknown fields and values of the wrong type are
-refused with the field's name.
+`student_weights` (same as `weights`), and `teacher_model`, `teacher_weights`
+and `teacher_epochs` (the teacher trained first when `teacher` is not
+given). Unknown fields and values of the wrong type are refused with the
+field's name.
 
 Example (recipes/cifar100/resnet8x4_from_resnet32x4.yaml):
 
@@ -37,7 +38,13 @@ import yaml
 from stkd_keras import methods
 from stkd_keras.config import RunConfig
 
-EXTRA_FIELDS = {"student": str, "teacher_model": str, "teacher_epochs": int}
+EXTRA_FIELDS = {
+    "student": str,
+    "student_weights": str,
+    "teacher_model": str,
+    "teacher_weights": str,
+    "teacher_epochs": int,
+}
 
 
 class RecipeError(ValueError):
@@ -94,9 +101,10 @@ def load_recipe(path: str | os.PathLike) -> dict:
     unknown = sorted(set(content) - set(expected))
     if unknown:
         raise RecipeError(f"{path}: unknown field `{unknown[0]}`. Valid fields: {', '.join(sorted(expected))}.")
-    if "student" in content and "model" in content and content["student"] != content["model"]:
-        raise RecipeError(
-            f"{path}: `student` and `model` name the same thing and disagree: {content['student']!r} vs "
-            f"{content['model']!r}."
-        )
+    for alias, field in (("student", "model"), ("student_weights", "weights")):
+        if alias in content and field in content and content[alias] != content[field]:
+            raise RecipeError(
+                f"{path}: `{alias}` and `{field}` name the same thing and disagree: {content[alias]!r} vs "
+                f"{content[field]!r}."
+            )
     return {name: _check_type(name, value, expected[name], path) for name, value in content.items()}

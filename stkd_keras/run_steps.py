@@ -21,14 +21,22 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from stkd_keras import backend_ops, checkpoints, distribution, divergence, progress, run_logs
+from stkd_keras import architectures, backend_ops, checkpoints, distribution, divergence, progress, run_logs
 from stkd_keras import data as data_lib
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
 from stkd_keras.distiller import Distiller
 from stkd_keras.evaluation import check_model_fits_dataset, environment, evaluate_model, image_size_pair, load_model
-from stkd_keras.models import get_model
-from stkd_keras.runs import CHECKPOINT_DIR, METRICS_FILE, MODEL_FILES, PREPROCESSING_FILE, RunError, write_json
+from stkd_keras.input_adapter import adapt_teacher
+from stkd_keras.runs import (
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    MODEL_FILES,
+    PREPROCESSING_FILE,
+    RunError,
+    read_preprocessing,
+    write_json,
+)
 
 # Where a finished run's checkpoints go to be deleted.
 _FINISHED_CHECKPOINTS = ".checkpoints-finished"
@@ -48,6 +56,7 @@ class PreparedRun:
     setup: distribution.Setup
     model: keras.Model
     distiller: Distiller
+    input_options: dict  # what the model's input asks of `data.load` beyond the config (`model_input_options`)
     train_info: data_lib.DatasetInfo
     val_data: object
     val_info: data_lib.DatasetInfo
@@ -89,23 +98,20 @@ def prepare_run(
     the model is saved: closing it also puts the process's policy back.
     """
     method = "ce" if role == "teacher" else config.method
-    contexts.callback(keras.mixed_precision.set_global_policy, keras.mixed_precision.global_policy())
-    keras.utils.set_random_seed(config.seed)
-    if config.deterministic:
-        contexts.enter_context(backend_ops.determinism())  # and the process's own setting back afterwards
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    train_info, val_data, val_info = _load_run_data(config, log)
+    _seed_and_precision(config, contexts)
+    native_info = _read_training_info(config, log)
     # Variables (student, teacher, optimizer, metrics) are created in the distribution's scope. Under a
     # tf.distribute strategy Keras's fit splits each global batch over the replicas and the Distiller
     # divides its loss by the replica count; under keras.distribution the step sees the global batch.
     contexts.enter_context(setup.scope())
+    teacher = _load_teacher(config, role, method, teacher_location)
+    model, inputs, train_info, (val_data, val_info) = _model_and_its_data(config, native_info)
     label = f"{val_info.num_examples:,} {'held-out training' if config.validation_holdout else 'test'} images"
-    teacher_progress = _pass_progress(val_info, config.batch_size, f"Measuring the teacher on {label}", verbose, log)
-    teacher, teacher_summary = _load_teacher(
-        config, role, method, teacher_location, val_data, val_info, log, teacher_progress
+    progress = _pass_progress(val_info, config.batch_size, f"Measuring the teacher on {label}", verbose, log)
+    normalizations = ((train_info.mean, train_info.std), (native_info.mean, native_info.std))
+    teacher, teacher_summary = _measure_teacher(
+        config, teacher, teacher_location, normalizations, (val_data, val_info), log, progress
     )
-    model = get_model(config.model, train_info.num_classes, train_info.input_shape)
     # Full batches from an endless stream: an epoch is `steps` batches (one pass, rounded down).
     steps = config.steps_per_epoch or max(1, train_info.num_examples // config.batch_size)
     distiller = _compiled_distiller(config, role, method, model, teacher, steps)
@@ -121,6 +127,7 @@ def prepare_run(
         setup=setup,
         model=model,
         distiller=distiller,
+        input_options=inputs,
         train_info=train_info,
         val_data=val_data,
         val_info=val_info,
@@ -130,6 +137,31 @@ def prepare_run(
         initial_epoch=initial_epoch,
         past_history=past_history,
     )
+
+
+def _seed_and_precision(config: RunConfig, contexts: contextlib.ExitStack) -> None:
+    """Seeds the process and sets the run's determinism and precision policy, both put back when `contexts` closes."""
+    contexts.callback(keras.mixed_precision.set_global_policy, keras.mixed_precision.global_policy())
+    keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        contexts.enter_context(backend_ops.determinism())  # and the process's own setting back afterwards
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+
+
+def _model_and_its_data(config: RunConfig, native_info: data_lib.DatasetInfo) -> tuple:
+    """The run's model, what its input asks of the data, and the training split's and validation data as it reads
+    them."""
+    model = architectures.build_model(
+        config.model,
+        native_info.num_classes,
+        native_info.input_shape,
+        config.weights,
+        (native_info.mean, native_info.std),
+    )
+    inputs = model_input_options(model, native_info)
+    train_info = read_training_split(config, inputs) if inputs else native_info
+    return model, inputs, train_info, _load_validation(config, inputs)
 
 
 def _compiled_distiller(config: RunConfig, role: str, method: str, model, teacher, steps: int) -> Distiller:
@@ -148,8 +180,12 @@ def data_options(config: RunConfig) -> dict:
     return {"data_dir": config.data_dir, "download": config.download, "image_size": image_size_pair(config.image_size)}
 
 
-def read_training_split(config: RunConfig) -> data_lib.DatasetInfo:
-    """Reads the training split of a run once, for its size and classes; fails when it cannot be read."""
+def read_training_split(config: RunConfig, inputs: dict | None = None) -> data_lib.DatasetInfo:
+    """Reads the training split of a run once, for its size and classes; fails when it cannot be read.
+
+    `inputs` are what the model's input asks of the data (`model_input_options`); without them, the data as the
+    dataset gives it at the run's image size.
+    """
     _, info = data_lib.load(
         config.dataset,
         "train",
@@ -158,29 +194,49 @@ def read_training_split(config: RunConfig) -> data_lib.DatasetInfo:
         seed=config.seed,
         holdout=config.validation_holdout,
         **data_options(config),
+        **(inputs or {}),
     )
     return info
 
 
-def _load_run_data(config: RunConfig, log) -> tuple:
-    """The training split's description, and the validation data with its description."""
-    holdout = config.validation_holdout
-    # Read the data once to know its size; the step-indexed training stream is built by `fit_run`.
-    train_info = read_training_split(config)
-    if train_info.classes_present is not None and train_info.classes_present < train_info.num_classes:
+def _read_training_info(config: RunConfig, log) -> data_lib.DatasetInfo:
+    """The training split as the dataset gives it (its classes, image shape and statistics), with a warning for
+    classes it lacks."""
+    info = read_training_split(config)
+    if info.classes_present is not None and info.classes_present < info.num_classes:
         log(
-            f"Warning: the training data holds examples of only {train_info.classes_present} of the "
-            f"{train_info.num_classes} classes the model predicts."
+            f"Warning: the training data holds examples of only {info.classes_present} of the "
+            f"{info.num_classes} classes the model predicts."
         )
-    val_data, val_info = data_lib.load(
+    return info
+
+
+def model_input_options(model: keras.Model, info: data_lib.DatasetInfo) -> dict:
+    """What `model`'s input asks of `data.load` beyond the dataset's own: more channels, or raw pixels.
+
+    A model that takes three channels of a gray dataset gets the gray channel repeated; a model that rescales and
+    normalises its input itself (`architectures.reads_raw_pixels`) gets raw 0-255 pixels, i.e. mean 0 and std 1/255
+    on the pipeline's 0-1 scale. Empty for a model that reads the data as the dataset gives it.
+    """
+    channels = int(model.input_shape[-1])
+    options = {"channels": channels} if channels != info.input_shape[-1] else {}
+    if architectures.reads_raw_pixels(model):
+        options["normalization"] = ([0.0] * channels, [1 / 255] * channels)
+    return options
+
+
+def _load_validation(config: RunConfig, inputs: dict) -> tuple:
+    """The validation data (the test split, or the held-out training images) and its description."""
+    holdout = config.validation_holdout
+    return data_lib.load(
         config.dataset,
         "validation" if holdout else "test",
         max(config.batch_size, 256),
         subset=config.val_subset,
         holdout=holdout,
         **data_options(config),
+        **inputs,
     )
-    return train_info, val_data, val_info
 
 
 def _pass_progress(val_info: data_lib.DatasetInfo, batch_size: int, label: str, verbose, log):
@@ -213,6 +269,7 @@ def fit_run(run: PreparedRun, verbose: int | str = "auto", log=print, callbacks:
         stream=True,
         start_step=run.initial_epoch * run.steps,
         **data_options(config),
+        **run.input_options,
         **_shard(run.setup),
     )
     log(
@@ -311,17 +368,61 @@ def _summarise_history(history: dict, holdout: int | None = None) -> dict:
     }
 
 
-def _load_teacher(
-    config: RunConfig, role: str, method: str, location, val_data, val_info, log, progress=None
-) -> tuple[keras.Model | None, dict | None]:
-    """The frozen teacher of a method that needs one, measured on the validation split (None, None otherwise).
-
-    `progress` (a `stkd_keras.progress.PassProgress`, or None for silence) follows the measurement.
-    """
+def _load_teacher(config: RunConfig, role: str, method: str, location) -> keras.Model | None:
+    """The frozen teacher of a method that needs one (None otherwise), as saved."""
     unit = methods_lib.check_teacher(method, config.teacher if role == "student" else None, TEACHER)
     if not unit.needs_teacher:
+        return None
+    return load_model(location or config.teacher, role="teacher")
+
+
+def teacher_normalization(teacher: keras.Model, location, dataset_normalization: tuple) -> tuple:
+    """The (mean, std) the teacher was trained with: from its preprocessing.json, else raw pixels for a model that
+    rescales its input itself, else the dataset's own `dataset_normalization` (a gray one repeated for an RGB
+    teacher)."""
+    recorded = read_preprocessing(location)
+    channels = int(teacher.input_shape[-1])
+    if recorded is not None and len(recorded.get("mean") or ()) == channels:
+        return recorded["mean"], recorded["std"]
+    if architectures.reads_raw_pixels(teacher):
+        return [0.0] * channels, [1 / 255] * channels
+    mean, std = (list(values) for values in dataset_normalization)
+    return (mean * channels, std * channels) if len(mean) == 1 else (mean, std)
+
+
+def _check_teacher_dataset(location, dataset: str) -> None:
+    """Refuses a teacher whose preprocessing.json says it learnt another dataset's classes."""
+    recorded = (read_preprocessing(location) or {}).get("dataset")
+    if recorded is None or _same_dataset(recorded, dataset):
+        return
+    raise RunError(
+        f"The teacher {location} was trained on {recorded}, and this run distils on {dataset}: its classes are "
+        f"not this dataset's; give a teacher trained on {dataset}."
+    )
+
+
+def _same_dataset(first: str, second: str) -> bool:
+    if first.startswith(data_lib.FOLDER_PREFIX) and second.startswith(data_lib.FOLDER_PREFIX):
+        prefix = len(data_lib.FOLDER_PREFIX)
+        return Path(first[prefix:]).expanduser().resolve() == Path(second[prefix:]).expanduser().resolve()
+    return first == second
+
+
+def _measure_teacher(
+    config: RunConfig, teacher, location, normalizations, validation, log, progress=None
+) -> tuple[keras.Model | None, dict | None]:
+    """The teacher reading the student's inputs (`input_adapter`), measured on the validation split.
+
+    `normalizations` are the student's (mean, std) and the dataset's own; `progress` (a
+    `stkd_keras.progress.PassProgress`, or None for silence) follows the measurement.
+    """
+    if teacher is None:
         return None, None
-    teacher = load_model(location or config.teacher, role="teacher")
+    val_data, val_info = validation
+    location = location or config.teacher
+    _check_teacher_dataset(location, val_info.name)
+    student, dataset = normalizations
+    teacher = adapt_teacher(teacher, val_info.input_shape, student, teacher_normalization(teacher, location, dataset))
     check_model_fits_dataset(teacher, val_info, "teacher")
     summary = {"path": str(config.teacher), "name": teacher.name, **evaluate_model(teacher, val_data, progress)}
     log(f"Teacher {teacher.name}: val top-1 {summary['accuracy']:.4f} on {val_info.num_examples} images.")

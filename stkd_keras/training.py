@@ -34,7 +34,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from stkd_keras import backend_ops, checkpoints, distribution
+from stkd_keras import architectures, backend_ops, checkpoints, distribution
 from stkd_keras import methods as methods_lib
 from stkd_keras.config import RunConfig
 from stkd_keras.files import atomic_write, file_sha256
@@ -300,8 +300,11 @@ def _run(
             "the run."
         )
     if teacher_config is not None and not resume:
-        # The teacher trains first: a dataset that cannot be read stops the run before it, not after.
-        read_training_split(config)
+        # The teacher trains first: a dataset that cannot be read, or a student that cannot be built for it (too
+        # small an image size, a file or factory of another shape, weights that do not fit), stops the run before
+        # it, not after.
+        info = read_training_split(config)
+        architectures.build_model(config.model, info.num_classes, info.input_shape, config.weights)
     if not setup.chief:  # The chief writes the run; the others train into a temporary folder.
         directory, final = distribution.worker_directory(), None
     else:

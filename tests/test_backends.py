@@ -68,6 +68,13 @@ def test_core_tests_pass_on(backend):
     _core_suite(backend, ["-m", "not slow and not learning", "-k", "not (distiller_trains or readme)"], files)
 
 
+# Issue 23: a keras.applications student (MobileNetV3Small, hard-swish and squeeze-excite) and a teacher read
+# through the input adapter train one short epoch on the two other backends.
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_an_application_student_trains_on(backend):
+    _core_suite(backend, ["-k", "mobilenetv3_student"], ["tests/test_architectures.py"])
+
+
 @pytest.mark.slow
 @pytest.mark.learning
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)

@@ -10,7 +10,7 @@ import tensorflow as tf
 from click.testing import CliRunner
 
 from stkd_keras.cli.main import cli
-from stkd_keras.config import MODEL_NAMES
+from stkd_keras.architectures import application_names
 
 import markdown_tables
 
@@ -392,7 +392,9 @@ print("tensorflow" in sys.modules, "keras" in sys.modules)
     lines = completed.stdout.strip().splitlines()
     assert lines[-1] == "False False", completed.stdout + completed.stderr
     assert lines[:-1] == [
-        "2 Error: Invalid value for '--student': 'resnet9' is not one of: " + ", ".join(MODEL_NAMES) + ".",
+        "2 Error: Invalid value for '--student': Unknown model 'resnet9': expected a zoo model (resnet8, resnet14, "
+        "resnet20, ...), a keras.applications model (" + ", ".join(application_names()) + "), a .keras file, or "
+        "module:function (`stkd-keras models` lists the names).",
         "2 Error: Invalid value for '--epochs': -1 is not in the range x>=1.",
         "2 Error: Invalid value for '--dataset': 'nope' is not one of: fashion_mnist, mnist, cifar10, cifar100, "
         "cinic10, tiny_imagenet, folder:PATH.",
@@ -457,13 +459,16 @@ def test_bad_teacher_inputs(tmp_path):
         f"Error: {text} is not a Keras model file: a .keras file is a zip archive, and this one is not."
         in result.output
     )
+    # A teacher of another size and channel count reads the student's images resized (tests/test_architectures.py);
+    # one of another class count cannot teach.
     wrong = keras.Sequential(
-        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)], name="cifar_teacher"
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(7)], name="cifar_teacher"
     )
     wrong.save(tmp_path / "wrong.keras")
     result = run("distill", "--teacher", tmp_path / "wrong.keras", "--output", tmp_path / "c", *TINY)
     assert result.exit_code == 1
-    assert "teacher 'cifar_teacher' takes inputs (32, 32, 3)" in result.output and "(28, 28, 1)" in result.output
+    assert "teacher 'cifar_teacher' takes inputs (28, 28, 1) and predicts 7 classes" in result.output
+    assert "has inputs (28, 28, 1) and 10 classes" in result.output
     result = run("distill", "--teacher", tmp_path / "wrong.keras", "--method", "ce", "--output", tmp_path / "d", *TINY)
     assert result.exit_code == 2 and "uses no teacher" in result.output
     result = run("distill", "--temperature", "-1", "--output", tmp_path / "e", *TINY)
@@ -476,7 +481,7 @@ def test_bad_teacher_inputs(tmp_path):
 
 def test_unknown_names_are_listed(tmp_path):
     result = run("distill", "--student", "resnet9", "--output", tmp_path / "x")
-    assert result.exit_code == 2 and "'resnet9' is not one of" in result.output and "resnet8x4" in result.output
+    assert result.exit_code == 2 and "Unknown model 'resnet9'" in result.output and "MobileNetV3Small" in result.output
 
 
 # Slow (25 s: it builds every model of the zoo); the default run checks the counts in tests/test_zoo.py.
@@ -486,14 +491,20 @@ def test_models_lists_the_zoo_with_counts():
     assert result.exit_code == 0, result.output
     # Reference counts (RepDistiller, 100 classes); resnet8 MACs worked out in tests/test_zoo.py at 10 classes
     # + 64 * 90.
-    assert "| resnet8x4 | 1,233,540 |" in result.output and "| ShuffleV2 | 1,355,528 |" in result.output
-    assert "| resnet8 | 83,892 | 12.5M |" in result.output
+    assert "| resnet8x4 | zoo | 1,233,540 |" in result.output and "| ShuffleV2 | zoo | 1,355,528 |" in result.output
+    assert "| resnet8 | zoo | 83,892 | 12.5M |" in result.output
+    # keras.applications after the zoo: ResNet-50's 23,587,712 trainable backbone weights (its published
+    # 25,636,712 less the 2,049,000 of the 1,000-class head and 53,120 BatchNorm statistics) and a 2048 x 100 head.
+    assert f"| keras:ResNet50 | keras.applications | {23_534_592 + 2048 * 100 + 100:,} |" in result.output
     small = run("models", "--input-size", 8)
-    assert "| MobileNetV2 | - | MobileNetV2 downsamples its input 16x" in small.output
-    from stkd_keras import models
+    assert "| MobileNetV2 | zoo | - | MobileNetV2 downsamples its input 16x" in small.output
+    assert "| MobileNetV3Small | keras.applications | - | MobileNetV3Small needs inputs of at least 32x32" in (
+        small.output
+    )
+    from stkd_keras import architectures, models
 
     for output in (result.output, small.output):
-        assert_renders_whole(output, "model", models.list_models())
+        assert_renders_whole(output, "model", [*models.list_models(), *architectures.application_names()])
 
 
 def test_datasets_lists_sources_and_availability():
