@@ -144,6 +144,23 @@ def test_macs_by_hand():
     assert models.count_macs(keras.Model(inputs, x)) == 4 * 4 * 9 * 6 + 4 * 4 * 6 * 6 // 3
 
 
+def test_macs_of_the_layers_applications_and_your_own_models_use():
+    # Separable 3x3 to 8 channels on 4x4x2: the depthwise part 16 * 9 * 2, the pointwise part 16 * 2 * 8.
+    inputs = keras.Input((4, 4, 2))
+    separable = keras.layers.SeparableConv2D(8, 3, padding="same")(inputs)
+    assert models.count_macs(keras.Model(inputs, separable)) == 16 * (9 * 2 + 2 * 8)
+    # Transposed 2x2, stride 2, to 3 channels: every input position spreads its 2 channels over 4 * 3 outputs.
+    transposed = keras.layers.Conv2DTranspose(3, 2, strides=2)(inputs)
+    assert models.count_macs(keras.Model(inputs, transposed)) == 16 * 4 * 2 * 3
+    # A dense layer on a sequence of 5 vectors of 6 costs 5 * 6 * units; a backbone used as a layer counts whole.
+    sequence = keras.Input((5, 6))
+    assert models.count_macs(keras.Model(sequence, keras.layers.Dense(7)(sequence))) == 5 * 6 * 7
+    backbone = keras.Model(inputs, separable)
+    outer = keras.Input((4, 4, 2))
+    head = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(backbone(outer)))
+    assert models.count_macs(keras.Model(outer, head)) == 16 * (9 * 2 + 2 * 8) + 8 * 3
+
+
 @pytest.mark.parametrize("name", zoo_params(models.list_models()))
 def test_model_trains_saves_and_exports(name, tmp_path):
     rng = np.random.default_rng(0)

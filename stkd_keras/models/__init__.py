@@ -79,25 +79,45 @@ def count_trainable_parameters(model: keras.Model) -> int:
 
 
 def count_macs(model: keras.Model) -> int:
-    """Multiply-accumulates of one forward pass on one image: convolutions and dense layers.
+    """Multiply-accumulates of one forward pass on one image: convolutions and dense layers, nested models included.
 
-    A convolution costs H_out * W_out * k_h * k_w * C_in / groups * C_out; a
-    depthwise one H_out * W_out * k_h * k_w * C; a dense layer C_in * C_out.
-    BatchNorm, activations, pooling and additions are left out, as in the
-    MAC counts of the KD literature.
+    A convolution costs out_positions * kernel_positions * C_in / groups * C_out; a depthwise one out_positions *
+    kernel_positions * C_out; a separable one its depthwise part then its pointwise part; a transposed one
+    in_positions * kernel_positions * C_in * C_out; a dense layer positions * C_in * C_out. BatchNorm,
+    activations, pooling and additions are left out, as in the MAC counts of the KD literature.
     """
-    macs = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            _, height, width, channels = layer.output.shape
-            macs += height * width * layer.kernel_size[0] * layer.kernel_size[1] * channels
-        elif isinstance(layer, keras.layers.Conv2D):
-            _, height, width, filters = layer.output.shape
-            in_channels = layer.input.shape[-1]
-            macs += height * width * layer.kernel_size[0] * layer.kernel_size[1] * in_channels // layer.groups * filters
-        elif isinstance(layer, keras.layers.Dense):
-            macs += layer.input.shape[-1] * layer.units
-    return int(macs)
+    return int(sum(_layer_macs(layer) for layer in model.layers))
+
+
+_CONVOLUTIONS = (
+    keras.layers.Conv1D,
+    keras.layers.Conv2D,
+    keras.layers.Conv3D,
+    keras.layers.DepthwiseConv1D,
+    keras.layers.DepthwiseConv2D,
+    keras.layers.SeparableConv1D,
+    keras.layers.SeparableConv2D,
+)
+_TRANSPOSED = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+
+
+def _layer_macs(layer) -> int:
+    if isinstance(layer, keras.Model):
+        return count_macs(layer)  # a backbone used as a layer of a model with a new head
+    if isinstance(layer, keras.layers.Dense):
+        return math.prod(layer.input.shape[1:-1]) * layer.input.shape[-1] * layer.units
+    if not isinstance(layer, (*_CONVOLUTIONS, *_TRANSPOSED)):
+        return 0
+    in_shape, out_shape = layer.input.shape, layer.output.shape
+    kernel, positions, in_channels = math.prod(layer.kernel_size), math.prod(out_shape[1:-1]), in_shape[-1]
+    if isinstance(layer, _TRANSPOSED):
+        return math.prod(in_shape[1:-1]) * kernel * in_channels * layer.filters
+    if isinstance(layer, (keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D)):
+        return positions * kernel * out_shape[-1]
+    if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+        middle = in_channels * layer.depth_multiplier
+        return positions * (kernel * middle + middle * layer.filters)
+    return positions * kernel * in_channels // layer.groups * layer.filters
 
 
 __all__ = [
