@@ -63,6 +63,10 @@ def test_an_application_is_built_for_the_data_with_logits_out():
     logits = keras.ops.convert_to_numpy(model(np.random.default_rng(0).normal(size=(3, 32, 32, 1)), training=False))
     assert not np.allclose(logits.sum(axis=1), 1.0)  # no softmax
     assert not architectures.reads_raw_pixels(build_model("EfficientNetV2B0", 4, (32, 32, 3)))
+    # Keras builds MobileNetV3's BatchNorm with momentum 0.999: after a short run its moving statistics still hold
+    # their initial values and evaluation is at chance; the zoo's (PyTorch's) 0.9 replaces it.
+    momenta = {layer.momentum for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)}
+    assert momenta == {0.9}
 
 
 def test_efficientnet_reads_raw_pixels_and_normalises_them_with_the_dataset_statistics():
