@@ -17,6 +17,15 @@ Sources:
   with a deterministic validation split when none is given.
 - Arrays you hold already: `load_arrays`.
 
+Any architecture's input, from any dataset: `image_size=(height, width)`
+resizes every split when it is read, so both pipelines batch the same uint8
+pixels (IDX files: Pillow's bilinear filter, which widens to an antialiasing
+triangle when shrinking; TFDS: `tf.image.resize(..., antialias=True)`, the
+same filter; image folders as before), and scales the augmentation's crop
+padding with the height. `channels=3` gives a 1-channel dataset three equal
+channels, repeated per batch after augmentation, with its mean/std repeated
+too. Colour is never turned into gray.
+
 Two pipelines build the batches; `load(..., pipeline=...)` chooses:
 - "tf_data": a prefetched `tf.data.Dataset`: decode, augment (training only:
   random crop after zero padding, plus horizontal flip where flipping keeps
@@ -89,6 +98,19 @@ class DatasetSpec:
     class_names: tuple[str, ...] | None = None
     tfds_splits: tuple[tuple[str, str], ...] = (("train", "train"), ("test", "test"))
     manual: bool = False
+
+    def resized(self, image_size: tuple[int, int] | None) -> DatasetSpec:
+        """This dataset at `image_size` (None: its own): the input shape, and the crop padding scaled with the height.
+
+        The padding keeps its share of the image (Fashion-MNIST's 2 pixels of
+        28 become 7 of 96), so a random crop moves the content as far, relative
+        to the image, as at the native size.
+        """
+        if image_size is None or tuple(image_size) == self.input_shape[:2]:
+            return self
+        height, width = image_size
+        padding = max(1, round(self.crop_padding * height / self.input_shape[0])) if self.crop_padding else 0
+        return dataclasses.replace(self, input_shape=(height, width, self.input_shape[2]), crop_padding=padding)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +231,33 @@ def resolve_pipeline(pipeline: str = "auto") -> str:
 # --- Loading -------------------------------------------------------------------------------------
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _check_image_options(name: str, image_size, channels) -> None:
+    """Refuses an `image_size` that is not two sizes >= 1, and a `channels` the dataset's images cannot become."""
+    if image_size is not None and (
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or not all(_is_int(v) and v >= 1 for v in image_size)
+    ):
+        raise ValueError(f"Expected `image_size` = (height, width), two ints >= 1. Received: image_size={image_size!r}")
+    if channels is None:
+        return
+    own = 3 if name.startswith(FOLDER_PREFIX) else get_spec(name).input_shape[-1]
+    if own == 3 and channels == 1:
+        raise ValueError(
+            f"Expected `channels` = 3 or None for {name!r}, whose images are in colour (colour is never converted to "
+            "gray). Received: channels=1"
+        )
+    if not _is_int(channels) or channels not in (own, 3):
+        raise ValueError(
+            f"Expected `channels` = None, {' or '.join(map(str, sorted({own, 3})))} for {name!r}. Received: "
+            f"channels={channels!r}"
+        )
+
+
 def _check_options(split, batch_size, subset, stream, start_step, shard, holdout=None) -> None:
     if split not in SPLITS:
         raise ValueError(f"Expected `split` to be one of {SPLITS}. Received: split={split!r}")
@@ -261,11 +310,13 @@ def load(
     pipeline: str = "auto",
     shard: tuple[int, int] | None = None,
     holdout: int | None = None,
+    channels: int | None = None,
 ) -> tuple[tf.data.Dataset | keras.utils.PyDataset, DatasetInfo]:
     """Loads one split as batches of (images, labels): a `tf.data.Dataset` or a `keras.utils.PyDataset` of numpy arrays.
 
     Images are float32, normalised with the dataset's mean/std; labels are int64 class ids. `pipeline` chooses what
-    builds the batches (see the module docstring); both honour every argument.
+    builds the batches (see the module docstring); both honour every argument. `info.input_shape` is the shape of
+    one image in the batches: `image_size` and `channels` applied.
 
     Args:
         name: One of `list_datasets()`, or `folder:PATH`.
@@ -277,29 +328,43 @@ def load(
             first `subset`. With `holdout`, of the examples left to the split.
         data_dir: Where the dataset's files are; what that means for each dataset: the module docstring's sources.
         download: Let tfds download a missing dataset.
-        image_size: (height, width) for `folder:` datasets (default 32x32).
+        image_size: (height, width) to resize every image to when the split is read; None: the dataset's own
+            (`folder:` datasets: 32x32). IDX files are resized with Pillow's bilinear filter (antialiased when
+            shrinking), TFDS datasets and image folders with `tf.image.resize(..., antialias=True)`, rounded to uint8;
+            the crop padding of the augmentation scales with the height (`DatasetSpec.resized`). The dataset's own
+            size reads the files unchanged. The split is held at the new size: Fashion-MNIST's 60,000 training
+            images take 60000 * h * w bytes (553 MB at 96x96, 3.0 GB at 224x224), resized once per `load` (a few
+            seconds per 60,000 at 96x96 on one core).
         normalization: (mean, std) to use instead of the dataset's own, e.g. those stored with a trained model.
         tfds_dir: Where TFDS keeps prepared cinic10 / tiny_imagenet (default: TFDS's own, `~/tensorflow_datasets`).
         pipeline: "auto" (tf.data where TensorFlow imports, else numpy), "tf_data" or "numpy".
         holdout: Set the last `holdout` training examples apart as the split "validation" (from IDX files and image
             folders: the last of the fixed shuffle above, so a training subset keeps its examples; from TFDS: the
             last in TFDS's order); "train" then reads only the others. Pass the same value for both splits.
+        channels: The channels of the batches' images; None: the dataset's own. 3 for a 1-channel dataset (MNIST,
+            Fashion-MNIST) repeats its gray channel in every batch, after augmentation, and repeats its mean/std
+            (a 1-value `normalization` too), so each channel is normalised as the gray one was; the split stays
+            1-channel in memory, and only the float32 batches are three times as large. 1 for a colour dataset is
+            refused: colour is never converted to gray.
 
     Returns:
         `(dataset, info)`: a `tf.data.Dataset` ("tf_data") or a `keras.utils.PyDataset` ("numpy").
 
     Raises:
-        ValueError: For an unknown name, split or pipeline, invalid sizes, or bad data (the message names the file).
+        ValueError: For an unknown name, split or pipeline, invalid sizes, a channel count the dataset's images
+            cannot take, or bad data (the message names the file).
         DatasetNotFoundError: When the data is not on this machine and cannot be downloaded, or only TensorFlow
             could read it and it is not installed.
     """
     from stkd_keras import batches
 
     _check_options(split, batch_size, subset, stream, start_step, shard, holdout)
+    _check_image_options(name, image_size, channels)
     pipeline = resolve_pipeline(pipeline)
+    image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
     raw = _read_split(name, split, subset, holdout, data_dir, download, image_size, tfds_dir)
     options = batches.BatchOptions(batch_size, augment, shuffle, seed, drop_remainder, stream, start_step, shard)
-    return batches.build_batches(raw, options, pipeline, normalization)
+    return batches.build_batches(raw, options, pipeline, normalization, channels)
 
 
 def _read_split(name, split, subset, holdout, data_dir, download, image_size, tfds_dir) -> RawSplit:
@@ -315,10 +380,10 @@ def _read_split(name, split, subset, holdout, data_dir, download, image_size, tf
     if name == "fashion_mnist" and data_dir is not None and directory is None:
         raise DatasetNotFoundError(f"Fashion-MNIST IDX files ({', '.join(idx_file_names())}) not found in {data_dir}.")
     if directory is not None:
-        return data_sources.read_idx_split(spec, directory, split, subset, holdout)
+        return data_sources.read_idx_split(spec, directory, split, subset, holdout, image_size)
     if not tensorflow_available():
         raise data_sources.tensorflow_missing(name, data_dir)
-    return data_sources.read_tfds_split(spec, split, subset, holdout, data_dir, tfds_dir, download)
+    return data_sources.read_tfds_split(spec, split, subset, holdout, data_dir, tfds_dir, download, image_size)
 
 
 def load_arrays(
