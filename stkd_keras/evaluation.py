@@ -113,9 +113,10 @@ def evaluate(
         check_preprocessing_fits(preprocessing, dataset, model_path)
         normalization = (preprocessing["mean"], preprocessing["std"])
         image_size = image_size_pair(preprocessing.get("image_size"))
-    where = {"subset": subset, "data_dir": data_dir, "download": download}
     input_shape = (*(image_size or model.input_shape[1:3]), model.input_shape[-1])
-    data, info = evaluation_data(dataset, split, batch_size, input_shape, normalization, **where)
+    data, info = evaluation_data(
+        dataset, split, batch_size, input_shape, normalization, subset=subset, data_dir=data_dir, download=download
+    )
     check_model_fits_dataset(model, info, "model")
     follow = _progress(info, split, batch_size, log)
     return {
@@ -142,7 +143,7 @@ def evaluation_data(
     subset: int | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
-) -> tuple:
+) -> tuple[object, data_lib.DatasetInfo]:
     """The batches a model with inputs `input_shape` (height, width, channels) is evaluated on, and their `DatasetInfo`.
 
     In order and unaugmented, resized to the model's height and width and given its channels (a 3-channel model
@@ -222,8 +223,16 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
     check_preprocessing_fits({"dataset": metadata.get("dataset"), **preprocessing}, dataset, path)
     input_shape = metadata.get("input_shape") or [None, *preprocessing["input_shape"]]
     normalization = (preprocessing["mean"], preprocessing["std"])
-    where = {"subset": subset, "data_dir": data_dir, "download": download}
-    data, info = evaluation_data(dataset, split, batch_size, tuple(input_shape[1:]), normalization, **where)
+    data, info = evaluation_data(
+        dataset,
+        split,
+        batch_size,
+        tuple(input_shape[1:]),
+        normalization,
+        subset=subset,
+        data_dir=data_dir,
+        download=download,
+    )
     if tuple(info.input_shape) != tuple(input_shape[1:]):
         raise RunError(
             f"{path} takes inputs {tuple(input_shape[1:])}, but dataset {dataset!r} has inputs {info.input_shape}."
