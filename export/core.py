@@ -460,17 +460,20 @@ def load_export_data(
 ) -> ExportData:
     """The first `verify_images` test images (None: the whole test split) and `representative_images` training images.
 
-    Both with the model's preprocessing.
+    Both with the model's preprocessing: its normalisation, and its input shape (`preprocessing["input_shape"]`:
+    height, width and channels; the dataset's own size reads its files unchanged).
     """
     from stkd_keras import data as data_lib
 
+    height, width, channels = preprocessing["input_shape"]
     options = {
         "augment": False,
         "shuffle": False,
         "data_dir": data_dir,
         "download": download,
         "normalization": (preprocessing["mean"], preprocessing["std"]),
-        "image_size": tuple(preprocessing["input_shape"][:2]),
+        "image_size": (height, width),
+        "channels": channels,
     }
     test, _ = data_lib.load(dataset, "test", 256, subset=verify_images, **options)
     images = np.concatenate([np.asarray(x) for x, _ in test])

@@ -162,6 +162,7 @@ def _load_images(spec, input_shape: tuple) -> _Images:
         "data_dir": spec.data_dir,
         "normalization": normalization,
         "image_size": input_shape[:2],
+        "channels": input_shape[2],
         "seed": spec.seed,
     }
     train_dataset, train_info = data_lib.load(

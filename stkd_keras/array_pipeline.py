@@ -5,7 +5,10 @@ by `crop_padding` pixels and crop back to h x w at a random offset, mirror
 left-right with probability 0.5 where `flip` is set (crop, then flip), then
 normalise to float32 with (x / 255 - mean) / std per channel. The draws are
 numpy's, not TensorFlow's, so the batches are not those of the `tf.data`
-pipeline; only their distribution is the same.
+pipeline; only their distribution is the same. With `channels=3`, 1-channel
+images are repeated to three equal channels after augmentation, before
+normalisation (one mean/std per channel of the batches), so the split stays
+1-channel in memory.
 
 Two datasets:
 - `ArrayStream`, for training runs: an endless stream of full batches in
@@ -90,7 +93,12 @@ def crop_and_flip(images: np.ndarray, offsets: np.ndarray, flips: np.ndarray, pa
     return out
 
 
-def _check_arrays(images, labels, mean, std) -> tuple[np.ndarray, np.ndarray]:
+def repeat_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """Images (n, h, w, 1) repeated to `channels` equal channels; images of `channels` channels unchanged."""
+    return images if images.shape[-1] == channels else np.repeat(images, channels, axis=-1)
+
+
+def _check_arrays(images, labels, mean, std, channels=None) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -103,7 +111,12 @@ def _check_arrays(images, labels, mean, std) -> tuple[np.ndarray, np.ndarray]:
             f"Expected `labels` to be integers of shape ({len(images)},). Received: dtype {labels.dtype}, shape "
             f"{labels.shape}"
         )
-    channels = images.shape[-1]
+    if channels is not None and channels != images.shape[-1] and images.shape[-1] != 1:
+        raise ValueError(
+            f"Expected `channels` to be None or the images' {images.shape[-1]} channels (only 1-channel images are "
+            f"repeated). Received: channels={channels!r}"
+        )
+    channels = channels or images.shape[-1]
     if len(mean) != channels or len(std) != channels or min(std) <= 0:
         raise ValueError(
             f"Expected one mean and one std > 0 per channel ({channels}). Received: mean={tuple(mean)!r}, "
@@ -148,6 +161,9 @@ class ArrayStream(keras.utils.PyDataset):
         seed: Seed (an int >= 0) of the order and the augmentation.
         start_step: The stream batch that `self[0]` is.
         shard: (index, count) to take one slice of every global batch.
+        channels: The channels of the batches (None: the images' own); 1-channel
+            images are repeated to them. `mean` and `std` have one value per
+            channel of the batches.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
             `keras.utils.PyDataset`.
 
@@ -177,11 +193,13 @@ class ArrayStream(keras.utils.PyDataset):
         seed=0,
         start_step=0,
         shard=None,
+        channels=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_common(batch_size, seed, crop_padding)
-        self.images, self.labels = _check_arrays(images, labels, mean, std)
+        self.images, self.labels = _check_arrays(images, labels, mean, std, channels)
+        self.channels = len(mean)
         if len(self.labels) == 0:
             raise ValueError("Expected at least one example for a stream. Received: 0 images")
         if not isinstance(start_step, (int, np.integer)) or start_step < 0:
@@ -247,7 +265,7 @@ class ArrayStream(keras.utils.PyDataset):
             rng = np.random.default_rng([self.seed, step, _AUGMENTATION_KEY])
             offsets, flips = draw_augmentation(rng, self.batch_size, self.crop_padding, self.flip)
             images = crop_and_flip(images, offsets[rows], flips[rows], self.crop_padding)
-        return normalize(images, self.mean, self.std), self.labels[indices[rows]]
+        return normalize(repeat_channels(images, self.channels), self.mean, self.std), self.labels[indices[rows]]
 
     def __getitem__(self, index):
         if index < 0:
@@ -279,6 +297,9 @@ class ArrayBatches(keras.utils.PyDataset):
         shuffle: Reshuffle on every pass.
         seed: Seed (an int >= 0) of the order and the augmentation.
         drop_remainder: Leave out the last, short batch.
+        channels: The channels of the batches (None: the images' own); 1-channel
+            images are repeated to them. `mean` and `std` have one value per
+            channel of the batches.
         **kwargs: `workers`, `use_multiprocessing`, `max_queue_size` of
             `keras.utils.PyDataset`.
 
@@ -307,11 +328,13 @@ class ArrayBatches(keras.utils.PyDataset):
         shuffle=False,
         seed=0,
         drop_remainder=False,
+        channels=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         _check_common(batch_size, seed, crop_padding)
-        self.images, self.labels = _check_arrays(images, labels, mean, std)
+        self.images, self.labels = _check_arrays(images, labels, mean, std, channels)
+        self.channels = len(mean)
         self.batch_size = int(batch_size)
         self.mean, self.std = tuple(mean), tuple(std)
         self.crop_padding, self.flip = int(crop_padding), bool(flip)
@@ -343,7 +366,7 @@ class ArrayBatches(keras.utils.PyDataset):
             rng = np.random.default_rng([self.seed, self.epoch, int(index), _AUGMENTATION_KEY])
             offsets, flips = draw_augmentation(rng, len(labels), self.crop_padding, self.flip)
             images = crop_and_flip(images, offsets, flips, self.crop_padding)
-        return normalize(images, self.mean, self.std), labels
+        return normalize(repeat_channels(images, self.channels), self.mean, self.std), labels
 
     def __iter__(self):
         for index in range(len(self)):

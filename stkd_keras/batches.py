@@ -56,11 +56,14 @@ class BatchOptions:
 
 
 def build_batches(
-    raw: RawSplit, options: BatchOptions, pipeline: str, normalization: tuple | None
+    raw: RawSplit, options: BatchOptions, pipeline: str, normalization: tuple | None, channels: int | None = None
 ) -> tuple[tf.data.Dataset | keras.utils.PyDataset, DatasetInfo]:
     """Batches of `raw` built by `pipeline` ("tf_data" or "numpy"), and the `DatasetInfo` that describes them.
 
     `normalization` is (mean, std) to use instead of the dataset's own.
+    `channels` (None: the split's own) repeats a 1-channel split's images to
+    that many channels in every batch, after augmentation and before
+    normalisation, with one mean/std per channel of the batches.
     Warns when a training split lacks some of the dataset's classes.
     """
     training = raw.split == "train"
@@ -70,8 +73,9 @@ def build_batches(
         shuffle=training if options.shuffle is None else options.shuffle,
     )
     spec = raw.spec
+    channels = channels or spec.input_shape[-1]
     classes_present = None if raw.labels is None else _classes_present(raw, training)
-    mean, std = _statistics(spec, normalization)
+    mean, std = _statistics(spec, normalization, channels)
     num_examples = raw.num_examples
     if pipeline == "numpy":
         images, labels = raw.as_arrays()
@@ -83,7 +87,7 @@ def build_batches(
         name=raw.name,
         split=raw.split,
         num_classes=spec.num_classes,
-        input_shape=spec.input_shape,
+        input_shape=(*spec.input_shape[:2], channels),
         class_names=tuple(raw.class_names),
         mean=mean,
         std=std,
@@ -94,13 +98,16 @@ def build_batches(
     return batches, info
 
 
-def _statistics(spec: DatasetSpec, normalization) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _statistics(spec: DatasetSpec, normalization, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """One mean and std per channel of the batches; those of a 1-channel split repeated when its gray is repeated."""
     mean, std = (
         (tuple(normalization[0]), tuple(normalization[1])) if normalization is not None else (spec.mean, spec.std)
     )
-    if len(mean) != spec.input_shape[-1] or len(std) != spec.input_shape[-1]:
+    if spec.input_shape[-1] == len(mean) == len(std) == 1 and channels > 1:
+        mean, std = mean * channels, std * channels
+    if len(mean) != channels or len(std) != channels:
         raise ValueError(
-            f"Expected one mean and std per channel ({spec.input_shape[-1]}). Received: normalization={normalization!r}"
+            f"Expected one mean and std per channel ({channels}). Received: normalization={normalization!r}"
         )
     return mean, std
 
@@ -121,10 +128,13 @@ def _classes_present(raw: RawSplit, training: bool) -> int:
 # --- The tf.data pipeline ------------------------------------------------------------------------
 
 
-def _normalise(images, mean, std):
+def _normalise(image, mean, std):
+    """(image / 255 - mean) / std per channel of one raw image; a 1-channel image repeated to one channel per mean."""
     import tensorflow as tf
 
-    return (tf.cast(images, tf.float32) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    if image.shape[-1] == 1 and len(mean) > 1:
+        image = tf.tile(image, [1, 1, len(mean)])
+    return (tf.cast(image, tf.float32) / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def _augment(image, seed, spec: DatasetSpec):
@@ -199,6 +209,7 @@ def _numpy_pipeline(images, labels, spec: DatasetSpec, mean, std, options: Batch
             seed=options.seed,
             start_step=options.start_step,
             shard=options.shard,
+            channels=len(mean),
         )
     return array_pipeline.ArrayBatches(
         images,
@@ -211,4 +222,5 @@ def _numpy_pipeline(images, labels, spec: DatasetSpec, mean, std, options: Batch
         shuffle=options.shuffle,
         seed=options.seed,
         drop_remainder=options.drop_remainder,
+        channels=len(mean),
     )

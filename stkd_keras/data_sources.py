@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 
 # Datasets that can be read from IDX files, and their names in messages.
 IDX_DATASETS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
+# Images per task of `resize_images`: each task fills its own rows of one preallocated output.
+_RESIZE_CHUNK = 1024
+_RESIZE_THREADS = 8
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -72,6 +76,51 @@ class RawSplit:
         import tensorflow as tf
 
         return tf.data.Dataset.from_tensor_slices((self.images, self.labels))
+
+
+# --- Resizing ------------------------------------------------------------------------------------
+
+
+def resize_images(images: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+    """uint8 images (n, h, w, c) resized to `image_size` (height, width) with Pillow's bilinear filter.
+
+    Pillow's `Image.Resampling.BILINEAR` is a triangle filter over pixel
+    centres whose support widens with the scale when shrinking, so it
+    antialiases as `tf.image.resize(..., antialias=True)` does; Pillow
+    computes it in fixed point and rounds to uint8. Each image is resized on
+    its own, exactly as `PIL.Image.resize` does it, by a few threads (Pillow
+    releases the GIL) that fill one preallocated uint8 output: the memory is
+    the output alone. Images already of `image_size` are returned as they are.
+    Pillow, unlike TensorFlow, is there on every backend (Matplotlib needs it).
+    """
+    from PIL import Image
+
+    count, height, width, channels = images.shape
+    height_out, width_out = image_size
+    if (height, width) == (height_out, width_out):
+        return images
+    out = np.empty((count, height_out, width_out, channels), np.uint8)
+
+    def resize_chunk(start: int) -> None:
+        for i in range(start, min(start + _RESIZE_CHUNK, count)):
+            picture = Image.fromarray(images[i, ..., 0] if channels == 1 else images[i])
+            resized = picture.resize((width_out, height_out), Image.Resampling.BILINEAR)
+            out[i] = np.asarray(resized).reshape(height_out, width_out, channels)
+
+    with ThreadPoolExecutor(min(_RESIZE_THREADS, os.cpu_count() or 1)) as pool:
+        list(pool.map(resize_chunk, range(0, count, _RESIZE_CHUNK)))  # list(): raises the first task's error
+    return out
+
+
+def resize_dataset(dataset: tf.data.Dataset, image_size: tuple[int, int]) -> tf.data.Dataset:
+    """(image uint8, label) pairs, each image resized by `tf.image.resize(..., antialias=True)` and rounded to uint8."""
+    import tensorflow as tf
+
+    def resize(image, label):
+        resized = tf.image.resize(image, image_size, antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8), label
+
+    return dataset.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 # --- Which examples a split holds ----------------------------------------------------------------
@@ -152,12 +201,25 @@ def idx_directory(name: str, data_dir) -> Path | None:
     return None
 
 
-def read_idx_split(spec: DatasetSpec, directory: Path, split: str, subset: int | None, holdout: int | None) -> RawSplit:
-    """`split` of an IDX dataset from the four files in `directory`, its examples chosen by `chosen_examples`."""
+def read_idx_split(
+    spec: DatasetSpec,
+    directory: Path,
+    split: str,
+    subset: int | None,
+    holdout: int | None,
+    image_size: tuple[int, int] | None = None,
+) -> RawSplit:
+    """`split` of an IDX dataset from the four files in `directory`, its examples chosen by `chosen_examples`.
+
+    With `image_size`, the chosen images are resized once, here (`resize_images`), so both pipelines batch the same
+    uint8 pixels.
+    """
     images, labels = read_idx(directory, stored_split(split), spec.num_classes, IDX_DATASETS[spec.name])
     chosen = chosen_examples(len(labels), split, subset, holdout)
     if chosen is not None:
         images, labels = images[chosen], labels[chosen]
+    spec = spec.resized(image_size)
+    images = resize_images(images, spec.input_shape[:2])
     source = f"idx:{directory}"
     return RawSplit(spec.name, split, spec, len(labels), spec.class_names, source, images=images, labels=labels)
 
@@ -259,13 +321,22 @@ def _load_tfds(spec: DatasetSpec, split: str, tfds_dir, manual_dir, download: bo
 
 
 def read_tfds_split(
-    spec: DatasetSpec, split: str, subset: int | None, holdout: int | None, data_dir, tfds_dir, download: bool
+    spec: DatasetSpec,
+    split: str,
+    subset: int | None,
+    holdout: int | None,
+    data_dir,
+    tfds_dir,
+    download: bool,
+    image_size: tuple[int, int] | None = None,
 ) -> RawSplit:
     """`split` through tensorflow-datasets; `subset` takes the first examples of TFDS's order, `holdout` the last.
 
     `data_dir` is the TFDS data directory, except for datasets read from
     their official files (`spec.manual`), where it is the folder holding
-    them and `tfds_dir` the TFDS data directory.
+    them and `tfds_dir` the TFDS data directory. With `image_size`, each
+    image is resized as it is read (`resize_dataset`); a training shuffle
+    buffer then holds up to 20,000 resized images (3 GB at 224x224x3).
     """
     manual_dir = data_dir if spec.manual else None
     tfds_data_dir = tfds_dir if spec.manual else (data_dir if spec.name != "fashion_mnist" else None)
@@ -279,7 +350,10 @@ def read_tfds_split(
         # tfds order is fixed (shuffle_files=False): the first examples are a fixed subset.
         dataset = dataset.take(subset)
         num_examples = min(num_examples, subset)
-    return RawSplit(spec.name, split, spec, num_examples, tuple(class_names), source, dataset=dataset)
+    resized = spec.resized(image_size)
+    if resized is not spec:
+        dataset = resize_dataset(dataset, resized.input_shape[:2])
+    return RawSplit(spec.name, split, resized, num_examples, tuple(class_names), source, dataset=dataset)
 
 
 @contextlib.contextmanager

@@ -113,17 +113,9 @@ def evaluate(
         check_preprocessing_fits(preprocessing, dataset, model_path)
         normalization = (preprocessing["mean"], preprocessing["std"])
         image_size = image_size_pair(preprocessing.get("image_size"))
-    data, info = data_lib.load(
-        dataset,
-        split,
-        batch_size,
-        augment=False,
-        shuffle=False,
-        subset=subset,
-        data_dir=data_dir,
-        download=download,
-        image_size=image_size or tuple(model.input_shape[1:3]),
-        normalization=normalization,
+    input_shape = (*(image_size or model.input_shape[1:3]), model.input_shape[-1])
+    data, info = evaluation_data(
+        dataset, split, batch_size, input_shape, normalization, subset=subset, data_dir=data_dir, download=download
     )
     check_model_fits_dataset(model, info, "model")
     follow = _progress(info, split, batch_size, log)
@@ -140,6 +132,38 @@ def evaluate(
         **evaluate_model(model, data, follow),
         "environment": environment(),
     }
+
+
+def evaluation_data(
+    dataset: str,
+    split: str,
+    batch_size: int,
+    input_shape: tuple,
+    normalization: tuple | None,
+    subset: int | None = None,
+    data_dir: str | os.PathLike | None = None,
+    download: bool = True,
+) -> tuple[object, data_lib.DatasetInfo]:
+    """The batches a model with inputs `input_shape` (height, width, channels) is evaluated on, and their `DatasetInfo`.
+
+    In order and unaugmented, resized to the model's height and width and given its channels (a 3-channel model
+    trained on a 1-channel dataset reads it with the gray channel repeated); a size or channel count the model leaves
+    open (None) is the dataset's own. `normalization` is (mean, std), or None for the dataset's own.
+    """
+    height, width, channels = input_shape
+    return data_lib.load(
+        dataset,
+        split,
+        batch_size,
+        augment=False,
+        shuffle=False,
+        subset=subset,
+        data_dir=data_dir,
+        download=download,
+        image_size=None if height is None or width is None else (int(height), int(width)),
+        normalization=normalization,
+        channels=None if channels is None else int(channels),
+    )
 
 
 def _progress(info, split: str, batch_size: int, log):
@@ -198,17 +222,16 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
     runner, metadata, preprocessing = _load_exported(path)
     check_preprocessing_fits({"dataset": metadata.get("dataset"), **preprocessing}, dataset, path)
     input_shape = metadata.get("input_shape") or [None, *preprocessing["input_shape"]]
-    data, info = data_lib.load(
+    normalization = (preprocessing["mean"], preprocessing["std"])
+    data, info = evaluation_data(
         dataset,
         split,
         batch_size,
-        augment=False,
-        shuffle=False,
+        tuple(input_shape[1:]),
+        normalization,
         subset=subset,
         data_dir=data_dir,
         download=download,
-        image_size=tuple(input_shape[1:3]),
-        normalization=(preprocessing["mean"], preprocessing["std"]),
     )
     if tuple(info.input_shape) != tuple(input_shape[1:]):
         raise RunError(

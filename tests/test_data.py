@@ -443,6 +443,16 @@ report["crops_match"] = bool(all(
     any(np.array_equal(pixels[i], crop[i]) or np.array_equal(pixels[i], crop[i][:, ::-1]) for crop in crops)
     for i in range(64)
 ))
+# Resized (Pillow) and with the gray channel repeated, still without TensorFlow.
+from PIL import Image
+
+resized, resized_info = data.load("fashion_mnist", "test", 8, subset=8, image_size=(32, 32), channels=3)
+test_raw, _ = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), "test")
+first = test_raw[np.random.default_rng(0).permutation(len(test_raw))[:8], ..., 0]
+expected = np.stack([np.asarray(Image.fromarray(i).resize((32, 32), Image.Resampling.BILINEAR)) for i in first])
+got = np.rint((resized[0][0] * 0.3530 + 0.2860) * 255)
+report["resized_match"] = bool(all(np.array_equal(got[..., c], expected) for c in range(3)))
+report["resized_shape"] = list(resized_info.input_shape)
 try:
     data.load("cifar10", "train", 64)
 except data.DatasetNotFoundError as error:
@@ -473,6 +483,7 @@ def test_load_without_tensorflow():
     assert report["shape"] == [64, 28, 28, 1] and report["dtype"] == "float32" and report["label_dtype"] == "int64"
     assert report["num_examples"] == 256 and report["source"].startswith("idx:")
     assert report["labels_match"] and report["crops_match"]
+    assert report["resized_match"] and report["resized_shape"] == [32, 32, 3]
     message = report["cifar10_error"]
     assert message.startswith("Dataset 'cifar10' is read through tensorflow-datasets, which needs TensorFlow;")
     assert "pip install 'stkd-keras[tensorflow]'" in message and message.count(". ") == 0 and message.endswith(".")

@@ -44,7 +44,7 @@ def test_wheel_layout(tmp_path):
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     core = {re.split(r"[<>=!~; \[]", r)[0].lower() for r in requires if "extra ==" not in r}
-    assert core == {"keras", "numpy", "click", "pyyaml", "matplotlib"}
+    assert core == {"keras", "numpy", "click", "pyyaml", "matplotlib", "pillow"}
     extras = {r.split("extra ==")[1].strip().strip("'\"") for r in requires if "extra ==" in r}
     assert {"tensorflow", "jax", "torch", "export"} <= extras
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
