@@ -113,7 +113,7 @@ _TRAINING_OPTIONS = (
         "--image-size",
         default=None,
         type=click.IntRange(min=1),
-        help="folder: datasets: resize images to this square size (default 32).",
+        help="Resize every image to this square size (default: the dataset's own; folder: datasets 32).",
     ),
     click.option("--epochs", default=10, show_default=True, type=click.IntRange(min=1), help="Training epochs."),
     click.option(

@@ -108,12 +108,13 @@ def evaluate(
         return _evaluate_exported(Path(model_path), dataset, split, batch_size, subset, data_dir, download, log)
     model = load_model(model_path)
     preprocessing = read_preprocessing(model_path)
-    normalization, image_size = None, None
     if preprocessing is not None:
         check_preprocessing_fits(preprocessing, dataset, model_path)
         normalization = (preprocessing["mean"], preprocessing["std"])
         image_size = image_size_pair(preprocessing.get("image_size"))
-    input_shape = (*(image_size or model.input_shape[1:3]), model.input_shape[-1])
+        input_shape = (*(image_size or model.input_shape[1:3]), model.input_shape[-1])
+    else:
+        normalization, input_shape = _unrecorded_inputs(model, dataset)
     data, info = evaluation_data(
         dataset, split, batch_size, input_shape, normalization, subset=subset, data_dir=data_dir, download=download
     )
@@ -132,6 +133,22 @@ def evaluate(
         **evaluate_model(model, data, follow),
         "environment": environment(),
     }
+
+
+def _unrecorded_inputs(model: keras.Model, dataset: str) -> tuple:
+    """The normalisation and input shape of a model saved without preprocessing.json (outside a run folder).
+
+    Raw pixels for a model that rescales its input itself (`architectures.reads_raw_pixels`), else the dataset's
+    own statistics; the dataset's own image size and channels (a model of another shape is then refused, not fed
+    resized images of a dataset it may never have seen), except for an image folder, which has no size of its own.
+    """
+    from stkd_keras import architectures
+
+    folder = dataset.startswith(data_lib.FOLDER_PREFIX)
+    channels = model.input_shape[-1] if folder else data_lib.get_spec(dataset).input_shape[-1]
+    raw = architectures.reads_raw_pixels(model)
+    normalization = ([0.0] * channels, [1 / 255] * channels) if raw else None
+    return normalization, tuple(model.input_shape[1:]) if folder else (None, None, None)
 
 
 def evaluation_data(

@@ -131,3 +131,24 @@ def test_a_factory_in_your_own_code_trains_and_evaluates(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["model"] == "house:make"
     result = run("evaluate", "--model", tmp_path / "run", "--dataset", "fashion_mnist", "--subset", 100, "--quiet")
     assert result.exit_code == 0, result.output
+
+
+def test_a_keras_file_that_takes_rgb_trains_on_fashion_mnist_resized_and_repeated(tmp_path):
+    from stkd_keras.architectures import build_model
+
+    build_model("cnn8", 10, (32, 32, 3)).save(tmp_path / "start.keras")
+    output = tmp_path / "run"
+    options = ["--model", tmp_path / "start.keras", "--image-size", 32, "--output", output, *TINY]
+    result = run("train-teacher", *options)
+    assert result.exit_code == 0, result.output
+    stored = json.loads((output / "preprocessing.json").read_text())
+    # Fashion-MNIST's gray statistics, repeated for the three channels the model takes.
+    assert stored["input_shape"] == [32, 32, 3] and stored["mean"] == pytest.approx([0.2860] * 3, abs=1e-4)
+    result = run("evaluate", "--model", output, "--dataset", "fashion_mnist", "--subset", 100, "--quiet")
+    assert result.exit_code == 0, result.output
+    # Outside its run folder, with no preprocessing.json to say how it was trained, a 32x32x3 model is not fed
+    # Fashion-MNIST resized and repeated: it is refused.
+    (tmp_path / "bare").mkdir()
+    (output / "teacher.keras").rename(tmp_path / "bare" / "model.keras")
+    result = run("evaluate", "--model", tmp_path / "bare" / "model.keras", "--dataset", "fashion_mnist")
+    assert result.exit_code == 1 and "takes inputs (32, 32, 3)" in result.output and "(28, 28, 1)" in result.output
