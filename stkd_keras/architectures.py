@@ -366,9 +366,8 @@ def _load_file(path: str, num_classes: int, input_shape: tuple):
     return model
 
 
-def _call_factory(spec: str, num_classes: int, input_shape: tuple):
-    import keras
-
+def import_factory(spec: str):
+    """The object `module:function` names, its module imported from the working directory or `PYTHONPATH`."""
     module_name, function_name = spec.split(":")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # the working directory, as `python -m` would search it
@@ -379,7 +378,14 @@ def _call_factory(spec: str, num_classes: int, input_shape: tuple):
             f"Cannot import {module_name!r} for model {spec} (searched the working directory and PYTHONPATH): "
             f"{type(error).__name__}: {error}"
         ) from None
-    factory = getattr(module, function_name, None)
+    return getattr(module, function_name, None)
+
+
+def _call_factory(spec: str, num_classes: int, input_shape: tuple):
+    import keras
+
+    factory = import_factory(spec)
+    module_name, function_name = spec.split(":")
     if not callable(factory):
         raise ArchitectureError(f"Module {module_name!r} has no function {function_name!r} (model {spec}).")
     try:

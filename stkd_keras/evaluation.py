@@ -43,6 +43,7 @@ def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
     import stkd_keras.models.layers  # noqa: F401
 
     path = model_file(path, role)
+    _import_factory_module(path)
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # Keras raises many types for a corrupt archive.
@@ -55,6 +56,25 @@ def load_model(path: str | os.PathLike, role: str = "student") -> keras.Model:
             "exported or distilled from: train it again."
         )
     return model
+
+
+def _import_factory_module(path: Path) -> None:
+    """Imports the module of the factory (`module:function`) that built the model of a run folder, if one did.
+
+    A factory's own layers register with Keras (`keras.saving.register_keras_serializable`) when its module is
+    imported; the run's metrics.json names the factory. A module that is gone is left to the load's own error.
+    """
+    import json
+
+    from stkd_keras import architectures
+
+    metrics = path.parent / "metrics.json"
+    try:
+        spec = json.loads(metrics.read_text())["config"]["model"]
+        if architectures.kind_of(spec) == "factory":
+            architectures.import_factory(spec)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
 
 
 def check_model_fits_dataset(model: keras.Model, info: data_lib.DatasetInfo, what: str) -> None:

@@ -2,6 +2,8 @@
 a teacher of another image size, and the refusals, each answered before anything trains."""
 
 import json
+import subprocess
+import sys
 import textwrap
 
 import keras
@@ -113,9 +115,15 @@ FACTORY = """
 import keras
 
 
+@keras.saving.register_keras_serializable(package="house")
+class Halve(keras.layers.Layer):
+    def call(self, x):
+        return x / 2
+
+
 def make(num_classes, input_shape):
     inputs = keras.Input(input_shape)
-    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv")(inputs)
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu", name="conv")(Halve()(inputs))
     x = keras.layers.GlobalAveragePooling2D()(x)
     return keras.Model(inputs, keras.layers.Dense(num_classes, name="head")(x), name="house_model")
 """
@@ -131,6 +139,11 @@ def test_a_factory_in_your_own_code_trains_and_evaluates(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["config"]["model"] == "house:make"
     result = run("evaluate", "--model", tmp_path / "run", "--dataset", "fashion_mnist", "--subset", 100, "--quiet")
     assert result.exit_code == 0, result.output
+    # In a fresh process, the factory's own layer (Halve) is found: loading the model imports the module its
+    # metrics.json names.
+    script = "from stkd_keras.evaluation import load_model; print(load_model('run', role='teacher').layers[1].name)"
+    loaded = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0 and loaded.stdout.split()[-1].startswith("halve"), loaded.stderr[-2000:]
 
 
 def test_a_keras_file_that_takes_rgb_trains_on_fashion_mnist_resized_and_repeated(tmp_path):
