@@ -146,7 +146,8 @@ def check_weights_option(spec: str, weights: str | None) -> None:
             f"Expected starting weights in a .weights.h5 (Keras 3) or .h5 file, or `imagenet`. Received: {weights}"
         )
     if not Path(weights).is_file():
-        raise ArchitectureError(f"Starting weights file {weights} does not exist.")
+        what = "is not a file" if Path(weights).exists() else "does not exist"
+        raise ArchitectureError(f"Starting weights file {weights} {what}.")
 
 
 def build_model(

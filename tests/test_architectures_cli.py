@@ -165,3 +165,12 @@ def test_a_keras_file_that_takes_rgb_trains_on_fashion_mnist_resized_and_repeate
     (output / "teacher.keras").rename(tmp_path / "bare" / "model.keras")
     result = run("evaluate", "--model", tmp_path / "bare" / "model.keras", "--dataset", "fashion_mnist")
     assert result.exit_code == 1 and "takes inputs (32, 32, 3)" in result.output and "(28, 28, 1)" in result.output
+
+
+def test_a_teacher_of_another_dataset_is_refused_though_it_could_read_the_images(shades, small_teacher, tmp_path):
+    result = run("distill", "--teacher", small_teacher, "--output", tmp_path / "run", *TINY)
+    assert result.exit_code == 1 and not (tmp_path / "run").exists()
+    assert (
+        f"Error: The teacher {small_teacher} was trained on folder:{shades}, and this run distils on fashion_mnist: "
+        "its classes are not this dataset's; give a teacher trained on fashion_mnist." in result.output
+    )
