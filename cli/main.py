@@ -27,6 +27,7 @@ from stkd_keras.cli.options import (
     hyperparameter_options,
     method_names,
     method_options,
+    model_options,
     run_config,
     training_options,
 )
@@ -44,20 +45,7 @@ def cli():
 
 @cli.command("train-teacher", cls=BackendCommand)
 @data_options
-@click.option(
-    "--model",
-    default="resnet20",
-    show_default=True,
-    type=ModelName(),
-    help="Teacher architecture: a zoo or keras.applications name (`stkd-keras models`), a .keras file, or "
-    "module:function.",
-)
-@click.option(
-    "--weights",
-    default=None,
-    help="Start from these weights: a .weights.h5 / .h5 file, or imagenet (never downloaded; the classifier is "
-    "rebuilt).",
-)
+@model_options("--model", "--weights", "resnet20", "Teacher")
 @training_options
 @user_errors
 @click.pass_context
@@ -102,20 +90,7 @@ def train_teacher(ctx, output, overwrite, quiet, resume, backend, **options):
 @click.option(
     "--teacher-epochs", default=None, type=click.IntRange(min=1), help="Epochs of that teacher (default: --epochs)."
 )
-@click.option(
-    "--student",
-    default="resnet8",
-    show_default=True,
-    type=ModelName(),
-    help="Student architecture: a zoo or keras.applications name (`stkd-keras models`), a .keras file, or "
-    "module:function.",
-)
-@click.option(
-    "--student-weights",
-    default=None,
-    help="Start the student from these weights: a .weights.h5 / .h5 file (e.g. ImageNet weights downloaded "
-    "elsewhere), or imagenet (looked for in ~/.keras/models, never downloaded); the classifier is rebuilt.",
-)
+@model_options("--student", "--student-weights", "resnet8", "Student")
 @click.option(
     "--method",
     default="stkd",

@@ -27,6 +27,25 @@ class ModelName(click.ParamType):
         return value
 
 
+def model_options(flag: str, weights_flag: str, default: str, role: str):
+    """The options naming a model (`ModelName`) and the weights it starts from."""
+    architecture = click.option(
+        flag,
+        default=default,
+        show_default=True,
+        type=ModelName(),
+        help=f"{role} architecture: a zoo or keras.applications name (`stkd-keras models`), a .keras file, or "
+        "module:function.",
+    )
+    weights = click.option(
+        weights_flag,
+        default=None,
+        help="Start from these weights: a .weights.h5 / .h5 file (e.g. ImageNet weights downloaded elsewhere), or "
+        "imagenet (looked for in ~/.keras/models, never downloaded); the classifier is rebuilt.",
+    )
+    return lambda function: architecture(weights(function))
+
+
 def _dataset_names():
     from stkd_keras import data  # Keras-free: a wrong name answers without loading a backend
 
