@@ -26,14 +26,17 @@ _PLAN = (
     "ExportError",
     "OnnxInt8Config",
     "export_plan",
+    "float_bound",
     "parse_quantizations",
 )
-_CORE = ("ExportData", "convert_onnx", "convert_tflite", "export_model", "load_export_data")
+_CORE = ("ExportData", "export_model", "load_export_data")
+_CONVERTERS = ("convert_onnx", "convert_tflite", "write_saved_model")
 _RUN = ("ExportOptionError", "ExportOptions", "export_run", "prepare_export")
 _RUNTIME = ("ONNXRunner", "TFLiteRunner", "measure_latency", "median_ms", "read_metadata", "runner_for")
 _EXPORTS = {
     **{name: "stkd_keras.export.plan" for name in _PLAN},
     **{name: "stkd_keras.export.core" for name in _CORE},
+    **{name: "stkd_keras.export.converters" for name in _CONVERTERS},
     **{name: "stkd_keras.export.runtime" for name in _RUNTIME},
     **{name: "stkd_keras.export.run" for name in _RUN},
 }

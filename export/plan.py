@@ -15,6 +15,10 @@ QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 # The modes each format is written in; `none` is kept as a name for float32.
 FORMAT_QUANTIZATIONS = {"tflite": ("float32", "float16", "dynamic", "int8"), "onnx": ("float32", "int8")}
 DEFAULT_QUANTIZATIONS = ("float32", "int8")
+# The most a float file's logits may differ from Keras's, as a fraction of the logits' scale (`float_bound`).
+# float32 arithmetic alone moves them by a few 1e-6 of it: Keras against itself at batch 64 and batch 1 differs by
+# 4.9e-4 on an EfficientNetB0 whose largest |logit| is 68 (tests/test_export_applications.py), beyond a fixed 1e-4.
+# float16 weights round to 2^-11 of their value, a few 1e-3 of the logits' scale after some fifty layers.
 FLOAT_BOUNDS = {"float32": 1e-4, "float16": 1e-2}
 DEFAULT_OPSET = 17
 
@@ -28,6 +32,15 @@ class BridgeError(RuntimeError):
 
     Its message is one sentence for the user: the bridge process ends with it on stderr.
     """
+
+
+def float_bound(quantization: str, max_abs_logit: float) -> float | None:
+    """The bound on a float file's max |logit difference| from Keras: FLOAT_BOUNDS[mode] x max(1, max |Keras logit|).
+
+    None for the quantized modes, whose cost is reported, not bounded.
+    """
+    fraction = FLOAT_BOUNDS.get(quantization)
+    return None if fraction is None else fraction * max(1.0, float(max_abs_logit))
 
 
 def _quantize_names(quantize) -> list[str]:

@@ -2,7 +2,7 @@
 
 Part of the QAT/pruning bridge (`stkd_keras.export.tfmot_bridge`), which alone imports it, in its own process
 (tf_keras, legacy Keras). The int8 settings and the runner are the export stage's own
-(`stkd_keras.export.core.int8_converter_options`, `stkd_keras.export.runtime.TFLiteRunner`).
+(`stkd_keras.export.converters.int8_converter_options`, `stkd_keras.export.runtime.TFLiteRunner`).
 """
 
 from __future__ import annotations
@@ -22,15 +22,10 @@ def int8_flatbuffer(model, representative: np.ndarray) -> bytes:
     """
     import tensorflow as tf
 
-    from stkd_keras.export.core import int8_converter_options
+    from stkd_keras.export.converters import apply_converter_options, int8_converter_options
 
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    for name, value in int8_converter_options(representative).items():
-        if name == "target_spec":
-            for attribute, setting in value.items():
-                setattr(converter.target_spec, attribute, setting)
-        else:
-            setattr(converter, name, value)
+    apply_converter_options(converter, int8_converter_options(representative))
     try:
         return converter.convert()
     except Exception as error:  # The converter raises ConverterError and others, with long MLIR dumps.
