@@ -290,13 +290,16 @@ def test_a_normalization_layer_exports_to_onnx(tmp_path):
     np.testing.assert_allclose(session.run(None, {"images": images})[0], expected, rtol=1e-5, atol=1e-5)
 
 
-# About 2 minutes on 2 cores (training 5 epochs, tracing once, six files): the default run's twin of the other families.
+# About 2 to 3 minutes on 2 cores (training 5 epochs, tracing once, six files): `pytest -m slow`. The default run's
+# twins: test_a_normalization_layer_exports_to_onnx above, and tests/test_architectures_cli.py, which trains a
+# MobileNetV3Small student through the command line.
+@pytest.mark.slow
 @pytest.mark.learning
 def test_mobilenet_v3_small_exports_to_every_mode(image_folder, tmp_path):
     export_family("MobileNetV3Small", image_folder, tmp_path)
 
 
-# Each 2 to 6 minutes on 2 cores: `pytest -m slow`; the default run exports MobileNetV3Small the same way.
+# Each 2 to 6 minutes on 2 cores: `pytest -m slow`, as MobileNetV3Small above.
 @pytest.mark.slow
 @pytest.mark.learning
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ RESERVED_NAMES = frozenset(
     {
         "dataset",
         "model",
+        "weights",
         "method",
         "teacher",
         "epochs",
@@ -52,7 +53,9 @@ RESERVED_NAMES = frozenset(
         "deterministic",
         "strategy",
         "student",
+        "student_weights",
         "teacher_model",
+        "teacher_weights",
         "teacher_epochs",
         "name",
         "trainable",
