@@ -17,9 +17,10 @@ FORMAT_QUANTIZATIONS = {"tflite": ("float32", "float16", "dynamic", "int8"), "on
 DEFAULT_QUANTIZATIONS = ("float32", "int8")
 # The most a float file's logits may differ from Keras's, as a fraction of the logits' scale (`float_bound`).
 # float32 arithmetic alone moves them by a few 1e-6 of it: Keras against itself at batch 64 and batch 1 differs by
-# 4.9e-4 on an EfficientNetB0 whose largest |logit| is 68 (tests/test_export_applications.py), beyond a fixed 1e-4.
-# float16 weights round to 2^-11 of their value, a few 1e-3 of the logits' scale after some fifty layers.
-FLOAT_BOUNDS = {"float32": 1e-4, "float16": 1e-2}
+# 4.9e-4 on an EfficientNetB0 whose largest |logit| is 68, beyond a fixed 1e-4, and the trained keras.applications
+# files of tests/test_export_applications.py differ by 0.6e-6 to 3.7e-6 of it. float16 weights round to 2^-11 of
+# their value: 0.9e-3 to 9.1e-3 of the logits' scale in the same files (MobileNetV3Large the most).
+FLOAT_BOUNDS = {"float32": 1e-4, "float16": 2e-2}
 DEFAULT_OPSET = 17
 
 

@@ -95,10 +95,10 @@ def test_float_files_match_keras(exported, export_data, trained_and_untrained):
     assert rows["student_float32.tflite"]["max_abs_logit_diff"] <= 1e-4
     assert rows["student_float32.onnx"]["max_abs_logit_diff"] <= 1e-4
     # float16 weights carry ~1e-3 relative precision (11-bit mantissa): the error scales with the logits,
-    # and the report flags whether it stayed within the bound, 1e-2 of the logits' scale.
+    # and the report flags whether it stayed within the bound, 2e-2 of the logits' scale.
     float16 = rows["student_float16.tflite"]
     assert float16["max_abs_logit_diff"] <= 2e-3 * float16["max_abs_logit"]
-    assert float16["within_bound"] == (float16["max_abs_logit_diff"] <= 1e-2 * max(1.0, float16["max_abs_logit"]))
+    assert float16["within_bound"] == (float16["max_abs_logit_diff"] <= 2e-2 * max(1.0, float16["max_abs_logit"]))
     for name in ("student_float32.tflite", "student_float32.onnx", "student_float16.tflite"):
         assert rows[name]["top1_agreement"] == 1.0 and rows[name]["top1_accuracy"] == pytest.approx(rows["keras"])
 

@@ -82,7 +82,7 @@ def settle_batch_normalization(model, images: np.ndarray) -> None:
     """Sets every BatchNormalization's moving statistics to those of `images` (one pass with momentum 0).
 
     The applications' momentum (0.99 to 0.999) leaves the moving statistics near their initial values after the
-    few dozen steps trained here, so the inference-mode model would not be the one training fitted.
+    sixty steps trained here, so the inference-mode model would not be the one training fitted.
     """
     layers = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     momenta = [layer.momentum for layer in layers]
@@ -114,7 +114,7 @@ def build_run(family: str, image_folder: Path, folder: Path) -> tuple[Path, dict
     model.compile(
         optimizer=keras.optimizers.Adam(3e-3), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
-    model.fit(images, labels, batch_size=16, epochs=10, shuffle=True, verbose=0)
+    model.fit(images, labels, batch_size=16, epochs=20, shuffle=True, verbose=0)
     settle_batch_normalization(model, images)
     after = learning.accuracy(model, val_images, val_labels)
     # Against chance (1/3, three balanced classes), not the untrained model: an untrained EfficientNetV2B0 already
@@ -196,10 +196,11 @@ def check_verification(report: dict, output: Path) -> None:
     assert report["verification_images"] == 3 * VAL_PER_CLASS and report["verification_is_whole_split"]
     for name in ("student_float32.tflite", "student_float32.onnx"):
         assert rows[name]["within_bound"] and rows[name]["top1_agreement"] == 1.0, rows[name]
-    # float16 weights round to 2^-11 (5e-4) of their value; through some fifty layers that reaches a few 1e-3 of
-    # the logits' scale (MobileNetV3Small: 3.6e-3), so 1e-2 of it is what float16 costs, and more a broken file.
+    # float16 weights round to 2^-11 (5e-4) of their value; through some fifty layers that reached 0.9e-3 to 9.1e-3
+    # of the logits' scale (MobileNetV3Large the most), so 2e-2 of it is what float16 costs, and more a broken file.
     float16 = rows["student_float16.tflite"]
-    assert float16["max_abs_logit_diff"] <= 1e-2 * float16["max_abs_logit"] and float16["top1_agreement"] == 1.0
+    assert float16["max_abs_logit_diff"] <= 2e-2 * max(1.0, float16["max_abs_logit"]) and float16["within_bound"]
+    assert float16["top1_agreement"] == 1.0
     for name in ("student_dynamic.tflite", "student_int8.tflite", "student_int8.onnx"):
         # As tests/test_export.py asks of the zoo's resnet8: nine predictions in ten kept.
         assert rows[name]["top1_agreement"] >= 0.9, rows[name]
@@ -254,10 +255,10 @@ def export_family(family: str, image_folder: Path, tmp_path: Path) -> dict:
 
 def test_the_float_bounds_scale_with_the_logits():
     # float32: 1e-4 of max(1, largest |logit|); EfficientNetB0's 68 give 6.8e-3, where Keras differs from itself
-    # by 4.9e-4 between batch sizes; float16 1e-2 of it; quantized modes are not bounded.
+    # by 4.9e-4 between batch sizes; float16 2e-2 of it; quantized modes are not bounded.
     assert export_lib.float_bound("float32", 0.25) == 1e-4
     assert export_lib.float_bound("float32", 68.0) == pytest.approx(6.8e-3)
-    assert export_lib.float_bound("float16", 36.4) == pytest.approx(0.364)
+    assert export_lib.float_bound("float16", 36.4) == pytest.approx(0.728)
     assert export_lib.float_bound("int8", 10.0) is None
     row = {"file": "student_float32.onnx", "quantization": "float32", "max_abs_logit_diff": 8e-3, "max_abs_logit": 68.0}
     row.update(bound=export_lib.float_bound("float32", 68.0), within_bound=False)
@@ -290,18 +291,19 @@ def test_a_normalization_layer_exports_to_onnx(tmp_path):
     np.testing.assert_allclose(session.run(None, {"images": images})[0], expected, rtol=1e-5, atol=1e-5)
 
 
-# About 2 to 3 minutes on 2 cores (training 5 epochs, tracing once, six files): `pytest -m slow`. The default run's
-# twins: test_a_normalization_layer_exports_to_onnx above, and tests/test_architectures_cli.py, which trains a
-# MobileNetV3Small student through the command line.
+# 75 to 100 s on 2 cores (training 20 epochs of 48 images, then six files from one trace): `pytest -m slow`, and
+# the one application export `pytest -m learning` repeats. The default run's twins: test_a_normalization_layer_
+# exports_to_onnx above, and tests/test_architectures_cli.py, which trains a MobileNetV3Small student from the
+# command line.
 @pytest.mark.slow
 @pytest.mark.learning
 def test_mobilenet_v3_small_exports_to_every_mode(image_folder, tmp_path):
     export_family("MobileNetV3Small", image_folder, tmp_path)
 
 
-# Each 2 to 6 minutes on 2 cores: `pytest -m slow`, as MobileNetV3Small above.
+# 84 s (MobileNetV2) to 312 s (ResNet50) each on 2 cores, 13.5 minutes in all: `pytest -m slow` only (MobileNetV3Small
+# above is the one `pytest -m learning` repeats under the second arithmetic).
 @pytest.mark.slow
-@pytest.mark.learning
 @pytest.mark.parametrize(
     "family", ["MobileNetV2", "MobileNetV3Large", "EfficientNetB0", "EfficientNetV2B0", "ResNet50"]
 )
