@@ -23,6 +23,8 @@ raw 0-255 pixels, and without starting weights its Normalization layer takes the
 rule for every model, applications, files and factories alike (`reads_raw_pixels`): a model whose layers before its
 first convolution or dense layer include Rescaling or Normalization reads raw pixels, and the pipeline passes them
 unnormalised; any other model reads normalised pixels. So nothing is normalised twice or not at all.
+
+Applications train with BatchNorm momentum 0.9, the zoo's (`_bring_batchnorm_momentum_to` says why).
 """
 
 from __future__ import annotations
