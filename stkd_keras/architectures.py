@@ -446,6 +446,11 @@ def reads_raw_pixels(model) -> bool:
     )
 
 
+def raw_pixel_normalization(channels: int) -> tuple[list[float], list[float]]:
+    """The (mean, std) under which the pipeline's `(pixels / 255 - mean) / std` passes raw 0-255 pixels."""
+    return [0.0] * channels, [1 / 255] * channels
+
+
 def _adapt_normalization(model, normalization: tuple) -> None:
     """Gives an in-model Normalization layer that was never adapted the dataset's statistics (on the 0-1 scale)."""
     import keras

@@ -167,7 +167,7 @@ def _unrecorded_inputs(model: keras.Model, dataset: str) -> tuple:
     folder = dataset.startswith(data_lib.FOLDER_PREFIX)
     channels = model.input_shape[-1] if folder else data_lib.get_spec(dataset).input_shape[-1]
     raw = architectures.reads_raw_pixels(model)
-    normalization = ([0.0] * channels, [1 / 255] * channels) if raw else None
+    normalization = architectures.raw_pixel_normalization(channels) if raw else None
     return normalization, tuple(model.input_shape[1:]) if folder else (None, None, None)
 
 

@@ -221,7 +221,7 @@ def model_input_options(model: keras.Model, info: data_lib.DatasetInfo) -> dict:
     channels = int(model.input_shape[-1])
     options = {"channels": channels} if channels != info.input_shape[-1] else {}
     if architectures.reads_raw_pixels(model):
-        options["normalization"] = ([0.0] * channels, [1 / 255] * channels)
+        options["normalization"] = architectures.raw_pixel_normalization(channels)
     return options
 
 
@@ -385,7 +385,7 @@ def teacher_normalization(teacher: keras.Model, location, dataset_normalization:
     if recorded is not None and len(recorded.get("mean") or ()) == channels:
         return recorded["mean"], recorded["std"]
     if architectures.reads_raw_pixels(teacher):
-        return [0.0] * channels, [1 / 255] * channels
+        return architectures.raw_pixel_normalization(channels)
     mean, std = (list(values) for values in dataset_normalization)
     return (mean * channels, std * channels) if len(mean) == 1 else (mean, std)
 
