@@ -137,6 +137,11 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
                 raise click.BadParameter(str(error), param_hint="--teacher") from None
         if teacher is not None:
             model_file(teacher, "teacher")  # a missing or non-Keras teacher file is named before anything loads
+            if teacher_weights is not None:
+                raise click.BadParameter(
+                    "starts the teacher distill trains when --teacher is not given; --teacher brings its own weights.",
+                    param_hint="--teacher-weights",
+                )
         config.validate()
         teacher_config = teacher_config_for(config, teacher_model, teacher_epochs, teacher_weights)
         if teacher is None:

@@ -105,6 +105,16 @@ def test_model_and_weights_mistakes_are_one_sentence(tmp_path):
         (["--student", tmp_path / "s.keras", "--student-weights", "imagenet"], 1, "brings its own weights"),
         (["--teacher-model", "MobileNetV3Small", "--teacher-weights", "x.npz"], 1, "Expected starting weights"),
     ]
+    keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]).save(
+        tmp_path / "given.keras"
+    )
+    cases.append(
+        (
+            ["--teacher", tmp_path / "given.keras", "--teacher-weights", "imagenet"],
+            2,
+            "--teacher brings its own weights",
+        )
+    )
     for options, code, message in cases:
         result = run("distill", *options, "--output", tmp_path / "run", *TINY)
         assert result.exit_code == code and message in result.output, (options, result.output)
