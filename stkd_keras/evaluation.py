@@ -88,20 +88,28 @@ def check_model_fits_dataset(model: keras.Model, info: data_lib.DatasetInfo, wha
         )
 
 
-def evaluate_model(model: keras.Model, dataset, progress=None) -> dict:
-    """Top-1, top-5 and CE loss of a logits model on (images, integer labels) batches (`progress`: a callback)."""
-    model.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[
-            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"),
-        ],
-    )
-    results = model.evaluate(dataset, verbose=0, return_dict=True, callbacks=[progress] if progress else None)
+def evaluate_model(model: keras.Model, dataset, progress=None, temperature: float = 1.0) -> dict:
+    """Top-1, top-5, CE loss and calibration of a logits model on (images, integer labels) batches.
+
+    `progress` (a `stkd_keras.progress.PassProgress`) follows the pass; `temperature` divides the logits first
+    (temperature scaling: top-1 and top-5 do not change, the loss and calibration do).
+    """
+    logits, labels = batch_logits(model.predict_on_batch, dataset, progress)
+    return logit_metrics(logits, labels, temperature)
+
+
+def logit_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict:
+    """Top-1, top-5, loss (the NLL) and `calibration` (`stkd_keras.calibration.calibration_metrics`) of logits."""
+    from stkd_keras import calibration
+
+    # Stable, so ties (common in dequantized int8 logits) resolve to the lowest class as argmax does.
+    top5 = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
+    metrics = calibration.calibration_metrics(logits, labels, temperature)
     return {
-        "accuracy": float(results["accuracy"]),
-        "top5_accuracy": float(results["top5_accuracy"]),
-        "loss": float(results["loss"]),
+        "accuracy": metrics["accuracy"],
+        "top5_accuracy": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
+        "loss": metrics["nll"],
+        "calibration": {name: value for name, value in metrics.items() if name != "accuracy"},
     }
 
 
@@ -236,8 +244,11 @@ def _load_exported(path: Path):
     return runner, metadata, preprocessing
 
 
-def _runtime_logits(runner, data, follow) -> tuple[np.ndarray, np.ndarray]:
-    """The runner's logits and the labels over every batch of `data`, the pass followed by `follow` if given."""
+def batch_logits(predict, data, follow=None) -> tuple[np.ndarray, np.ndarray]:
+    """`predict`'s logits and the labels over every batch of `data`, the pass followed by `follow` if given.
+
+    `predict` maps a numpy batch of images to its logits: a Keras model's `predict_on_batch`, or a runtime's.
+    """
     from stkd_keras.native_stderr import filtered_stderr
 
     logits, labels = [], []
@@ -245,7 +256,7 @@ def _runtime_logits(runner, data, follow) -> tuple[np.ndarray, np.ndarray]:
         follow.on_test_begin()
     with filtered_stderr():  # the delegate's line may come with the first call: one filter around the pass
         for index, (images, batch_labels) in enumerate(data):  # a tf.data.Dataset or a keras.utils.PyDataset
-            logits.append(runner.predict(np.asarray(images)))
+            logits.append(np.asarray(predict(np.asarray(images)), dtype=np.float32))
             labels.append(np.asarray(batch_labels))
             if follow:
                 follow.on_test_batch_end(index)
@@ -274,11 +285,9 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
         raise RunError(
             f"{path} takes inputs {tuple(input_shape[1:])}, but dataset {dataset!r} has inputs {info.input_shape}."
         )
-    logits, labels = _runtime_logits(runner, data, _progress(info, split, batch_size, log))
+    logits, labels = batch_logits(runner.predict, data, _progress(info, split, batch_size, log))
     if logits.shape[-1] != info.num_classes:
         raise RunError(f"{path} predicts {logits.shape[-1]} classes, but dataset {dataset!r} has {info.num_classes}.")
-    # Stable, so ties (common in dequantized int8 logits) resolve to the lowest class as argmax does.
-    top5 = np.argsort(-logits, axis=-1, kind="stable")[:, :5]
     return {
         "model": str(path),
         "runtime": "ai_edge_litert" if path.suffix == ".tflite" else "onnxruntime",
@@ -290,7 +299,6 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
             "std": list(preprocessing["std"]),
             "from": "embedded metadata",
         },
-        "accuracy": float(np.mean(top5[:, 0] == labels)),
-        "top5_accuracy": float(np.mean(np.any(top5 == labels[:, None], axis=-1))),
+        **logit_metrics(logits, labels),
         "environment": environment(),
     }

@@ -28,6 +28,7 @@ from stkd_keras.config import RunConfig
 from stkd_keras.distiller import Distiller
 from stkd_keras.evaluation import check_model_fits_dataset, environment, evaluate_model, image_size_pair, load_model
 from stkd_keras.input_adapter import adapt_teacher
+from stkd_keras.optimizers import make_optimizer
 from stkd_keras.runs import (
     CHECKPOINT_DIR,
     METRICS_FILE,
@@ -314,6 +315,7 @@ def finish_run(run: PreparedRun, history: dict, train_seconds: float) -> dict:
         "parameters": int(run.model.count_params()),
         "method": run.method,
         **_summarise_history(history, config.validation_holdout),
+        **_final_evaluation(run),
         "teacher": run.teacher_summary,
         "train_seconds": round(train_seconds, 2),
         "resumed_at_epoch": run.initial_epoch or None,
@@ -332,6 +334,18 @@ def finish_run(run: PreparedRun, history: dict, train_seconds: float) -> dict:
         os.replace(directory / CHECKPOINT_DIR, directory / _FINISHED_CHECKPOINTS)
     shutil.rmtree(directory / _FINISHED_CHECKPOINTS, ignore_errors=True)
     return metrics
+
+
+def _final_evaluation(run: PreparedRun) -> dict:
+    """The final model's calibration on the validation split and, when that is held-out training images, its
+    top-1, top-5 and calibration on the test split (`test`), where a choice made on the held-out images is judged."""
+    final = {"final_val_calibration": evaluate_model(run.model, run.val_data)["calibration"]}
+    if run.config.validation_holdout:
+        test_data, info = data_lib.load(
+            run.config.dataset, "test", max(run.config.batch_size, 256), **data_options(run.config), **run.input_options
+        )
+        final["test"] = {"num_examples": info.num_examples, **evaluate_model(run.model, test_data)}
+    return final
 
 
 def _metrics_for_training():
@@ -467,21 +481,6 @@ def _shard(setup: distribution.Setup) -> dict:
     if setup.process_count == 1:
         return {}
     return {"shard": (setup.process_index, setup.process_count)}
-
-
-def make_optimizer(config: RunConfig, steps_per_epoch: int):
-    """SGD (momentum, decoupled weight decay) or Adam with the configured learning-rate schedule."""
-    if config.lr_schedule == "cosine":
-        rate = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=steps_per_epoch * config.epochs)
-    elif config.lr_schedule == "step":
-        boundaries = [epoch * steps_per_epoch for epoch in config.lr_decay_epochs]
-        values = [config.learning_rate * config.lr_decay_rate**i for i in range(len(boundaries) + 1)]
-        rate = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    else:
-        rate = config.learning_rate
-    if config.optimizer == "adam":
-        return keras.optimizers.Adam(rate, weight_decay=config.weight_decay or None)
-    return keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=config.weight_decay or None)
 
 
 def preprocessing_record(info: data_lib.DatasetInfo, image_size: int | None = None) -> dict:
