@@ -63,8 +63,17 @@ def report_result(metrics: dict, output: Path | None, role: str) -> None:
     if output is None:  # a multi-worker worker other than the chief: the chief saves and reports
         click.echo(f"Worker finished; the chief saved the {role}.")
         return
+    calibration = metrics.get("final_val_calibration")
+    test = metrics.get("test")
     click.echo(
-        f"{role.capitalize()} {metrics['model']}: final-epoch val top-1 {metrics['final_val_accuracy']:.4f}, "
-        f"best-epoch val top-1 {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']['epoch']}). "
-        f"Saved {output / ('teacher.keras' if role == 'teacher' else 'student.keras')}."
+        f"{role.capitalize()} {metrics['model']}: final-epoch val top-1 {metrics['final_val_accuracy']:.4f}"
+        + (f" (ECE {100 * calibration['ece']:.2f}%, NLL {calibration['nll']:.4f})" if calibration else "")
+        + f", best-epoch val top-1 {metrics['best_val_accuracy']:.4f} (epoch {metrics['best_epoch']['epoch']}). "
+        + (
+            f"On the {test['num_examples']:,} test images: top-1 {test['accuracy']:.4f}, "
+            f"ECE {100 * test['calibration']['ece']:.2f}%. "
+            if test
+            else ""
+        )
+        + f"Saved {output / ('teacher.keras' if role == 'teacher' else 'student.keras')}."
     )

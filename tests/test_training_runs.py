@@ -254,8 +254,27 @@ def test_validation_holdout_validates_on_training_images_never_trained_on(tmp_pa
     held_out = np.random.default_rng(0).permutation(len(labels))[-300:]
     normalised = (images[held_out].astype("float32") / 255.0 - idx.FASHION_MNIST_MEAN[0]) / idx.FASHION_MNIST_STD[0]
     model = keras.saving.load_model(output / "teacher.keras")
-    accuracy = float(np.mean(np.argmax(model.predict(normalised, verbose=0), axis=-1) == labels[held_out]))
+    logits = model.predict(normalised, verbose=0).astype("float64")
+    accuracy = float(np.mean(np.argmax(logits, axis=-1) == labels[held_out]))
     assert metrics["final_val_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    # Its calibration on the same images: NLL and the 15-bin ECE, written out here from the logits.
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    nll = -np.mean(np.log(probabilities[np.arange(300), labels[held_out]]))
+    confidence, correct = probabilities.max(-1), np.argmax(logits, -1) == labels[held_out]
+    bins = np.minimum((np.ceil(confidence * 15) - 1).astype(int), 14)
+    ece = (
+        sum(abs(correct[bins == k].mean() - confidence[bins == k].mean()) * np.sum(bins == k) for k in set(bins)) / 300
+    )
+    calibration = metrics["final_val_calibration"]
+    assert calibration["nll"] == pytest.approx(nll, rel=1e-4) and calibration["ece"] == pytest.approx(ece, abs=1e-5)
+    assert sum(row["count"] for row in calibration["bins"]) == 300
+    # Validated on held-out images, the run also reports the saved model on the whole test split.
+    test_images, test_labels = idx.read_fashion_mnist_idx(idx.find_fashion_mnist_idx(), "test")
+    test_normalised = (test_images.astype("float32") / 255.0 - idx.FASHION_MNIST_MEAN[0]) / idx.FASHION_MNIST_STD[0]
+    test_logits = model.predict(test_normalised, verbose=0)
+    assert metrics["test"]["num_examples"] == 10000
+    assert metrics["test"]["accuracy"] == pytest.approx(np.mean(np.argmax(test_logits, -1) == test_labels), abs=1e-6)
 
 
 def test_near_chance_teacher_is_warned_about(tmp_path):
