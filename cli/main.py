@@ -440,13 +440,32 @@ def report(run_dir, plot_path):
     type=click.Path(dir_okay=False),
     help="Draw per-seed accuracies and curves to this PNG.",
 )
+@click.option(
+    "--split",
+    default="validation",
+    show_default=True,
+    type=click.Choice(["validation", "test"]),
+    help="Split of the final-epoch figures: validation, or test for runs validated on held-out training images "
+    "(--validation-holdout), whose choices were made on those. Best-epoch top-1 is always the validation split's.",
+)
 @user_errors
-def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
-    """Compare finished runs: mean, std, n, min/max of final and best-epoch top-1, and the difference to a baseline."""
+def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path, split):
+    """Compare finished runs: mean, std, n, min/max of final and best-epoch top-1, and the difference to a baseline.
+
+    Where the runs recorded calibration, a second table gives ECE (15 equal-width bins), NLL, Brier score and mean
+    confidence, ECE and NLL with the same paired intervals against the baseline; a third, where `calibrate` has
+    scaled every run of an arm, the temperature and ECE and NLL after temperature scaling.
+    """
     from stkd_keras import compare as compare_lib
+    from stkd_keras.compare_calibration import check_split
 
     baseline_setting = field_values(baseline_fields, "--baseline-setting")
-    rows = compare_lib.compare(compare_lib.load_runs(run_dirs), baseline, baseline_setting or None)
+    runs = compare_lib.load_runs(run_dirs)
+    try:
+        check_split(runs, split)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--split") from None
+    rows = compare_lib.compare(runs, baseline, baseline_setting or None, split)
     table = compare_lib.markdown(rows, baseline)
     click.echo(table, nl=False)
     if markdown_path:
