@@ -400,19 +400,30 @@ def _verification_line(report: dict, dataset: str) -> str:
     type=click.Path(dir_okay=False),
     help="Where to draw the training curves (default: RUN_DIR/curves.png).",
 )
+@click.option(
+    "--reliability",
+    "reliability_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Where to draw the reliability diagram (default: RUN_DIR/reliability.png, for a run that recorded "
+    "calibration).",
+)
 @user_errors
-def report(run_dir, plot_path):
+def report(run_dir, plot_path, reliability_path):
     """Summarise a finished run and draw its training curves to a PNG, or list the runs in a folder.
 
     On a run folder (one holding metrics.json) it prints the run's summary and
-    writes curves.png. On any other folder it lists every run below it:
+    writes curves.png, and for a run that recorded calibration its reliability
+    diagram (accuracy per confidence bin against the diagonal, the test split's
+    when the run has one, ECE over 15 equal-width bins in the title) to
+    reliability.png. On any other folder it lists every run below it:
     finished runs (method, backend, epochs, final top-1), unfinished ones (the
     epoch each reached and the command that continues it) and damaged ones,
     named and skipped.
     """
     from stkd_keras import reporting
 
-    reporting.report(run_dir, plot_path, log=click.echo)
+    reporting.report(run_dir, plot_path, log=click.echo, reliability_path=reliability_path)
 
 
 @cli.command("compare")

@@ -157,7 +157,9 @@ def _table(rows: list[dict], kind: str, fields: tuple, baseline: str) -> list[st
         header.append(f"{_COLUMNS[name][2]} mean ± std")
         if name in COMPARED_FIELDS:
             header.append(f"{_COLUMNS[name][2].split()[0]} - {baseline} [95% CI]")
-    lines = [markdown_row(header), "| " + " | ".join(["---", "---", *["---:"] * (len(header) - 2)]) + " |"]
+    # Figures right-aligned, intervals left-aligned as in the top-1 table.
+    alignments = ["---" if cell in ("setting", "method") or "CI" in cell else "---:" for cell in header]
+    lines = [markdown_row(header), "| " + " | ".join(alignments) + " |"]
     for row in rows:
         n = row[kind]["ece"]["n"] if row.get(kind) else row["final"]["n"]
         lines.append(markdown_row([row["setting"], row["method"], n, *_cells(row, kind, fields, baseline)]))
@@ -238,5 +240,5 @@ def draw_ece(axis, members: list[dict]) -> None:
     axis.set_xticks(range(len(members)), [row["method"].replace(" ", "\n") for row in members], fontsize=8)
     axis.set_xlim(-0.5, len(members) - 0.5)
     axis.set_ylabel(f"final-epoch {members[0]['split']} ECE (%, lower is better)")
-    axis.set_title(f"calibration ({_bins_text(members)})", fontsize=9)
+    axis.set_title(f"ECE per method ({_bins_text(members)})", fontsize=9)
     axis.legend(fontsize=8)
