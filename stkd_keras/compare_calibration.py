@@ -4,8 +4,9 @@ A run's metrics.json holds the final model's calibration on the validation split
 when the run validated on held-out training images, its top-1 and calibration on the test split (`test`). A
 comparison reports one split (`SPLITS`): the validation split (the held-out images, where choices are made, or the
 test split itself for a run without them) or the test split. `stkd-keras calibrate RUN` writes calibration.json
-beside metrics.json: the temperature fitted on the held-out images and the figures before and after scaling by it
-(`held_out`, `test`), from which the "after temperature scaling" columns come. ECE and NLL are compared with the
+beside metrics.json: the temperature fitted on held-out training images (`fit`) and the figures before and after
+scaling by it on those images (`held_out`) and on the test split (`split`, named "test"; `test` is read too), from
+which the "after temperature scaling" columns come. ECE and NLL are compared with the
 baseline as top-1 is (`intervals.difference_ci`); Brier and mean confidence are shown, not compared.
 """
 
@@ -65,17 +66,31 @@ def read_scaling(run_dir: str | Path) -> dict | None:
     return scaling
 
 
-def run_scaled(run: dict, split: str) -> dict | None:
-    """The temperature and the ECE and NLL after scaling by it on `split`, or None where calibrate has not run.
+def scaled_part(run: dict, split: str) -> str | None:
+    """Which part of calibration.json holds `split`'s figures after scaling: "test", "held_out" or None.
 
-    On the validation split only for a run validated on held-out images: they are the images the temperature
-    was fitted on (calibration.json's `held_out`), so the figures there are optimistic.
+    The validation split of a run validated on held-out images is the `held_out` part when the temperature was
+    fitted on those same images (then its figures there are optimistic); a run without held-out images validated
+    on the test split.
     """
+    holdout = run["config"].get("validation_holdout")
+    if split == "test" or not holdout:
+        return "test"
+    fitted_on = ((run.get("temperature_scaling") or {}).get("fit") or {}).get("holdout", holdout)
+    return "held_out" if fitted_on == holdout else None
+
+
+def run_scaled(run: dict, split: str) -> dict | None:
+    """The temperature, and ECE and NLL after scaling by it on `split` (`scaled_part`); None where calibrate has not
+    measured them (not run, or without the split)."""
     scaling = run.get("temperature_scaling")
-    if not isinstance(scaling, dict):
+    part = scaled_part(run, split) if isinstance(scaling, dict) else None
+    if part is None:
         return None
-    part = "test" if split == "test" else "held_out" if run["config"].get("validation_holdout") else None
-    after = (scaling.get(part) or {}).get("after") if part else None
+    measured = scaling.get(part)
+    if part == "test" and measured is None:  # calibrate writes the measured split under `split`, named
+        measured = scaling.get("split") if (scaling.get("split") or {}).get("name") == "test" else None
+    after = (measured or {}).get("after")
     figures = {
         "temperature": scaling.get("temperature"),
         **({name: after.get(name) for name in COMPARED_FIELDS} if isinstance(after, dict) else {}),
@@ -111,6 +126,8 @@ def arm_columns(members: list[dict], reference: list[dict] | None, split: str) -
             continue
         columns[kind] = {name: describe([value for _, value in values]) for name, values in by_seed.items()}
         columns[f"{kind}_by_seed"] = by_seed
+        if kind == "scaled":
+            columns["scaled_on"] = sorted({scaled_part(member, split) for member in members})
         if kind == "calibration":
             columns["ece_bins"] = sorted(
                 {run_calibration(member, split).get("ece_bins") for member in members} - {None}
@@ -191,10 +208,12 @@ def markdown(rows: list[dict], baseline: str) -> str:
     ]
     scaled = [row for row in rows if row.get("scaled")]
     if scaled:
+        optimistic = any("held_out" in row["scaled_on"] for row in scaled)
         where = (
-            "the test split"
-            if split == "test"
-            else "the validation split: the held-out images the temperature was fitted on, so optimistic"
+            f"the {split} split: where a run validated on held-out images, the images the temperature was fitted on, "
+            "so optimistic"
+            if optimistic
+            else "the test split"
         )
         lines += [
             "",

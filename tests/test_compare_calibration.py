@@ -67,7 +67,7 @@ def calibration(ece, nll, brier, confidence):
     }
 
 
-def write_run(root, method, seed, holdout=True, scaled=True, calibrated=True):
+def write_run(root, method, seed, holdout=True, scaled=True, calibrated=True, fitted_on=500):
     figures = {name: values[seed] for name, values in FIGURES[method].items()}
     folder = root / f"{method}{seed}"
     folder.mkdir()
@@ -94,11 +94,13 @@ def write_run(root, method, seed, holdout=True, scaled=True, calibrated=True):
     (folder / "history.csv").write_text("epoch,val_accuracy\n1,0.5\n2,%s\n" % figures["val"])
     if scaled and holdout:
         after = {"ece": figures["scaled_ece"], "nll": figures["scaled_nll"], "brier": 0.1, "confidence": 0.8}
+        # As calibrate writes it: the test split's figures under `split`, named; seed 2 under `test`, as first agreed.
+        measured = {"name": "test", "before": {"accuracy": figures["test"], "ece": figures["test_ece"]}, "after": after}
         scaling = {
             "temperature": figures["temperature"],
-            "fit": {"examples": 500},
+            "fit": {"examples": fitted_on, "holdout": fitted_on},
             "held_out": {"before": {}, "after": {"ece": 0.001, "nll": 0.2}},
-            "test": {"before": {"accuracy": figures["test"], "ece": figures["test_ece"]}, "after": after},
+            **({"test": measured, "split": None} if seed == 2 else {"split": measured}),
         }
         (folder / "calibration.json").write_text(json.dumps(scaling))
     return folder
@@ -165,7 +167,7 @@ def test_the_calibration_table_by_hand_survives_rendering(runs, tmp_path):
     assert table.column("Brier mean ± std") == ["0.210 ± 0.010", "0.200 ± 0.017"]
     assert table.column("confidence % mean ± std") == ["91.00 ± 1.00", "86.00 ± 1.00"]
     # On the validation split the temperature was fitted on those same images: said so, figures from held_out.
-    assert "the held-out images the temperature was fitted on, so optimistic" in text
+    assert "where a run validated on held-out images, the images the temperature was fitted on, so optimistic" in text
     assert (
         after.column("ECE % mean ± std") == ["0.10 ± 0.00"] * 2
         and after.column("NLL mean ± std") == ["0.200 ± 0.000"] * 2
@@ -207,6 +209,15 @@ def test_an_arm_not_scaled_in_every_run_is_left_out_of_the_after_scaling_table(t
     *_, after = markdown_tables.tables(compare.markdown(rows, "kd"))
     assert after.column("method") == ["stkd"]
     assert after.column("ECE - kd [95% CI]") == ["- (no kd figures to compare with)"]
+
+
+def test_on_the_validation_split_a_temperature_fitted_on_other_images_is_not_shown(tmp_path):
+    """Fitted on 400 held-out images, not the run's 500 validation images: calibration.json has no figures for them."""
+    folders = [write_run(tmp_path, method, seed, fitted_on=400) for method in ("kd", "stkd") for seed in range(3)]
+    rows = compare.compare(compare.load_runs(folders), "kd")
+    assert not any("scaled" in row for row in rows) and "After temperature scaling" not in compare.markdown(rows, "kd")
+    # On the test split they are the figures after scaling.
+    assert all("scaled" in row for row in compare.compare(compare.load_runs(folders), "kd", split="test"))
 
 
 def test_split_test_is_refused_for_runs_without_test_figures(tmp_path):
