@@ -3,7 +3,8 @@
 Each command is its options and a call into the library. The options they share are in `stkd_keras.cli.options`,
 the backend each runs on is chosen by `stkd_keras.cli.backends`, the library's errors about user input become one
 sentence in `stkd_keras.cli.errors`, train-teacher and distill start or resume their run through
-`stkd_keras.cli.training_runs`, and the listing commands (datasets, methods, models) are in `stkd_keras.cli.listings`.
+`stkd_keras.cli.training_runs`, the listing commands (datasets, methods, models) are in `stkd_keras.cli.listings`,
+and report and compare in `stkd_keras.cli.reports`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from stkd_keras.cli.options import (
     run_config,
     training_options,
 )
+from stkd_keras.cli.reports import compare_runs, report
 from stkd_keras.cli.training_runs import report_result, start_or_resume
 from stkd_keras.markdown import markdown_row
 
@@ -391,73 +393,8 @@ def _verification_line(report: dict, dataset: str) -> str:
     )
 
 
-@cli.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
-@click.option(
-    "--plot",
-    "plot_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Where to draw the training curves (default: RUN_DIR/curves.png).",
-)
-@user_errors
-def report(run_dir, plot_path):
-    """Summarise a finished run and draw its training curves to a PNG, or list the runs in a folder.
-
-    On a run folder (one holding metrics.json) it prints the run's summary and
-    writes curves.png. On any other folder it lists every run below it:
-    finished runs (method, backend, epochs, final top-1), unfinished ones (the
-    epoch each reached and the command that continues it) and damaged ones,
-    named and skipped.
-    """
-    from stkd_keras import reporting
-
-    reporting.report(run_dir, plot_path, log=click.echo)
-
-
-@cli.command("compare")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--baseline", default="kd", show_default=True, help="Method the others are compared with.")
-@click.option(
-    "--baseline-setting",
-    "baseline_fields",
-    multiple=True,
-    metavar="FIELD=VALUE",
-    help="Compare every row with the baseline method in the one setting with these config values "
-    "(repeatable; for ablations).",
-)
-@click.option(
-    "--markdown",
-    "markdown_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Also write the table to this markdown file.",
-)
-@click.option(
-    "--plot",
-    "plot_path",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Draw per-seed accuracies and curves to this PNG.",
-)
-@user_errors
-def compare_runs(run_dirs, baseline, baseline_fields, markdown_path, plot_path):
-    """Compare finished runs: mean, std, n, min/max of final and best-epoch top-1, and the difference to a baseline."""
-    from stkd_keras import compare as compare_lib
-
-    baseline_setting = field_values(baseline_fields, "--baseline-setting")
-    rows = compare_lib.compare(compare_lib.load_runs(run_dirs), baseline, baseline_setting or None)
-    table = compare_lib.markdown(rows, baseline)
-    click.echo(table, nl=False)
-    if markdown_path:
-        from stkd_keras.files import atomic_write
-
-        path = atomic_write(markdown_path, lambda temporary: temporary.write_text(table))
-        click.echo(f"Wrote {path}.")
-    if plot_path:
-        click.echo(f"Wrote {compare_lib.plot(rows, plot_path)}.")
-
-
+for command in (report, compare_runs):
+    cli.add_command(command)
 for listing in (list_datasets, list_method_table, list_zoo):
     cli.add_command(listing)
 

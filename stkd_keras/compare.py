@@ -14,64 +14,25 @@ interval when they share fewer than two seeds.
 from __future__ import annotations
 
 import json
-import math
 import os
-import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from stkd_keras import compare_calibration
 from stkd_keras import methods as methods_lib
+from stkd_keras.intervals import describe, interval_text, mean_std_text
+from stkd_keras.intervals import difference_ci as difference_ci  # re-exported: the interval of every comparison
+from stkd_keras.intervals import t_quantile_975 as t_quantile_975
 from stkd_keras.markdown import markdown_row
 from stkd_keras.reporting import curve_style, epoch_axis, read_history, save_figure
 
-# Two-sided 95% quantiles of Student's t (t_{0.975, df}), df = 1..30; beyond, the normal 1.96 is within 1.5%.
-_T_975 = (
-    12.706,
-    4.303,
-    3.182,
-    2.776,
-    2.571,
-    2.447,
-    2.365,
-    2.306,
-    2.262,
-    2.228,
-    2.201,
-    2.179,
-    2.160,
-    2.145,
-    2.131,
-    2.120,
-    2.110,
-    2.101,
-    2.093,
-    2.086,
-    2.080,
-    2.074,
-    2.069,
-    2.064,
-    2.060,
-    2.056,
-    2.052,
-    2.048,
-    2.045,
-    2.042,
-)
-
-
-def t_quantile_975(df: float) -> float:
-    """t_{0.975} for `df` degrees of freedom (linear between integer rows; 1.96 in the limit)."""
-    if df < 1:
-        return math.inf
-    if df >= 30:
-        return 2.042 + (1.96 - 2.042) * min(1.0, (df - 30) / 90)
-    low = int(df)
-    high = min(low + 1, 30)
-    return _T_975[low - 1] + (_T_975[high - 1] - _T_975[low - 1]) * (df - low)
-
 
 def load_runs(run_dirs) -> list[dict]:
-    """The metrics.json of each run folder, with its path; one clear error naming a missing or malformed file."""
+    """The metrics.json of each run folder, with its path and its calibration.json (`temperature_scaling`) if any.
+
+    Raises:
+        ValueError: Naming a missing or malformed file.
+    """
     runs = []
     for run_dir in run_dirs:
         path = Path(run_dir) / "metrics.json"
@@ -83,6 +44,9 @@ def load_runs(run_dirs) -> list[dict]:
         except (json.JSONDecodeError, KeyError, TypeError) as error:
             raise ValueError(f"{path} is malformed ({type(error).__name__}: {error}).") from None
         metrics["run_dir"] = str(run_dir)
+        scaling = compare_calibration.read_scaling(run_dir)
+        if scaling is not None:
+            metrics["temperature_scaling"] = scaling
         runs.append(metrics)
     if not runs:
         raise ValueError("No runs to compare.")
@@ -203,47 +167,6 @@ def setting_labels(runs: list[dict], reference: tuple | None = None, baseline: s
     return labels
 
 
-def _describe(values: list[float]) -> dict:
-    return {
-        "n": len(values),
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else float("nan"),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
-def difference_ci(method: list[tuple[int, float]], baseline: list[tuple[int, float]]) -> dict:
-    """Mean difference method - baseline with a 95% CI; paired by seed when at least two seeds match.
-
-    Args:
-        method, baseline: (seed, accuracy) pairs.
-    """
-    base = dict(baseline)
-    paired = [(value, base[seed]) for seed, value in method if seed in base]
-    if len(paired) >= 2:
-        differences = [a - b for a, b in paired]
-        mean = statistics.fmean(differences)
-        half = t_quantile_975(len(differences) - 1) * statistics.stdev(differences) / math.sqrt(len(differences))
-        return {
-            "difference": mean,
-            "low": mean - half,
-            "high": mean + half,
-            "kind": f"paired over {len(differences)} seeds",
-        }
-    a = [value for _, value in method]
-    b = [value for _, value in baseline]
-    mean = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2:
-        return {"difference": mean, "low": float("nan"), "high": float("nan"), "kind": "too few runs for an interval"}
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
-        return {"difference": mean, "low": mean, "high": mean, "kind": "Welch (no spread)"}
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = t_quantile_975(df) * math.sqrt(va + vb)
-    return {"difference": mean, "low": mean - half, "high": mean + half, "kind": f"Welch, df {df:.1f}"}
-
-
 _MISSING = object()
 
 
@@ -263,14 +186,25 @@ def find_setting(runs: list[dict], fields: dict, baseline: str | None = None) ->
     return matches.pop()
 
 
-def compare(runs: list[dict], baseline: str = "kd", baseline_setting: dict | None = None) -> list[dict]:
+def compare(
+    runs: list[dict], baseline: str = "kd", baseline_setting: dict | None = None, split: str = "validation"
+) -> list[dict]:
     """One row per (setting, method), sorted by setting then method.
 
     Each method is compared with the `baseline` method in its own setting or,
     when `baseline_setting` (config fields, e.g. {"mixup_alpha": 0.2}) is given,
     with the baseline method in that one setting: the reference of an ablation.
     A method is named with the options that make it a variant (`method_label`).
+    Final-epoch figures are on `split` ("validation" or "test", for runs
+    validated on held-out training images); best-epoch ones exist only on the
+    validation split. Where the runs carry calibration figures, a row also has
+    them (`compare_calibration.arm_columns`).
+
+    Raises:
+        ValueError: For an unknown split, `test` for runs without test-split figures, or a baseline setting that
+            does not single out one setting.
     """
+    compare_calibration.check_split(runs, split)
     reference_key = find_setting(runs, baseline_setting, baseline) if baseline_setting else None
     labels = setting_labels(runs, reference_key, baseline)
     reference_setting = labels[reference_key] if reference_key else None
@@ -279,46 +213,48 @@ def compare(runs: list[dict], baseline: str = "kd", baseline_setting: dict | Non
         groups[(labels[_setting_key(run, baseline)], method_label(run, baseline))].append(run)
     rows = []
     for (setting, method), members in sorted(groups.items()):
-        final = [(m.get("seed"), m["final_val_accuracy"]) for m in members]
+        final = [(m.get("seed"), compare_calibration.final_accuracy(m, split)) for m in members]
         row = {
             "setting": setting,
             "method": method,
-            "final": _describe([v for _, v in final]),
-            "best": _describe([m["best_val_accuracy"] for m in members]),
+            "split": split,
+            "final": describe([v for _, v in final]),
+            "best": describe([m["best_val_accuracy"] for m in members]),
             "seeds": sorted(m.get("seed") for m in members),
             "final_by_seed": final,
             "run_dirs": [m["run_dir"] for m in members],
         }
         key = (reference_setting or setting, baseline)
         row["is_baseline"] = key == (setting, method)
-        reference = groups.get(key)
-        if reference and not row["is_baseline"]:
-            row["versus_baseline"] = difference_ci(final, [(m.get("seed"), m["final_val_accuracy"]) for m in reference])
+        reference = groups.get(key) if not row["is_baseline"] else None
+        if reference:
+            row["versus_baseline"] = difference_ci(
+                final, [(m.get("seed"), compare_calibration.final_accuracy(m, split)) for m in reference]
+            )
+        row.update(compare_calibration.arm_columns(members, reference, split))
         rows.append(row)
     return rows
 
 
 def markdown(rows: list[dict], baseline: str = "kd") -> str:
-    """The comparison as a markdown table (accuracies in percent).
+    """The comparison as a markdown table (accuracies in percent), and the calibration tables when runs have them.
 
     A setting label holds ` | ` between its parts: `markdown_row` escapes
-    them, so a renderer keeps the label in its one cell.
+    them, so a renderer keeps the label in its one cell. On the test split the
+    headers name each figure's split, and a line below the table says why.
     """
+    test = rows[0].get("split") == "test"
+    final = "final test" if test else "final"
+    best = "best-epoch validation top-1" if test else "best-epoch top-1"
     lines = [
-        "| setting | method | n | final top-1 mean ± std | final min / max | best-epoch top-1 mean ± std | final - "
+        f"| setting | method | n | {final} top-1 mean ± std | {final} min / max | {best} mean ± std | {final} - "
         f"{baseline} [95% CI] |",
         "| --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
-        final, best = row["final"], row["best"]
         versus = row.get("versus_baseline")
-        if versus and math.isnan(versus["low"]):
-            interval = f"{100 * versus['difference']:+.2f} ({versus['kind']})"
-        elif versus:
-            interval = (
-                f"{100 * versus['difference']:+.2f} "
-                f"[{100 * versus['low']:+.2f}, {100 * versus['high']:+.2f}] ({versus['kind']})"
-            )
+        if versus:
+            interval = interval_text(versus)
         elif row.get("is_baseline", row["method"] == baseline):
             interval = "baseline"
         else:
@@ -328,31 +264,32 @@ def markdown(rows: list[dict], baseline: str = "kd") -> str:
                 [
                     row["setting"],
                     row["method"],
-                    final["n"],
-                    _mean_std(final),
-                    f"{100 * final['min']:.2f} / {100 * final['max']:.2f}",
-                    _mean_std(best),
+                    row["final"]["n"],
+                    mean_std_text(row["final"]),
+                    f"{100 * row['final']['min']:.2f} / {100 * row['final']['max']:.2f}",
+                    mean_std_text(row["best"]),
                     interval,
                 ]
             )
         )
-    return "\n".join(lines) + "\n"
-
-
-def _mean_std(values: dict) -> str:
-    """`mean ± std` in percent; one run has no spread to show, and says so."""
-    if values["n"] < 2:
-        return f"{100 * values['mean']:.2f} ± - (one run)"
-    return f"{100 * values['mean']:.2f} ± {100 * values['std']:.2f}"
+    if test:
+        lines += [
+            "",
+            "Final-epoch figures on the test split, the one reported; best-epoch figures on the validation split "
+            "(the held-out training images every choice was made on), for reference only.",
+        ]
+    return "\n".join(lines) + "\n" + compare_calibration.markdown(rows, baseline)
 
 
 def plot(rows: list[dict], path: str | os.PathLike) -> Path:
-    """Accuracy per method with every seed shown (one panel per setting), and one seed's curves per method, as a PNG."""
+    """Accuracy (and ECE, where runs have it) per method with every seed shown, and one seed's curves per method, as
+    a PNG: one row of panels per setting."""
     return save_figure(plot_figure(rows), path, dpi=90)
 
 
 def plot_figure(rows: list[dict]):
-    """The figure `plot` writes: per setting, each seed's final top-1, their mean ± std per method, val top-1 curves."""
+    """The figure `plot` writes: per setting, each seed's final top-1 and their mean ± std per method, the same for
+    ECE when runs have calibration figures (`compare_calibration.draw_ece`), and val top-1 curves."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -360,10 +297,14 @@ def plot_figure(rows: list[dict]):
 
     settings = sorted({row["setting"] for row in rows})
     widest = max(len([row for row in rows if row["setting"] == setting]) for setting in settings)
-    figure, axes = plt.subplots(len(settings), 2, figsize=(max(14, 2 * widest + 7), 4.8 * len(settings)), squeeze=False)
+    calibrated = any(row.get("calibration") for row in rows)
+    columns, width = (3, max(20, 4 * widest + 7)) if calibrated else (2, max(14, 2 * widest + 7))
+    figure, axes = plt.subplots(len(settings), columns, figsize=(width, 4.8 * len(settings)), squeeze=False)
     for index, setting in enumerate(settings):
         members = [row for row in rows if row["setting"] == setting]
-        left, right = axes[index]
+        left, right = axes[index][0], axes[index][-1]
+        if calibrated:
+            compare_calibration.draw_ece(axes[index][1], members)
         epochs = []
         for position, row in enumerate(members):
             values = [100 * v for _, v in row["final_by_seed"]]
@@ -390,7 +331,7 @@ def plot_figure(rows: list[dict]):
         # Method names with their options are long: one option per line, so neighbouring labels never overlap.
         left.set_xticks(range(len(members)), [row["method"].replace(" ", "\n") for row in members], fontsize=8)
         left.set_xlim(-0.5, len(members) - 0.5)
-        left.set_ylabel("final-epoch val top-1 (%)")
+        left.set_ylabel("final-epoch test top-1 (%)" if members[0]["split"] == "test" else "final-epoch val top-1 (%)")
         left.set_title(setting, fontsize=9)
         left.legend(fontsize=8)
         epoch_axis(right, epochs)

@@ -85,7 +85,45 @@ def summary(run_dir: str | os.PathLike) -> str:
         )
     if metrics.get("resumed_at_epoch"):
         lines.append(f"Resumed after epoch {metrics['resumed_at_epoch']}.")
-    return "\n".join(lines)
+    return "\n".join(lines + calibration_lines(metrics))
+
+
+def calibration_lines(metrics: dict) -> list[str]:
+    """The final model's test-split top-1 and its calibration on each split, where the run recorded them."""
+    lines = []
+    test = metrics.get("test")
+    if isinstance(test, dict) and "accuracy" in test:
+        holdout = (metrics.get("config") or {}).get("validation_holdout")
+        lines.append(
+            f"Final-epoch test top-1: {test['accuracy']:.4f} on the test split ({test.get('num_examples', 0):,} "
+            f"images); the val figures above are on {holdout or 'the'} held-out training images."
+        )
+    for split, figures, accuracy in (
+        ("val", metrics.get("final_val_calibration"), metrics["final_val_accuracy"]),
+        ("test", (test or {}).get("calibration") if isinstance(test, dict) else None, (test or {}).get("accuracy")),
+    ):
+        if isinstance(figures, dict) and "ece" in figures:
+            lines.append(
+                f"Final-epoch {split} calibration: ECE {100 * figures['ece']:.2f}% ({figures.get('ece_bins', 15)} "
+                f"equal-width bins), NLL {figures['nll']:.4f}, Brier {figures['brier']:.4f}, mean confidence "
+                f"{figures['confidence']:.4f} against top-1 {accuracy:.4f}."
+            )
+    return lines
+
+
+def reliability_source(metrics: dict) -> tuple[str, dict, float] | None:
+    """What the reliability diagram draws: (split, calibration, top-1) of the test split when the run has it, else
+    of the validation split; None for a run written before calibration was recorded."""
+    test = metrics.get("test")
+    if isinstance(test, dict) and _has_bins(test.get("calibration")):
+        return "test", test["calibration"], test["accuracy"]
+    if _has_bins(metrics.get("final_val_calibration")):
+        return "validation", metrics["final_val_calibration"], metrics["final_val_accuracy"]
+    return None
+
+
+def _has_bins(figures) -> bool:
+    return isinstance(figures, dict) and isinstance(figures.get("bins"), list) and bool(figures["bins"])
 
 
 def _finished_run(run_dir: Path) -> dict:
@@ -187,14 +225,22 @@ def listing(folder: str | os.PathLike) -> list[str]:
     return lines
 
 
-def report(folder: str | os.PathLike, plot_path: str | os.PathLike | None = None, log=print) -> None:
+def report(
+    folder: str | os.PathLike,
+    plot_path: str | os.PathLike | None = None,
+    log=print,
+    reliability_path: str | os.PathLike | None = None,
+) -> None:
     """What `stkd-keras report FOLDER` shows, to `log`: a run's summary and curves, or the runs in a folder.
 
     On a run folder (one holding metrics.json): its summary, its training curves drawn to `plot_path` (default:
-    curves.png in it), and the unfinished runs inside it. On any other folder: the `listing` of the runs below it.
+    curves.png in it), its reliability diagram (`plot_reliability`) drawn to `reliability_path` (default:
+    reliability.png in it, for a run that recorded calibration), and the unfinished runs inside it. On any other
+    folder: the `listing` of the runs below it.
 
     Raises:
-        ValueError: When the folder holds no run of any kind.
+        ValueError: When the folder holds no run of any kind, or `reliability_path` is given for a run that
+            recorded no calibration.
     """
     from stkd_keras import runs
 
@@ -202,9 +248,18 @@ def report(folder: str | os.PathLike, plot_path: str | os.PathLike | None = None
     if not (folder / runs.METRICS_FILE).is_file():
         log("\n".join(listing(folder)))
         return
-    log(summary(folder))
+    text = summary(folder)
+    calibrated = reliability_source(read_run(folder)[0]) is not None
+    if reliability_path is not None and not calibrated:
+        raise ValueError(
+            f"{folder / runs.METRICS_FILE} holds no calibration bins (the run was written before calibration was "
+            "recorded), so there is no reliability diagram to draw."
+        )
+    log(text)
     path = plot_curves(folder, Path(plot_path) if plot_path else folder / "curves.png")
     log(f"Wrote {path}.")
+    if calibrated:
+        log(f"Wrote {plot_reliability(folder, Path(reliability_path or folder / 'reliability.png'))}.")
     unfinished = runs.unfinished_runs(folder)
     if unfinished:
         log("\n".join(unfinished_lines(unfinished)))
@@ -286,6 +341,67 @@ def curves_figure(run_dir: str | os.PathLike):
         epoch_axis(axis, epochs)
         axis.legend(fontsize=8)
     figure.suptitle(f"{metrics['model']} ({metrics['method']}) on {metrics.get('config', {}).get('dataset')}")
+    return figure
+
+
+def plot_reliability(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Draws the run's reliability diagram (`reliability_figure`) into a PNG; returns its path."""
+    return save_figure(reliability_figure(run_dir), path, dpi=100)
+
+
+def reliability_figure(run_dir: str | os.PathLike):
+    """The final model's reliability diagram, from metrics.json's bins (`reliability_source` picks the split).
+
+    Above: each confidence bin's accuracy as a bar beside the diagonal of perfect calibration, and the gap from the
+    bin's accuracy to its mean confidence; a bar under the diagonal is overconfidence. Below: the share of examples
+    in each bin, so a reader sees which bins carry the ECE (the mean gap weighted by these shares).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics, _ = read_run(run_dir)
+    split, figures, accuracy = reliability_source(metrics)
+    bins = [row for row in figures["bins"] if row["count"]]  # an empty bin has no accuracy to draw
+    total = sum(row["count"] for row in figures["bins"])
+    lefts, widths = [row["lower"] for row in bins], [row["upper"] - row["lower"] for row in bins]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.bar(
+        lefts,
+        [row["accuracy"] for row in bins],
+        widths,
+        align="edge",
+        color="tab:blue",
+        alpha=0.6,
+        edgecolor="black",
+        label="accuracy",
+    )
+    top.bar(
+        lefts,
+        [row["confidence"] - row["accuracy"] for row in bins],
+        widths,
+        bottom=[row["accuracy"] for row in bins],
+        align="edge",
+        facecolor="none",  # hatched only: a gap below the bar's top (underconfidence) shows on the bar too
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap to the bin's mean confidence",
+    )
+    top.plot([0, 1], [0, 1], linestyle="--", color="black", zorder=3, label="perfect calibration")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy in the bin")
+    top.legend(fontsize=8, loc="upper left")
+    top.set_title(
+        f"{metrics['model']} ({metrics['method']}), {split} split, final epoch\n"
+        f"ECE {100 * figures['ece']:.2f}% ({len(figures['bins'])} equal-width bins), top-1 {100 * accuracy:.2f}%, "
+        f"mean confidence {100 * figures['confidence']:.2f}%",
+        fontsize=10,
+    )
+    bottom.bar(lefts, [100 * row["count"] / total for row in bins], widths, align="edge", edgecolor="black")
+    bottom.set_xlabel("top-label confidence")
+    bottom.set_ylabel("examples (%)")
     return figure
 
 
