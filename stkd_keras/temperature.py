@@ -134,20 +134,25 @@ def checked_holdout(folder: Path, metrics: dict, holdout, data_dir=None, downloa
         ValueError: For a `holdout` that is not an int >= 1.
     """
     config = metrics.get("config") or {}
-    own = config.get("validation_holdout")
-    holdout = own if holdout is None else holdout
-    if holdout is None:
+    own, subset = config.get("validation_holdout"), config.get("train_subset")
+    trained = int(metrics["dataset"]["train"]["num_examples"])
+    if own is None and subset is None:
         raise RunError(
-            f"{folder} was trained without held-out images (no --validation-holdout), so no training image is left "
+            f"{folder} was trained on the whole training split (no --validation-holdout), so no training image is left "
             "that it never saw, and the test split must not be fitted on; train it with --validation-holdout N to "
             "calibrate it."
         )
+    if own is None and holdout is None:
+        raise RunError(
+            f"{folder} was trained on the first {trained} training images without --validation-holdout, so there is "
+            "no count of held-out images to default to; pass --validation-holdout N."
+        )
+    holdout = own if holdout is None else holdout
     if not isinstance(holdout, (int, np.integer)) or isinstance(holdout, bool) or holdout < 1:
         raise ValueError(f"Expected `holdout` to be an int >= 1. Received: holdout={holdout!r}")
     if own is not None and holdout <= own:
         return int(holdout)
-    trained = int(metrics["dataset"]["train"]["num_examples"])
-    if config.get("train_subset") is None:
+    if subset is None:
         raise RunError(
             f"{folder} trained on every training image but its last {own} held out, so --validation-holdout "
             f"{holdout} would fit on {holdout - own} images it trained on; pass at most {own}."
