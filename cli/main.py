@@ -228,6 +228,8 @@ def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, su
         f"top-1 {results['accuracy']:.4f}, top-5 {results['top5_accuracy']:.4f}. Wrote {json_path}."
     )
     click.echo(calibration_line(results))
+    if flags["calibrated"] and (results["temperature"] or {}).get("applied") == "in the file's graph":
+        click.echo("Note: the file divides its logits by the temperature itself; --calibrated applied nothing more.")
 
 
 @cli.command(cls=BackendCommand, backend="tensorflow")

@@ -177,11 +177,8 @@ def model_inputs(model: keras.Model, preprocessing: dict | None, dataset: str, m
     if preprocessing is None:
         return _unrecorded_inputs(model, dataset)
     check_preprocessing_fits(preprocessing, dataset, model_path)
-    image_size = image_size_pair(preprocessing.get("image_size"))
-    return (preprocessing["mean"], preprocessing["std"]), (
-        *(image_size or model.input_shape[1:3]),
-        model.input_shape[-1],
-    )
+    height_width = image_size_pair(preprocessing.get("image_size")) or model.input_shape[1:3]
+    return (preprocessing["mean"], preprocessing["std"]), (*height_width, model.input_shape[-1])
 
 
 def _unrecorded_inputs(model: keras.Model, dataset: str) -> tuple:

@@ -304,7 +304,11 @@ def exported_temperature(metadata: dict, preprocessing: dict, path, calibrated: 
     if recorded.get("value") is not None:
         return {"value": float(recorded["value"]), "applied": APPLIED_BY_EVALUATE, "from": "embedded metadata"}
     if preprocessing.get("temperature") is not None:
-        return {"value": float(preprocessing["temperature"]), "applied": APPLIED_BY_EVALUATE, "from": "preprocessing"}
+        return {
+            "value": float(preprocessing["temperature"]),
+            "applied": APPLIED_BY_EVALUATE,
+            "from": PREPROCESSING_FILE,
+        }
     raise RunError(
         f"{path} carries no temperature; run `stkd-keras calibrate RUN` first, then export it again (with "
         "--calibrated to put it in the file)."
