@@ -26,6 +26,16 @@ def calibration_line(results: dict) -> str:
     return line + f" (temperature {scaling['value']:.4f}, applied {scaling['applied']}, from {scaling['from']})."
 
 
+def export_temperature_line(scaling: dict) -> str:
+    """What an export did with the run's temperature (`scaling`: the metadata's `temperature` record)."""
+    return f"Temperature {scaling['value']:.4f} (stkd-keras calibrate): " + (
+        "every file divides its logits by it."
+        if scaling["applied_in_graph"]
+        else "recorded in the metadata, not applied (evaluate --calibrated applies it; export --calibrated builds it "
+        "into the files)."
+    )
+
+
 def _rows(name: str, measured: dict) -> list[str]:
     """The before and after rows of one set of images in calibrate's table."""
     rows = []

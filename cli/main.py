@@ -15,7 +15,7 @@ import click
 
 from stkd_keras import backend_selection
 from stkd_keras.cli.backends import BackendCommand, check_backend, use_backend
-from stkd_keras.cli.calibration import calibrate, calibration_line
+from stkd_keras.cli.calibration import calibrate, calibration_line, export_temperature_line
 from stkd_keras.cli.errors import user_errors
 from stkd_keras.cli.listings import list_datasets, list_method_table, list_zoo
 from stkd_keras.cli.options import (
@@ -365,6 +365,8 @@ def export(ctx, model_path, export_format, quantize, finetune_options, verify_im
         model_path, output, export_options, log=click.echo, job=job, option_names=_EXPORT_OPTION_NAMES
     )
     _echo_export_table(report, job.dataset)
+    if report["metadata"].get("temperature"):
+        click.echo(export_temperature_line(report["metadata"]["temperature"]))
     click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
 
 

@@ -290,6 +290,14 @@ def test_calibrate_command(overconfident, tmp_path):
         cli, ["evaluate", "--model", str(overconfident[0]), "--calibrated", "--json", str(tmp_path / "x.json")]
     )
     assert result.exit_code == 1 and "run `stkd-keras calibrate RUN` first." in result.output
+    # export --calibrated says what it did with the temperature; without one stored it is refused, naming the option.
+    export = ["export", "--format", "tflite", "--quantize", "float32", "--verify-images", "50", "--calibrated"]
+    result = runner.invoke(cli, [*export, "--model", str(folder), "--output", str(tmp_path / "exported")])
+    assert result.exit_code == 0, result.output
+    assert f"Temperature {stored:.4f} (stkd-keras calibrate): every file divides its logits by it." in result.output
+    result = runner.invoke(cli, [*export, "--model", str(overconfident[0]), "--output", str(tmp_path / "none")])
+    assert result.exit_code == 2 and "Invalid value for --calibrated: No temperature is stored" in result.output
+    assert not (tmp_path / "none").exists()
 
 
 def test_the_export_wrapper_divides_the_logits_by_the_temperature():
