@@ -402,3 +402,14 @@ def test_calibrate_a_trained_run_on_the_images_it_validated_on(tmp_path):
     # The run measured the test split at its end too: the same figures before scaling.
     assert written["split"]["before"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-6)
     assert written["split"]["before"]["ece"] == pytest.approx(metrics["test"]["calibration"]["ece"], abs=1e-6)
+
+
+def test_a_run_started_from_outside_weights_is_calibrated_with_a_note(overconfident, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(overconfident[0], folder)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    write_json(folder / "metrics.json", {**metrics, "config": {**metrics["config"], "weights": "start.weights.h5"}})
+    logged = []
+    result = temperature.calibrate_run(folder, split=None, log=logged.append)
+    note = "Note: the run started from weights trained outside it; the images those learnt from are not known here."
+    assert result["notes"] == [note] and note in logged and result["split"] is None
