@@ -16,6 +16,7 @@ import click
 
 from stkd_keras import backend_selection
 from stkd_keras.cli.backends import BackendCommand, check_backend, use_backend
+from stkd_keras.cli.calibration import calibrate, calibration_line, export_temperature_line
 from stkd_keras.cli.errors import user_errors
 from stkd_keras.cli.listings import list_datasets, list_method_table, list_zoo
 from stkd_keras.cli.options import (
@@ -186,18 +187,24 @@ def distill(ctx, output, overwrite, quiet, resume, backend, **options):
     "[default: KERAS_BACKEND if set, else tensorflow].",
 )
 @click.option("--quiet", is_flag=True, help="No progress while evaluating; only the result.")
+@click.option(
+    "--calibrated",
+    is_flag=True,
+    help="Divide the logits by the temperature `stkd-keras calibrate` stored (a file exported with --calibrated has "
+    "it in its graph already: never applied twice).",
+)
 @user_errors
 @click.pass_context
-def evaluate(
-    ctx, model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite, backend, quiet
-):
-    """Print top-1 / top-5 accuracy of a saved model and write them to JSON."""
-    from stkd_keras import runs
+def evaluate(ctx, model_path, dataset, data_dir, download, split, batch_size, subset, json_path, overwrite, **flags):
+    """Print top-1 / top-5 accuracy and calibration (ECE, NLL, Brier) of a saved model and write them to JSON."""
+    from stkd_keras import runs, temperature
 
     # Checked before the backend (and TensorFlow) loads, so a mistake is answered at once.
-    check_backend(backend)
+    check_backend(flags["backend"])
     runs.check_evaluable(model_path, dataset)
-    use_backend(ctx, backend)
+    if flags["calibrated"] and Path(model_path).suffix not in (".tflite", ".onnx"):
+        temperature.keras_temperature(runs.read_preprocessing(model_path), model_path)
+    use_backend(ctx, flags["backend"])
     from stkd_keras.evaluation import evaluate as evaluate_model
 
     model_path = Path(model_path)
@@ -214,13 +221,17 @@ def evaluate(
         subset=subset,
         data_dir=data_dir,
         download=download,
-        log=None if quiet else click.echo,
+        log=None if flags["quiet"] else click.echo,
+        calibrated=flags["calibrated"],
     )
     runs.write_json(json_path, results)
     click.echo(
         f"{model_path} on {dataset}/{split} ({results['num_examples']} images): "
         f"top-1 {results['accuracy']:.4f}, top-5 {results['top5_accuracy']:.4f}. Wrote {json_path}."
     )
+    click.echo(calibration_line(results))
+    if flags["calibrated"] and (results["temperature"] or {}).get("applied") == "in the file's graph":
+        click.echo("Note: the file divides its logits by the temperature itself; --calibrated applied nothing more.")
 
 
 @cli.command(cls=BackendCommand, backend="tensorflow")
@@ -321,6 +332,12 @@ def evaluate(
     is_flag=True,
     help="Replace the earlier export in the folder (its files this export does not write are removed).",
 )
+@click.option(
+    "--calibrated",
+    is_flag=True,
+    help="End every file with a division of its logits by the temperature `stkd-keras calibrate` stored (recorded "
+    "in the metadata; verified against the scaled Keras model).",
+)
 @user_errors
 @click.pass_context
 def export(ctx, model_path, export_format, quantize, finetune_options, verify_images, output, **options):
@@ -350,6 +367,8 @@ def export(ctx, model_path, export_format, quantize, finetune_options, verify_im
         model_path, output, export_options, log=click.echo, job=job, option_names=_EXPORT_OPTION_NAMES
     )
     _echo_export_table(report, job.dataset)
+    if report["metadata"].get("temperature"):
+        click.echo(export_temperature_line(report["metadata"]["temperature"]))
     click.echo(f"Wrote {Path(output) / 'export_report.json'}.")
 
 
@@ -397,6 +416,7 @@ for command in (report, compare_runs):
     cli.add_command(command)
 for listing in (list_datasets, list_method_table, list_zoo):
     cli.add_command(listing)
+cli.add_command(calibrate)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ def export_model(
     source: dict | None = None,
     fine_tunings=(),
     log=print,
+    temperature: dict | None = None,
 ) -> dict:
     """Converts, verifies and writes the student's files; returns the report (also written as export_report.json).
 
@@ -126,14 +127,14 @@ def export_model(
         quantize: Modes among "float32" (alias "none"), "float16", "dynamic" and "int8" (ONNX:
             float32 and int8), as a sequence, a comma-separated string or "all" (every mode of
             every format); None gives float32 and int8.
-        dynamic_batch: Keep the batch dimension free (default: fixed to 1 for edge delegates).
-        opset: ONNX opset.
+        dynamic_batch, opset: Keep the batch dimension free (default: fixed to 1 for edge delegates); the ONNX opset.
         overwrite: Replace an earlier export in the folder.
         stem: File name stem.
         source: Where the model came from (path, accuracy), recorded in the metadata.
         fine_tunings: `FineTuning`s (`stkd_keras.export.plan`), one per extra int8 file: after
             quantization-aware training (mode "qat") or pruning ("prune") through
             `stkd_keras.export.tfmot_bridge` (a subprocess); their images, output and report are filled in here.
+        temperature: The run's temperature for the metadata (`value`, `fit`, `applied_in_graph`: in `model`), or None.
 
     Returns:
         The report: Keras's top-1 on the verification images, and one row per file.
@@ -151,7 +152,7 @@ def export_model(
             opset=opset,
         )
         output_dir = output_path(output_dir)
-        return _export(model, output_dir, data, preprocessing, plan, overwrite=overwrite, source=source, log=log)
+        return _export(model, output_dir, data, preprocessing, plan, overwrite, source, log, temperature)
 
 
 @contextlib.contextmanager
@@ -176,7 +177,9 @@ class _Conversion:
     log: Callable
 
 
-def _export(model, output_dir: Path, data, preprocessing, plan: ExportPlan, *, overwrite, source, log) -> dict:
+def _export(
+    model, output_dir: Path, data, preprocessing, plan: ExportPlan, overwrite, source, log, temperature
+) -> dict:
     """`export_model` with its output folder locked: ready the folder, convert and verify every file, commit them."""
     previous = prepare_folder(output_dir, plan.files, overwrite, log)
     with staging_folder(output_dir) as staging:
@@ -191,6 +194,7 @@ def _export(model, output_dir: Path, data, preprocessing, plan: ExportPlan, *, o
             "class_names": preprocessing.get("class_names"),
             "dataset": preprocessing.get("dataset"),
             "source": {**(source or {}), "keras_top1_on_verification_images": keras_accuracy},
+            **({"temperature": temperature} if temperature else {}),
         }
         job = _Conversion(model, plan, data, staging, reference, shared, log)
         rows = []

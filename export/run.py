@@ -46,6 +46,8 @@ class ExportOptions:
     dataset / data_dir / download: Where the verification and calibration images come from (default: the run's dataset).
     verify_images: Test images each file is verified on (None: the whole test split).
     representative_images: Training images calibrating int8.
+    calibrated: Build the temperature `stkd-keras calibrate` stored into every file, as a final division of the
+        logits (`stkd_keras.temperature.temperature_scaled`); the files are verified against the scaled model.
     """
 
     formats: tuple = ("tflite", "onnx")
@@ -64,6 +66,7 @@ class ExportOptions:
     dynamic_batch: bool = False
     opset: int = DEFAULT_OPSET
     overwrite: bool = False
+    calibrated: bool = False
 
     @property
     def fine_tunes(self) -> bool:
@@ -83,6 +86,8 @@ class ExportJob:
     hyperparameters: dict = dataclasses.field(default_factory=dict)
     teacher_file: Path | None = None
     notes: tuple = ()
+    # The run's stored temperature as the metadata records it (`value`, `applied_in_graph`, `fit`), or None.
+    temperature: dict | None = None
 
 
 def run_teacher(run_folder: Path, run_metrics: dict) -> Path | None:
@@ -143,8 +148,10 @@ def prepare_export(model_path: str | os.PathLike, options: ExportOptions = Expor
     source = {"path": str(model_path)}
     if run_metrics:
         source["final_val_accuracy"] = run_metrics.get("final_val_accuracy")
+    temperature = _temperature(model_path, preprocessing, options)
+    job = ExportJob(student_file, preprocessing, dataset, source, run_metrics, temperature=temperature)
     if not options.fine_tunes:
-        return ExportJob(student_file, preprocessing, dataset, source, run_metrics)
+        return job
     config = run_metrics.get("config") or {}
     teacher = options.teacher or run_teacher(run_folder, run_metrics)
     method, hyperparameters = finetune_method(
@@ -163,9 +170,35 @@ def prepare_export(model_path: str | os.PathLike, options: ExportOptions = Expor
             notes.append(f"Note: method {method.name!r} uses no teacher; the teacher given is not used.")
         teacher = None
     teacher_file = runs.model_file(teacher, "teacher") if teacher is not None else None
-    return ExportJob(
-        student_file, preprocessing, dataset, source, run_metrics, method, hyperparameters, teacher_file, tuple(notes)
+    return dataclasses.replace(
+        job, method=method, hyperparameters=hyperparameters, teacher_file=teacher_file, notes=tuple(notes)
     )
+
+
+def _temperature(model_path: Path, preprocessing: dict, options: ExportOptions) -> dict | None:
+    """The run's stored temperature for the metadata, and whether the files apply it; refuses what cannot work.
+
+    Raises:
+        ExportOptionError: For `calibrated` without a stored temperature, or beside a QAT/pruning fine-tuning (whose
+            files the bridge writes from the unscaled student).
+    """
+    if options.calibrated and preprocessing.get("temperature") is None:
+        raise ExportOptionError(
+            f"No temperature is stored for {model_path}; run `stkd-keras calibrate RUN` first.", "--calibrated"
+        )
+    if options.calibrated and options.fine_tunes:
+        raise ExportOptionError(
+            "the QAT/pruning files are written from the unscaled student and would not carry the temperature; "
+            "export them in a separate export without --calibrated.",
+            "--calibrated",
+        )
+    if preprocessing.get("temperature") is None:
+        return None
+    return {
+        "value": float(preprocessing["temperature"]),
+        "applied_in_graph": bool(options.calibrated),
+        "fit": preprocessing.get("temperature_fit"),
+    }
 
 
 def fine_tunings(job: ExportJob, options: ExportOptions) -> tuple:
@@ -233,6 +266,11 @@ def export_run(
     for note in job.notes:
         log(note)
     model = load_model(job.student_file)
+    if job.temperature and job.temperature["applied_in_graph"]:
+        from stkd_keras.temperature import temperature_scaled
+
+        model = temperature_scaled(model, job.temperature["value"])
+        log(f"Dividing the logits by the temperature {job.temperature['value']:.4f} in every file (--calibrated).")
     if options.fine_tunes:
         log(fine_tuning_line(job, options, option_names))
     data = load_export_data(
@@ -257,4 +295,5 @@ def export_run(
         source=job.source,
         log=log,
         fine_tunings=fine_tunings(job, options),
+        temperature=job.temperature,
     )

@@ -122,27 +122,32 @@ def evaluate(
     data_dir: str | None = None,
     download: bool = True,
     log=None,
+    calibrated: bool = False,
 ) -> dict:
-    """Top-1 / top-5 accuracy of a saved model on a dataset split.
+    """Top-1 / top-5 accuracy and calibration of a saved model on a dataset split.
 
     `log` (e.g. `print`) shows the progress of a pass longer than a few
-    seconds (`stkd_keras.progress`); None keeps it silent.
+    seconds (`stkd_keras.progress`); None keeps it silent. `calibrated`
+    divides the logits by the temperature `stkd-keras calibrate` stored
+    (`stkd_keras.temperature`); an exported file that carries it in its graph
+    is never scaled twice. The result's `temperature` says which temperature
+    was applied and where (None: none).
 
     Raises:
-        RunError: For a missing or unloadable model, or one that does not fit the dataset.
+        RunError: For a missing or unloadable model, one that does not fit the dataset, or `calibrated` without a
+            stored temperature.
         DatasetNotFoundError: When the dataset is not available.
     """
+    from stkd_keras import temperature as temperature_lib
+
     if Path(model_path).suffix in (".tflite", ".onnx"):
-        return _evaluate_exported(Path(model_path), dataset, split, batch_size, subset, data_dir, download, log)
-    model = load_model(model_path)
+        return _evaluate_exported(
+            Path(model_path), dataset, split, batch_size, subset, data_dir, download, log, calibrated
+        )
     preprocessing = read_preprocessing(model_path)
-    if preprocessing is not None:
-        check_preprocessing_fits(preprocessing, dataset, model_path)
-        normalization = (preprocessing["mean"], preprocessing["std"])
-        image_size = image_size_pair(preprocessing.get("image_size"))
-        input_shape = (*(image_size or model.input_shape[1:3]), model.input_shape[-1])
-    else:
-        normalization, input_shape = _unrecorded_inputs(model, dataset)
+    scaling = temperature_lib.keras_temperature(preprocessing, model_path) if calibrated else None
+    model = load_model(model_path)
+    normalization, input_shape = model_inputs(model, preprocessing, dataset, model_path)
     data, info = evaluation_data(
         dataset, split, batch_size, input_shape, normalization, subset=subset, data_dir=data_dir, download=download
     )
@@ -158,9 +163,22 @@ def evaluate(
             "std": list(info.std),
             "from": "preprocessing.json" if preprocessing else "dataset",
         },
-        **evaluate_model(model, data, follow),
+        **evaluate_model(model, data, follow, scaling["value"] if scaling else 1.0),
+        "temperature": scaling,
         "environment": environment(),
     }
+
+
+def model_inputs(model: keras.Model, preprocessing: dict | None, dataset: str, model_path) -> tuple:
+    """(normalization, input shape) of the data `model` reads: from its preprocessing.json, as its run trained it.
+
+    Without a record (a model saved outside a run folder): `_unrecorded_inputs`.
+    """
+    if preprocessing is None:
+        return _unrecorded_inputs(model, dataset)
+    check_preprocessing_fits(preprocessing, dataset, model_path)
+    height_width = image_size_pair(preprocessing.get("image_size")) or model.input_shape[1:3]
+    return (preprocessing["mean"], preprocessing["std"]), (*height_width, model.input_shape[-1])
 
 
 def _unrecorded_inputs(model: keras.Model, dataset: str) -> tuple:
@@ -188,12 +206,14 @@ def evaluation_data(
     subset: int | None = None,
     data_dir: str | os.PathLike | None = None,
     download: bool = True,
+    holdout: int | None = None,
 ) -> tuple[object, data_lib.DatasetInfo]:
     """The batches a model with inputs `input_shape` (height, width, channels) is evaluated on, and their `DatasetInfo`.
 
     In order and unaugmented, resized to the model's height and width and given its channels (a 3-channel model
     trained on a 1-channel dataset reads it with the gray channel repeated); a size or channel count the model leaves
-    open (None) is the dataset's own. `normalization` is (mean, std), or None for the dataset's own.
+    open (None) is the dataset's own. `normalization` is (mean, std), or None for the dataset's own. `holdout`: as
+    `data.load`'s (the split "validation" is the last `holdout` training images of its fixed shuffle).
     """
     height, width, channels = input_shape
     return data_lib.load(
@@ -208,6 +228,7 @@ def evaluation_data(
         image_size=None if height is None or width is None else (int(height), int(width)),
         normalization=normalization,
         channels=None if channels is None else int(channels),
+        holdout=holdout,
     )
 
 
@@ -265,9 +286,14 @@ def batch_logits(predict, data, follow=None) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(logits), np.concatenate(labels)
 
 
-def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir, download, log=None) -> dict:
+def _evaluate_exported(
+    path: Path, dataset, split, batch_size, subset, data_dir, download, log=None, calibrated=False
+) -> dict:
     """Top-1 / top-5 of a .tflite or .onnx file in its own runtime, with the preprocessing embedded in it."""
+    from stkd_keras import temperature as temperature_lib
+
     runner, metadata, preprocessing = _load_exported(path)
+    scaling = temperature_lib.exported_temperature(metadata, preprocessing, path, calibrated)
     check_preprocessing_fits({"dataset": metadata.get("dataset"), **preprocessing}, dataset, path)
     input_shape = metadata.get("input_shape") or [None, *preprocessing["input_shape"]]
     normalization = (preprocessing["mean"], preprocessing["std"])
@@ -288,6 +314,8 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
     logits, labels = batch_logits(runner.predict, data, _progress(info, split, batch_size, log))
     if logits.shape[-1] != info.num_classes:
         raise RunError(f"{path} predicts {logits.shape[-1]} classes, but dataset {dataset!r} has {info.num_classes}.")
+    # A temperature in the file's graph has scaled the logits already: evaluate divides by it only when it is not.
+    divide_by = scaling["value"] if scaling and scaling["applied"] == "by evaluate" else 1.0
     return {
         "model": str(path),
         "runtime": "ai_edge_litert" if path.suffix == ".tflite" else "onnxruntime",
@@ -299,6 +327,7 @@ def _evaluate_exported(path: Path, dataset, split, batch_size, subset, data_dir,
             "std": list(preprocessing["std"]),
             "from": "embedded metadata",
         },
-        **logit_metrics(logits, labels),
+        **logit_metrics(logits, labels, divide_by),
+        "temperature": scaling,
         "environment": environment(),
     }
