@@ -8,9 +8,11 @@ written to OUTPUT/runs/<setting>/<method>/seed<k>. Finished runs (metrics.json)
 are skipped; an interrupted one is resumed with --resume. `teacher_run` names
 an already trained teacher folder to share instead (e.g. another grid's), and
 `baseline_setting` the config values of the setting every row is compared
-with (an ablation's defaults). At the end every
-finished run is compared (`stkd-keras compare`) into OUTPUT/results.md and
-OUTPUT/results.png, with OUTPUT/environment.json beside them.
+with (an ablation's defaults). `calibrate: true` fits each finished run's
+temperature on its held-out images (`stkd-keras calibrate`, calibration.json),
+and `split: test` reports the test split of runs validated on held-out images.
+At the end every finished run is compared (`stkd-keras compare`) into
+OUTPUT/results.md and OUTPUT/results.png, with OUTPUT/environment.json beside them.
 
 Usage: python benchmarks/accuracy.py --grid benchmarks/grids/fashion_mnist_methods.yaml \
            --output benchmarks/results/fashion_mnist_methods
@@ -44,6 +46,8 @@ GRID_FIELDS = {
     "baseline",
     "baseline_setting",
     "expected_minutes",
+    "calibrate",
+    "split",
 }
 
 
@@ -153,6 +157,8 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
         folder = output / "runs" / setting_label(setting) / method_folder(method) / f"seed{seed}"
         if (folder / "metrics.json").is_file():
             log(f"[{index}/{len(runs)}] {folder.relative_to(output)}: finished, skipped")
+            if not compare_only:
+                calibrate(grid, folder, log)
             finished.append(folder)
             continue
         if compare_only:
@@ -188,6 +194,7 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
                 str(folder),
             )
         log(f"    done in {time.perf_counter() - started:.0f} s")
+        calibrate(grid, folder, log)
         finished.append(folder)
     if compare_only:
         # Only whole seeds: a seed some arm has not finished would compare arms over different seeds.
@@ -198,6 +205,20 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
             log(f"Seeds {left_out} are not finished in every arm: left out of the comparison.")
         finished = [folder for folder in finished if int(folder.name[len("seed") :]) in whole]
     return finished, teacher_dir
+
+
+def calibrate(grid: dict, folder: Path, log=print) -> None:
+    """With `calibrate: true`, fits the finished run's temperature on its held-out images (calibration.json).
+
+    A run calibrated before is left as it is; one whose model is gone (a later session's fresh clone keeps only
+    metrics.json and history.csv) cannot be, and is said so.
+    """
+    if not grid.get("calibrate") or (folder / "calibration.json").is_file():
+        return
+    if not (folder / "student.keras").is_file():
+        log(f"    {folder}: no student.keras left to calibrate; its arm is compared without temperature scaling")
+        return
+    cli("calibrate", str(folder), "--quiet")
 
 
 def _train_seconds(folder: Path) -> float:
@@ -236,12 +257,17 @@ def main() -> None:
     fields = [
         f"--baseline-setting={name}={json.dumps(value)}" for name, value in (grid.get("baseline_setting") or {}).items()
     ]
+    # `split: test`: runs validated on held-out training images report the test split, where a choice made on the
+    # held-out images is judged (a grid made to choose without reading the test split leaves it out).
+    split = grid.get("split", "validation")
     cli(
         "compare",
         *map(str, finished),
         "--baseline",
         baseline,
         *fields,
+        "--split",
+        split,
         "--markdown",
         str(args.output / "results.md"),
         "--plot",

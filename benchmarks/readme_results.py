@@ -34,6 +34,7 @@ GRIDS = (
     "fashion_mnist_stkd_variants",
     "fashion_mnist_stkd_variants_holdout",
     "fashion_mnist_study",
+    "fashion_mnist_patient",
 )
 
 
@@ -42,6 +43,15 @@ def verdict(versus: dict) -> str:
     if versus["low"] > 0:
         return "better"
     if versus["high"] < 0:
+        return "worse"
+    return "no clear difference"
+
+
+def lower_verdict(versus: dict) -> str:
+    """For a figure where lower is better (ECE, NLL): 'better' / 'worse' when the 95% interval excludes 0."""
+    if versus["high"] < 0:
+        return "better"
+    if versus["low"] > 0:
         return "worse"
     return "no clear difference"
 
@@ -72,16 +82,29 @@ def methods_sentences(rows: list[dict], baseline: str) -> list[str]:
     return sentences
 
 
-def gap_sentences(rows: list[dict], runs: list[dict]) -> list[str]:
-    """The teacher's top-1 against the student trained alone (ce), per setting: whether distillation can help."""
+def _test_teacher(folder: Path) -> float | None:
+    """The grid's own teacher's final test top-1 (it validated on the test split), for rows on the test split."""
+    path = folder / "teacher" / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    return metrics.get("final_val_accuracy") if not (metrics.get("config") or {}).get("validation_holdout") else None
+
+
+def gap_sentences(rows: list[dict], runs: list[dict], teacher_accuracy: float | None = None) -> list[str]:
+    """The teacher's top-1 against the student trained alone (ce), per setting: whether distillation can help.
+
+    The teacher's top-1 is the one each run measured on its validation split, or `teacher_accuracy` where the rows
+    report another split (the test split, for runs validated on held-out images).
+    """
     teachers = {
         run["teacher"]["accuracy"] for run in runs if run.get("teacher") and run["teacher"].get("accuracy") is not None
     }
+    if teacher_accuracy is not None:
+        teachers = {teacher_accuracy}
     sentences = []
     for row in rows:
         if row["method"] != "ce" or len(teachers) != 1:
             continue
-        teacher = teachers.pop()
+        teacher = next(iter(teachers))
         gap = 100 * (teacher - row["final"]["mean"])
         sentences.append(
             f"- {_short(row['setting'])}: the teacher reaches {100 * teacher:.2f}, the student trained alone (ce) "
@@ -112,6 +135,37 @@ def best_sentences(rows: list[dict], baseline: str) -> list[str]:
     return sentences
 
 
+def _figure(versus: dict, name: str) -> str:
+    scale, unit, digits = (100, " points", 2) if name == "ece" else (1, "", 3)
+    return (
+        f"{scale * versus['difference']:+.{digits}f}{unit} [95% CI {scale * versus['low']:+.{digits}f}, "
+        f"{scale * versus['high']:+.{digits}f}]"
+    )
+
+
+def calibration_sentences(rows: list[dict], baseline: str) -> list[str]:
+    """Per setting: ECE and NLL by method and against the baseline, before and after temperature scaling."""
+    sentences = []
+    for setting in sorted({row["setting"] for row in rows}, key=lambda s: int(s.split(" | ")[2].split()[0])):
+        members = [row for row in rows if row["setting"] == setting and "calibration" in row]
+        for kind, what in (("calibration", "calibration"), ("scaled", "after temperature scaling")):
+            ranked = sorted((row for row in members if kind in row), key=lambda row: row[kind]["ece"]["mean"])
+            if not ranked:
+                continue
+            ranking = ", ".join(f"{row['method']} {100 * row[kind]['ece']['mean']:.2f}" for row in ranked)
+            against = "; ".join(
+                f"{row['method']} ECE {lower_verdict(versus['ece'])} ({_figure(versus['ece'], 'ece')}), "
+                f"NLL {lower_verdict(versus['nll'])} ({_figure(versus['nll'], 'nll')})"
+                for row in ranked
+                if (versus := row.get(f"{kind}_versus_baseline"))
+            )
+            sentences.append(
+                f"- {_short(setting)}, {what}: ECE % by mean (lowest first): {ranking}. "
+                f"Against {baseline}{' (also scaled)' if kind == 'scaled' else ''}: {against}."
+            )
+    return sentences
+
+
 def ablation_sentences(rows: list[dict]) -> list[str]:
     """Each changed setting against the defaults."""
     reference = next(row for row in rows if row.get("is_baseline"))
@@ -139,14 +193,19 @@ def grid_section(folder: Path) -> list[str]:
     arms = len(grid.get("settings") or [{}]) * len(grid["methods"])
     runs = [run for run in runs if sum(other.get("seed") == run.get("seed") for other in runs) == arms]
     baseline = grid.get("baseline", "kd")
-    rows = compare.compare(runs, baseline, grid.get("baseline_setting"))
+    split = grid.get("split", "validation")
+    rows = compare.compare(runs, baseline, grid.get("baseline_setting"), split=split)
     minutes = environment["train_seconds_total"] / 60
     holdout = (grid.get("common") or {}).get("validation_holdout")
-    validation = (
-        f"on {holdout:,} training images held out from training (the test split is not read)"
-        if holdout
-        else "on the 10,000 test images"
-    )
+    if split == "test":
+        validation = (
+            f"on the 10,000 test images; every choice (the temperature of temperature scaling) is made on {holdout:,} "
+            "training images held out from training"
+        )
+    elif holdout:
+        validation = f"on {holdout:,} training images held out from training (the test split is not read)"
+    else:
+        validation = "on the 10,000 test images"
     lines = [
         f"#### {grid.get('name', folder.name)}",
         "",
@@ -164,7 +223,9 @@ def grid_section(folder: Path) -> list[str]:
     if grid.get("baseline_setting"):
         lines += ablation_sentences(rows)
     else:
-        lines += gap_sentences(rows, runs) + methods_sentences(rows, baseline) + best_sentences(rows, baseline)
+        lines += gap_sentences(rows, runs, _test_teacher(folder) if split == "test" else None)
+        lines += methods_sentences(rows, baseline) + best_sentences(rows, baseline)
+        lines += calibration_sentences(rows, baseline)
     lines += ["", f"![{folder.name}]({(folder / 'results.png').relative_to(ROOT)})", ""]
     return lines
 
