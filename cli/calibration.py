@@ -49,8 +49,8 @@ def _rows(name: str, measured: dict) -> list[str]:
                     f"{100 * figures['ece']:.2f}",
                     f"{figures['nll']:.4f}",
                     f"{figures['brier']:.4f}",
-                    f"{figures['confidence']:.4f}",
-                    f"{figures['accuracy']:.4f}",
+                    f"{100 * figures['confidence']:.2f}",
+                    f"{100 * figures['accuracy']:.2f}",
                 ]
             )
         )
@@ -120,7 +120,7 @@ def calibrate(ctx, run_dir, holdout, split, batch_size, data_dir, download, back
         f"Temperature {result['temperature']:.4f}, fitted on {fit['examples']:,} held-out training images (NLL "
         f"{fit['nll_before']:.4f} -> {fit['nll_after']:.4f}); stored in {folder / 'preprocessing.json'}."
     )
-    click.echo("| images | scaling | ECE % | NLL | Brier | confidence | top-1 |")
+    click.echo("| images | scaling | ECE % | NLL | Brier | confidence % | top-1 % |")
     click.echo("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for row in _rows("held-out", result["held_out"]):
         click.echo(row)

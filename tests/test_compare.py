@@ -352,3 +352,24 @@ def test_a_grid_method_entry_carries_its_options(tmp_path):
         SystemExit, match=r"method 'stkd mix_fraction=2': Expected `mix_fraction` to be a number in \(0, 1\]"
     ):
         accuracy.load_grid(grid)
+
+
+def test_a_grid_calibrates_each_finished_run_once_and_only_when_asked(tmp_path, monkeypatch):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import accuracy
+
+    calls, lines = [], []
+    monkeypatch.setattr(accuracy, "cli", lambda *arguments: calls.append(arguments))
+    run = tmp_path / "seed0"
+    run.mkdir()
+    accuracy.calibrate({}, run, lines.append)  # not asked
+    accuracy.calibrate({"calibrate": True}, run, lines.append)  # asked, but the model is gone
+    assert calls == [] and "no student.keras left to calibrate" in lines[0]
+    (run / "student.keras").write_bytes(b"")
+    accuracy.calibrate({"calibrate": True}, run, lines.append)
+    assert calls == [("calibrate", str(run), "--quiet")]
+    (run / "calibration.json").write_text("{}")
+    accuracy.calibrate({"calibrate": True}, run, lines.append)  # calibrated before: left as it is
+    assert len(calls) == 1

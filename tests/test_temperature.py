@@ -252,11 +252,11 @@ def test_calibrate_command(overconfident, tmp_path):
     written = json.loads((folder / "calibration.json").read_text())
     assert f"Temperature {stored:.4f}, fitted on 500 held-out training images" in result.output
     lines = result.output.splitlines()
-    assert "| images | scaling | ECE % | NLL | Brier | confidence | top-1 |" in lines
+    assert "| images | scaling | ECE % | NLL | Brier | confidence % | top-1 % |" in lines
     after = written["held_out"]["after"]
     assert (
         f"| held-out (500) | after | {100 * after['ece']:.2f} | {after['nll']:.4f} | {after['brier']:.4f} | "
-        f"{after['confidence']:.4f} | {after['accuracy']:.4f} |" in lines
+        f"{100 * after['confidence']:.2f} | {100 * after['accuracy']:.2f} |" in lines
     )
     assert written["split"] is None and not any(line.startswith("| test") for line in lines)
     # evaluate prints the calibration figures, and the temperature it applied.
