@@ -193,3 +193,41 @@ def test_the_onnx_int8_default_is_the_fastest_configuration_that_holds():
 
     results = json.loads((ROOT / "benchmarks" / "results" / "export" / "export.json").read_text())
     assert results["onnx_int8"]["fastest_holding"] == OnnxInt8Config().name
+
+
+def test_calibration_sentences_rank_by_ece_and_judge_lower_as_better_before_and_after_scaling():
+    setting = "fm | cnn16 <- resnet14 | 60 epochs | 5000 train images"
+
+    def calibrated(method, ece, versus=None, scaled=None, scaled_versus=None):
+        result = row(setting, method, [0.86])
+        result["calibration"] = {"ece": {"mean": ece}}
+        if versus:
+            result["calibration_versus_baseline"] = {
+                name: dict(zip(("difference", "low", "high"), values)) for name, values in versus.items()
+            }
+        if scaled is not None:
+            result["scaled"] = {"ece": {"mean": scaled}}
+        if scaled_versus:
+            result["scaled_versus_baseline"] = {
+                name: dict(zip(("difference", "low", "high"), values)) for name, values in scaled_versus.items()
+            }
+        return result
+
+    rows = [
+        calibrated("kd", 0.04, scaled=0.01),
+        # ECE 1.5 points lower than kd with an interval below zero: better; NLL's interval spans zero.
+        calibrated(
+            "stkd",
+            0.025,
+            {"ece": (-0.015, -0.02, -0.01), "nll": (0.01, -0.02, 0.04)},
+            scaled=0.012,
+            scaled_versus={"ece": (0.002, 0.001, 0.003), "nll": (0.001, -0.001, 0.003)},
+        ),
+    ]
+    assert readme_results.calibration_sentences(rows, "kd") == [
+        "- 60 epochs, calibration: ECE % by mean (lowest first): stkd 2.50, kd 4.00. Against kd: stkd ECE better "
+        "(-1.50 points [95% CI -2.00, -1.00]), NLL no clear difference (+0.010 [95% CI -0.020, +0.040]).",
+        "- 60 epochs, after temperature scaling: ECE % by mean (lowest first): kd 1.00, stkd 1.20. Against kd (also "
+        "scaled): stkd ECE worse (+0.20 points [95% CI +0.10, +0.30]), NLL no clear difference (+0.001 [95% CI "
+        "-0.001, +0.003]).",
+    ]
