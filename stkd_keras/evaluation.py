@@ -94,8 +94,24 @@ def evaluate_model(model: keras.Model, dataset, progress=None, temperature: floa
     `progress` (a `stkd_keras.progress.PassProgress`) follows the pass; `temperature` divides the logits first
     (temperature scaling: top-1 and top-5 do not change, the loss and calibration do).
     """
-    logits, labels = batch_logits(model.predict_on_batch, dataset, progress)
+    predict = model.predict_on_batch
+    if _multi_worker(model):
+        # Every worker feeds its own copy of the batch, and Keras's predict would return all of their rows
+        # together: each worker measures alone.
+        def predict(images):
+            return keras.ops.convert_to_numpy(model(images, training=False))
+
+    logits, labels = batch_logits(predict, dataset, progress)
     return logit_metrics(logits, labels, temperature)
+
+
+def _multi_worker(model: keras.Model) -> bool:
+    """Whether `model` was built under `tf.distribute.MultiWorkerMirroredStrategy` (`--strategy multi_worker`)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return isinstance(getattr(model, "distribute_strategy", None), tf.distribute.MultiWorkerMirroredStrategy)
 
 
 def logit_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict:

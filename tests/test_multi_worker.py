@@ -116,6 +116,8 @@ def test_cli_multi_worker_run_is_written_by_the_chief_only(tmp_path):
     assert "this is worker 1" in worker[1] and "the chief saved the teacher" in worker[1]
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["config"]["strategy"] == "multi_worker" and (output / "teacher.keras").is_file()
+    # The chief measures the final model's calibration on its own 64 validation images, not on both workers' copies.
+    assert sum(row["count"] for row in metrics["final_val_calibration"]["bins"]) == 64
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no worker folder, no staging left
 
 
