@@ -194,8 +194,10 @@ def _temperature(model_path: Path, preprocessing: dict, options: ExportOptions) 
         )
     if preprocessing.get("temperature") is None:
         return None
+    from stkd_keras.temperature import stored_temperature
+
     return {
-        "value": float(preprocessing["temperature"]),
+        "value": stored_temperature(preprocessing["temperature"], f"The preprocessing.json of {model_path}"),
         "applied_in_graph": bool(options.calibrated),
         "fit": preprocessing.get("temperature_fit"),
     }

@@ -18,6 +18,8 @@ The temperature is stored in the run's preprocessing.json (`temperature`, `tempe
 
 from __future__ import annotations
 
+import math
+
 import os
 from pathlib import Path
 
@@ -275,6 +277,16 @@ def _store(folder: Path, preprocessing: dict, fit: dict, holdout: int, result: d
         raise
 
 
+def stored_temperature(value, where) -> float:
+    """A temperature read from a file (`where` names it), checked: a finite number > 0, else one RunError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise RunError(
+            f"{where} records the temperature {value!r}, not a finite number > 0 (an edited file?); run "
+            "`stkd-keras calibrate RUN` again."
+        )
+    return float(value)
+
+
 def keras_temperature(preprocessing: dict | None, model_path) -> dict:
     """The temperature `evaluate --calibrated` divides a Keras model's logits by: its preprocessing.json's.
 
@@ -284,7 +296,8 @@ def keras_temperature(preprocessing: dict | None, model_path) -> dict:
     value = (preprocessing or {}).get("temperature")
     if value is None:
         raise RunError(f"No temperature is stored for {model_path}; run `stkd-keras calibrate RUN` first.")
-    return {"value": float(value), "applied": APPLIED_BY_EVALUATE, "from": PREPROCESSING_FILE}
+    value = stored_temperature(value, f"The {PREPROCESSING_FILE} of {model_path}")
+    return {"value": value, "applied": APPLIED_BY_EVALUATE, "from": PREPROCESSING_FILE}
 
 
 def exported_temperature(metadata: dict, preprocessing: dict, path, calibrated: bool) -> dict | None:
@@ -298,14 +311,16 @@ def exported_temperature(metadata: dict, preprocessing: dict, path, calibrated: 
     """
     recorded = metadata.get("temperature") or {}
     if recorded.get("applied_in_graph"):
-        return {"value": float(recorded["value"]), "applied": APPLIED_IN_GRAPH, "from": "embedded metadata"}
+        value = stored_temperature(recorded.get("value"), f"The metadata of {path}")
+        return {"value": value, "applied": APPLIED_IN_GRAPH, "from": "embedded metadata"}
     if not calibrated:
         return None
     if recorded.get("value") is not None:
-        return {"value": float(recorded["value"]), "applied": APPLIED_BY_EVALUATE, "from": "embedded metadata"}
+        value = stored_temperature(recorded["value"], f"The metadata of {path}")
+        return {"value": value, "applied": APPLIED_BY_EVALUATE, "from": "embedded metadata"}
     if preprocessing.get("temperature") is not None:
         return {
-            "value": float(preprocessing["temperature"]),
+            "value": stored_temperature(preprocessing["temperature"], f"The {PREPROCESSING_FILE} beside {path}"),
             "applied": APPLIED_BY_EVALUATE,
             "from": PREPROCESSING_FILE,
         }

@@ -173,6 +173,20 @@ def test_evaluate_calibrated_divides_by_the_stored_temperature(overconfident, ca
         evaluation.evaluate(overconfident[0], "fashion_mnist", subset=10, calibrated=True)
 
 
+@pytest.mark.parametrize("stored", ["abc", -1.0, 0, float("nan"), float("inf"), True, [2.0]])
+def test_an_edited_stored_temperature_is_one_sentence_and_nothing_is_written(calibrated, tmp_path, stored):
+    folder = tmp_path / "run"
+    shutil.copytree(calibrated[0], folder)
+    path = folder / "preprocessing.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "temperature": stored}))
+    with pytest.raises(RunError, match=r"records the temperature .*, not a finite number > 0"):
+        evaluation.evaluate(folder, "fashion_mnist", subset=10, calibrated=True)
+    result = CliRunner().invoke(cli, ["export", "--model", str(folder), "--output", str(tmp_path / "export")])
+    assert result.exit_code == 1 and "not a finite number > 0" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "export").exists()
+    assert temperature.stored_temperature(1.5, "x") == 1.5
+
+
 def test_runs_that_could_have_trained_on_the_held_out_images_are_refused(overconfident, tmp_path):
     folder, _ = overconfident
     metrics = json.loads((folder / "metrics.json").read_text())
