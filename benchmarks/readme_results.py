@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import yaml
 
 from stkd_keras import compare
+from stkd_keras.intervals import difference_ci
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -57,6 +59,8 @@ def lower_verdict(versus: dict) -> str:
 
 
 def _percent(versus: dict) -> str:
+    if math.isnan(versus["low"]):
+        return f"{100 * versus['difference']:+.2f} points (one seed: no interval yet)"
     return f"{100 * versus['difference']:+.2f} points [95% CI {100 * versus['low']:+.2f}, {100 * versus['high']:+.2f}]"
 
 
@@ -137,6 +141,8 @@ def best_sentences(rows: list[dict], baseline: str) -> list[str]:
 
 def _figure(versus: dict, name: str) -> str:
     scale, unit, digits = (100, " points", 2) if name == "ece" else (1, "", 3)
+    if math.isnan(versus["low"]):
+        return f"{scale * versus['difference']:+.{digits}f}{unit}, one seed: no interval yet"
     return (
         f"{scale * versus['difference']:+.{digits}f}{unit} [95% CI {scale * versus['low']:+.{digits}f}, "
         f"{scale * versus['high']:+.{digits}f}]"
@@ -164,6 +170,38 @@ def calibration_sentences(rows: list[dict], baseline: str) -> list[str]:
                 f"Against {baseline}{' (also scaled)' if kind == 'scaled' else ''}: {against}."
             )
     return sentences
+
+
+def _arm(method: str) -> str:
+    """A method's label without the options that scale with the schedule (DKD's warm-up), to pair schedules."""
+    return " ".join(part for part in method.split() if not part.startswith("warmup_epochs="))
+
+
+def patience_sentences(rows: list[dict], baseline: str) -> list[str]:
+    """From the shortest schedule to the longest: each method's top-1 and its difference to the baseline, the change
+    paired by seed (the same seeds run both schedules)."""
+    epochs = {row["setting"]: int(row["setting"].split(" | ")[2].split()[0]) for row in rows}
+    if len(set(epochs.values())) < 2:
+        return []
+    short, long = min(epochs, key=epochs.get), max(epochs, key=epochs.get)
+    arms = {(row["setting"], _arm(row["method"])): row for row in rows}
+    base = {setting: dict(arms[(setting, baseline)]["final_by_seed"]) for setting in (short, long)}
+    parts = []
+    for (setting, arm), row in sorted(arms.items()):
+        other = arms.get((short, arm))
+        if setting != long or other is None:
+            continue
+        own = difference_ci(row["final_by_seed"], other["final_by_seed"])
+        text = f"{arm} {100 * other['final']['mean']:.2f} -> {100 * row['final']['mean']:.2f} ({_percent(own)})"
+        if arm != baseline:
+            gap_long = [(seed, value - base[long][seed]) for seed, value in row["final_by_seed"] if seed in base[long]]
+            gap_short = [
+                (seed, value - base[short][seed]) for seed, value in other["final_by_seed"] if seed in base[short]
+            ]
+            change = difference_ci(gap_long, gap_short)
+            text += f", its difference to {baseline} changing by {_percent(change)}"
+        parts.append(text)
+    return [f"- From {epochs[short]} to {epochs[long]} epochs (final top-1, paired by seed): " + "; ".join(parts) + "."]
 
 
 def ablation_sentences(rows: list[dict]) -> list[str]:
@@ -225,7 +263,7 @@ def grid_section(folder: Path) -> list[str]:
     else:
         lines += gap_sentences(rows, runs, _test_teacher(folder) if split == "test" else None)
         lines += methods_sentences(rows, baseline) + best_sentences(rows, baseline)
-        lines += calibration_sentences(rows, baseline)
+        lines += patience_sentences(rows, baseline) + calibration_sentences(rows, baseline)
     lines += ["", f"![{folder.name}]({(folder / 'results.png').relative_to(ROOT)})", ""]
     return lines
 

@@ -52,6 +52,11 @@ def test_verdict_needs_an_interval_that_excludes_zero():
     assert readme_results.verdict({"difference": 0.004, "low": 0.001, "high": 0.007}) == "better"
     assert readme_results.verdict({"difference": -0.004, "low": -0.007, "high": -0.001}) == "worse"
     assert readme_results.verdict({"difference": 0.004, "low": -0.001, "high": 0.009}) == "no clear difference"
+    # One seed has no interval: said so, never printed as "[95% CI +nan, +nan]".
+    alone = {"difference": 0.01, "low": float("nan"), "high": float("nan")}
+    assert readme_results.verdict(alone) == "no clear difference"
+    assert readme_results._percent(alone) == "+1.00 points (one seed: no interval yet)"
+    assert readme_results._figure(alone, "nll") == "+0.010, one seed: no interval yet"
 
 
 def test_methods_sentences_rank_each_regime_and_name_the_interval():
@@ -231,3 +236,31 @@ def test_calibration_sentences_rank_by_ece_and_judge_lower_as_better_before_and_
         "scaled): stkd ECE worse (+0.20 points [95% CI +0.10, +0.30]), NLL no clear difference (+0.001 [95% CI "
         "-0.001, +0.003]).",
     ]
+
+
+def test_patience_sentences_pair_each_method_and_its_gap_to_the_baseline_by_seed():
+    short, long = "fm | s | 20 epochs | 5000 train images", "fm | s | 60 epochs | 5000 train images"
+
+    def arm(setting, method, finals):
+        result = row(setting, method, finals)
+        result["final_by_seed"] = list(enumerate(finals))
+        return result
+
+    rows = [
+        arm(short, "kd", [0.80, 0.82]),
+        arm(short, "stkd", [0.78, 0.81]),
+        arm(short, "dkd warmup_epochs=2", [0.81, 0.83]),
+        arm(long, "kd", [0.84, 0.85]),
+        arm(long, "stkd", [0.85, 0.85]),
+        arm(long, "dkd warmup_epochs=5", [0.85, 0.87]),
+    ]
+    (sentence,) = readme_results.patience_sentences(rows, "kd")
+    # kd gains +4 and +3 points: mean +3.50, sd 0.707, t(1) = 12.706: half-width 12.706 * 0.5 = 6.35.
+    assert "kd 81.00 -> 84.50 (+3.50 points [95% CI -2.85, +9.85])" in sentence
+    # stkd gains +7 and +4: mean +5.50, sd 2.121, half-width 12.706 * 2.121 / 1.414 = 19.06.
+    assert "stkd 79.50 -> 85.00 (+5.50 points [95% CI -13.56, +24.56]), its difference to kd changing by " in sentence
+    # stkd - kd: -2, -1 at 20 epochs; +1, 0 at 60: changes +3, +1 -> mean +2.00, sd 1.414, half-width 12.706.
+    assert "+2.00 points [95% CI -10.71, +14.71]" in sentence
+    # DKD's warm-up scales with the schedule: its two rows are one arm.
+    assert sentence.startswith("- From 20 to 60 epochs") and "dkd 82.00 -> 86.00" in sentence
+    assert readme_results.patience_sentences(rows[:3], "kd") == []
