@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stkd_keras.calibration import CALIBRATION_FIELDS
 from stkd_keras.intervals import describe, difference_ci, interval_text, mean_std_text
 from stkd_keras.markdown import markdown_row
 
 SPLITS = ("validation", "test")
 SCALING_FILE = "calibration.json"
-CALIBRATION_FIELDS = ("ece", "nll", "brier", "confidence")  # as `stkd_keras.calibration.CALIBRATION_FIELDS`
 SCALED_FIELDS = ("temperature", "ece", "nll")
 COMPARED_FIELDS = ("ece", "nll")
 
