@@ -40,15 +40,17 @@ def _checked(logits, labels) -> tuple[np.ndarray, np.ndarray]:
     return logits, labels.astype(np.int64)
 
 
-def _check_temperature(temperature: float) -> float:
-    if not (isinstance(temperature, (int, float, np.floating)) and math.isfinite(temperature) and temperature > 0):
+def check_temperature(temperature) -> float:
+    """`temperature` as a float when it is a finite number > 0 (a bool is not a number here); ValueError otherwise."""
+    valid = isinstance(temperature, (int, float, np.floating)) and not isinstance(temperature, bool)
+    if not (valid and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"Expected a finite temperature > 0. Received: temperature={temperature!r}")
     return float(temperature)
 
 
 def log_softmax(logits, temperature: float = 1.0) -> np.ndarray:
     """log softmax(logits / temperature) over the last axis, stable for large logits."""
-    scaled = np.asarray(logits, dtype=np.float64) / _check_temperature(temperature)
+    scaled = np.asarray(logits, dtype=np.float64) / check_temperature(temperature)
     shifted = scaled - scaled.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 

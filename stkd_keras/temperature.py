@@ -18,7 +18,6 @@ The temperature is stored in the run's preprocessing.json (`temperature`, `tempe
 
 from __future__ import annotations
 
-import math
 
 import os
 from pathlib import Path
@@ -279,12 +278,13 @@ def _store(folder: Path, preprocessing: dict, fit: dict, holdout: int, result: d
 
 def stored_temperature(value, where) -> float:
     """A temperature read from a file (`where` names it), checked: a finite number > 0, else one RunError."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    try:
+        return calibration.check_temperature(value)
+    except ValueError:
         raise RunError(
             f"{where} records the temperature {value!r}, not a finite number > 0 (an edited file?); run "
             "`stkd-keras calibrate RUN` again."
-        )
-    return float(value)
+        ) from None
 
 
 def keras_temperature(preprocessing: dict | None, model_path) -> dict:

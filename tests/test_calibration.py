@@ -161,7 +161,7 @@ def test_bad_inputs_get_one_sentence(logits, labels, message):
         calibration.calibration_metrics(logits, labels)
 
 
-@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), "2"])
+@pytest.mark.parametrize("temperature", [0, -1.0, float("nan"), float("inf"), "2", True])
 def test_a_temperature_must_be_a_positive_number(temperature):
     with pytest.raises(ValueError, match="temperature > 0"):
         calibration.calibration_metrics(np.zeros((1, 2)), np.array([0]), temperature=temperature)
