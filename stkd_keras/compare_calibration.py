@@ -80,9 +80,9 @@ def scaled_part(run: dict, split: str) -> str | None:
     return "held_out" if fitted_on == holdout else None
 
 
-def run_scaled(run: dict, split: str) -> dict | None:
-    """The temperature, and ECE and NLL after scaling by it on `split` (`scaled_part`); None where calibrate has not
-    measured them (not run, or without the split)."""
+def scaled_measurement(run: dict, split: str) -> dict | None:
+    """calibration.json's figures on `split` (`scaled_part`), {"before": ..., "after": ...}, or None where calibrate
+    has not measured them (not run, or without the split)."""
     scaling = run.get("temperature_scaling")
     part = scaled_part(run, split) if isinstance(scaling, dict) else None
     if part is None:
@@ -90,10 +90,18 @@ def run_scaled(run: dict, split: str) -> dict | None:
     measured = scaling.get(part)
     if part == "test" and measured is None:  # calibrate writes the measured split under `split`, named
         measured = scaling.get("split") if (scaling.get("split") or {}).get("name") == "test" else None
-    after = (measured or {}).get("after")
+    return measured if isinstance(measured, dict) else None
+
+
+def run_scaled(run: dict, split: str) -> dict | None:
+    """The temperature, and ECE and NLL after scaling by it on `split` (`scaled_measurement`); None where calibrate
+    has not measured them."""
+    after = (scaled_measurement(run, split) or {}).get("after")
+    if not isinstance(after, dict):
+        return None
     figures = {
-        "temperature": scaling.get("temperature"),
-        **({name: after.get(name) for name in COMPARED_FIELDS} if isinstance(after, dict) else {}),
+        "temperature": run["temperature_scaling"].get("temperature"),
+        **{name: after.get(name) for name in COMPARED_FIELDS},
     }
     if not all(isinstance(figures.get(name), (int, float)) for name in SCALED_FIELDS):
         return None

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from stkd_keras import compare_calibration
+from stkd_keras.calibration import CALIBRATION_FIELDS as FIELDS
 from stkd_keras.files import atomic_write
 from stkd_keras.methods import get_method
 
@@ -85,7 +87,18 @@ def summary(run_dir: str | os.PathLike) -> str:
         )
     if metrics.get("resumed_at_epoch"):
         lines.append(f"Resumed after epoch {metrics['resumed_at_epoch']}.")
-    return "\n".join(lines + calibration_lines(metrics))
+    lines += calibration_lines(metrics)
+    source = reliability_source(metrics)
+    scaled = scaled_reliability(run_dir, metrics, source[0]) if source else None
+    if scaled is not None:
+        temperature, after, fitted_here = scaled
+        where = "the images it was fitted on" if fitted_here else f"the {source[0]} split"
+        lines.append(
+            f"After temperature scaling (T = {temperature:.4g}, fitted on held-out training images), on {where}: ECE "
+            f"{100 * after['ece']:.2f}%, NLL {after['nll']:.4f}, Brier {after['brier']:.4f}, mean confidence "
+            f"{after['confidence']:.4f}."
+        )
+    return "\n".join(lines)
 
 
 def calibration_lines(metrics: dict) -> list[str]:
@@ -354,7 +367,9 @@ def reliability_figure(run_dir: str | os.PathLike):
 
     Above: each confidence bin's accuracy as a bar beside the diagonal of perfect calibration, and the gap from the
     bin's accuracy to its mean confidence; a bar under the diagonal is overconfidence. Below: the share of examples
-    in each bin, so a reader sees which bins carry the ECE (the mean gap weighted by these shares).
+    in each bin, so a reader sees which bins carry the ECE (the mean gap weighted by these shares). Where
+    `stkd-keras calibrate` measured the same split (calibration.json), a second column draws it after temperature
+    scaling.
     """
     import matplotlib
 
@@ -363,10 +378,52 @@ def reliability_figure(run_dir: str | os.PathLike):
 
     metrics, _ = read_run(run_dir)
     split, figures, accuracy = reliability_source(metrics)
+    scaled = scaled_reliability(run_dir, metrics, split)
+    columns = [(figures, f"{split} split, final epoch")]
+    if scaled is not None and _has_bins(scaled[1]):
+        temperature, after, fitted_here = scaled
+        where = " (T fitted on these images)" if fitted_here else ""
+        columns.append((after, f"{split} split, after temperature scaling, T = {temperature:.3g}{where}"))
+    figure, axes = plt.subplots(
+        2,
+        len(columns),
+        figsize=(6 * len(columns), 7),
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1]},
+    )
+    for column, (drawn, title) in enumerate(columns):
+        _reliability_panels(axes[0][column], axes[1][column], drawn)
+        axes[0][column].set_title(
+            f"{metrics['model']} ({metrics['method']}), {title}\n"
+            f"ECE {100 * drawn['ece']:.2f}% ({len(drawn['bins'])} equal-width bins), top-1 {100 * accuracy:.2f}%, "
+            f"mean confidence {100 * drawn['confidence']:.2f}%",
+            fontsize=10,
+        )
+    return figure
+
+
+def scaled_reliability(run_dir: str | os.PathLike, metrics: dict, split: str) -> tuple[float, dict, bool] | None:
+    """(temperature, figures after scaling, whether the temperature was fitted on these very images) on `split` from
+    the run's calibration.json, or None where calibrate has not measured the split. The figures hold reliability
+    bins where calibrate wrote them (since 2026-12-07)."""
+    scaling = compare_calibration.read_scaling(run_dir)
+    if scaling is None:
+        return None
+    run = {"config": metrics.get("config") or {}, "temperature_scaling": scaling}
+    after = (compare_calibration.scaled_measurement(run, split) or {}).get("after")
+    temperature = scaling.get("temperature")
+    figures_there = isinstance(after, dict) and all(isinstance(after.get(name), (int, float)) for name in FIELDS)
+    if not figures_there or not isinstance(temperature, (int, float)):
+        return None
+    return float(temperature), after, compare_calibration.scaled_part(run, split) == "held_out"
+
+
+def _reliability_panels(top, bottom, figures: dict) -> None:
+    """One reliability diagram: the bins' accuracy and gap above, their share of the examples below."""
     bins = [row for row in figures["bins"] if row["count"]]  # an empty bin has no accuracy to draw
     total = sum(row["count"] for row in figures["bins"])
     lefts, widths = [row["lower"] for row in bins], [row["upper"] - row["lower"] for row in bins]
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.bar(
         lefts,
         [row["accuracy"] for row in bins],
@@ -393,16 +450,9 @@ def reliability_figure(run_dir: str | os.PathLike):
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy in the bin")
     top.legend(fontsize=8, loc="upper left")
-    top.set_title(
-        f"{metrics['model']} ({metrics['method']}), {split} split, final epoch\n"
-        f"ECE {100 * figures['ece']:.2f}% ({len(figures['bins'])} equal-width bins), top-1 {100 * accuracy:.2f}%, "
-        f"mean confidence {100 * figures['confidence']:.2f}%",
-        fontsize=10,
-    )
     bottom.bar(lefts, [100 * row["count"] / total for row in bins], widths, align="edge", edgecolor="black")
     bottom.set_xlabel("top-label confidence")
     bottom.set_ylabel("examples (%)")
-    return figure
 
 
 def save_figure(figure, path: str | os.PathLike, dpi: int = 100) -> Path:

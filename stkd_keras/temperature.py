@@ -202,9 +202,9 @@ def _logits(folder, preprocessing, dataset, holdout, split, batch_size, data_dir
 
 
 def figures(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict:
-    """Top-1 (`accuracy`) and the scalar calibration figures of `logits / temperature`."""
-    metrics = calibration.calibration_metrics(logits, labels, temperature)
-    return {"accuracy": metrics["accuracy"], **calibration.summary(metrics)}
+    """Top-1 (`accuracy`), the calibration figures of `logits / temperature` and their reliability bins (for
+    `report`'s diagram before and after scaling)."""
+    return calibration.calibration_metrics(logits, labels, temperature)
 
 
 def _result(folder: Path, metrics: dict, holdout: int, fit: dict, passes: dict) -> dict:

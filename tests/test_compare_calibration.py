@@ -308,6 +308,66 @@ def test_report_draws_the_reliability_diagram_from_the_bins(tmp_path):
     assert "test split" in top.get_title()
 
 
+def test_report_draws_the_test_split_after_temperature_scaling_beside_it(tmp_path):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 800)
+    logits = 3 * rng.normal(size=(800, 10))
+    logits[np.arange(800), labels] += 4
+    temperature = 1.7
+    test = calibration_metrics(logits, labels)
+    folder = write_run(tmp_path, "kd", 0, scaled=False)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics.update(role="student", parameters=1, best_epoch={"epoch": 2}, final_epoch={"epoch": 2})
+    metrics["test"]["calibration"] = {k: v for k, v in test.items() if k != "accuracy"}
+    metrics["test"]["accuracy"] = test["accuracy"]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    # calibration.json as `calibrate` writes it: the test split's figures before and after, bins included.
+    scaled = calibration_metrics(logits, labels, temperature)
+    measured = {"name": "test", "num_examples": 800, "before": test, "after": scaled}
+    (folder / "calibration.json").write_text(
+        json.dumps({"temperature": temperature, "fit": {"holdout": 500}, "split": measured})
+    )
+
+    result = CliRunner().invoke(cli, ["report", str(folder), "--plot", str(tmp_path / "curves.png")])
+    assert result.exit_code == 0, result.output
+    assert (
+        f"After temperature scaling (T = 1.7, fitted on held-out training images), on the test split: ECE "
+        f"{100 * scaled['ece']:.2f}%, NLL {scaled['nll']:.4f}" in result.output
+    )
+    figure = reporting.reliability_figure(folder)
+    assert len(figure.axes) == 4  # before | after, each with its share of examples below
+    before, after, _, after_share = figure.axes
+    assert "final epoch" in before.get_title() and f"ECE {100 * test['ece']:.2f}%" in before.get_title()
+    assert "after temperature scaling, T = 1.7" in after.get_title()
+    assert "T fitted on these images" not in after.get_title()  # the test split: T was fitted elsewhere
+    # The right-hand bins, from numpy: softmax(logits / T)'s top-label confidence, binned (k/15, (k+1)/15].
+    probabilities = np.exp(logits / temperature - (logits / temperature).max(1, keepdims=True))
+    confidence = (probabilities / probabilities.sum(1, keepdims=True)).max(1)
+    correct = logits.argmax(1) == labels
+    index = np.clip(np.ceil(confidence * 15).astype(int) - 1, 0, 14)
+    filled = [k for k in range(15) if (index == k).any()]
+    assert [bar.get_height() for bar in after.patches[: len(filled)]] == pytest.approx(
+        [correct[index == k].mean() for k in filled]
+    )
+    assert [bar.get_height() for bar in after_share.patches] == pytest.approx(
+        [100 * (index == k).mean() for k in filled]
+    )
+    assert f"ECE {100 * scaled['ece']:.2f}%" in after.get_title()
+    assert scaled["ece"] < test["ece"]  # this model is overconfident and T = 1.7 cools it: the right panel is better
+    # A calibration.json written before it held bins: the figures are printed, the diagram keeps one column.
+    for part in ("before", "after"):
+        del measured[part]["bins"]
+    (folder / "calibration.json").write_text(
+        json.dumps({"temperature": temperature, "fit": {"holdout": 500}, "split": measured})
+    )
+    assert len(reporting.reliability_figure(folder).axes) == 2
+    assert "After temperature scaling (T = 1.7" in reporting.summary(folder)
+    (folder / "calibration.json").write_text("{")
+    result = CliRunner().invoke(cli, ["report", str(folder), "--plot", str(tmp_path / "curves2.png")])
+    assert result.exit_code == 1 and "calibration.json is malformed" in result.output
+    assert not (tmp_path / "curves2.png").exists()
+
+
 def test_report_of_an_old_run_draws_no_reliability_diagram_and_refuses_one_asked_for(tmp_path):
     old = STUDY / "runs" / "epochs-20" / "kd" / "seed0"
     result = CliRunner().invoke(cli, ["report", str(old), "--plot", str(tmp_path / "curves.png")])

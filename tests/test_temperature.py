@@ -120,6 +120,14 @@ def test_scaling_lowers_the_nll_of_an_overconfident_model_and_keeps_top1(overcon
     assert split["before"]["nll"] == pytest.approx(numpy_nll(test_logits, test_labels), rel=1e-4)
     assert split["after"]["nll"] == pytest.approx(numpy_nll(test_logits, test_labels, result["temperature"]), rel=1e-4)
     assert split["after"]["temperature"] == result["temperature"] and split["before"]["temperature"] == 1.0
+    # The reliability bins `report` draws after scaling: softmax(logits / T)'s top-label confidence, binned
+    # (k/15, (k+1)/15], counted in numpy (the model's float32 logits may move a confidence on an edge: 2 images).
+    scaled = test_logits / result["temperature"]
+    confidence = np.exp(scaled - scaled.max(1, keepdims=True))
+    confidence = (confidence / confidence.sum(1, keepdims=True)).max(1)
+    counts = np.bincount(np.clip(np.ceil(confidence * 15).astype(int) - 1, 0, 14), minlength=15)
+    assert [row["count"] for row in split["after"]["bins"]] == pytest.approx(counts, abs=2)
+    assert sum(row["count"] for row in split["before"]["bins"]) == 10000
 
 
 def test_the_temperature_is_stored_with_the_preprocessing(overconfident, calibrated):
@@ -149,7 +157,16 @@ def test_the_temperature_is_stored_with_the_preprocessing(overconfident, calibra
         "notes",
         "environment",
     }
-    assert set(written["held_out"]["after"]) == {"accuracy", "ece", "nll", "brier", "confidence", "temperature"}
+    assert set(written["held_out"]["after"]) == {
+        "accuracy",
+        "ece",
+        "nll",
+        "brier",
+        "confidence",
+        "temperature",
+        "ece_bins",
+        "bins",
+    }
     assert written["notes"] == [] and "keras" in written["environment"]
 
 
