@@ -88,7 +88,7 @@ def summary(run_dir: str | os.PathLike) -> str:
     if metrics.get("resumed_at_epoch"):
         lines.append(f"Resumed after epoch {metrics['resumed_at_epoch']}.")
     lines += calibration_lines(metrics)
-    source = reliability_source(metrics)
+    source = reliability_source(metrics, Path(run_dir) / "metrics.json")
     scaled = scaled_reliability(run_dir, metrics, source[0]) if source else None
     if scaled is not None:
         temperature, after, fitted_here = scaled
@@ -124,19 +124,41 @@ def calibration_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def reliability_source(metrics: dict) -> tuple[str, dict, float] | None:
+def reliability_source(metrics: dict, where: str | os.PathLike = "metrics.json") -> tuple[str, dict, float] | None:
     """What the reliability diagram draws: (split, calibration, top-1) of the test split when the run has it, else
-    of the validation split; None for a run written before calibration was recorded."""
+    of the validation split; None for a run written before calibration was recorded. ValueError naming `where` (the
+    file `metrics` was read from) when its bins are malformed."""
     test = metrics.get("test")
-    if isinstance(test, dict) and _has_bins(test.get("calibration")):
+    if isinstance(test, dict) and _has_bins(test.get("calibration"), where):
         return "test", test["calibration"], test["accuracy"]
-    if _has_bins(metrics.get("final_val_calibration")):
+    if _has_bins(metrics.get("final_val_calibration"), where):
         return "validation", metrics["final_val_calibration"], metrics["final_val_accuracy"]
     return None
 
 
-def _has_bins(figures) -> bool:
-    return isinstance(figures, dict) and isinstance(figures.get("bins"), list) and bool(figures["bins"])
+def _has_bins(figures, where: str | os.PathLike) -> bool:
+    """Whether `figures` hold reliability bins to draw; ValueError naming `where` for bins that cannot be drawn."""
+    if not isinstance(figures, dict) or figures.get("bins") in (None, []):
+        return False
+    bins = figures["bins"]
+
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def well_formed(row) -> bool:
+        if not isinstance(row, dict) or not all(number(row.get(edge)) for edge in ("lower", "upper")):
+            return False
+        count = row.get("count")
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            return False
+        return count == 0 or (number(row.get("accuracy")) and number(row.get("confidence")))
+
+    if not isinstance(bins, list) or not all(well_formed(row) for row in bins) or not any(r["count"] for r in bins):
+        raise ValueError(
+            f"{where} holds malformed reliability bins (each bin needs its lower and upper edge, a count, and an "
+            "accuracy and confidence where the count is not 0); measure the run again to draw them."
+        )
+    return True
 
 
 def _finished_run(run_dir: Path) -> dict:
@@ -262,17 +284,19 @@ def report(
         log("\n".join(listing(folder)))
         return
     text = summary(folder)
-    calibrated = reliability_source(read_run(folder)[0]) is not None
+    calibrated = reliability_source(read_run(folder)[0], folder / runs.METRICS_FILE) is not None
     if reliability_path is not None and not calibrated:
         raise ValueError(
             f"{folder / runs.METRICS_FILE} holds no calibration bins (the run was written before calibration was "
             "recorded), so there is no reliability diagram to draw."
         )
+    # Drawn before anything is written: a calibration.json whose bins cannot be drawn leaves no file behind.
+    reliability = reliability_figure(folder) if calibrated else None
     log(text)
     path = plot_curves(folder, Path(plot_path) if plot_path else folder / "curves.png")
     log(f"Wrote {path}.")
-    if calibrated:
-        log(f"Wrote {plot_reliability(folder, Path(reliability_path or folder / 'reliability.png'))}.")
+    if reliability is not None:
+        log(f"Wrote {save_figure(reliability, Path(reliability_path or folder / 'reliability.png'), dpi=100)}.")
     unfinished = runs.unfinished_runs(folder)
     if unfinished:
         log("\n".join(unfinished_lines(unfinished)))
@@ -377,10 +401,10 @@ def reliability_figure(run_dir: str | os.PathLike):
     import matplotlib.pyplot as plt
 
     metrics, _ = read_run(run_dir)
-    split, figures, accuracy = reliability_source(metrics)
+    split, figures, accuracy = reliability_source(metrics, Path(run_dir) / "metrics.json")
     scaled = scaled_reliability(run_dir, metrics, split)
     columns = [(figures, f"{split} split, final epoch")]
-    if scaled is not None and _has_bins(scaled[1]):
+    if scaled is not None and _has_bins(scaled[1], Path(run_dir) / compare_calibration.SCALING_FILE):
         temperature, after, fitted_here = scaled
         where = " (T fitted on these images)" if fitted_here else ""
         columns.append((after, f"{split} split, after temperature scaling, T = {temperature:.3g}{where}"))

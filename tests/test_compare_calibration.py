@@ -362,10 +362,22 @@ def test_report_draws_the_test_split_after_temperature_scaling_beside_it(tmp_pat
     )
     assert len(reporting.reliability_figure(folder).axes) == 2
     assert "After temperature scaling (T = 1.7" in reporting.summary(folder)
+    # Damaged files: one sentence naming the file, and no PNG written.
     (folder / "calibration.json").write_text("{")
     result = CliRunner().invoke(cli, ["report", str(folder), "--plot", str(tmp_path / "curves2.png")])
     assert result.exit_code == 1 and "calibration.json is malformed" in result.output
     assert not (tmp_path / "curves2.png").exists()
+    (folder / "reliability.png").unlink()
+    measured["after"]["bins"] = [{"lower": 0.0, "upper": 1.0, "count": 3, "accuracy": None, "confidence": 0.9}]
+    (folder / "calibration.json").write_text(json.dumps({"temperature": temperature, "split": measured}))
+    result = CliRunner().invoke(cli, ["report", str(folder), "--plot", str(tmp_path / "curves3.png")])
+    assert result.exit_code == 1 and f"{folder / 'calibration.json'} holds malformed reliability bins" in result.output
+    assert not (tmp_path / "curves3.png").exists() and not (folder / "reliability.png").exists()
+    metrics["test"]["calibration"]["bins"] = [1, 2]
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(cli, ["report", str(folder), "--plot", str(tmp_path / "curves4.png")])
+    assert result.exit_code == 1 and f"{folder / 'metrics.json'} holds malformed reliability bins" in result.output
+    assert not (tmp_path / "curves4.png").exists()
 
 
 def test_report_of_an_old_run_draws_no_reliability_diagram_and_refuses_one_asked_for(tmp_path):
