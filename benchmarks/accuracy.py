@@ -8,7 +8,8 @@ written to OUTPUT/runs/<setting>/<method>/seed<k>. Finished runs (metrics.json)
 are skipped; an interrupted one is resumed with --resume. `teacher_run` names
 an already trained teacher folder to share instead (e.g. another grid's), and
 `baseline_setting` the config values of the setting every row is compared
-with (an ablation's defaults). `calibrate: true` fits each finished run's
+with (an ablation's defaults). A setting may list its own `seeds`, replacing the
+grid's for it (more seeds for one schedule only). `calibrate: true` fits each finished run's
 temperature on its held-out images (`stkd-keras calibrate`, calibration.json),
 and `split: test` reports the test split of runs validated on held-out images.
 At the end every finished run is compared (`stkd-keras compare`) into
@@ -27,6 +28,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -86,7 +88,39 @@ def method_folder(entry: str) -> str:
 
 
 def setting_label(setting: dict) -> str:
-    return "_".join(f"{key}-{value}" for key, value in setting.items()) or "default"
+    return "_".join(f"{key}-{value}" for key, value in setting_options(setting).items()) or "default"
+
+
+def setting_options(setting: dict) -> dict:
+    """A setting's run options: all its fields but `seeds`."""
+    return {key: value for key, value in setting.items() if key != "seeds"}
+
+
+def setting_seeds(grid: dict, setting: dict) -> list[int]:
+    """A setting's seeds: its own `seeds` where it has them (more seeds for one schedule only), else the grid's."""
+    return list(setting.get("seeds", grid["seeds"]))
+
+
+def grid_runs(grid: dict) -> list[tuple[dict, str, int]]:
+    """Every (setting, method, seed) of the grid, seed by seed: a grid stopped part-way is a whole grid with fewer
+    seeds, not one with settings missing. Seeds only some settings have come after the grid's own."""
+    settings = grid.get("settings") or [{}]
+    seeds = dict.fromkeys([*grid["seeds"], *(seed for setting in settings for seed in setting_seeds(grid, setting))])
+    return [
+        (setting, method, seed)
+        for seed in seeds
+        for setting in settings
+        if seed in setting_seeds(grid, setting)
+        for method in grid["methods"]
+    ]
+
+
+def whole_seeds(grid: dict, finished_seeds: list[int]) -> list[int]:
+    """The seeds whose every run has finished, given the seed of each finished run: a seed is compared only whole,
+    in every setting it belongs to, so no arm is compared over seeds another arm lacks."""
+    wanted = Counter(seed for _, _, seed in grid_runs(grid))
+    done = Counter(finished_seeds)
+    return [seed for seed, count in wanted.items() if done[seed] == count]
 
 
 def load_grid(path: Path) -> dict:
@@ -99,6 +133,10 @@ def load_grid(path: Path) -> dict:
     for field in ("dataset", "student", "methods", "seeds"):
         if field not in grid:
             raise SystemExit(f"{path}: missing field `{field}`.")
+    for setting in grid.get("settings") or []:
+        seeds = setting.get("seeds", grid["seeds"]) if isinstance(setting, dict) else None
+        if not isinstance(seeds, list) or not seeds or not all(type(seed) is int for seed in seeds):
+            raise SystemExit(f"{path}: setting {setting!r}: a setting is a mapping whose `seeds`, if any, lists ints.")
     for entry in grid["methods"]:
         name, values = method_entry(entry)
         try:
@@ -146,13 +184,7 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
                 str(teacher_dir),
             )
     finished = []
-    # Seed by seed: a grid stopped part-way is a whole grid with fewer seeds, not one with settings missing.
-    runs = [
-        (setting, method, seed)
-        for seed in grid["seeds"]
-        for setting in grid.get("settings") or [{}]
-        for method in grid["methods"]
-    ]
+    runs = grid_runs(grid)
     for index, (setting, method, seed) in enumerate(runs, start=1):
         folder = output / "runs" / setting_label(setting) / method_folder(method) / f"seed{seed}"
         if (folder / "metrics.json").is_file():
@@ -175,7 +207,7 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
             unit = methods.get_method(name)
             options = {
                 field: value
-                for field, value in {**common, **setting, **own, "seed": seed}.items()
+                for field, value in {**common, **setting_options(setting), **own, "seed": seed}.items()
                 if field not in methods.hyperparameter_fields() or field in unit.hyperparameter_names()
             }
             teacher_option = ["--teacher", str(teacher_dir)] if unit.needs_teacher else []
@@ -198,9 +230,8 @@ def run_grid(grid: dict, output: Path, log=print, compare_only: bool = False) ->
         finished.append(folder)
     if compare_only:
         # Only whole seeds: a seed some arm has not finished would compare arms over different seeds.
-        arms = len(grid.get("settings") or [{}]) * len(grid["methods"])
-        whole = {seed for seed in grid["seeds"] if sum(folder.name == f"seed{seed}" for folder in finished) == arms}
-        left_out = sorted(set(grid["seeds"]) - whole)
+        whole = whole_seeds(grid, [int(folder.name[len("seed") :]) for folder in finished])
+        left_out = sorted({seed for _, _, seed in runs} - set(whole))
         if left_out:
             log(f"Seeds {left_out} are not finished in every arm: left out of the comparison.")
         finished = [folder for folder in finished if int(folder.name[len("seed") :]) in whole]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+import accuracy  # benchmarks/accuracy.py, beside this script: its rule for which seeds are whole
 from stkd_keras import compare
 from stkd_keras.intervals import difference_ci
 
@@ -228,8 +229,8 @@ def grid_section(folder: Path) -> list[str]:
     runs = compare.load_runs(sorted(path.parent for path in (folder / "runs").rglob("metrics.json")))
     # Whole seeds only, as `accuracy.py --compare-only` compares: a grid stopped part-way through a seed reads as
     # fewer seeds.
-    arms = len(grid.get("settings") or [{}]) * len(grid["methods"])
-    runs = [run for run in runs if sum(other.get("seed") == run.get("seed") for other in runs) == arms]
+    whole = accuracy.whole_seeds(grid, [run.get("seed") for run in runs])
+    runs = [run for run in runs if run.get("seed") in whole]
     baseline = grid.get("baseline", "kd")
     split = grid.get("split", "validation")
     rows = compare.compare(runs, baseline, grid.get("baseline_setting"), split=split)

@@ -277,7 +277,7 @@ def test_shipped_grids_are_valid(path):
     grid = accuracy.load_grid(path)
     fields = {field.name for field in dataclasses.fields(RunConfig)} | set(methods.hyperparameter_fields())
     settings = grid.get("settings") or [{}]
-    for options in [grid.get("common") or {}, grid.get("teacher") or {}, *settings]:
+    for options in [grid.get("common") or {}, grid.get("teacher") or {}, *map(accuracy.setting_options, settings)]:
         assert set(options) <= fields, set(options) - fields
     assert grid.get("baseline", "kd") in grid["methods"]
     # An entry may carry options ("stkd mix_fraction=0.1"); load_grid has checked them against the method.
@@ -352,6 +352,40 @@ def test_a_grid_method_entry_carries_its_options(tmp_path):
         SystemExit, match=r"method 'stkd mix_fraction=2': Expected `mix_fraction` to be a number in \(0, 1\]"
     ):
         accuracy.load_grid(grid)
+
+
+def test_a_setting_with_its_own_seeds_adds_runs_to_that_setting_only(tmp_path):
+    """Seeds 3 and 4 for the 60-epoch schedule only: its runs come after seeds 0-2, in its own folder, and a seed is
+    whole when every run it belongs to has finished."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import accuracy
+
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        "dataset: fashion_mnist\nstudent: cnn8\nmethods: [kd, stkd]\nseeds: [0, 1, 2]\n"
+        "settings:\n  - {epochs: 20}\n  - {epochs: 60, seeds: [0, 1, 2, 3, 4]}\n"
+    )
+    grid = accuracy.load_grid(path)
+    runs = [(accuracy.setting_label(setting), method, seed) for setting, method, seed in accuracy.grid_runs(grid)]
+    expected = [
+        (label, method, seed) for seed in (0, 1, 2) for label in ("epochs-20", "epochs-60") for method in ("kd", "stkd")
+    ]
+    expected += [("epochs-60", method, seed) for seed in (3, 4) for method in ("kd", "stkd")]
+    assert runs == expected
+    assert accuracy.setting_options({"epochs": 60, "seeds": [3]}) == {"epochs": 60}
+    # Seeds 0-2 need 4 runs each, seeds 3-4 two. Finished: seed 0 whole, seed 1 one short, seed 3 whole, seed 4 half.
+    finished = [0, 0, 0, 0, 1, 1, 1, 3, 3, 4]
+    assert accuracy.whole_seeds(grid, finished) == [0, 3]
+    assert accuracy.whole_seeds({"seeds": [0, 1], "methods": ["kd"]}, [1]) == [1]  # no settings: one arm each
+    for bad in ("[3, x]", "[]", "3", "[true]"):
+        path.write_text(
+            "dataset: fashion_mnist\nstudent: cnn8\nmethods: [kd]\nseeds: [0]\n"
+            f"settings:\n  - {{epochs: 60, seeds: {bad}}}\n"
+        )
+        with pytest.raises(SystemExit, match="a setting is a mapping whose `seeds`, if any, lists ints"):
+            accuracy.load_grid(path)
 
 
 def test_a_grid_calibrates_each_finished_run_once_and_only_when_asked(tmp_path, monkeypatch):
