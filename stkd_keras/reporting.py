@@ -124,7 +124,7 @@ def calibration_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def reliability_source(metrics: dict, where: str | os.PathLike = "metrics.json") -> tuple[str, dict, float] | None:
+def reliability_source(metrics: dict, where: str | os.PathLike) -> tuple[str, dict, float] | None:
     """What the reliability diagram draws: (split, calibration, top-1) of the test split when the run has it, else
     of the validation split; None for a run written before calibration was recorded. ValueError naming `where` (the
     file `metrics` was read from) when its bins are malformed."""
@@ -269,7 +269,7 @@ def report(
     """What `stkd-keras report FOLDER` shows, to `log`: a run's summary and curves, or the runs in a folder.
 
     On a run folder (one holding metrics.json): its summary, its training curves drawn to `plot_path` (default:
-    curves.png in it), its reliability diagram (`plot_reliability`) drawn to `reliability_path` (default:
+    curves.png in it), its reliability diagram (`reliability_figure`) drawn to `reliability_path` (default:
     reliability.png in it, for a run that recorded calibration), and the unfinished runs inside it. On any other
     folder: the `listing` of the runs below it.
 
@@ -379,11 +379,6 @@ def curves_figure(run_dir: str | os.PathLike):
         axis.legend(fontsize=8)
     figure.suptitle(f"{metrics['model']} ({metrics['method']}) on {metrics.get('config', {}).get('dataset')}")
     return figure
-
-
-def plot_reliability(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Draws the run's reliability diagram (`reliability_figure`) into a PNG; returns its path."""
-    return save_figure(reliability_figure(run_dir), path, dpi=100)
 
 
 def reliability_figure(run_dir: str | os.PathLike):

@@ -201,12 +201,6 @@ def _logits(folder, preprocessing, dataset, holdout, split, batch_size, data_dir
     return passes
 
 
-def figures(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> dict:
-    """Top-1 (`accuracy`), the calibration figures of `logits / temperature` and their reliability bins (for
-    `report`'s diagram before and after scaling)."""
-    return calibration.calibration_metrics(logits, labels, temperature)
-
-
 def _result(folder: Path, metrics: dict, holdout: int, fit: dict, passes: dict) -> dict:
     """calibration.json's content (see `calibrate_run`)."""
     from stkd_keras import evaluation
@@ -215,10 +209,11 @@ def _result(folder: Path, metrics: dict, holdout: int, fit: dict, passes: dict) 
     temperature = fit["temperature"]
 
     def before_after(logits, labels) -> dict:
+        # Top-1, the calibration figures and the reliability bins (`report` draws them before and after scaling).
         return {
             "num_examples": int(len(labels)),
-            "before": figures(logits, labels),
-            "after": figures(logits, labels, temperature),
+            "before": calibration.calibration_metrics(logits, labels),
+            "after": calibration.calibration_metrics(logits, labels, temperature),
         }
 
     notes = []
