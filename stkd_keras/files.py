@@ -34,6 +34,23 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     return path
 
 
+@contextlib.contextmanager
+def restored_on_failure(*paths: str | os.PathLike):
+    """Files written as one set: if the block raises, each of `paths` is put back as it was before the block (its
+    old bytes, atomically, or no file where there was none), then the error goes on."""
+    previous = {Path(path): Path(path).read_bytes() if Path(path).is_file() else None for path in paths}
+    try:
+        yield
+    except BaseException:
+        for path, data in previous.items():
+            with contextlib.suppress(OSError):  # the original error is the one to report
+                if data is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    atomic_write(path, lambda temporary, data=data: temporary.write_bytes(data))
+        raise
+
+
 def file_sha256(path: str | os.PathLike) -> str:
     """The sha256 of a file's bytes, as hex, read in 1 MiB blocks."""
     digest = hashlib.sha256()

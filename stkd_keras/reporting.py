@@ -9,7 +9,7 @@ from pathlib import Path
 
 from stkd_keras import compare_calibration
 from stkd_keras.calibration import CALIBRATION_FIELDS as FIELDS
-from stkd_keras.files import atomic_write
+from stkd_keras.files import atomic_write, restored_on_failure
 from stkd_keras.methods import get_method
 
 
@@ -293,10 +293,12 @@ def report(
     # Drawn before anything is written: a calibration.json whose bins cannot be drawn leaves no file behind.
     reliability = reliability_figure(folder) if calibrated else None
     log(text)
-    path = plot_curves(folder, Path(plot_path) if plot_path else folder / "curves.png")
-    log(f"Wrote {path}.")
-    if reliability is not None:
-        log(f"Wrote {save_figure(reliability, Path(reliability_path or folder / 'reliability.png'), dpi=100)}.")
+    curves_path = Path(plot_path) if plot_path else folder / "curves.png"
+    with restored_on_failure(curves_path):  # both PNGs or neither: a bad --reliability path takes curves.png back
+        written = [plot_curves(folder, curves_path)]
+        if reliability is not None:
+            written.append(save_figure(reliability, Path(reliability_path or folder / "reliability.png"), dpi=100))
+    log("\n".join(f"Wrote {path}." for path in written))
     unfinished = runs.unfinished_runs(folder)
     if unfinished:
         log("\n".join(unfinished_lines(unfinished)))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from stkd_keras import calibration
+from stkd_keras.files import restored_on_failure
 from stkd_keras.runs import (
     METRICS_FILE,
     PREPROCESSING_FILE,
@@ -258,17 +259,9 @@ def _store(folder: Path, preprocessing: dict, fit: dict, holdout: int, result: d
             "at_bound": fit["at_bound"],
         },
     }
-    path = folder / CALIBRATION_FILE
-    previous = path.read_bytes() if path.is_file() else None
-    write_json(path, result)
-    try:
+    with restored_on_failure(folder / CALIBRATION_FILE):
+        write_json(folder / CALIBRATION_FILE, result)
         write_json(folder / PREPROCESSING_FILE, record)
-    except BaseException:
-        if previous is None:
-            path.unlink(missing_ok=True)
-        else:
-            path.write_bytes(previous)
-        raise
 
 
 def stored_temperature(value, where) -> float:

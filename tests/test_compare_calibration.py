@@ -362,6 +362,13 @@ def test_report_draws_the_test_split_after_temperature_scaling_beside_it(tmp_pat
     )
     assert len(reporting.reliability_figure(folder).axes) == 2
     assert "After temperature scaling (T = 1.7" in reporting.summary(folder)
+    # A --reliability path that cannot be written: one sentence, and the curves written first are taken back.
+    result = CliRunner().invoke(
+        cli,
+        ["report", str(folder), "--plot", str(tmp_path / "c1.png"), "--reliability", str(tmp_path / "no" / "r.png")],
+    )
+    assert result.exit_code == 1 and "No such file or directory" in result.output
+    assert not (tmp_path / "c1.png").exists() and "Wrote" not in result.output
     # Damaged files: one sentence naming the file, and no PNG written.
     (folder / "calibration.json").write_text("{")
     result = CliRunner().invoke(cli, ["report", str(folder), "--plot", str(tmp_path / "curves2.png")])
