@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from stkd_keras import compare_calibration
@@ -29,6 +31,34 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, list[float]]]:
     except json.JSONDecodeError as error:
         raise ValueError(f"{metrics_path} is not valid JSON: {error}") from None
     return metrics, read_history(history_path, metrics.get("method"))
+
+
+@dataclass
+class RunFiles:
+    """One finished run's files as `report` reads them, each once: metrics.json and history.csv (`read_run`), and
+    calibration.json (`compare_calibration.read_scaling`: None without one) when first asked for, so that a summary,
+    its curves and its reliability diagram are drawn from the same reading."""
+
+    folder: Path
+    metrics: dict
+    history: dict[str, list[float]]
+
+    @classmethod
+    def read(cls, run_dir: str | os.PathLike) -> RunFiles:
+        """Reads metrics.json and history.csv now; ValueError naming either when missing or malformed."""
+        return cls(Path(run_dir), *read_run(run_dir))
+
+    @cached_property
+    def scaling(self) -> dict | None:
+        return compare_calibration.read_scaling(self.folder)
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.folder / "metrics.json"
+
+
+def _read(run: str | os.PathLike | RunFiles) -> RunFiles:
+    return run if isinstance(run, RunFiles) else RunFiles.read(run)
 
 
 def read_history(path: str | os.PathLike, method: str | None = None) -> dict[str, list[float]]:
@@ -66,13 +96,15 @@ def _mixes(method: str | None) -> bool:
         return False
 
 
-def summary(run_dir: str | os.PathLike) -> str:
-    """A few lines describing the run: what was trained, how, and its final and best accuracy."""
-    metrics, history = read_run(run_dir)
+def summary(run: str | os.PathLike | RunFiles) -> str:
+    """A few lines describing the run (a folder, or its files already read): what was trained, how, and its final
+    and best accuracy."""
+    run = _read(run)
+    metrics, history = run.metrics, run.history
     config = metrics.get("config", {})
     teacher = metrics.get("teacher") or {}
     lines = [
-        f"Run {run_dir}: {metrics['role']} {metrics['model']} ({metrics['parameters']:,} parameters), method "
+        f"Run {run.folder}: {metrics['role']} {metrics['model']} ({metrics['parameters']:,} parameters), method "
         f"{metrics['method']!r}, "
         f"dataset {config.get('dataset')}, {len(history.get('epoch', []))} epochs, seed {metrics.get('seed')}, "
         f"{metrics.get('train_seconds', 0):.0f} s of training.",
@@ -88,8 +120,8 @@ def summary(run_dir: str | os.PathLike) -> str:
     if metrics.get("resumed_at_epoch"):
         lines.append(f"Resumed after epoch {metrics['resumed_at_epoch']}.")
     lines += calibration_lines(metrics)
-    source = reliability_source(metrics, Path(run_dir) / "metrics.json")
-    scaled = scaled_reliability(run_dir, metrics, source[0]) if source else None
+    source = reliability_source(metrics, run.metrics_path)
+    scaled = scaled_reliability(run, source[0]) if source else None
     if scaled is not None:
         temperature, after, fitted_here = scaled
         where = "the images it was fitted on" if fitted_here else f"the {source[0]} split"
@@ -283,19 +315,20 @@ def report(
     if not (folder / runs.METRICS_FILE).is_file():
         log("\n".join(listing(folder)))
         return
-    text = summary(folder)
-    calibrated = reliability_source(read_run(folder)[0], folder / runs.METRICS_FILE) is not None
+    run = RunFiles.read(folder)
+    text = summary(run)
+    calibrated = reliability_source(run.metrics, run.metrics_path) is not None
     if reliability_path is not None and not calibrated:
         raise ValueError(
             f"{folder / runs.METRICS_FILE} holds no calibration bins (the run was written before calibration was "
             "recorded), so there is no reliability diagram to draw."
         )
     # Drawn before anything is written: a calibration.json whose bins cannot be drawn leaves no file behind.
-    reliability = reliability_figure(folder) if calibrated else None
+    reliability = reliability_figure(run) if calibrated else None
     log(text)
     curves_path = Path(plot_path) if plot_path else folder / "curves.png"
     with restored_on_failure(curves_path):  # both PNGs or neither: a bad --reliability path takes curves.png back
-        written = [plot_curves(folder, curves_path)]
+        written = [plot_curves(run, curves_path)]
         if reliability is not None:
             written.append(save_figure(reliability, Path(reliability_path or folder / "reliability.png"), dpi=100))
     log("\n".join(f"Wrote {path}." for path in written))
@@ -304,9 +337,9 @@ def report(
         log("\n".join(unfinished_lines(unfinished)))
 
 
-def plot_curves(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+def plot_curves(run: str | os.PathLike | RunFiles, path: str | os.PathLike) -> Path:
     """Draws loss parts, accuracy and learning rate per epoch into a PNG; returns its path."""
-    return save_figure(curves_figure(run_dir), path, dpi=100)
+    return save_figure(curves_figure(run), path, dpi=100)
 
 
 # Up to this many epochs a curve also marks each epoch with a dot, so a short run's one or two points show.
@@ -345,14 +378,15 @@ def loss_terms(history: dict) -> list[str]:
     )
 
 
-def curves_figure(run_dir: str | os.PathLike):
+def curves_figure(run: str | os.PathLike | RunFiles):
     """The matplotlib figure `plot_curves` writes: three panels over whole epochs (from 1), each axis labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics, history = read_run(run_dir)
+    run = _read(run)
+    metrics, history = run.metrics, run.history
     epochs = history.get("epoch") or list(range(1, len(history.get("loss", [])) + 1))
     style = curve_style(epochs)
     figure, axes = plt.subplots(1, 3, figsize=(15, 4))
@@ -383,7 +417,7 @@ def curves_figure(run_dir: str | os.PathLike):
     return figure
 
 
-def reliability_figure(run_dir: str | os.PathLike):
+def reliability_figure(run: str | os.PathLike | RunFiles):
     """The final model's reliability diagram, from metrics.json's bins (`reliability_source` picks the split).
 
     Above: each confidence bin's accuracy as a bar beside the diagonal of perfect calibration, and the gap from the
@@ -397,11 +431,12 @@ def reliability_figure(run_dir: str | os.PathLike):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics, _ = read_run(run_dir)
-    split, figures, accuracy = reliability_source(metrics, Path(run_dir) / "metrics.json")
-    scaled = scaled_reliability(run_dir, metrics, split)
+    run = _read(run)
+    metrics = run.metrics
+    split, figures, accuracy = reliability_source(metrics, run.metrics_path)
+    scaled = scaled_reliability(run, split)
     columns = [(figures, f"{split} split, final epoch")]
-    if scaled is not None and _has_bins(scaled[1], Path(run_dir) / compare_calibration.SCALING_FILE):
+    if scaled is not None and _has_bins(scaled[1], run.folder / compare_calibration.SCALING_FILE):
         temperature, after, fitted_here = scaled
         where = " (T fitted on these images)" if fitted_here else ""
         columns.append((after, f"{split} split, after temperature scaling, T = {temperature:.3g}{where}"))
@@ -424,20 +459,20 @@ def reliability_figure(run_dir: str | os.PathLike):
     return figure
 
 
-def scaled_reliability(run_dir: str | os.PathLike, metrics: dict, split: str) -> tuple[float, dict, bool] | None:
+def scaled_reliability(run: RunFiles, split: str) -> tuple[float, dict, bool] | None:
     """(temperature, figures after scaling, whether the temperature was fitted on these very images) on `split` from
     the run's calibration.json, or None where calibrate has not measured the split. The figures hold reliability
     bins where calibrate wrote them (since 2026-12-07)."""
-    scaling = compare_calibration.read_scaling(run_dir)
+    scaling = run.scaling
     if scaling is None:
         return None
-    run = {"config": metrics.get("config") or {}, "temperature_scaling": scaling}
-    after = (compare_calibration.scaled_measurement(run, split) or {}).get("after")
+    measured = {"config": run.metrics.get("config") or {}, "temperature_scaling": scaling}
+    after = (compare_calibration.scaled_measurement(measured, split) or {}).get("after")
     temperature = scaling.get("temperature")
     figures_there = isinstance(after, dict) and all(isinstance(after.get(name), (int, float)) for name in FIELDS)
     if not figures_there or not isinstance(temperature, (int, float)):
         return None
-    return float(temperature), after, compare_calibration.scaled_part(run, split) == "held_out"
+    return float(temperature), after, compare_calibration.scaled_part(measured, split) == "held_out"
 
 
 def _reliability_panels(top, bottom, figures: dict) -> None:

@@ -398,3 +398,35 @@ def test_report_of_an_old_run_draws_no_reliability_diagram_and_refuses_one_asked
     )
     assert result.exit_code == 1 and "holds no calibration bins" in result.output
     assert not (tmp_path / "c2.png").exists() and not (tmp_path / "r.png").exists()
+
+
+def test_report_reads_each_of_a_runs_files_once(tmp_path, monkeypatch):
+    # Its summary, curves and both reliability columns come from one reading of each file, so a file rewritten
+    # while report runs cannot give a summary and a diagram that disagree.
+    committed = ROOT / "benchmarks" / "results" / "fashion_mnist_patient" / "runs" / "epochs-60_warmup_epochs-5"
+    folder = tmp_path / "kd"
+    folder.mkdir()
+    for name in ("metrics.json", "history.csv", "calibration.json"):
+        (folder / name).write_bytes((committed / "kd" / "seed1" / name).read_bytes())
+    reads = []
+    read_text, open_ = Path.read_text, open
+
+    def counted_read_text(path, *args, **kwargs):
+        reads.append(Path(path).name)
+        return read_text(path, *args, **kwargs)
+
+    def counted_open(path, *args, **kwargs):
+        if str(path).endswith(".csv"):
+            reads.append(Path(path).name)
+        return open_(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted_read_text)
+    monkeypatch.setattr("builtins.open", counted_open)
+    result = CliRunner().invoke(cli, ["report", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert "After temperature scaling" in result.output and (folder / "reliability.png").is_file()
+    assert sorted(name for name in reads if name in ("metrics.json", "history.csv", "calibration.json")) == [
+        "calibration.json",
+        "history.csv",
+        "metrics.json",
+    ]
