@@ -180,29 +180,43 @@ def _arm(method: str) -> str:
 
 def patience_sentences(rows: list[dict], baseline: str) -> list[str]:
     """From the shortest schedule to the longest: each method's top-1 and its difference to the baseline, the change
-    paired by seed (the same seeds run both schedules)."""
+    paired by seed. Only the seeds that every arm ran under both schedules count, means included, so each "a -> b"
+    is the change beside it (a schedule given more seeds than the other has its other seeds in the table above)."""
     epochs = {row["setting"]: int(row["setting"].split(" | ")[2].split()[0]) for row in rows}
     if len(set(epochs.values())) < 2:
         return []
     short, long = min(epochs, key=epochs.get), max(epochs, key=epochs.get)
     arms = {(row["setting"], _arm(row["method"])): row for row in rows}
-    base = {setting: dict(arms[(setting, baseline)]["final_by_seed"]) for setting in (short, long)}
+    paired = [
+        (arms[(long, arm)], row)
+        for (setting, arm), row in sorted(arms.items())
+        if setting == short and (long, arm) in arms
+    ]
+    ran = [{seed for seed, _ in run["final_by_seed"]} for pair in paired for run in pair]
+    seeds = set.intersection(*ran) if ran else set()
+    if len(seeds) < 2:
+        return []
+
+    def finals(row: dict) -> list[tuple[int, float]]:
+        return [(seed, value) for seed, value in row["final_by_seed"] if seed in seeds]
+
+    base = {setting: dict(finals(arms[(setting, baseline)])) for setting in (short, long)}
     parts = []
-    for (setting, arm), row in sorted(arms.items()):
-        other = arms.get((short, arm))
-        if setting != long or other is None:
-            continue
-        own = difference_ci(row["final_by_seed"], other["final_by_seed"])
-        text = f"{arm} {100 * other['final']['mean']:.2f} -> {100 * row['final']['mean']:.2f} ({_percent(own)})"
+    for row, other in paired:
+        arm = _arm(row["method"])
+        own = difference_ci(finals(row), finals(other))
+        mean_short = 100 * sum(value for _, value in finals(other)) / len(seeds)
+        mean_long = 100 * sum(value for _, value in finals(row)) / len(seeds)
+        text = f"{arm} {mean_short:.2f} -> {mean_long:.2f} ({_percent(own)})"
         if arm != baseline:
-            gap_long = [(seed, value - base[long][seed]) for seed, value in row["final_by_seed"] if seed in base[long]]
-            gap_short = [
-                (seed, value - base[short][seed]) for seed, value in other["final_by_seed"] if seed in base[short]
-            ]
-            change = difference_ci(gap_long, gap_short)
-            text += f", its difference to {baseline} changing by {_percent(change)}"
+            gap_long = [(seed, value - base[long][seed]) for seed, value in finals(row)]
+            gap_short = [(seed, value - base[short][seed]) for seed, value in finals(other)]
+            text += f", its difference to {baseline} changing by {_percent(difference_ci(gap_long, gap_short))}"
         parts.append(text)
-    return [f"- From {epochs[short]} to {epochs[long]} epochs (final top-1, paired by seed): " + "; ".join(parts) + "."]
+    return [
+        f"- From {epochs[short]} to {epochs[long]} epochs (final top-1, paired by seed over seeds "
+        f"{', '.join(map(str, sorted(seeds)))}, the ones both schedules ran): " + "; ".join(parts) + "."
+    ]
 
 
 def ablation_sentences(rows: list[dict]) -> list[str]:

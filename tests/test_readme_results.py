@@ -262,5 +262,11 @@ def test_patience_sentences_pair_each_method_and_its_gap_to_the_baseline_by_seed
     # stkd - kd: -2, -1 at 20 epochs; +1, 0 at 60: changes +3, +1 -> mean +2.00, sd 1.414, half-width 12.706.
     assert "+2.00 points [95% CI -10.71, +14.71]" in sentence
     # DKD's warm-up scales with the schedule: its two rows are one arm.
-    assert sentence.startswith("- From 20 to 60 epochs") and "dkd 82.00 -> 86.00" in sentence
+    assert sentence.startswith("- From 20 to 60 epochs (final top-1, paired by seed over seeds 0, 1, the ones both")
+    assert "dkd 82.00 -> 86.00" in sentence
     assert readme_results.patience_sentences(rows[:3], "kd") == []
+    # A third seed for the long schedule only (the patient grid's 60-epoch arms): the sentence keeps to seeds 0 and
+    # 1, its means too, so "a -> b" and the change beside it are the same seeds' (kd 84.50 over 0-1, not 84.67).
+    for result in rows[3:]:
+        result["final_by_seed"].append((2, 0.85))
+    assert readme_results.patience_sentences(rows, "kd") == [sentence]
