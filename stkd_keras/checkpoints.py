@@ -4,9 +4,10 @@
 (student, teacher, optimizer state and step counter, hence the learning-rate
 schedule position) to `checkpoints/epoch-K.weights.h5` and then, as the commit
 point, `checkpoints/state.json` (epoch, mixup seed-generator state, history so
-far), each through a temporary file and `os.replace`. A kill at any moment
-leaves the previous commit intact; the epoch before it is kept too, so a
-corrupt latest checkpoint falls back to the one before with a clear message.
+far, with each epoch's seconds of training as `epoch_seconds`), each through
+a temporary file and `os.replace`. A kill at any moment leaves the previous
+commit intact; the epoch before it is kept too, so a corrupt latest
+checkpoint falls back to the one before with a clear message.
 The data pipeline is a function of (seed, epoch) (`stkd_keras.data.load` with
 `epochs=`), so a resumed run sees the batches an uninterrupted one sees.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import keras
@@ -27,6 +29,11 @@ import numpy as np
 from stkd_keras.divergence import StopOnNonFinite
 from stkd_keras.files import atomic_write
 from stkd_keras.runs import CHECKPOINT_DIR, STATE_FILE, RunError
+
+
+# The history entry holding each committed epoch's wall-clock seconds (training and validation), so that a run resumed
+# after a kill can count the time its earlier processes spent: see `timed_seconds`.
+EPOCH_SECONDS = "epoch_seconds"
 
 
 def _weights_name(epoch: int) -> str:
@@ -48,12 +55,24 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.folder = Path(directory) / CHECKPOINT_DIR
         self.history = {key: list(values) for key, values in (history or {}).items()}
         self.guard = guard
+        # Epochs are timed only where every earlier one was (a run started by a version that did not time them
+        # stays untimed), so `epoch_seconds[k]` is always epoch k + 1's.
+        epochs = max((len(values) for key, values in self.history.items() if key != EPOCH_SECONDS), default=0)
+        self.timed = len(self.history.get(EPOCH_SECONDS, [])) == epochs
+        self.started = None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         if not math.isfinite(float((logs or {}).get("loss", 0.0))) or (self.guard is not None and self.guard.failure):
             return  # Never commit a diverged state: the last good checkpoint stays the latest.
         for key, value in (logs or {}).items():
             self.history.setdefault(key, []).append(float(value))
+        if self.timed and self.started is not None:
+            self.history.setdefault(EPOCH_SECONDS, []).append(round(time.perf_counter() - self.started, 3))
+        else:
+            self.timed = False
         self.folder.mkdir(parents=True, exist_ok=True)
         completed = epoch + 1
         atomic_write(self.folder / _weights_name(completed), lambda path: self.model.save_weights(str(path)))
@@ -117,7 +136,18 @@ def _state_problem(state) -> str | None:
     history = state["history"]
     if not isinstance(history, dict) or not all(isinstance(values, list) for values in history.values()):
         return "the history is not a mapping of lists"
+    for key, values in history.items():
+        if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+            return f"the history's {key!r} holds a value that is not a number"
+    if any(not 0 <= value < math.inf for value in history.get(EPOCH_SECONDS, [])):
+        return f"the history's {EPOCH_SECONDS!r} holds a negative or infinite duration"
     return None
+
+
+def timed_seconds(history: dict, epochs: int) -> float | None:
+    """The seconds the first `epochs` epochs of a committed `history` took, or None where they were not all timed."""
+    seconds = history.get(EPOCH_SECONDS, [])[:epochs]
+    return float(sum(seconds)) if len(seconds) == epochs else None
 
 
 def restore(model, directory: str | os.PathLike, log=print) -> tuple[int, dict]:

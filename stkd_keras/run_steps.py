@@ -317,7 +317,7 @@ def finish_run(run: PreparedRun, history: dict, train_seconds: float) -> dict:
         **_summarise_history(history, config.validation_holdout),
         **_final_evaluation(run),
         "teacher": run.teacher_summary,
-        "train_seconds": round(train_seconds, 2),
+        **_training_time(history, run.initial_epoch, train_seconds),
         "resumed_at_epoch": run.initial_epoch or None,
         "seed": config.seed,
         "backend": backend_ops.name(),
@@ -353,6 +353,18 @@ def _metrics_for_training():
         keras.metrics.CategoricalAccuracy(name="accuracy"),
         keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy"),
     ]
+
+
+def _training_time(history: dict, initial_epoch: int, seconds: float) -> dict:
+    """`train_seconds`: this process's `fit`, plus the epochs earlier processes committed before a resume where they
+    were timed; `timed_epochs`: how many epochs that figure covers (all of them, but for a run resumed from a
+    checkpoint written before epochs were timed)."""
+    epochs = max((len(values) for key, values in history.items() if key != checkpoints.EPOCH_SECONDS), default=0)
+    earlier = checkpoints.timed_seconds(history, initial_epoch)
+    return {
+        "train_seconds": round(seconds + (earlier or 0.0), 2),
+        "timed_epochs": epochs if earlier is not None else epochs - initial_epoch,
+    }
 
 
 def _summarise_history(history: dict, holdout: int | None = None) -> dict:

@@ -3,6 +3,7 @@ no --overwrite that deletes the teacher the run reads. Each test fails on the co
 
 import hashlib
 import json
+import time
 import os
 import signal
 import subprocess
@@ -418,6 +419,60 @@ def test_a_killed_overwrite_run_is_resumable_and_says_what_it_replaces(tmp_path,
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["resumed_at_epoch"] == 1 and metrics["config"]["epochs"] == 2
     assert runs.unfinished_runs(tmp_path) == []
+
+
+def test_a_resumed_run_counts_the_training_time_of_the_process_that_was_killed(tmp_path, monkeypatch):
+    """train_seconds covered only the last process's `fit`, so a run resumed after 12 of 60 epochs read 20% short."""
+    from stkd_keras import checkpoints
+
+    original = checkpoints.RunCheckpoint.on_epoch_end
+
+    def commit_then_die(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise _Killed("killed after epoch 1")
+
+    def killed_after_epoch_1(output):
+        monkeypatch.setattr(checkpoints.RunCheckpoint, "on_epoch_end", commit_then_die)
+        result = invoke("train-teacher", *TINY[:2], "--epochs", "2", *TINY[4:], "--output", output)
+        assert isinstance(result.exception, _Killed)
+        monkeypatch.undo()
+        [staging] = tmp_path.glob(f".{output.name}.partial-*")
+        return staging / runs.CHECKPOINT_DIR / runs.STATE_FILE
+
+    def resumed(output):
+        started = time.perf_counter()
+        result = invoke("train-teacher", "--resume", output, "--quiet")
+        assert result.exit_code == 0, result.output
+        return json.loads((output / "metrics.json").read_text()), time.perf_counter() - started
+
+    # The first process's epoch is in its checkpoint; made 1,000 s long here, as if that process had been slow.
+    path = killed_after_epoch_1(tmp_path / "timed")
+    state = json.loads(path.read_text())
+    assert len(state["history"]["epoch_seconds"]) == 1 and 0 < state["history"]["epoch_seconds"][0] < 300
+    state["history"]["epoch_seconds"] = [1000.0]
+    path.write_text(json.dumps(state))
+    metrics, resume_seconds = resumed(tmp_path / "timed")
+    assert 1000 < metrics["train_seconds"] < 1000 + resume_seconds and metrics["timed_epochs"] == 2
+    assert metrics["resumed_at_epoch"] == 1
+    # A checkpoint written before epochs were timed: the figure covers the resumed process's epoch only, and says so.
+    path = killed_after_epoch_1(tmp_path / "untimed")
+    state = json.loads(path.read_text())
+    del state["history"]["epoch_seconds"]
+    path.write_text(json.dumps(state))
+    metrics, resume_seconds = resumed(tmp_path / "untimed")
+    assert 0 < metrics["train_seconds"] < resume_seconds and metrics["timed_epochs"] == 1
+    # Edited timings: refused in one sentence, the checkpoints kept.
+    path = killed_after_epoch_1(tmp_path / "edited")
+    state = json.loads(path.read_text())
+    for bad in (["1.5"], [-1.0], [True]):
+        state["history"]["epoch_seconds"] = bad
+        path.write_text(json.dumps(state))
+        result = invoke("train-teacher", "--resume", tmp_path / "edited", "--quiet")
+        assert result.exit_code == 1 and "is damaged (the history's 'epoch_seconds' holds" in result.output
+        assert path.is_file() and not (tmp_path / "edited").exists()
+    # A fresh run times every epoch too.
+    assert invoke("train-teacher", *TINY, "--output", tmp_path / "fresh").exit_code == 0
+    assert json.loads((tmp_path / "fresh" / "metrics.json").read_text())["timed_epochs"] == 1
 
 
 def test_a_symlink_as_output_is_written_where_it_points(tmp_path):
