@@ -252,11 +252,19 @@ def calibrate(grid: dict, folder: Path, log=print) -> None:
     cli("calibrate", str(folder), "--quiet")
 
 
-def _train_seconds(folder: Path) -> float:
+def training_time(folder: Path) -> tuple[float, int]:
+    """A finished run's seconds of training and the epochs they leave out: those a run resumed from a checkpoint of a
+    version before 2026-12-07 spent before its last resume (metrics.json without `timed_epochs` counts from
+    `resumed_at_epoch`). (0, 0) for a folder without metrics.json."""
     path = folder / "metrics.json"
     if not path.is_file():
-        return 0.0
-    return json.loads(path.read_text()).get("train_seconds") or 0.0
+        return 0.0, 0
+    metrics = json.loads(path.read_text())
+    if "timed_epochs" in metrics:
+        untimed = (metrics.get("final_epoch") or {}).get("epoch", metrics["timed_epochs"]) - metrics["timed_epochs"]
+    else:
+        untimed = metrics.get("resumed_at_epoch") or 0
+    return metrics.get("train_seconds") or 0.0, untimed
 
 
 def _cpu_name() -> str:
@@ -319,10 +327,11 @@ def main() -> None:
         "gpus": [d.name for d in tf.config.list_physical_devices("GPU")],
         "runs": len(finished),
         # Training time (Keras fit, all epochs) summed over the runs and the teacher this grid trained (not a shared
-        # one), whichever invocation ran them; wall time adds process start, data loading and the teacher's evaluation.
+        # one), whichever invocation ran them (but the epochs before the last resume of a run resumed from a
+        # checkpoint that did not time them: readme_results says how many); wall time adds process start, data
+        # loading and the teacher's evaluation.
         "train_seconds_total": round(
-            sum(_train_seconds(folder) for folder in [*finished, *([] if grid.get("teacher_run") else [teacher_dir])]),
-            1,
+            sum(training_time(run)[0] for run in [*finished, *([] if grid.get("teacher_run") else [teacher_dir])]), 1
         ),
     }
     (args.output / "environment.json").write_text(json.dumps(environment, indent=2) + "\n")

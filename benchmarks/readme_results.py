@@ -249,6 +249,8 @@ def grid_section(folder: Path) -> list[str]:
     split = grid.get("split", "validation")
     rows = compare.compare(runs, baseline, grid.get("baseline_setting"), split=split)
     minutes = environment["train_seconds_total"] / 60
+    # The epochs that total leaves out, of the same runs (every finished run of the grid, its own teacher too).
+    untimed = sum(accuracy.training_time(path.parent)[1] for path in folder.rglob("metrics.json"))
     holdout = (grid.get("common") or {}).get("validation_holdout")
     if split == "test":
         validation = (
@@ -264,7 +266,9 @@ def grid_section(folder: Path) -> list[str]:
         "",
         f"`{environment['grid']}`: {len(runs)} runs, seeds "
         f"{', '.join(map(str, sorted({run.get('seed') for run in runs})))}; {minutes:.0f} minutes of training "
-        f"in all ({'the shared teacher not counted' if grid.get('teacher_run') else 'teacher included'}), on "
+        f"in all ({'the shared teacher not counted' if grid.get('teacher_run') else 'teacher included'}"
+        + (f"; it leaves out {untimed} epochs that resumed runs trained before their last resume" if untimed else "")
+        + "), on "
         f"{environment['cpu']}{', GPUs ' + ', '.join(environment['gpus']) if environment['gpus'] else ', no GPU'}; "
         f"TensorFlow {environment['tensorflow']}, Keras {environment['keras']}; {environment['date'][:10]}. "
         f"Raw metrics: `{folder.relative_to(ROOT)}/runs/`. Top-1 in %, {validation}; the final-epoch model is the one "

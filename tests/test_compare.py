@@ -407,3 +407,28 @@ def test_a_grid_calibrates_each_finished_run_once_and_only_when_asked(tmp_path, 
     (run / "calibration.json").write_text("{}")
     accuracy.calibrate({"calibrate": True}, run, lines.append)  # calibrated before: left as it is
     assert len(calls) == 1
+
+
+def test_a_grids_training_time_names_the_epochs_it_leaves_out(tmp_path):
+    """A run resumed from a checkpoint that did not time its epochs counts only its last process: the README says how
+    many epochs its total leaves out."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import accuracy
+
+    cases = {
+        "whole": ({"train_seconds": 600.0, "timed_epochs": 60, "final_epoch": {"epoch": 60}}, (600.0, 0)),
+        "old_resumed": ({"train_seconds": 480.0, "resumed_at_epoch": 12, "final_epoch": {"epoch": 60}}, (480.0, 12)),
+        "old_whole": ({"train_seconds": 600.0, "resumed_at_epoch": None, "final_epoch": {"epoch": 60}}, (600.0, 0)),
+        # Resumed by today's code from a checkpoint of before: epochs 13-60 timed.
+        "mixed": (
+            {"train_seconds": 480.0, "timed_epochs": 48, "resumed_at_epoch": 12, "final_epoch": {"epoch": 60}},
+            (480.0, 12),
+        ),
+    }
+    for name, (metrics, expected) in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+        assert accuracy.training_time(tmp_path / name) == expected, name
+    assert accuracy.training_time(tmp_path / "absent") == (0.0, 0)
