@@ -253,18 +253,15 @@ def calibrate(grid: dict, folder: Path, log=print) -> None:
 
 
 def training_time(folder: Path) -> tuple[float, int]:
-    """A finished run's seconds of training and the epochs they leave out: those a run resumed from a checkpoint of a
-    version before 2026-12-07 spent before its last resume (metrics.json without `timed_epochs` counts from
-    `resumed_at_epoch`). (0, 0) for a folder without metrics.json."""
+    """A finished run's seconds of training and the epochs they leave out (`reporting.untimed_epochs`); (0, 0) for a
+    folder without metrics.json."""
+    from stkd_keras.reporting import untimed_epochs
+
     path = folder / "metrics.json"
     if not path.is_file():
         return 0.0, 0
     metrics = json.loads(path.read_text())
-    if "timed_epochs" in metrics:
-        untimed = (metrics.get("final_epoch") or {}).get("epoch", metrics["timed_epochs"]) - metrics["timed_epochs"]
-    else:
-        untimed = metrics.get("resumed_at_epoch") or 0
-    return metrics.get("train_seconds") or 0.0, untimed
+    return metrics.get("train_seconds") or 0.0, untimed_epochs(metrics)
 
 
 def _cpu_name() -> str:

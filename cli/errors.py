@@ -53,6 +53,8 @@ def user_errors(function):
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
+        except BrokenPipeError:
+            raise  # the reader of the output left (`| head`): click ends the command quietly, as a pipe expects
         except OSError as error:
             raise click.ClickException(os_error_sentence(error)) from None
         except (ValueError, RuntimeError) as error:

@@ -96,6 +96,14 @@ def _mixes(method: str | None) -> bool:
         return False
 
 
+def untimed_epochs(metrics: dict) -> int:
+    """How many of a finished run's epochs its `train_seconds` leaves out: those trained before its last resume, for
+    a run resumed from a checkpoint that did not time its epochs (written before 2026-12-07); 0 for any other."""
+    if "timed_epochs" in metrics:
+        return (metrics.get("final_epoch") or {}).get("epoch", metrics["timed_epochs"]) - metrics["timed_epochs"]
+    return metrics.get("resumed_at_epoch") or 0
+
+
 def summary(run: str | os.PathLike | RunFiles) -> str:
     """A few lines describing the run (a folder, or its files already read): what was trained, how, and its final
     and best accuracy."""
@@ -103,11 +111,13 @@ def summary(run: str | os.PathLike | RunFiles) -> str:
     metrics, history = run.metrics, run.history
     config = metrics.get("config", {})
     teacher = metrics.get("teacher") or {}
+    untimed = untimed_epochs(metrics)
     lines = [
         f"Run {run.folder}: {metrics['role']} {metrics['model']} ({metrics['parameters']:,} parameters), method "
         f"{metrics['method']!r}, "
         f"dataset {config.get('dataset')}, {len(history.get('epoch', []))} epochs, seed {metrics.get('seed')}, "
-        f"{metrics.get('train_seconds', 0):.0f} s of training.",
+        f"{metrics.get('train_seconds', 0):.0f} s of training"
+        + (f" (the {untimed} epochs before its resume were not timed)." if untimed else "."),
         f"Final-epoch val top-1: {metrics['final_val_accuracy']:.4f} (the saved model).",
         f"Best-epoch val top-1:  {metrics['best_val_accuracy']:.4f} at epoch {metrics['best_epoch']['epoch']} (for "
         "reference only).",

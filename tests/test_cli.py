@@ -551,3 +551,20 @@ def test_folder_dataset_run_stores_and_reuses_its_normalisation(tmp_path):
     assert result.exit_code == 0, result.output
     evaluation = json.loads((output / "evaluation_folder-images_test.json").read_text())
     assert evaluation["normalization"]["from"] == "preprocessing.json" and evaluation["num_examples"] == 2
+
+
+def test_output_piped_into_a_reader_that_leaves_ends_quietly():
+    """`stkd-keras report benchmarks/results | head -1` said "Broken pipe: check the path and run the command again":
+    the reader leaving is no error of the user's, and click ends such a command quietly when it is let through."""
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stkd_keras.cli.main", "report", str(results)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader leaves before the first line: the listing's write fails with EPIPE
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 1
+    assert "Broken pipe" not in stderr and "Error" not in stderr and "Traceback" not in stderr, stderr

@@ -432,3 +432,11 @@ def test_a_grids_training_time_names_the_epochs_it_leaves_out(tmp_path):
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
         assert accuracy.training_time(tmp_path / name) == expected, name
     assert accuracy.training_time(tmp_path / "absent") == (0.0, 0)
+    # `report` says so too, on a committed run resumed after epoch 12 from a checkpoint that did not time its epochs.
+    from stkd_keras import reporting
+
+    patient = (
+        Path(__file__).resolve().parents[1] / "benchmarks/results/fashion_mnist_patient/runs/epochs-60_warmup_epochs-5"
+    )
+    assert "s of training (the 12 epochs before its resume were not timed)." in reporting.summary(patient / "kd/seed3")
+    assert "s of training.\n" in reporting.summary(patient / "kd/seed1")
