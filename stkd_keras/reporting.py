@@ -30,7 +30,55 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, list[float]]]:
         metrics = json.loads(metrics_path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{metrics_path} is not valid JSON: {error}") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(
+            f"{metrics_path} is damaged (it holds no run's metrics), so the run cannot be reported; rerun it."
+        )
     return metrics, read_history(history_path, metrics.get("method"))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _epoch_row(value) -> bool:
+    return isinstance(value, dict) and isinstance(value.get("epoch"), int) and not isinstance(value["epoch"], bool)
+
+
+# The type of each field of a finished run's metrics.json that `report` reads, where the field is there.
+_FIELD_CHECKS = {
+    "role": lambda value: isinstance(value, str),
+    "model": lambda value: isinstance(value, str),
+    "method": lambda value: isinstance(value, str),
+    "parameters": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "final_val_accuracy": _number,
+    "best_val_accuracy": _number,
+    "final_epoch": _epoch_row,
+    "best_epoch": _epoch_row,
+    "config": lambda value: isinstance(value, dict),
+    "teacher": lambda value: value is None or isinstance(value, dict),
+    "test": lambda value: isinstance(value, dict),
+    "train_seconds": lambda value: value is None or _number(value),
+}
+# The fields a run's summary needs, those its curves and its reliability diagram need, and those a listing of runs
+# shows (`find_runs`).
+_SUMMARY_FIELDS = tuple(_FIELD_CHECKS)[:8]
+_FIGURE_FIELDS = ("model", "method", "final_val_accuracy", "best_val_accuracy")
+_LISTED_FIELDS = ("role", "model", "method", "final_val_accuracy", "final_epoch")
+
+
+def metrics_problem(metrics, required: tuple[str, ...] = _SUMMARY_FIELDS) -> str | None:
+    """What makes a parsed metrics.json unreadable as a finished run's (a `required` field missing, or a field of
+    another type, as an edited or foreign file has), or None."""
+    if not isinstance(metrics, dict):
+        return "it does not hold a run's metrics"
+    missing = [name for name in required if name not in metrics]
+    if missing:
+        return f"its field {missing[0]!r} is missing"
+    for name, check in _FIELD_CHECKS.items():
+        if name in metrics and not check(metrics[name]):
+            return f"its field {name!r} is {metrics[name]!r}"
+    return None
 
 
 @dataclass
@@ -55,6 +103,13 @@ class RunFiles:
     @property
     def metrics_path(self) -> Path:
         return self.folder / "metrics.json"
+
+    def check(self, required: tuple[str, ...]) -> RunFiles:
+        """Itself; ValueError naming metrics.json when a `required` field is missing or a field is of another type."""
+        problem = metrics_problem(self.metrics, required)
+        if problem:
+            raise ValueError(f"{self.metrics_path} is damaged ({problem}), so the run cannot be reported; rerun it.")
+        return self
 
 
 def _read(run: str | os.PathLike | RunFiles) -> RunFiles:
@@ -99,15 +154,21 @@ def _mixes(method: str | None) -> bool:
 def untimed_epochs(metrics: dict) -> int:
     """How many of a finished run's epochs its `train_seconds` leaves out: those trained before its last resume, for
     a run resumed from a checkpoint that did not time its epochs (written before 2026-12-07); 0 for any other."""
+
+    def whole(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    timed, final = metrics.get("timed_epochs"), (metrics.get("final_epoch") or {}).get("epoch")
     if "timed_epochs" in metrics:
-        return (metrics.get("final_epoch") or {}).get("epoch", metrics["timed_epochs"]) - metrics["timed_epochs"]
-    return metrics.get("resumed_at_epoch") or 0
+        return final - timed if whole(timed) and whole(final) and final >= timed else 0  # an edited file: unknown
+    resumed = metrics.get("resumed_at_epoch")
+    return resumed if whole(resumed) else 0
 
 
 def summary(run: str | os.PathLike | RunFiles) -> str:
     """A few lines describing the run (a folder, or its files already read): what was trained, how, and its final
     and best accuracy."""
-    run = _read(run)
+    run = _read(run).check(_SUMMARY_FIELDS)
     metrics, history = run.metrics, run.history
     config = metrics.get("config", {})
     teacher = metrics.get("teacher") or {}
@@ -206,8 +267,9 @@ def _has_bins(figures, where: str | os.PathLike) -> bool:
 def _finished_run(run_dir: Path) -> dict:
     """The facts a listing shows of a finished run; ValueError naming what is damaged."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    if not isinstance(metrics, dict):
-        raise ValueError("metrics.json does not hold a run's metrics")
+    problem = metrics_problem(metrics, _LISTED_FIELDS)
+    if problem:
+        raise ValueError(problem)
     config = metrics.get("config") or {}
     return {
         "run_dir": run_dir,
@@ -395,7 +457,7 @@ def curves_figure(run: str | os.PathLike | RunFiles):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = _read(run)
+    run = _read(run).check(_FIGURE_FIELDS)
     metrics, history = run.metrics, run.history
     epochs = history.get("epoch") or list(range(1, len(history.get("loss", [])) + 1))
     style = curve_style(epochs)
@@ -441,7 +503,7 @@ def reliability_figure(run: str | os.PathLike | RunFiles):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run = _read(run)
+    run = _read(run).check(_FIGURE_FIELDS)
     metrics = run.metrics
     split, figures, accuracy = reliability_source(metrics, run.metrics_path)
     scaled = scaled_reliability(run, split)

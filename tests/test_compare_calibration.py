@@ -10,6 +10,8 @@ import matplotlib.collections
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 matplotlib.use("Agg")
 
@@ -430,3 +432,38 @@ def test_report_reads_each_of_a_runs_files_once(tmp_path, monkeypatch):
         "history.csv",
         "metrics.json",
     ]
+
+
+# A real run, validated on held-out images and calibrated (calibration.json with bins): the patient grid's kd seed 1.
+PATIENT_KD = ROOT / "benchmarks" / "results" / "fashion_mnist_patient" / "runs" / "epochs-60_warmup_epochs-5" / "kd"
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 100) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=6,
+)
+_FIELDS = sorted(json.loads((PATIENT_KD / "seed1" / "metrics.json").read_text()))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.sampled_from(_FIELDS), st.none() | _JSON), min_size=1, max_size=3))
+def test_report_of_an_edited_metrics_json_writes_a_report_or_one_sentence(tmp_path, edits):
+    """Any field of a real run's metrics.json deleted (None) or replaced by any JSON value: `report` either reports
+    the run or says in one sentence what is wrong; never a traceback. Before, a KeyError for a missing 'role'."""
+    folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+    folder.mkdir()
+    for name in ("history.csv", "calibration.json"):
+        (folder / name).write_bytes((PATIENT_KD / "seed1" / name).read_bytes())
+    metrics = json.loads((PATIENT_KD / "seed1" / "metrics.json").read_text())
+    for field, value in edits:
+        if value is None:
+            metrics.pop(field, None)
+        else:
+            metrics[field] = value
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    result = CliRunner().invoke(cli, ["report", str(folder)])
+    assert result.exit_code in (0, 1) and not isinstance(result.exception, (KeyError, TypeError, AttributeError)), (
+        edits,
+        result.output,
+    )
+    if result.exit_code == 1:
+        assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
