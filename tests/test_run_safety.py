@@ -646,6 +646,7 @@ def test_a_read_only_file_system_is_one_sentence_for_every_command(tmp_path, sma
             "--output",
             read_only / "export",
         ],
+        ["report", model, "--plot", read_only / "curves.png"],
     ):
         result = invoke(*args)
         assert result.exit_code == 1, result.output
