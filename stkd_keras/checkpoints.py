@@ -57,8 +57,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.guard = guard
         # Epochs are timed only where every earlier one was (a run started by a version that did not time them
         # stays untimed), so `epoch_seconds[k]` is always epoch k + 1's.
-        epochs = max((len(values) for key, values in self.history.items() if key != EPOCH_SECONDS), default=0)
-        self.timed = len(self.history.get(EPOCH_SECONDS, [])) == epochs
+        self.timed = len(self.history.get(EPOCH_SECONDS, [])) == history_epochs(self.history)
         self.started = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -142,6 +141,11 @@ def _state_problem(state) -> str | None:
     if any(not 0 <= value < math.inf for value in history.get(EPOCH_SECONDS, [])):
         return f"the history's {EPOCH_SECONDS!r} holds a negative or infinite duration"
     return None
+
+
+def history_epochs(history: dict) -> int:
+    """How many epochs a committed history holds (its metrics' length; `epoch_seconds` may be shorter)."""
+    return max((len(values) for key, values in history.items() if key != EPOCH_SECONDS), default=0)
 
 
 def timed_seconds(history: dict, epochs: int) -> float | None:

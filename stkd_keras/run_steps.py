@@ -359,7 +359,7 @@ def _training_time(history: dict, initial_epoch: int, seconds: float) -> dict:
     """`train_seconds`: this process's `fit`, plus the epochs earlier processes committed before a resume where they
     were timed; `timed_epochs`: how many epochs that figure covers (all of them, but for a run resumed from a
     checkpoint written before epochs were timed)."""
-    epochs = max((len(values) for key, values in history.items() if key != checkpoints.EPOCH_SECONDS), default=0)
+    epochs = checkpoints.history_epochs(history)
     earlier = checkpoints.timed_seconds(history, initial_epoch)
     return {
         "train_seconds": round(seconds + (earlier or 0.0), 2),
