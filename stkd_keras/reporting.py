@@ -38,11 +38,17 @@ def read_run(run_dir: str | os.PathLike) -> tuple[dict, dict[str, list[float]]]:
 
 
 def _number(value) -> bool:
+    """A JSON number (a bool is not one)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _whole(value) -> bool:
+    """A JSON whole number >= 0 (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _epoch_row(value) -> bool:
-    return isinstance(value, dict) and isinstance(value.get("epoch"), int) and not isinstance(value["epoch"], bool)
+    return isinstance(value, dict) and _whole(value.get("epoch"))
 
 
 # The type of each field of a finished run's metrics.json that `report` reads, where the field is there.
@@ -50,7 +56,7 @@ _FIELD_CHECKS = {
     "role": lambda value: isinstance(value, str),
     "model": lambda value: isinstance(value, str),
     "method": lambda value: isinstance(value, str),
-    "parameters": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "parameters": _whole,
     "final_val_accuracy": _number,
     "best_val_accuracy": _number,
     "final_epoch": _epoch_row,
@@ -62,7 +68,16 @@ _FIELD_CHECKS = {
 }
 # The fields a run's summary needs, those its curves and its reliability diagram need, and those a listing of runs
 # shows (`find_runs`).
-_SUMMARY_FIELDS = tuple(_FIELD_CHECKS)[:8]
+_SUMMARY_FIELDS = (
+    "role",
+    "model",
+    "method",
+    "parameters",
+    "final_val_accuracy",
+    "best_val_accuracy",
+    "final_epoch",
+    "best_epoch",
+)
 _FIGURE_FIELDS = ("model", "method", "final_val_accuracy", "best_val_accuracy")
 _LISTED_FIELDS = ("role", "model", "method", "final_val_accuracy", "final_epoch")
 
@@ -154,15 +169,12 @@ def _mixes(method: str | None) -> bool:
 def untimed_epochs(metrics: dict) -> int:
     """How many of a finished run's epochs its `train_seconds` leaves out: those trained before its last resume, for
     a run resumed from a checkpoint that did not time its epochs (written before 2026-12-07); 0 for any other."""
-
-    def whole(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-    timed, final = metrics.get("timed_epochs"), (metrics.get("final_epoch") or {}).get("epoch")
+    timed, row = metrics.get("timed_epochs"), metrics.get("final_epoch")
     if "timed_epochs" in metrics:
-        return final - timed if whole(timed) and whole(final) and final >= timed else 0  # an edited file: unknown
+        final = row["epoch"] if _epoch_row(row) else None
+        return final - timed if _whole(timed) and final is not None and final >= timed else 0  # edited: unknown
     resumed = metrics.get("resumed_at_epoch")
-    return resumed if whole(resumed) else 0
+    return resumed if _whole(resumed) else 0
 
 
 def summary(run: str | os.PathLike | RunFiles) -> str:
@@ -245,16 +257,13 @@ def _has_bins(figures, where: str | os.PathLike) -> bool:
         return False
     bins = figures["bins"]
 
-    def number(value) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-
     def well_formed(row) -> bool:
-        if not isinstance(row, dict) or not all(number(row.get(edge)) for edge in ("lower", "upper")):
+        if not isinstance(row, dict) or not all(_number(row.get(edge)) for edge in ("lower", "upper")):
             return False
         count = row.get("count")
-        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        if not _whole(count):
             return False
-        return count == 0 or (number(row.get("accuracy")) and number(row.get("confidence")))
+        return count == 0 or (_number(row.get("accuracy")) and _number(row.get("confidence")))
 
     if not isinstance(bins, list) or not all(well_formed(row) for row in bins) or not any(r["count"] for r in bins):
         raise ValueError(
